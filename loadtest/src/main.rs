@@ -1,0 +1,1 @@
+fn main() { eprintln!("shardcast-loadtest: not implemented yet"); std::process::exit(2); }

@@ -1,0 +1,1 @@
+//! Sans-IO Engine.IO / Socket.IO codec.
