@@ -1,4 +1,14 @@
 //! # shardcast
 //!
-//! Shard-per-core realtime Socket.IO server (see README.md for the layout).
+//! Shard-per-core realtime Socket.IO server, CRUD framework and ORM. The README's Architecture section is the guide;
+//! this is the code map in one line per module:
+//!
+//! - [`proto`]: the sans-IO Engine.IO/Socket.IO codec (the `shardcast-proto` crate, re-exported).
+//! - [`server`]: glommio shards, HTTP/1.1, websocket, Engine.IO sessions, Socket.IO namespaces.
+//! - [`orm`]: entities, repositories, the IO shard and its three backends.
+//! - [`realtime`]: JWT authentication, rooms partitioned across shards, CRUD services, REST API.
 pub use shardcast_proto as proto;
+
+pub mod orm;
+pub mod realtime;
+pub mod server;

@@ -1,0 +1,1 @@
+//! orm (see README.md, Architecture).

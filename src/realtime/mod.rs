@@ -1,0 +1,1 @@
+//! realtime (see README.md, Architecture).
