@@ -9,6 +9,7 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
+use std::task::Poll;
 use std::rc::Rc;
 
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -22,30 +23,31 @@ use super::shard::ShardCtx;
 /// A connection's stream, shared by its reader and writer.
 pub type Stream = Rc<RefCell<TcpStream>>;
 
-const READ_CHUNK: usize = 4096;
+/// Bytes taken from the kernel per read.
+const READ_CHUNK: usize = 64 * 1024;
 
-/// Read once, appending to `buf`; returns the number of bytes read (0 = end of stream). Cancel-safe: if the
-/// future is dropped before completing, `buf` is left as it was.
+thread_local! {
+    /// One receive buffer per shard: glommio's `poll_read` copies in the poll that completes, so the buffer is
+    /// borrowed only during that synchronous call and idle connections own no receive buffer at all.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// Read once, appending to `buf`; returns the number of bytes read (0 = end of stream). Cancel-safe: nothing is
+/// appended unless the read completes.
 pub async fn read_some(stream: &Stream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    struct Restore<'a> {
-        buf: &'a mut Vec<u8>,
-        len: usize,
-    }
-    impl Drop for Restore<'_> {
-        fn drop(&mut self) {
-            self.buf.truncate(self.len);
-        }
-    }
-    let start = buf.len();
-    buf.resize(start + READ_CHUNK, 0);
-    let mut guard = Restore { buf, len: start };
-    let res =
-        poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut guard.buf[start..]))
-            .await;
-    if let Ok(n) = res {
-        guard.len = start + n;
-    }
-    res
+    poll_fn(|cx| {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            match Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut scratch[..]) {
+                Poll::Ready(Ok(n)) => {
+                    buf.extend_from_slice(&scratch[..n]);
+                    Poll::Ready(Ok(n))
+                }
+                other => other,
+            }
+        })
+    })
+    .await
 }
 
 /// Write all of `data`.
@@ -159,7 +161,8 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
         if write_all(&stream, &out).await.is_err() || !keep {
             return;
         }
-        if buf.is_empty() && buf.capacity() > READ_CHUNK * 4 {
+        if buf.is_empty() && buf.capacity() > 0 {
+            // idle keep-alive connections hold no buffer
             buf = Vec::new();
         }
     }

@@ -947,7 +947,7 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                 ShardMetrics::add(&s.shard.metrics().bytes_in, n as u64);
                 since_message += n;
                 reader.io.feed(&rbuf);
-                rbuf.clear();
+                rbuf = Vec::new();
             }
         }
     }
@@ -1064,7 +1064,7 @@ async fn ws_writer(
         if finished {
             return;
         }
-        if out.capacity() > 64 * 1024 {
+        if out.capacity() > 16 * 1024 {
             out = Vec::new();
         }
         s.changed.changed(seen).await;

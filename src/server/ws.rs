@@ -95,7 +95,8 @@ impl Read for WsIo {
         buf[..n].copy_from_slice(&avail[..n]);
         self.pos += n;
         if self.pos == self.input.len() {
-            self.input.clear();
+            // fully consumed: release the buffer so an idle connection holds none
+            self.input = Vec::new();
             self.pos = 0;
         }
         Ok(n)

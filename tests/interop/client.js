@@ -85,6 +85,12 @@ const scenarios = {
     }
     const reply = await emitAck(socket, "message-with-ack", "p", 1);
     eq(reply, ["p", 1], "ack over polling");
+    const bin = once(socket, "message-back");
+    socket.emit("message", Buffer.from([0, 1, 255]), "x");
+    const got = await bin;
+    eq(Array.from(toBuf(got[0])), [0, 1, 255], "binary over polling");
+    eq(got[1], "x", "text after binary over polling");
+    check(socket.io.engine.transport.name === "polling", "still on polling");
     socket.close();
     pass();
   },
