@@ -68,8 +68,26 @@ fn wait_client(mut child: Child, lines: &mut dyn Iterator<Item = String>) -> Vec
     out
 }
 
+/// The conformance app with a heartbeat that survives a loaded machine: pings every second, 20 s to answer.
+fn server(shards: usize, listen: Option<&str>) -> Server {
+    let n = shards.to_string();
+    let mut args = vec![
+        "conformance",
+        "--shards",
+        &n,
+        "--ping-interval-ms",
+        "1000",
+        "--ping-timeout-ms",
+        "20000",
+    ];
+    if let Some(l) = listen {
+        args.extend(["--listen", l]);
+    }
+    Server::start(&args)
+}
+
 fn run(major: &str, scenario: &str) {
-    let srv = Server::conformance(1);
+    let srv = server(1, None);
     let mut child = spawn_client(major, scenario, &srv.url());
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
@@ -110,8 +128,38 @@ interop! {
     v2_server_initiated_disconnect: "2", "server-disconnect";
 }
 
+/// With two shards, the polling requests and the websocket of one session may reach either shard: they are
+/// handed to the owner. Several clients, so that some land on the other shard.
+fn upgrade_on_two_shards(major: &str) {
+    let srv = server(2, None);
+    let clients: Vec<Child> = (0..6)
+        .map(|_| spawn_client(major, "polling-upgrade", &srv.url()))
+        .collect();
+    for mut child in clients {
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        let out = wait_client(child, &mut lines);
+        assert_eq!(
+            out.last().map(String::as_str),
+            Some("PASS polling-upgrade"),
+            "{out:?}\n{}",
+            srv.log()
+        );
+    }
+}
+
+#[test]
+fn v4_polling_then_upgrade_on_two_shards() {
+    upgrade_on_two_shards("4");
+}
+
+#[test]
+fn v2_polling_then_upgrade_on_two_shards() {
+    upgrade_on_two_shards("2");
+}
+
 fn restart(major: &str) {
-    let srv = Server::conformance(1);
+    let srv = server(1, None);
     let addr = srv.addr;
     let mut child = spawn_client(major, "restart", &srv.url());
     let stdout = child.stdout.take().unwrap();
@@ -121,7 +169,7 @@ fn restart(major: &str) {
     assert_eq!(srv.terminate(), Some(0));
     assert_eq!(lines.next().as_deref(), Some("DISCONNECTED"));
     let listen = addr.to_string();
-    let _srv2 = Server::start(&["conformance", "--shards", "1", "--listen", &listen]);
+    let _srv2 = server(1, Some(&listen));
     let out = wait_client(child, &mut lines);
     assert_eq!(
         out.last().map(String::as_str),

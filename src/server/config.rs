@@ -101,6 +101,8 @@ impl ServerConfig {
             ping_timeout_ms: 200,
             connect_timeout_ms: 1_000,
             payload_bytes_max: 1_000_000,
+            // the suites' heartbeat windows are a few hundred milliseconds: keep timer rounding negligible
+            timer_tick_ms: 1,
             ..ServerConfig::default()
         }
     }

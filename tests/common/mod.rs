@@ -66,6 +66,13 @@ impl Server {
         Server::start(&["conformance", "--shards", &n])
     }
 
+    /// The conformance server with a 20 s ping timeout (pings still every 300 ms): for tests about something
+    /// else than the heartbeat, so that a test thread descheduled on a loaded machine does not lose its session.
+    pub fn conformance_relaxed(shards: usize) -> Server {
+        let n = shards.to_string();
+        Server::start(&["conformance", "--shards", &n, "--ping-timeout-ms", "20000"])
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
