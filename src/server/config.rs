@@ -1,0 +1,109 @@
+//! Server configuration: every limit is a named field with its unit last and a documented default.
+
+use std::net::SocketAddr;
+
+/// Everything the server needs to start. `ServerConfig::default()` is a sensible production start point.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address every shard binds with `SO_REUSEPORT`. Default `0.0.0.0:3000`.
+    pub listen: SocketAddr,
+    /// Number of shards (one glommio executor per shard). Default: the number of online CPUs.
+    pub shards: usize,
+    /// Pin shard `i` to CPU `i % cpus`. Default `true`.
+    pub pin_shards: bool,
+    /// URL paths that serve Socket.IO (Engine.IO underneath). Each ends with `/`. Default `["/socket/", "/socket.io/"]`.
+    pub socketio_paths: Vec<String>,
+    /// Optional path of a raw Engine.IO echo endpoint (used by the conformance server). Default `None`.
+    pub engineio_echo_path: Option<String>,
+    /// Engine.IO `pingInterval`. Default 25 000 ms.
+    pub ping_interval_ms: u64,
+    /// Engine.IO `pingTimeout`. Default 20 000 ms.
+    pub ping_timeout_ms: u64,
+    /// Time a client has to send its first Socket.IO CONNECT. Default 45 000 ms.
+    pub connect_timeout_ms: u64,
+    /// Engine.IO `maxPayload`: the largest polling POST body / websocket message accepted. Default 1 000 000 bytes.
+    pub payload_bytes_max: usize,
+    /// Maximum number of HTTP request headers. Default 64.
+    pub http_headers_count_max: usize,
+    /// Maximum size of the request line plus headers. Default 16 KiB.
+    pub http_head_bytes_max: usize,
+    /// Maximum length of the request target (path and query). Default 8 KiB.
+    pub http_uri_bytes_max: usize,
+    /// Maximum request body for non-Engine.IO routes (REST). Default 1 MiB.
+    pub http_body_bytes_max: usize,
+    /// Maximum websocket frame size. Default 1 MiB.
+    pub ws_frame_bytes_max: usize,
+    /// Maximum number of open TCP connections per shard; extra connections are closed at once. Default 20 000.
+    pub connections_per_shard_max: usize,
+    /// Bytes that may wait in one session's outgoing queue before the session is closed as a slow reader.
+    /// Default 512 KiB.
+    pub socket_queued_bytes_max: usize,
+    /// Capacity of each cross-shard queue (messages). Default 4096.
+    pub mesh_queue_len: usize,
+    /// Origins allowed by CORS; `*` allows any origin. Default `["*"]`.
+    pub cors_allowed_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true`. Default `true`.
+    pub cors_credentials: bool,
+    /// Resolution of the per-shard timer wheel. Default 10 ms.
+    pub timer_tick_ms: u64,
+    /// Upper bound on graceful shutdown (close sessions, drain writes). Default 3 000 ms.
+    pub shutdown_grace_ms: u64,
+    /// Maximum Socket.IO namespaces one session may join. Default 32.
+    pub namespaces_per_session_max: usize,
+    /// Maximum binary attachments in one Socket.IO packet. Default 64.
+    pub attachments_per_packet_max: usize,
+    /// Maximum pending server-to-client acks per socket. Default 1024.
+    pub acks_pending_per_socket_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            shards: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            pin_shards: true,
+            socketio_paths: vec!["/socket/".into(), "/socket.io/".into()],
+            engineio_echo_path: None,
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            connect_timeout_ms: 45_000,
+            payload_bytes_max: 1_000_000,
+            http_headers_count_max: 64,
+            http_head_bytes_max: 16 * 1024,
+            http_uri_bytes_max: 8 * 1024,
+            http_body_bytes_max: 1024 * 1024,
+            ws_frame_bytes_max: 1024 * 1024,
+            connections_per_shard_max: 20_000,
+            socket_queued_bytes_max: 512 * 1024,
+            mesh_queue_len: 4096,
+            cors_allowed_origins: vec!["*".into()],
+            cors_credentials: true,
+            timer_tick_ms: 10,
+            shutdown_grace_ms: 3_000,
+            namespaces_per_session_max: 32,
+            attachments_per_packet_max: 64,
+            acks_pending_per_socket_max: 1024,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The configuration of the conformance server (issue item 8): pingInterval 300 ms, pingTimeout 200 ms,
+    /// maxPayload 1 000 000, connectTimeout 1 000 ms, raw Engine.IO echo at `/engine.io/`, Socket.IO at `/socket.io/`.
+    pub fn conformance() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            socketio_paths: vec!["/socket.io/".into()],
+            engineio_echo_path: Some("/engine.io/".into()),
+            ping_interval_ms: 300,
+            ping_timeout_ms: 200,
+            connect_timeout_ms: 1_000,
+            payload_bytes_max: 1_000_000,
+            // the suites' heartbeat windows are a few hundred milliseconds: keep timer rounding negligible
+            timer_tick_ms: 1,
+            ..ServerConfig::default()
+        }
+    }
+}

@@ -1,0 +1,1094 @@
+//! Engine.IO v3/v4 sessions on this shard: handshake, long-polling (one GET and one POST at a time), websocket,
+//! the polling -> websocket upgrade (probe, noop, upgrade), heartbeats on the shard's timer wheel, close reasons,
+//! the per-session outgoing queue (coalesced: a writer takes everything queued since its last pass and sends it in
+//! one write) and its bound.
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tungstenite::Message;
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{CloseCode, Control, OpCode};
+
+use crate::proto::engine::Packet;
+use crate::proto::{self, EioVersion, Frame, Handshake, PayloadForm};
+
+use super::config::ServerConfig;
+use super::conn::{self, Next, Stream};
+use super::http::{Request, Response};
+use super::metrics::{ProtocolErrorKind, ShardMetrics};
+use super::shard::ShardCtx;
+use super::ws;
+
+/// Which application an Engine.IO path serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// Socket.IO on top.
+    SocketIo,
+    /// Raw Engine.IO echo (conformance server).
+    Echo,
+}
+
+fn path_matches(configured: &str, path: &str) -> bool {
+    path == configured || configured.strip_suffix('/').is_some_and(|p| p == path)
+}
+
+/// The Engine.IO endpoint served at `path`, if any.
+pub(crate) fn endpoint_for(cfg: &ServerConfig, path: &str) -> Option<Endpoint> {
+    if cfg
+        .engineio_echo_path
+        .as_deref()
+        .is_some_and(|p| path_matches(p, path))
+    {
+        return Some(Endpoint::Echo);
+    }
+    cfg.socketio_paths
+        .iter()
+        .any(|p| path_matches(p, path))
+        .then_some(Endpoint::SocketIo)
+}
+
+/// If `req` names a session owned by another shard, that shard.
+pub(crate) fn foreign_owner(shard: &ShardCtx, req: &Request) -> Option<usize> {
+    if shard.nr_shards() == 1 {
+        return None;
+    }
+    endpoint_for(shard.config(), &req.path)?;
+    let sid = req.query_param("sid")?;
+    let owner = shard.owner_of_sid(&sid)?;
+    (owner != shard.id()).then_some(owner)
+}
+
+/// One Engine.IO packet queued for a session, already encoded (shared by every recipient of a broadcast).
+#[derive(Debug, Clone)]
+pub enum OutItem {
+    /// A whole text packet, type character included (`4...`, `2`, `1`).
+    Text(Arc<str>),
+    /// The data of a binary message (no prefix; v3 framing adds its type byte).
+    Binary(Arc<[u8]>),
+}
+
+impl OutItem {
+    fn len(&self) -> usize {
+        match self {
+            OutItem::Text(t) => t.len(),
+            OutItem::Binary(b) => b.len() + 1,
+        }
+    }
+    fn frame(&self) -> Frame<'_> {
+        match self {
+            OutItem::Text(t) => Frame::Text(t),
+            OutItem::Binary(b) => Frame::Binary(b),
+        }
+    }
+    fn text(s: &str) -> OutItem {
+        OutItem::Text(Arc::from(s))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Polling,
+    Upgrading,
+    WebSocket,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GetEnd {
+    Noop,
+    Close,
+}
+
+/// How a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseHow {
+    /// Server-initiated: send an Engine.IO `close` packet (a pending poll is answered with `1`).
+    SendClose,
+    /// The client asked to close: a pending poll is answered with `6`.
+    ClientClosed,
+    /// The transport is gone or must be dropped at once (slow reader): nothing more is written.
+    Abort,
+}
+
+struct SessState {
+    phase: Phase,
+    queue: VecDeque<OutItem>,
+    queued_bytes: usize,
+    /// Websocket control bytes (probe answers, pongs, close replies) written before the queue.
+    ws_raw: Vec<u8>,
+    get_pending: bool,
+    get_end: Option<GetEnd>,
+    closed: Option<Cow<'static, str>>,
+    abort: bool,
+    awaiting_pong: bool,
+    heartbeat_gen: u64,
+    last_heard: Instant,
+}
+
+/// The application side of a session (the Socket.IO layer or the echo).
+pub(crate) trait EngineHandler {
+    /// The session opened (its open packet is already queued or sent).
+    fn on_open(&self, session: &Rc<Session>);
+    /// A text `message` packet (without its `4`). `Err` closes the session with that reason.
+    fn on_text(&self, session: &Rc<Session>, text: &str) -> Result<(), String>;
+    /// A binary message.
+    fn on_binary(&self, session: &Rc<Session>, data: &[u8]) -> Result<(), String>;
+    /// The session closed.
+    fn on_close(&self, session: &Rc<Session>, reason: &str);
+    /// For downcasting to the concrete handler.
+    fn as_any(self: Rc<Self>) -> Rc<dyn std::any::Any>;
+}
+
+/// One Engine.IO session, owned by the shard that created it.
+pub struct Session {
+    pub(crate) sid: Rc<str>,
+    pub(crate) version: EioVersion,
+    pub(crate) shard: Rc<ShardCtx>,
+    supports_binary: bool,
+    st: RefCell<SessState>,
+    pub(crate) changed: super::signal::Signal,
+    handler: RefCell<Option<Rc<dyn EngineHandler>>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("sid", &self.sid)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    fn create(
+        shard: &Rc<ShardCtx>,
+        version: EioVersion,
+        phase: Phase,
+        supports_binary: bool,
+        handler: Rc<dyn EngineHandler>,
+    ) -> Rc<Session> {
+        let sid = shard.new_sid();
+        let s = Rc::new(Session {
+            sid: sid.clone(),
+            version,
+            shard: shard.clone(),
+            supports_binary,
+            st: RefCell::new(SessState {
+                phase,
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                ws_raw: Vec::new(),
+                get_pending: false,
+                get_end: None,
+                closed: None,
+                abort: false,
+                awaiting_pong: false,
+                heartbeat_gen: 0,
+                last_heard: Instant::now(),
+            }),
+            changed: Default::default(),
+            handler: RefCell::new(Some(handler)),
+        });
+        shard.sessions.borrow_mut().insert(sid, s.clone());
+        let m = shard.metrics();
+        ShardMetrics::gauge(
+            if phase == Phase::WebSocket {
+                &m.sessions_websocket
+            } else {
+                &m.sessions_polling
+            },
+            1,
+        );
+        s.start_heartbeat();
+        s
+    }
+
+    /// The session id.
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    /// The Engine.IO revision of this session.
+    pub fn version(&self) -> EioVersion {
+        self.version
+    }
+
+    /// True once closed.
+    pub fn is_closed(&self) -> bool {
+        self.st.borrow().closed.is_some()
+    }
+
+    fn handler(&self) -> Option<Rc<dyn EngineHandler>> {
+        self.handler.borrow().clone()
+    }
+
+    pub(crate) fn sio_handler(&self) -> Option<Rc<super::socketio::SioHandler>> {
+        self.handler()
+            .and_then(|h| h.as_any().downcast::<super::socketio::SioHandler>().ok())
+    }
+
+    /// Queue packets; all of them or none (closed session). Closes the session as a slow reader when its queue
+    /// exceeds `socket_queued_bytes_max`. Returns false if the session is (now) closed.
+    pub(crate) fn send_items(self: &Rc<Self>, items: impl IntoIterator<Item = OutItem>) -> bool {
+        let max = self.shard.config().socket_queued_bytes_max;
+        let over;
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed.is_some() {
+                return false;
+            }
+            let was_empty = st.queue.is_empty();
+            for item in items {
+                st.queued_bytes += item.len();
+                st.queue.push_back(item);
+            }
+            over = st.queued_bytes > max;
+            if !over && was_empty && !st.queue.is_empty() {
+                drop(st);
+                self.changed.notify();
+            }
+        }
+        if over {
+            let queued = self.st.borrow().queued_bytes;
+            ShardMetrics::add(&self.shard.metrics().slow_reader_disconnects, 1);
+            self.close(
+                format!("slow reader: {queued} bytes queued, socket_queued_bytes_max is {max}")
+                    .into(),
+                CloseHow::Abort,
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Queue one text packet (`4` + text for a message).
+    pub(crate) fn send_text_packet(self: &Rc<Self>, packet_text: String) -> bool {
+        self.send_items([OutItem::Text(Arc::from(packet_text))])
+    }
+
+    fn push_ws_raw(&self, bytes: &[u8]) {
+        self.st.borrow_mut().ws_raw.extend_from_slice(bytes);
+        self.changed.notify();
+    }
+
+    /// Close the session. Idempotent.
+    pub(crate) fn close(self: &Rc<Self>, reason: Cow<'static, str>, how: CloseHow) {
+        let phase;
+        {
+            let mut st = self.st.borrow_mut();
+            if st.closed.is_some() {
+                return;
+            }
+            phase = st.phase;
+            match how {
+                CloseHow::SendClose => {
+                    if st.get_pending {
+                        st.get_end = Some(GetEnd::Close);
+                    } else if phase == Phase::WebSocket {
+                        st.queue.push_back(OutItem::text("1"));
+                    }
+                }
+                CloseHow::ClientClosed => {
+                    if st.get_pending {
+                        st.get_end = Some(GetEnd::Noop);
+                    }
+                }
+                CloseHow::Abort => st.abort = true,
+            }
+            st.closed = Some(reason.clone());
+        }
+        self.shard.sessions.borrow_mut().remove(&self.sid);
+        let m = self.shard.metrics();
+        ShardMetrics::gauge(
+            if phase == Phase::WebSocket {
+                &m.sessions_websocket
+            } else {
+                &m.sessions_polling
+            },
+            -1,
+        );
+        let routine =
+            ["client close", "transport close", "server shutting down"].contains(&reason.as_ref());
+        if routine {
+            tracing::debug!(shard = self.shard.id(), sid = %self.sid, reason = %reason, "session closed");
+        } else if reason.starts_with("slow reader") {
+            tracing::warn!(shard = self.shard.id(), sid = %self.sid, reason = %reason, "session closed");
+        } else {
+            tracing::info!(shard = self.shard.id(), sid = %self.sid, reason = %reason, "session closed");
+        }
+        let handler = self.handler.borrow_mut().take();
+        if let Some(h) = handler {
+            h.on_close(self, &reason);
+        }
+        self.changed.notify();
+    }
+
+    pub(crate) fn close_for_shutdown(self: &Rc<Self>) {
+        self.close("server shutting down".into(), CloseHow::SendClose);
+    }
+
+    // ---- heartbeat ----
+
+    fn start_heartbeat(self: &Rc<Self>) {
+        let cfg = self.shard.config();
+        match self.version {
+            EioVersion::V4 => self.schedule_ping(Duration::from_millis(cfg.ping_interval_ms)),
+            EioVersion::V3 => {
+                let window = Duration::from_millis(cfg.ping_interval_ms + cfg.ping_timeout_ms);
+                self.schedule_v3_check(window);
+            }
+        }
+    }
+
+    fn schedule_ping(self: &Rc<Self>, delay: Duration) {
+        let weak = Rc::downgrade(self);
+        let gen_ = self.st.borrow().heartbeat_gen;
+        self.shard.schedule(delay, move || {
+            let Some(s) = weak.upgrade() else { return };
+            {
+                let mut st = s.st.borrow_mut();
+                if st.closed.is_some() || st.heartbeat_gen != gen_ {
+                    return;
+                }
+                st.awaiting_pong = true;
+            }
+            s.send_items([OutItem::text("2")]);
+            let timeout = Duration::from_millis(s.shard.config().ping_timeout_ms);
+            let weak = Rc::downgrade(&s);
+            s.shard.schedule(timeout, move || {
+                let Some(s) = weak.upgrade() else { return };
+                let expired = {
+                    let st = s.st.borrow();
+                    st.closed.is_none() && st.heartbeat_gen == gen_ && st.awaiting_pong
+                };
+                if expired {
+                    s.close("ping timeout".into(), CloseHow::SendClose);
+                }
+            });
+        });
+    }
+
+    fn schedule_v3_check(self: &Rc<Self>, delay: Duration) {
+        let weak = Rc::downgrade(self);
+        self.shard.schedule(delay, move || {
+            let Some(s) = weak.upgrade() else { return };
+            let cfg = s.shard.config();
+            let window = Duration::from_millis(cfg.ping_interval_ms + cfg.ping_timeout_ms);
+            let elapsed = {
+                let st = s.st.borrow();
+                if st.closed.is_some() {
+                    return;
+                }
+                st.last_heard.elapsed()
+            };
+            if elapsed >= window {
+                s.close("ping timeout".into(), CloseHow::SendClose);
+            } else {
+                s.schedule_v3_check(window - elapsed);
+            }
+        });
+    }
+
+    // ---- incoming ----
+
+    /// Handle one received Engine.IO packet. `Err` is the reason to close the session.
+    fn on_packet(self: &Rc<Self>, packet: Packet<'_>) -> Result<(), String> {
+        ShardMetrics::add(&self.shard.metrics().packets_in, 1);
+        if self.version == EioVersion::V3 {
+            self.st.borrow_mut().last_heard = Instant::now();
+        }
+        match packet {
+            Packet::Close => {
+                self.close("client close".into(), CloseHow::ClientClosed);
+                Ok(())
+            }
+            Packet::Ping(data) => {
+                if self.version == EioVersion::V4 {
+                    return Err("invalid heartbeat direction (ping from a v4 client)".into());
+                }
+                let mut text = String::with_capacity(1 + data.len());
+                Packet::Pong(data).write_text(&mut text);
+                self.send_text_packet(text);
+                Ok(())
+            }
+            Packet::Pong(_) => {
+                if self.version == EioVersion::V3 {
+                    return Err("invalid heartbeat direction (pong from a v3 client)".into());
+                }
+                let rearm = {
+                    let mut st = self.st.borrow_mut();
+                    let was = st.awaiting_pong;
+                    st.awaiting_pong = false;
+                    if was {
+                        st.heartbeat_gen += 1;
+                    }
+                    was
+                };
+                if rearm {
+                    self.schedule_ping(Duration::from_millis(self.shard.config().ping_interval_ms));
+                }
+                Ok(())
+            }
+            Packet::Message(text) => match self.handler() {
+                Some(h) => h.on_text(self, &text),
+                None => Ok(()),
+            },
+            Packet::Binary(data) => match self.handler() {
+                Some(h) => h.on_binary(self, &data),
+                None => Ok(()),
+            },
+            Packet::Noop => Ok(()),
+            Packet::Open(_) | Packet::Upgrade => Err("unexpected packet type".into()),
+        }
+    }
+
+    fn handshake(&self, upgrades: bool) -> Handshake {
+        let cfg = self.shard.config();
+        Handshake {
+            sid: self.sid.to_string(),
+            upgrades: if upgrades {
+                vec!["websocket".into()]
+            } else {
+                Vec::new()
+            },
+            ping_interval_ms: cfg.ping_interval_ms,
+            ping_timeout_ms: cfg.ping_timeout_ms,
+            max_payload_bytes: (self.version == EioVersion::V4)
+                .then_some(cfg.payload_bytes_max as u64),
+        }
+    }
+
+    fn payload_response(&self, items: &[OutItem]) -> Response {
+        let frames: Vec<Frame<'_>> = items.iter().map(OutItem::frame).collect();
+        let form = PayloadForm::for_frames(self.version, self.supports_binary, &frames);
+        let mut body = Vec::with_capacity(items.iter().map(OutItem::len).sum::<usize>() + 16);
+        proto::encode_payload(self.version, form, &frames, &mut body);
+        ShardMetrics::add(&self.shard.metrics().packets_out, items.len() as u64);
+        Response::new(200, form.content_type(), body)
+    }
+}
+
+fn limits(cfg: &ServerConfig) -> proto::Limits {
+    proto::Limits {
+        payload_bytes_max: cfg.payload_bytes_max,
+        attachments_per_packet_max: cfg.attachments_per_packet_max,
+        ..proto::Limits::DEFAULT
+    }
+}
+
+/// The Engine.IO protocol limits derived from the server configuration.
+pub(crate) fn proto_limits(cfg: &ServerConfig) -> proto::Limits {
+    limits(cfg)
+}
+
+fn eio_error(code: u8, message: &str) -> Next {
+    Next::Respond(Response::json(
+        400,
+        &serde_json::json!({ "code": code, "message": message }),
+    ))
+}
+
+fn make_handler(
+    shard: &Rc<ShardCtx>,
+    endpoint: Endpoint,
+    version: EioVersion,
+) -> Rc<dyn EngineHandler> {
+    match endpoint {
+        Endpoint::Echo => Rc::new(Echo),
+        Endpoint::SocketIo => super::socketio::session_handler(shard, version),
+    }
+}
+
+/// Serve one HTTP request on an Engine.IO path.
+pub(crate) async fn handle_request(
+    shard: &Rc<ShardCtx>,
+    stream: &Stream,
+    buf: &mut Vec<u8>,
+    req: Request,
+    endpoint: Endpoint,
+) -> Next {
+    if req.method == "OPTIONS" {
+        return Next::Respond(conn::preflight(&req));
+    }
+    let Some(version) = req
+        .query_param("EIO")
+        .as_deref()
+        .and_then(EioVersion::from_query)
+    else {
+        shard.metrics().protocol_error(ProtocolErrorKind::EngineIo);
+        return eio_error(5, "Unsupported protocol version");
+    };
+    let transport = req.query_param("transport");
+    let sid = req.query_param("sid");
+    if req.is_websocket_upgrade() {
+        if transport.as_deref() != Some("websocket") {
+            shard.metrics().protocol_error(ProtocolErrorKind::EngineIo);
+            return eio_error(0, "Transport unknown");
+        }
+        return websocket(shard, stream, buf, req, version, sid, endpoint).await;
+    }
+    match transport.as_deref() {
+        Some("polling") => {}
+        Some("websocket") => return eio_error(3, "Bad request"),
+        _ => {
+            shard.metrics().protocol_error(ProtocolErrorKind::EngineIo);
+            return eio_error(0, "Transport unknown");
+        }
+    }
+    let Some(sid) = sid else {
+        if req.method != "GET" {
+            return eio_error(2, "Bad handshake method");
+        }
+        let supports_binary = req.query_param("b64").is_none();
+        let handler = make_handler(shard, endpoint, version);
+        let s = Session::create(
+            shard,
+            version,
+            Phase::Polling,
+            supports_binary,
+            handler.clone(),
+        );
+        let open = OutItem::Text(Arc::from(s.handshake(true).to_packet_text()));
+        handler.on_open(&s);
+        // The handshake answer carries the open packet and whatever on_open queued (v3: the implicit `40`).
+        let mut items = vec![open];
+        {
+            let mut st = s.st.borrow_mut();
+            items.extend(st.queue.drain(..));
+            st.queued_bytes = 0;
+        }
+        return Next::Respond(s.payload_response(&items));
+    };
+    let session = shard.sessions.borrow().get(sid.as_str()).cloned();
+    let Some(s) = session else {
+        shard
+            .metrics()
+            .protocol_error(ProtocolErrorKind::UnknownSid);
+        return eio_error(1, "Session ID unknown");
+    };
+    if s.version != version {
+        return eio_error(3, "Bad request");
+    }
+    match req.method.as_str() {
+        "GET" => poll_get(&s, stream, buf).await,
+        "POST" => poll_post(&s, &req),
+        _ => eio_error(2, "Bad handshake method"),
+    }
+}
+
+struct GetGuard<'a>(&'a Session);
+impl Drop for GetGuard<'_> {
+    fn drop(&mut self) {
+        self.0.st.borrow_mut().get_pending = false;
+    }
+}
+
+async fn poll_get(s: &Rc<Session>, stream: &Stream, buf: &mut Vec<u8>) -> Next {
+    {
+        let st = s.st.borrow();
+        if st.closed.is_some() {
+            return eio_error(1, "Session ID unknown");
+        }
+        if st.phase == Phase::WebSocket {
+            return eio_error(3, "Bad request");
+        }
+        if st.get_pending {
+            drop(st);
+            s.shard
+                .metrics()
+                .protocol_error(ProtocolErrorKind::EngineIo);
+            s.close(
+                "overlapping polling GET requests".into(),
+                CloseHow::SendClose,
+            );
+            return eio_error(3, "Bad request");
+        }
+    }
+    s.st.borrow_mut().get_pending = true;
+    let _guard = GetGuard(s);
+    let limit = s.shard.config().http_head_bytes_max + s.shard.config().payload_bytes_max;
+    loop {
+        let seen = s.changed.epoch();
+        {
+            let mut st = s.st.borrow_mut();
+            if let Some(end) = st.get_end.take() {
+                let item = OutItem::text(if end == GetEnd::Noop { "6" } else { "1" });
+                drop(st);
+                return Next::Respond(s.payload_response(&[item]));
+            }
+            if !st.queue.is_empty() {
+                let items: Vec<OutItem> = st.queue.drain(..).collect();
+                st.queued_bytes = 0;
+                drop(st);
+                return Next::Respond(s.payload_response(&items));
+            }
+            if st.closed.is_some() {
+                return eio_error(1, "Session ID unknown");
+            }
+            if st.phase == Phase::Upgrading {
+                drop(st);
+                return Next::Respond(s.payload_response(&[OutItem::text("6")]));
+            }
+        }
+        let read =
+            futures_lite::future::or(async { Some(conn::read_some(stream, buf).await) }, async {
+                s.changed.changed(seen).await;
+                None
+            })
+            .await;
+        match read {
+            None => {}
+            Some(Ok(0)) | Some(Err(_)) => {
+                s.close(
+                    "transport close (polling request aborted)".into(),
+                    CloseHow::Abort,
+                );
+                return Next::Done;
+            }
+            Some(Ok(n)) => {
+                ShardMetrics::add(&s.shard.metrics().bytes_in, n as u64);
+                if buf.len() > limit {
+                    s.close(
+                        "too many bytes pipelined behind a pending poll".into(),
+                        CloseHow::Abort,
+                    );
+                    return Next::Done;
+                }
+            }
+        }
+    }
+}
+
+fn poll_post(s: &Rc<Session>, req: &Request) -> Next {
+    {
+        let st = s.st.borrow();
+        if st.closed.is_some() {
+            return eio_error(1, "Session ID unknown");
+        }
+        if st.phase == Phase::WebSocket {
+            return eio_error(3, "Bad request");
+        }
+    }
+    let cfg = s.shard.config();
+    if req.body.len() > cfg.payload_bytes_max {
+        s.shard
+            .metrics()
+            .protocol_error(ProtocolErrorKind::EngineIo);
+        s.close(
+            format!(
+                "polling payload of {} bytes exceeds payload_bytes_max {}",
+                req.body.len(),
+                cfg.payload_bytes_max
+            )
+            .into(),
+            CloseHow::SendClose,
+        );
+        return Next::RespondClose(Response::error(413, "payload too large"));
+    }
+    let form = PayloadForm::from_content_type(s.version, req.header("content-type"));
+    let packets = match proto::decode_payload(s.version, form, &req.body, &limits(cfg)) {
+        Ok(p) => p,
+        Err(e) => {
+            s.shard
+                .metrics()
+                .protocol_error(ProtocolErrorKind::EngineIo);
+            s.close(
+                format!("invalid polling payload: {e}").into(),
+                CloseHow::SendClose,
+            );
+            return eio_error(3, "Bad request");
+        }
+    };
+    for p in packets {
+        if s.is_closed() {
+            break;
+        }
+        if let Err(reason) = s.on_packet(p) {
+            s.shard
+                .metrics()
+                .protocol_error(ProtocolErrorKind::EngineIo);
+            s.close(reason.into(), CloseHow::SendClose);
+            return eio_error(3, "Bad request");
+        }
+    }
+    Next::Respond(Response::new(200, "text/html", "ok"))
+}
+
+// ---- websocket transport ----
+
+async fn websocket(
+    shard: &Rc<ShardCtx>,
+    stream: &Stream,
+    buf: &mut Vec<u8>,
+    req: Request,
+    version: EioVersion,
+    sid: Option<String>,
+    endpoint: Endpoint,
+) -> Next {
+    let existing = match &sid {
+        Some(sid) => {
+            let s = shard.sessions.borrow().get(sid.as_str()).cloned();
+            let Some(s) = s else {
+                shard
+                    .metrics()
+                    .protocol_error(ProtocolErrorKind::UnknownSid);
+                return eio_error(1, "Session ID unknown");
+            };
+            if s.version != version || s.st.borrow().phase != Phase::Polling || s.is_closed() {
+                return eio_error(3, "Bad request");
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    let accept = match ws::handshake_response(&req) {
+        Ok(a) => a,
+        Err(msg) => {
+            shard.metrics().protocol_error(ProtocolErrorKind::WebSocket);
+            return Next::RespondClose(Response::error(400, msg));
+        }
+    };
+    if conn::write_all(stream, &accept).await.is_err() {
+        return Next::Done;
+    }
+    let session = match existing {
+        Some(s) => {
+            if s.is_closed() {
+                return Next::Done;
+            }
+            s.st.borrow_mut().phase = Phase::Upgrading;
+            s
+        }
+        None => {
+            let handler = make_handler(shard, endpoint, version);
+            let s = Session::create(shard, version, Phase::WebSocket, true, handler.clone());
+            let open = OutItem::Text(Arc::from(s.handshake(false).to_packet_text()));
+            s.send_items([open]);
+            handler.on_open(&s);
+            s
+        }
+    };
+    let leftover = std::mem::take(buf);
+    run_websocket(session, stream.clone(), leftover).await;
+    Next::Done
+}
+
+async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
+    let cfg = s.shard.config().clone();
+    let mut reader = ws::WsReader::new(&cfg);
+    reader.io.feed(&leftover);
+    let done = Rc::new(Cell::new(false));
+    let peer_closed = Rc::new(Cell::new(false));
+    let writer = glommio::spawn_local(ws_writer(
+        s.clone(),
+        stream.clone(),
+        done.clone(),
+        peer_closed.clone(),
+    ));
+    let mut upgrading = s.st.borrow().phase == Phase::Upgrading;
+    let mut rbuf = Vec::new();
+    // Bytes received since the last complete message: non-zero at the end of the stream means it ended inside a
+    // frame. (Exact when no partial frame follows a complete one in the same read.)
+    let mut since_message = leftover.len();
+    'conn: loop {
+        // Everything buffered first (several frames may be in one read).
+        loop {
+            if s.is_closed() || done.get() {
+                break 'conn;
+            }
+            let msg = match reader.ctx.read(&mut reader.io) {
+                Ok(m) => m,
+                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    break;
+                }
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => {
+                    peer_closed.set(true);
+                    end_ws(
+                        &s,
+                        upgrading,
+                        &done,
+                        "transport close".into(),
+                        CloseHow::Abort,
+                    );
+                    break 'conn;
+                }
+                Err(e) => {
+                    s.shard
+                        .metrics()
+                        .protocol_error(ProtocolErrorKind::WebSocket);
+                    let (code, what) = match &e {
+                        tungstenite::Error::Capacity(_) => {
+                            (CloseCode::Size, "websocket message too big")
+                        }
+                        tungstenite::Error::Utf8(_) => {
+                            (CloseCode::Invalid, "invalid UTF-8 in websocket text")
+                        }
+                        _ => (CloseCode::Protocol, "websocket protocol error"),
+                    };
+                    let mut out = Vec::new();
+                    close_frame(&mut out, code, what);
+                    s.push_ws_raw(&out);
+                    peer_closed.set(true);
+                    // The close frame is already queued: no Engine.IO close packet may follow it.
+                    end_ws(
+                        &s,
+                        upgrading,
+                        &done,
+                        format!("{what}: {e}").into(),
+                        CloseHow::ClientClosed,
+                    );
+                    break 'conn;
+                }
+            };
+            since_message = 0;
+            let result = match msg {
+                Message::Text(t) => {
+                    if upgrading {
+                        match t.as_str() {
+                            "2probe" => {
+                                let mut out = Vec::new();
+                                ws::push_frame(&mut out, false, b"3probe");
+                                s.push_ws_raw(&out);
+                                let mut st = s.st.borrow_mut();
+                                if st.get_pending {
+                                    st.get_end = Some(GetEnd::Noop);
+                                }
+                                drop(st);
+                                s.changed.notify();
+                                Ok(())
+                            }
+                            "5" => {
+                                upgrading = false;
+                                s.st.borrow_mut().phase = Phase::WebSocket;
+                                let m = s.shard.metrics();
+                                ShardMetrics::gauge(&m.sessions_polling, -1);
+                                ShardMetrics::gauge(&m.sessions_websocket, 1);
+                                s.changed.notify();
+                                Ok(())
+                            }
+                            other => Packet::decode_text(other)
+                                .map_err(|e| format!("invalid Engine.IO packet: {e}"))
+                                .and_then(|p| s.on_packet(p)),
+                        }
+                    } else {
+                        Packet::decode_text(t.as_str())
+                            .map_err(|e| format!("invalid Engine.IO packet: {e}"))
+                            .and_then(|p| s.on_packet(p))
+                    }
+                }
+                Message::Binary(b) => Packet::decode_binary(s.version, &b)
+                    .map_err(|e| format!("invalid Engine.IO binary packet: {e}"))
+                    .and_then(|p| s.on_packet(p)),
+                Message::Close(_) => {
+                    peer_closed.set(true);
+                    end_ws(
+                        &s,
+                        upgrading,
+                        &done,
+                        "transport close".into(),
+                        CloseHow::ClientClosed,
+                    );
+                    Ok(())
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            };
+            if !reader.io.output.is_empty() {
+                let out = std::mem::take(&mut reader.io.output);
+                s.push_ws_raw(&out);
+            }
+            if let Err(reason) = result {
+                s.shard
+                    .metrics()
+                    .protocol_error(ProtocolErrorKind::EngineIo);
+                s.close(reason.into(), CloseHow::SendClose);
+                break 'conn;
+            }
+        }
+        if !reader.io.output.is_empty() {
+            let out = std::mem::take(&mut reader.io.output);
+            s.push_ws_raw(&out);
+        }
+        let seen = s.changed.epoch();
+        if s.is_closed() || done.get() {
+            break;
+        }
+        let read = futures_lite::future::or(
+            async { Some(conn::read_some(&stream, &mut rbuf).await) },
+            async {
+                s.changed.changed(seen).await;
+                None
+            },
+        )
+        .await;
+        match read {
+            None => {}
+            Some(Ok(0)) | Some(Err(_)) => {
+                peer_closed.set(true);
+                let reason: Cow<'static, str> = if since_message > 0 {
+                    s.shard
+                        .metrics()
+                        .protocol_error(ProtocolErrorKind::WebSocket);
+                    format!(
+                        "truncated websocket frame: stream ended {since_message} bytes into a frame"
+                    )
+                    .into()
+                } else {
+                    "transport close".into()
+                };
+                end_ws(&s, upgrading, &done, reason, CloseHow::Abort);
+                break;
+            }
+            Some(Ok(n)) => {
+                ShardMetrics::add(&s.shard.metrics().bytes_in, n as u64);
+                since_message += n;
+                reader.io.feed(&rbuf);
+                rbuf = Vec::new();
+            }
+        }
+    }
+    done.set(true);
+    s.changed.notify();
+    writer.await;
+}
+
+/// The websocket ended: an unfinished upgrade leaves the session on polling, otherwise the session closes.
+fn end_ws(
+    s: &Rc<Session>,
+    upgrading: bool,
+    done: &Cell<bool>,
+    reason: Cow<'static, str>,
+    how: CloseHow,
+) {
+    done.set(true);
+    if upgrading && s.st.borrow().phase == Phase::Upgrading {
+        s.st.borrow_mut().phase = Phase::Polling;
+        s.changed.notify();
+        return;
+    }
+    s.close(reason, how);
+}
+
+fn close_frame(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&u16::from(code).to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(120)]);
+    let header = FrameHeader {
+        opcode: OpCode::Control(Control::Close),
+        ..FrameHeader::default()
+    };
+    let _ = header.format(payload.len() as u64, out);
+    out.extend_from_slice(&payload);
+}
+
+fn push_item_frame(out: &mut Vec<u8>, version: EioVersion, item: &OutItem) {
+    match item {
+        OutItem::Text(t) => ws::push_frame(out, false, t.as_bytes()),
+        OutItem::Binary(b) => match version {
+            EioVersion::V4 => ws::push_frame(out, true, b),
+            EioVersion::V3 => {
+                let header = FrameHeader {
+                    opcode: OpCode::Data(tungstenite::protocol::frame::coding::Data::Binary),
+                    ..FrameHeader::default()
+                };
+                let _ = header.format(b.len() as u64 + 1, out);
+                out.push(4);
+                out.extend_from_slice(b);
+            }
+        },
+    }
+}
+
+async fn ws_writer(
+    s: Rc<Session>,
+    stream: Stream,
+    done: Rc<Cell<bool>>,
+    peer_closed: Rc<Cell<bool>>,
+) {
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        let seen = s.changed.epoch();
+        let finished;
+        {
+            let mut st = s.st.borrow_mut();
+            if st.abort {
+                return;
+            }
+            out.append(&mut st.ws_raw);
+            // Only the transport in charge drains the queue: during an upgrade, polling still is.
+            if st.phase == Phase::WebSocket {
+                let n = st.queue.len();
+                for item in st.queue.drain(..) {
+                    push_item_frame(&mut out, s.version, &item);
+                }
+                st.queued_bytes = 0;
+                if n > 0 {
+                    ShardMetrics::add(&s.shard.metrics().packets_out, n as u64);
+                }
+            }
+            finished = done.get() || st.closed.is_some();
+            if finished && !peer_closed.get() && st.closed.is_some() {
+                close_frame(&mut out, CloseCode::Normal, "");
+            }
+        }
+        if !out.is_empty() {
+            ShardMetrics::add(&s.shard.metrics().bytes_out, out.len() as u64);
+            let written = futures_lite::future::or(
+                async { Some(conn::write_all(&stream, &out).await) },
+                async {
+                    // A slow reader is dropped without waiting for its socket to drain.
+                    loop {
+                        let seen = s.changed.epoch();
+                        if s.st.borrow().abort {
+                            return None;
+                        }
+                        s.changed.changed(seen).await;
+                    }
+                },
+            )
+            .await;
+            out.clear();
+            match written {
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
+                    s.close("transport error (write failed)".into(), CloseHow::Abort);
+                    return;
+                }
+                None => return,
+            }
+        }
+        if finished {
+            return;
+        }
+        if out.capacity() > 16 * 1024 {
+            out = Vec::new();
+        }
+        s.changed.changed(seen).await;
+    }
+}
+
+/// The raw Engine.IO echo of the conformance server: every message goes back as it came.
+struct Echo;
+
+impl EngineHandler for Echo {
+    fn on_open(&self, _session: &Rc<Session>) {}
+    fn on_text(&self, session: &Rc<Session>, text: &str) -> Result<(), String> {
+        let mut t = String::with_capacity(text.len() + 1);
+        t.push('4');
+        t.push_str(text);
+        session.send_text_packet(t);
+        Ok(())
+    }
+    fn on_binary(&self, session: &Rc<Session>, data: &[u8]) -> Result<(), String> {
+        session.send_items([OutItem::Binary(Arc::from(data))]);
+        Ok(())
+    }
+    fn on_close(&self, _session: &Rc<Session>, _reason: &str) {}
+    fn as_any(self: Rc<Self>) -> Rc<dyn std::any::Any> {
+        self
+    }
+}

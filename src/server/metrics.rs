@@ -1,0 +1,185 @@
+//! Counters and gauges per shard, rendered as Prometheus text by `GET /metrics`.
+//!
+//! Each shard writes only its own [`ShardMetrics`] (relaxed atomics, no contention); any shard may read all of
+//! them to render the page. This is the one piece of state shared between shards, and it is write-once-per-owner
+//! statistics, never control flow.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Kinds of protocol errors counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolErrorKind {
+    /// Malformed HTTP request (400/413/431).
+    Http,
+    /// Websocket protocol violation (bad frame, oversized message, truncated frame).
+    WebSocket,
+    /// Invalid Engine.IO packet or payload.
+    EngineIo,
+    /// Invalid Socket.IO packet.
+    SocketIo,
+    /// Unknown or closed session id.
+    UnknownSid,
+}
+
+const ERROR_KINDS: [(ProtocolErrorKind, &str); 5] = [
+    (ProtocolErrorKind::Http, "http"),
+    (ProtocolErrorKind::WebSocket, "websocket"),
+    (ProtocolErrorKind::EngineIo, "engineio"),
+    (ProtocolErrorKind::SocketIo, "socketio"),
+    (ProtocolErrorKind::UnknownSid, "unknown_sid"),
+];
+
+/// Statistics of one shard.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct ShardMetrics {
+    /// Open TCP connections.
+    pub connections: AtomicI64,
+    /// Engine.IO sessions whose current transport is polling.
+    pub sessions_polling: AtomicI64,
+    /// Engine.IO sessions whose current transport is websocket.
+    pub sessions_websocket: AtomicI64,
+    /// Connected Socket.IO sockets (one per namespace per session).
+    pub sockets: AtomicI64,
+    /// Engine.IO packets received.
+    pub packets_in: AtomicU64,
+    /// Engine.IO packets sent.
+    pub packets_out: AtomicU64,
+    /// Bytes read from sockets.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to sockets.
+    pub bytes_out: AtomicU64,
+    /// Sessions closed because their outgoing queue exceeded `socket_queued_bytes_max`.
+    pub slow_reader_disconnects: AtomicU64,
+    /// HTTP requests served.
+    pub http_requests: AtomicU64,
+    /// Connections handed over to the shard owning their session.
+    pub connections_handed_over: AtomicU64,
+    /// Cross-shard messages that could not be queued (queue full).
+    pub mesh_full: AtomicU64,
+    protocol_errors: [AtomicU64; 5],
+}
+
+impl ShardMetrics {
+    /// Count one protocol error.
+    pub fn protocol_error(&self, kind: ProtocolErrorKind) {
+        let i = ERROR_KINDS
+            .iter()
+            .position(|(k, _)| *k == kind)
+            .unwrap_or(0);
+        self.protocol_errors[i].fetch_add(1, Relaxed);
+    }
+    /// Add to a counter (helper that keeps call sites short).
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+    /// Add to a gauge.
+    pub fn gauge(gauge: &AtomicI64, delta: i64) {
+        gauge.fetch_add(delta, Relaxed);
+    }
+}
+
+/// Name, help text and reader of a gauge.
+type Gauge = (&'static str, &'static str, fn(&ShardMetrics) -> i64);
+/// Name, help text and reader of a counter.
+type Counter = (&'static str, &'static str, fn(&ShardMetrics) -> u64);
+
+/// Render every shard's statistics in the Prometheus text exposition format.
+pub fn render(shards: &[ShardMetrics]) -> String {
+    let mut out = String::with_capacity(4096);
+    let gauges: [Gauge; 2] = [
+        ("shardcast_connections", "Open TCP connections.", |m| {
+            m.connections.load(Relaxed)
+        }),
+        (
+            "shardcast_sockets",
+            "Connected Socket.IO sockets (namespace connections).",
+            |m| m.sockets.load(Relaxed),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (i, m) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(m));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_sessions Engine.IO sessions by transport.\n# TYPE shardcast_sessions gauge"
+    );
+    for (i, m) in shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "shardcast_sessions{{shard=\"{i}\",transport=\"polling\"}} {}",
+            m.sessions_polling.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "shardcast_sessions{{shard=\"{i}\",transport=\"websocket\"}} {}",
+            m.sessions_websocket.load(Relaxed)
+        );
+    }
+    let counters: [Counter; 8] = [
+        (
+            "shardcast_packets_in_total",
+            "Engine.IO packets received.",
+            |m| m.packets_in.load(Relaxed),
+        ),
+        (
+            "shardcast_packets_out_total",
+            "Engine.IO packets sent.",
+            |m| m.packets_out.load(Relaxed),
+        ),
+        (
+            "shardcast_bytes_in_total",
+            "Bytes read from client sockets.",
+            |m| m.bytes_in.load(Relaxed),
+        ),
+        (
+            "shardcast_bytes_out_total",
+            "Bytes written to client sockets.",
+            |m| m.bytes_out.load(Relaxed),
+        ),
+        (
+            "shardcast_slow_reader_disconnects_total",
+            "Sessions closed because their send queue exceeded socket_queued_bytes_max.",
+            |m| m.slow_reader_disconnects.load(Relaxed),
+        ),
+        (
+            "shardcast_http_requests_total",
+            "HTTP requests served.",
+            |m| m.http_requests.load(Relaxed),
+        ),
+        (
+            "shardcast_connections_handed_over_total",
+            "Connections handed to the shard that owns their session.",
+            |m| m.connections_handed_over.load(Relaxed),
+        ),
+        (
+            "shardcast_mesh_full_total",
+            "Cross-shard messages refused because the queue was full.",
+            |m| m.mesh_full.load(Relaxed),
+        ),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (i, m) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(m));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_protocol_errors_total Protocol errors by kind.\n# TYPE shardcast_protocol_errors_total counter"
+    );
+    for (i, m) in shards.iter().enumerate() {
+        for (k, (_, label)) in ERROR_KINDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardcast_protocol_errors_total{{shard=\"{i}\",kind=\"{label}\"}} {}",
+                m.protocol_errors[k].load(Relaxed)
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,497 @@
+//! Shards: one glommio `LocalExecutor` per core, each with its own `SO_REUSEPORT` listener, a timer wheel, its
+//! sessions and rooms, and a bounded queue to every other shard created at start-up (glommio's channel mesh: a
+//! full send wakes nobody and fails at once; a receive on another executor is woken through that executor's
+//! eventfd, so no shard ever blocks on another).
+
+use std::any::{Any, TypeId};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::{FullMesh, MeshBuilder, Senders};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::config::ServerConfig;
+use super::engine::Session;
+use super::http::Router;
+use super::metrics::ShardMetrics;
+use super::signal::Signal;
+use super::socketio::{RoomRegistry, SocketIo};
+use super::timer::{TimerHandle, TimerWheel};
+
+/// A message for another shard: a closure run there with that shard's context.
+pub type ShardMessage = Box<dyn FnOnce(&Rc<ShardCtx>) + Send>;
+
+/// What an application plugs into each shard. Built by the [`AppFactory`] on every shard at start-up.
+#[derive(Default)]
+pub struct ShardApp {
+    /// Socket.IO namespaces and their handlers (served on `ServerConfig::socketio_paths`). `None`: only the
+    /// default namespace `/`, with no handlers.
+    pub socketio: Option<SocketIo>,
+    /// REST routes; requests no other route takes are offered to it.
+    pub router: Option<Rc<dyn Router>>,
+}
+
+impl std::fmt::Debug for ShardApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardApp")
+            .field("router", &self.router.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Called once on each shard, inside its executor, before it accepts connections. It may store per-shard state
+/// with [`ShardCtx::set_state`], schedule timers and spawn local tasks.
+pub type AppFactory = Arc<dyn Fn(&Rc<ShardCtx>) -> ShardApp + Send + Sync>;
+
+/// Error of [`ShardCtx::send_to`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeshError {
+    /// The destination's queue is full (`mesh_queue_len`); the message was dropped.
+    #[error("queue to shard {0} is full")]
+    Full(usize),
+    /// No such shard.
+    #[error("no shard {0}")]
+    NoSuchShard(usize),
+}
+
+/// Everything one shard owns. Reached as `Rc<ShardCtx>` from handlers, timers and cross-shard messages.
+pub struct ShardCtx {
+    id: usize,
+    nr_shards: usize,
+    config: Rc<ServerConfig>,
+    timers: TimerWheel,
+    all_metrics: Arc<[ShardMetrics]>,
+    mesh: RefCell<Option<Senders<ShardMessage>>>,
+    pub(crate) sessions: RefCell<HashMap<Rc<str>, Rc<Session>>>,
+    pub(crate) rooms: RoomRegistry,
+    state: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
+    pub(crate) app: RefCell<Rc<ShardApp>>,
+    shutdown_flag: Arc<AtomicBool>,
+    shutting_down: Cell<bool>,
+    pub(crate) shutdown_signal: Signal,
+    pub(crate) connections: Cell<usize>,
+    sid_counter: Cell<u64>,
+    sid_salt: u64,
+}
+
+impl std::fmt::Debug for ShardCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardCtx")
+            .field("id", &self.id)
+            .field("nr_shards", &self.nr_shards)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardCtx {
+    /// This shard's index, `0..nr_shards()`.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+    /// Number of shards.
+    pub fn nr_shards(&self) -> usize {
+        self.nr_shards
+    }
+    /// The server configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+    /// This shard's timer wheel.
+    pub fn timers(&self) -> &TimerWheel {
+        &self.timers
+    }
+    /// Run `f` on this shard after `delay` (timer wheel resolution).
+    pub fn schedule(&self, delay: Duration, f: impl FnOnce() + 'static) -> TimerHandle {
+        self.timers.schedule(delay, f)
+    }
+    /// This shard's statistics.
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.all_metrics[self.id]
+    }
+    pub(crate) fn all_metrics(&self) -> &[ShardMetrics] {
+        &self.all_metrics
+    }
+    /// True once graceful shutdown began.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Store a per-shard value of type `T` (replaces a previous one).
+    pub fn set_state<T: 'static>(&self, value: T) -> Rc<T> {
+        let rc = Rc::new(value);
+        self.state
+            .borrow_mut()
+            .insert(TypeId::of::<T>(), rc.clone());
+        rc
+    }
+    /// The per-shard value of type `T`, if set.
+    pub fn state<T: 'static>(&self) -> Option<Rc<T>> {
+        self.state
+            .borrow()
+            .get(&TypeId::of::<T>())
+            .cloned()
+            .and_then(|rc| rc.downcast::<T>().ok())
+    }
+
+    /// Run `f` on shard `shard` with its context. Never blocks: if that shard's queue is full the message is
+    /// dropped and [`MeshError::Full`] returned at once. Sending to oneself runs `f` in a new local task.
+    pub fn send_to(
+        self: &Rc<Self>,
+        shard: usize,
+        f: impl FnOnce(&Rc<ShardCtx>) + Send + 'static,
+    ) -> Result<(), MeshError> {
+        if shard >= self.nr_shards {
+            return Err(MeshError::NoSuchShard(shard));
+        }
+        if shard == self.id {
+            let me = self.clone();
+            glommio::spawn_local(async move { f(&me) }).detach();
+            return Ok(());
+        }
+        let mesh = self.mesh.borrow();
+        let Some(senders) = mesh.as_ref() else {
+            return Err(MeshError::NoSuchShard(shard));
+        };
+        match senders.try_send_to(shard, Box::new(f)) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                ShardMetrics::add(&self.metrics().mesh_full, 1);
+                Err(MeshError::Full(shard))
+            }
+        }
+    }
+
+    /// A new Engine.IO session id that encodes this shard: two hex digits of shard index then 18 random-looking
+    /// characters.
+    pub(crate) fn new_sid(&self) -> Rc<str> {
+        let n = self.sid_counter.get().wrapping_add(1);
+        self.sid_counter.set(n);
+        let mut x = n ^ self.sid_salt;
+        // splitmix64 scrambling so ids are not guessable sequences
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut s = format!("{:02x}", self.id);
+        let mut v = z;
+        for i in 0..18 {
+            if i == 10 {
+                v = z.rotate_left(17) ^ n;
+            }
+            s.push(ALPHABET[(v & 63) as usize] as char);
+            v >>= 6;
+        }
+        Rc::from(s)
+    }
+
+    /// The shard that owns a session id (see [`ShardCtx::new_sid`]); `None` if it is not one of ours.
+    pub fn owner_of_sid(&self, sid: &str) -> Option<usize> {
+        let hex = sid.get(..2)?;
+        let shard = usize::from_str_radix(hex, 16).ok()?;
+        (shard < self.nr_shards && sid.len() == 20).then_some(shard)
+    }
+
+    fn begin_shutdown(self: &Rc<Self>) {
+        if self.shutting_down.replace(true) {
+            return;
+        }
+        tracing::info!(
+            shard = self.id,
+            sessions = self.sessions.borrow().len(),
+            "graceful shutdown begins"
+        );
+        self.shutdown_signal.notify();
+        let sessions: Vec<Rc<Session>> = self.sessions.borrow().values().cloned().collect();
+        for s in sessions {
+            s.close_for_shutdown();
+        }
+    }
+}
+
+/// A running server: join it to wait for the end of every shard.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// The address the shards listen on (useful with port 0).
+    pub local_addr: SocketAddr,
+    shutdown: Arc<AtomicBool>,
+    joins: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Ask every shard to shut down gracefully (what SIGTERM does).
+    pub fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::Release);
+    }
+    /// A clone of the flag that triggers graceful shutdown.
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+    /// Wait for every shard to finish.
+    pub fn join(self) -> io::Result<()> {
+        for j in self.joins {
+            j.join().map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Start `config.shards` shards. Returns once every shard listens.
+pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> {
+    let nr = config.shards.max(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let metrics: Arc<[ShardMetrics]> = (0..nr).map(|_| ShardMetrics::default()).collect();
+    let mesh: FullMesh<ShardMessage> = MeshBuilder::full(nr, config.mesh_queue_len.max(1));
+    let mut config = config;
+    let mut joins = Vec::with_capacity(nr);
+    let (ready_tx, ready_rx) = mpsc::channel::<io::Result<SocketAddr>>();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let salt = now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32);
+    for id in 0..nr {
+        let placement = if config.pin_shards {
+            Placement::Fixed(id % cpus)
+        } else {
+            Placement::Unbound
+        };
+        let cfg_send = config.clone();
+        let app = app.clone();
+        let metrics = metrics.clone();
+        let mesh = mesh.clone();
+        let shutdown = shutdown.clone();
+        let ready = ready_tx.clone();
+        let join = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{id}"))
+            .io_memory(256 << 10)
+            .spawn(move || async move {
+                shard_main(id, nr, cfg_send, app, metrics, mesh, shutdown, ready, salt).await;
+            })
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        joins.push(join);
+        // Shard 0 resolves port 0; the others bind the same port.
+        let addr = ready_rx
+            .recv()
+            .map_err(|_| io::Error::other("shard failed to start"))??;
+        if id == 0 {
+            config.listen = addr;
+        }
+    }
+    Ok(ServerHandle {
+        local_addr: config.listen,
+        shutdown,
+        joins,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn shard_main(
+    id: usize,
+    nr: usize,
+    config: ServerConfig,
+    app: AppFactory,
+    metrics: Arc<[ShardMetrics]>,
+    mesh: FullMesh<ShardMessage>,
+    shutdown: Arc<AtomicBool>,
+    ready: mpsc::Sender<io::Result<SocketAddr>>,
+    salt: u64,
+) {
+    let listener = match bind_listener(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::other(format!(
+                "shard {id}: bind {}: {e}",
+                config.listen
+            ))));
+            return;
+        }
+    };
+    let local_addr = listener.local_addr().unwrap_or(config.listen);
+    let ctx = Rc::new(ShardCtx {
+        id,
+        nr_shards: nr,
+        timers: TimerWheel::new(Duration::from_millis(config.timer_tick_ms)),
+        config: Rc::new(config),
+        all_metrics: metrics,
+        mesh: RefCell::new(None),
+        sessions: RefCell::new(HashMap::new()),
+        rooms: RoomRegistry::default(),
+        state: RefCell::new(HashMap::new()),
+        app: RefCell::new(Rc::new(ShardApp::default())),
+        shutdown_flag: shutdown,
+        shutting_down: Cell::new(false),
+        shutdown_signal: Signal::default(),
+        connections: Cell::new(0),
+        sid_counter: Cell::new(0),
+        sid_salt: salt.rotate_left(id as u32 * 7),
+    });
+    let built = app(&ctx);
+    *ctx.app.borrow_mut() = Rc::new(built);
+    let _ = ready.send(Ok(local_addr));
+    drop(ready);
+
+    // Join the mesh (waits for every shard), then serve the queues from every peer.
+    if nr > 1 {
+        let (senders, mut receivers) = match mesh.join().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(shard = id, error = %e, "could not join the shard mesh");
+                return;
+            }
+        };
+        *ctx.mesh.borrow_mut() = Some(senders);
+        for (_peer, rx) in receivers.streams() {
+            let ctx = ctx.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = rx.recv().await {
+                    msg(&ctx);
+                }
+            })
+            .detach();
+        }
+    } else {
+        drop(mesh);
+    }
+    tracing::info!(shard = id, addr = %local_addr, "shard listening");
+
+    let accept_ctx = ctx.clone();
+    let acceptor = glommio::spawn_local(async move {
+        let ctx = accept_ctx;
+        loop {
+            let seen = ctx.shutdown_signal.epoch();
+            if ctx.is_shutting_down() {
+                break;
+            }
+            let accepted =
+                futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                    ctx.shutdown_signal.changed(seen).await;
+                    None
+                })
+                .await;
+            match accepted {
+                None => break,
+                Some(Ok(stream)) => {
+                    if ctx.connections.get() >= ctx.config.connections_per_shard_max {
+                        tracing::warn!(
+                            shard = ctx.id,
+                            limit = ctx.config.connections_per_shard_max,
+                            "connection refused: connections_per_shard_max reached"
+                        );
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    super::conn::spawn_connection(&ctx, stream, Vec::new());
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(shard = ctx.id, error = %e, "accept failed");
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    });
+
+    // The ticker drives the timer wheel and watches the shutdown flag.
+    let tick = ctx.timers.tick();
+    let mut deadline: Option<Instant> = None;
+    loop {
+        glommio::timer::sleep(tick).await;
+        ctx.timers.advance();
+        if ctx.shutdown_flag.load(Ordering::Acquire) && !ctx.is_shutting_down() {
+            ctx.begin_shutdown();
+            deadline = Some(Instant::now() + Duration::from_millis(ctx.config.shutdown_grace_ms));
+        }
+        if let Some(d) = deadline {
+            let drained = ctx.sessions.borrow().is_empty() && ctx.connections.get() == 0;
+            if drained || Instant::now() >= d {
+                tracing::info!(shard = id, drained, "shard stopped");
+                break;
+            }
+        }
+    }
+    acceptor.await;
+    if let Some(s) = ctx.mesh.borrow_mut().take() {
+        s.close();
+    }
+}
+
+/// A listening socket with `SO_REUSEPORT` (one per shard, the kernel spreads connections) and `SO_REUSEADDR`
+/// (a restarted server binds again while old connections sit in TIME_WAIT).
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    let domain = if addr.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    // SAFETY: plain socket calls; every pointer is to a live local of the size passed with it, and the
+    // descriptor is owned by `owned` until it is handed to glommio.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let owned = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            let rc = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sin = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*sin).sin_port = a.port().to_be();
+                (*sin).sin_addr = libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                };
+                std::mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 =
+                    (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                (*sin6).sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                (*sin6).sin6_port = a.port().to_be();
+                (*sin6).sin6_addr = libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                };
+                (*sin6).sin6_flowinfo = a.flowinfo();
+                (*sin6).sin6_scope_id = a.scope_id();
+                std::mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        if libc::bind(
+            fd,
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::listen(fd, 1024) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(TcpListener::from_raw_fd(owned.into_raw_fd()))
+    }
+}

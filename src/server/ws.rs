@@ -1,0 +1,194 @@
+//! WebSocket: the RFC 6455 upgrade handshake by hand, frames through tungstenite's frame layer
+//! (`WebSocketContext` over in-memory buffers, so no runtime is involved), and pre-encoded outgoing frames.
+
+use std::io::{self, Read, Write};
+
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+use tungstenite::protocol::frame::FrameHeader;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+
+use super::config::ServerConfig;
+use super::http::Request;
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// `Sec-WebSocket-Accept` for a client key.
+pub fn accept_key(key: &str) -> String {
+    let mut h = Sha1::new();
+    h.update(key.trim().as_bytes());
+    h.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// Validate an upgrade request; returns the `101 Switching Protocols` response bytes.
+pub fn handshake_response(req: &Request) -> Result<Vec<u8>, &'static str> {
+    if req.method != "GET" {
+        return Err("websocket upgrade must use GET");
+    }
+    let connection_upgrade = req.header("connection").is_some_and(|v| {
+        v.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    });
+    if !connection_upgrade {
+        return Err("missing Connection: Upgrade");
+    }
+    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err("unsupported Sec-WebSocket-Version (need 13)");
+    }
+    let key = req
+        .header("sec-websocket-key")
+        .ok_or("missing Sec-WebSocket-Key")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .map_err(|_| "invalid Sec-WebSocket-Key")?;
+    if decoded.len() != 16 {
+        return Err("invalid Sec-WebSocket-Key");
+    }
+    Ok(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key(key)
+    )
+    .into_bytes())
+}
+
+/// tungstenite configuration from ours.
+pub fn ws_config(cfg: &ServerConfig) -> WebSocketConfig {
+    // tungstenite only writes control frames here (pongs, close replies): a small read chunk keeps idle
+    // connections cheap; our own queue bounds what waits to be written.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_frame_size(Some(cfg.ws_frame_bytes_max))
+        .max_message_size(Some(cfg.payload_bytes_max.max(1024)))
+}
+
+/// In-memory duplex buffer tungstenite reads frames from and writes control frames into.
+#[derive(Debug, Default)]
+pub struct WsIo {
+    /// Bytes received from the socket and not yet consumed by tungstenite.
+    pub input: Vec<u8>,
+    pos: usize,
+    /// Bytes tungstenite wants to send (pongs, close frames).
+    pub output: Vec<u8>,
+}
+
+impl WsIo {
+    /// Append received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos == self.input.len() {
+            self.input.clear();
+            self.pos = 0;
+        }
+        self.input.extend_from_slice(bytes);
+    }
+}
+
+impl Read for WsIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let avail = &self.input[self.pos..];
+        if avail.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.pos += n;
+        if self.pos == self.input.len() {
+            // fully consumed: release the buffer so an idle connection holds none
+            self.input = Vec::new();
+            self.pos = 0;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for WsIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Server side frame reader: tungstenite's context plus its buffers.
+#[allow(missing_debug_implementations)]
+pub struct WsReader {
+    /// tungstenite's protocol state.
+    pub ctx: WebSocketContext,
+    /// Its buffers.
+    pub io: WsIo,
+}
+
+impl WsReader {
+    /// A server-role reader with our limits.
+    pub fn new(cfg: &ServerConfig) -> Self {
+        WsReader {
+            ctx: WebSocketContext::new(Role::Server, Some(ws_config(cfg))),
+            io: WsIo::default(),
+        }
+    }
+}
+
+/// Append one unmasked, final, unfragmented frame (server to client) to `out`.
+pub fn push_frame(out: &mut Vec<u8>, binary: bool, payload: &[u8]) {
+    let header = FrameHeader {
+        opcode: OpCode::Data(if binary { Data::Binary } else { Data::Text }),
+        ..FrameHeader::default()
+    };
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_is_valid_for_small_bounds() {
+        let cfg = ServerConfig {
+            socket_queued_bytes_max: 1024,
+            payload_bytes_max: 10,
+            ..ServerConfig::default()
+        };
+        let mut r = WsReader::new(&cfg);
+        r.io.feed(&[0x81, 0x81, 1, 2, 3, 4, b'3' ^ 1]);
+        assert!(r.ctx.read(&mut r.io).is_ok());
+    }
+
+    #[test]
+    fn rfc6455_accept_key() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn frame_header_sizes() {
+        let mut out = Vec::new();
+        push_frame(&mut out, false, b"4hello");
+        assert_eq!(&out[..2], &[0x81, 6]);
+        let mut out = Vec::new();
+        push_frame(&mut out, true, &[0u8; 300]);
+        assert_eq!(&out[..4], &[0x82, 126, 1, 44]);
+    }
+}
+
+#[cfg(test)]
+mod reader_tests {
+    use super::*;
+
+    #[test]
+    fn reads_masked_frames_fed_in_pieces() {
+        let cfg = ServerConfig::default();
+        let mut r = WsReader::new(&cfg);
+        let frame = [0x81u8, 0x81, 1, 2, 3, 4, b'3' ^ 1];
+        r.io.feed(&frame);
+        let m = r.ctx.read(&mut r.io).unwrap();
+        assert_eq!(m, tungstenite::Message::text("3"));
+    }
+}

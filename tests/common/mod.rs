@@ -1,0 +1,376 @@
+//! Helpers shared by the integration tests: start the real binary on a free port, raw HTTP requests and a raw
+//! websocket client (handshake by hand, frames through tungstenite's client role over a std TcpStream).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tungstenite::protocol::{Role, WebSocket};
+use tungstenite::{Bytes, Message};
+
+/// Safety net so a broken server fails a test instead of hanging it; never a timing assertion.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `shardcast` process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub stderr_path: std::path::PathBuf,
+}
+
+impl Server {
+    /// `shardcast <args> --no-pin` (plus `--listen 127.0.0.1:0` unless given); waits for its "listening on" line.
+    pub fn start(args: &[&str]) -> Server {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let stderr_path = dir.join(format!("shardcast-{}-{}.log", std::process::id(), unique()));
+        let stderr = std::fs::File::create(&stderr_path).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
+        cmd.args(args).arg("--no-pin");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn shardcast");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("shardcast listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log: {}",
+                    stderr_path.display()
+                )
+            })
+            .parse()
+            .expect("address");
+        Server {
+            child,
+            addr,
+            stderr_path,
+        }
+    }
+
+    /// The conformance server with `shards` shards.
+    pub fn conformance(shards: usize) -> Server {
+        let n = shards.to_string();
+        Server::start(&["conformance", "--shards", &n])
+    }
+
+    /// The conformance server with a 20 s ping timeout (pings still every 300 ms): for tests about something
+    /// else than the heartbeat, so that a test thread descheduled on a loaded machine does not lose its session.
+    pub fn conformance_relaxed(shards: usize) -> Server {
+        let n = shards.to_string();
+        Server::start(&["conformance", "--shards", &n, "--ping-timeout-ms", "20000"])
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn terminate(mut self) -> Option<i32> {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait");
+        status.code()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// An HTTP response read from a raw socket.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Read one response (Content-Length bodies) from `s`, keeping extra bytes in `buf`. `None` on EOF first.
+pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<HttpResponse> {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| {
+                    l.split_once(':')
+                        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                })
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                if !fill(s, buf) {
+                    return None;
+                }
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Some(HttpResponse {
+                status,
+                headers,
+                body,
+            });
+        }
+        if !fill(s, buf) {
+            return None;
+        }
+    }
+}
+
+fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut tmp = [0u8; 8192];
+    match s.read(&mut tmp) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&tmp[..n]);
+            true
+        }
+    }
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Send one request on a fresh connection and read the answer.
+pub fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+    request_with(addr, method, path, &[], body)
+}
+
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    let mut s = connect(addr);
+    send_request(&mut s, method, path, headers, body);
+    let mut buf = Vec::new();
+    read_response(&mut s, &mut buf).expect("a response")
+}
+
+pub fn send_request(
+    s: &mut TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).expect("write request");
+}
+
+/// Open an Engine.IO polling session on `path` (e.g. `/engine.io/`), return its sid.
+pub fn polling_handshake(addr: SocketAddr, path: &str) -> String {
+    let r = request(addr, "GET", &format!("{path}?EIO=4&transport=polling"), b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let v: serde_json::Value =
+        serde_json::from_str(text.strip_prefix('0').expect("open packet")).unwrap();
+    v["sid"].as_str().unwrap().to_string()
+}
+
+/// A websocket client on a raw socket.
+pub struct Ws {
+    pub ws: WebSocket<TcpStream>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum WsEvent {
+    Text(String),
+    Binary(Vec<u8>),
+    /// The server closed (close frame or end of stream).
+    Closed,
+}
+
+/// Raw upgrade request; returns the stream and the response head + any bytes after it.
+pub fn ws_upgrade_raw(
+    addr: SocketAddr,
+    path_and_query: &str,
+) -> (TcpStream, HttpResponse, Vec<u8>) {
+    let mut s = connect(addr);
+    let req = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+            let headers = head
+                .split("\r\n")
+                .skip(1)
+                .filter_map(|l| {
+                    l.split_once(':')
+                        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                })
+                .collect();
+            let rest = buf[end + 4..].to_vec();
+            return (
+                s,
+                HttpResponse {
+                    status,
+                    headers,
+                    body: Vec::new(),
+                },
+                rest,
+            );
+        }
+        assert!(
+            fill(&mut s, &mut buf),
+            "connection closed during websocket handshake"
+        );
+    }
+}
+
+impl Ws {
+    /// Connect and upgrade; panics unless the answer is 101.
+    pub fn connect(addr: SocketAddr, path_and_query: &str) -> Ws {
+        let (s, head, rest) = ws_upgrade_raw(addr, path_and_query);
+        assert_eq!(head.status, 101, "websocket upgrade refused");
+        assert_eq!(
+            head.header("Sec-WebSocket-Accept"),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        let ws = WebSocket::from_partially_read(s, rest, Role::Client, None);
+        Ws { ws }
+    }
+
+    /// Try to upgrade; `None` if the server refused (non-101).
+    pub fn try_connect(addr: SocketAddr, path_and_query: &str) -> Option<(Ws, u16)> {
+        let (s, head, rest) = ws_upgrade_raw(addr, path_and_query);
+        if head.status != 101 {
+            return None;
+        }
+        Some((
+            Ws {
+                ws: WebSocket::from_partially_read(s, rest, Role::Client, None),
+            },
+            101,
+        ))
+    }
+
+    pub fn send_text(&mut self, t: &str) {
+        self.ws.send(Message::text(t)).expect("send text");
+    }
+    pub fn send_binary(&mut self, b: &[u8]) {
+        self.ws
+            .send(Message::Binary(Bytes::copy_from_slice(b)))
+            .expect("send binary");
+    }
+
+    /// Next data message or the close.
+    pub fn recv(&mut self) -> WsEvent {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return WsEvent::Text(t.as_str().to_string()),
+                Ok(Message::Binary(b)) => return WsEvent::Binary(b.to_vec()),
+                Ok(Message::Close(_)) => return WsEvent::Closed,
+                Ok(_) => continue,
+                Err(tungstenite::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    panic!("no websocket message within {IO_TIMEOUT:?}")
+                }
+                Err(_) => return WsEvent::Closed,
+            }
+        }
+    }
+
+    /// Next text message, skipping Engine.IO pings (`2`), which are answered with `3`.
+    pub fn recv_text_skip_ping(&mut self) -> String {
+        loop {
+            match self.recv() {
+                WsEvent::Text(t) if t == "2" => self.send_text("3"),
+                WsEvent::Text(t) => return t,
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Next message that is not a ping (answering pings).
+    pub fn recv_skip_ping(&mut self) -> WsEvent {
+        loop {
+            match self.recv() {
+                WsEvent::Text(t) if t == "2" => self.send_text("3"),
+                other => return other,
+            }
+        }
+    }
+
+    /// Read until the server closes; returns the text messages seen.
+    pub fn until_closed(&mut self) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match self.recv() {
+                WsEvent::Closed => return seen,
+                WsEvent::Text(t) => seen.push(t),
+                WsEvent::Binary(_) => {}
+            }
+        }
+    }
+}
