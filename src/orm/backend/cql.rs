@@ -54,7 +54,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::ControlFlow;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use scylla::client::execution_profile::ExecutionProfile;
@@ -143,12 +143,14 @@ pub struct CqlConfig {
     pub in_chunk_values_max: usize,
     /// Most prepared statements kept in the cache (it is emptied when full).
     pub prepared_statements_max: usize,
+    /// Most writes of one `upsert_all` in flight at once.
+    pub write_concurrency_max: usize,
 }
 
 impl CqlConfig {
     /// A configuration with the given contact points and keyspace and the defaults: `SimpleStrategy` with replication
     /// factor 1, `LOCAL_QUORUM`, no credentials, [`CqlIndexKind::Auto`], 5 s connect timeout, 12 s request timeout,
-    /// 500 ms reconnect delay, 100 values per `In` chunk, 1024 cached statements.
+    /// 500 ms reconnect delay, 100 values per `In` chunk, 1024 cached statements, 32 writes in flight per `upsert_all`.
     pub fn new(nodes: Vec<String>, keyspace: impl Into<String>) -> Self {
         Self {
             nodes,
@@ -162,6 +164,7 @@ impl CqlConfig {
             reconnect_delay_ms: 500,
             in_chunk_values_max: 100,
             prepared_statements_max: 1024,
+            write_concurrency_max: 32,
         }
     }
 }
@@ -272,7 +275,7 @@ pub struct CqlBackend {
     config: CqlConfig,
     consistency: Consistency,
     replication: String,
-    connected: OnceCell<Connected>,
+    connected: OnceCell<Arc<Connected>>,
     last_connect_failure: Mutex<Option<(Instant, String)>>,
     statements: Mutex<HashMap<String, PreparedStatement>>,
 }
@@ -332,7 +335,7 @@ impl CqlBackend {
         &self.config
     }
 
-    async fn conn(&self) -> BackendResult<&Connected> {
+    async fn conn(&self) -> BackendResult<&Arc<Connected>> {
         if let Some(c) = self.connected.get() {
             return Ok(c);
         }
@@ -357,7 +360,7 @@ impl CqlBackend {
         }
     }
 
-    async fn open(&self) -> BackendResult<Connected> {
+    async fn open(&self) -> BackendResult<Arc<Connected>> {
         let connect_timeout = Duration::from_millis(self.config.connect_timeout_ms.max(1));
         let profile = ExecutionProfile::builder()
             .consistency(self.consistency)
@@ -413,7 +416,7 @@ impl CqlBackend {
                     .is_some_and(|major| major >= 5)
             }
         };
-        Ok(Connected { session, sai })
+        Ok(Arc::new(Connected { session, sai }))
     }
 
     /// The prepared statement for `cql`, from the cache or prepared now.
@@ -668,7 +671,12 @@ impl CqlBackend {
         Ok(Some(out))
     }
 
-    async fn upsert_impl(&self, schema: &TableSchema, row: Row) -> BackendResult<()> {
+    /// The `INSERT` of `row` and its bound values.
+    fn insert_statement(
+        &self,
+        schema: &TableSchema,
+        row: &Row,
+    ) -> BackendResult<(String, Vec<Option<CqlValue>>)> {
         if schema.is_counter_table() {
             return Err(BackendError::InvalidQuery(format!(
                 "table `{}` is a counter table: its rows change only through increments",
@@ -684,7 +692,7 @@ impl CqlBackend {
         }
         let mut names = Vec::with_capacity(row.len());
         let mut values = Vec::with_capacity(row.len());
-        for (name, v) in &row {
+        for (name, v) in row {
             let t = column_type(schema, name)?;
             names.push(q(name));
             values.push(to_cql(name, t, v)?);
@@ -695,6 +703,11 @@ impl CqlBackend {
             self.table(schema),
             names.join(", ")
         );
+        Ok((cql, values))
+    }
+
+    async fn upsert_impl(&self, schema: &TableSchema, row: Row) -> BackendResult<()> {
+        let (cql, values) = self.insert_statement(schema, &row)?;
         let c = self.conn().await?;
         let mut stmt = self.prepared(&c.session, &cql).await?;
         stmt.set_is_idempotent(true);
@@ -702,6 +715,37 @@ impl CqlBackend {
             .execute_unpaged(&stmt, values)
             .await
             .map_err(exec_err)?;
+        Ok(())
+    }
+
+    /// Writes the rows with up to [`CqlConfig::write_concurrency_max`] requests in flight; on the first error the
+    /// writes not yet sent are dropped (some rows may have been written, as the trait allows).
+    async fn upsert_all_impl(&self, schema: &TableSchema, rows: Vec<Row>) -> BackendResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let c = Arc::clone(self.conn().await?);
+        let mut tasks = tokio::task::JoinSet::new();
+        let in_flight_max = self.config.write_concurrency_max.max(1);
+        for row in rows {
+            let (cql, values) = self.insert_statement(schema, &row)?;
+            let mut stmt = self.prepared(&c.session, &cql).await?;
+            stmt.set_is_idempotent(true);
+            while tasks.len() >= in_flight_max {
+                join_one(&mut tasks).await?;
+            }
+            let c = Arc::clone(&c);
+            tasks.spawn(async move {
+                c.session
+                    .execute_unpaged(&stmt, values)
+                    .await
+                    .map(|_| ())
+                    .map_err(exec_err)
+            });
+        }
+        while !tasks.is_empty() {
+            join_one(&mut tasks).await?;
+        }
         Ok(())
     }
 
@@ -835,6 +879,14 @@ impl Backend for CqlBackend {
         Box::pin(self.upsert_impl(schema, row))
     }
 
+    fn upsert_all<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        rows: Vec<Row>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.upsert_all_impl(schema, rows))
+    }
+
     fn delete<'a>(
         &'a self,
         schema: &'a TableSchema,
@@ -859,6 +911,29 @@ impl Backend for CqlBackend {
         key: &'a Row,
     ) -> BoxFuture<'a, BackendResult<Option<Vec<u8>>>> {
         Box::pin(self.raw_row_impl(schema, key))
+    }
+}
+
+fn describe_key<'a>(
+    partition: impl Iterator<Item = (&'a str, &'a str)>,
+    clustering: impl Iterator<Item = (&'a str, &'a str, String)>,
+) -> String {
+    let p: Vec<String> = partition.map(|(n, t)| format!("{n} {t}")).collect();
+    let mut out = format!("(({})", p.join(", "));
+    for (n, t, o) in clustering {
+        out.push_str(&format!(", {n} {t} {o}"));
+    }
+    out.push(')');
+    out
+}
+
+async fn join_one(tasks: &mut tokio::task::JoinSet<BackendResult<()>>) -> BackendResult<()> {
+    match tasks.join_next().await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(BackendError::Database(format!(
+            "CQL write task failed: {e}"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -954,37 +1029,39 @@ fn compare_schema<'s>(
     stored: &[StoredColumn],
 ) -> BackendResult<Vec<&'s ColumnDef>> {
     let err = |what: String| BackendError::Schema(format!("table `{}`: {what}", schema.name));
+    // The primary key, written as `((p1 type, ...), c1 type asc, ...)`, stored and declared.
     let mut pk: Vec<&StoredColumn> = stored
         .iter()
         .filter(|c| c.kind == "partition_key")
         .collect();
     pk.sort_by_key(|c| c.position);
-    let stored_pk: Vec<&str> = pk.iter().map(|c| c.name.as_str()).collect();
-    let declared_pk: Vec<&str> = schema.partition_key.iter().map(String::as_str).collect();
-    if stored_pk != declared_pk {
-        return Err(err(format!(
-            "the stored partition key is ({}), the declared one is ({}); a key cannot be changed in place",
-            stored_pk.join(", "),
-            declared_pk.join(", ")
-        )));
-    }
     let mut ck: Vec<&StoredColumn> = stored.iter().filter(|c| c.kind == "clustering").collect();
     ck.sort_by_key(|c| c.position);
-    let stored_ck: Vec<String> = ck
-        .iter()
-        .map(|c| format!("{} {}", c.name, c.clustering_order.to_ascii_lowercase()))
-        .collect();
-    let declared_ck: Vec<String> = schema
-        .clustering
-        .iter()
-        .map(|(c, o)| format!("{c} {}", if *o == Order::Desc { "desc" } else { "asc" }))
-        .collect();
-    if stored_ck != declared_ck {
+    let stored_key = describe_key(
+        pk.iter().map(|c| (c.name.as_str(), c.typ.as_str())),
+        ck.iter().map(|c| {
+            (
+                c.name.as_str(),
+                c.typ.as_str(),
+                c.clustering_order.to_ascii_lowercase(),
+            )
+        }),
+    );
+    let declared_type = |c: &str| schema.column_type(c).map_or("?", cql_type);
+    let declared_key = describe_key(
+        schema
+            .partition_key
+            .iter()
+            .map(|c| (c.as_str(), declared_type(c))),
+        schema.clustering.iter().map(|(c, o)| {
+            let order = if *o == Order::Desc { "desc" } else { "asc" };
+            (c.as_str(), declared_type(c), order.to_string())
+        }),
+    );
+    if stored_key != declared_key {
         return Err(err(format!(
-            "the stored clustering columns are ({}), the declared ones are ({}); clustering columns and their order \
-             cannot be changed in place",
-            stored_ck.join(", "),
-            declared_ck.join(", ")
+            "the stored primary key is {stored_key}, the declared one is {declared_key}; a primary key (partition \
+             key, clustering columns, their types and order) cannot be changed in place"
         )));
     }
     let mut missing = Vec::new();
@@ -1747,6 +1824,17 @@ mod tests {
             compare_schema(&s, &wrong_order),
             Err(BackendError::Schema(_))
         ));
+
+        let key_type = vec![
+            stored("room", "partition_key", 0, "none", "uuid"),
+            stored("at", "clustering", 0, "desc", "bigint"),
+        ];
+        match compare_schema(&s, &key_type) {
+            Err(BackendError::Schema(m)) => {
+                assert!(m.contains("primary key") && m.contains("room uuid"), "{m}")
+            }
+            other => panic!("expected a schema error, got {other:?}"),
+        }
 
         let wrong_key = vec![stored("at", "partition_key", 0, "none", "bigint")];
         assert!(matches!(
