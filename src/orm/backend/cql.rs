@@ -1732,8 +1732,11 @@ mod tests {
     #[test]
     fn server_order_of_timeuuids_follows_the_timestamp() {
         let node = [1, 2, 3, 4, 5, 6];
-        let early = Uuid::new_v1(uuid::Timestamp::from_gregorian(1_000, 7), &node);
-        let late = Uuid::new_v1(uuid::Timestamp::from_gregorian(1_000_000_000, 0), &node);
+        let early = Uuid::new_v1(uuid::Timestamp::from_gregorian_time(1_000, 7), &node);
+        let late = Uuid::new_v1(
+            uuid::Timestamp::from_gregorian_time(1_000_000_000, 0),
+            &node,
+        );
         // The low time bits make `late` smaller in byte order, but the timestamp decides.
         assert_eq!(
             server_cmp(
