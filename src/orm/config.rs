@@ -46,7 +46,9 @@ impl std::str::FromStr for BackendKind {
             "embedded" | "redb" => Ok(BackendKind::Embedded),
             "mongo" | "mongodb" => Ok(BackendKind::Mongo),
             "cql" | "cassandra" | "scylla" | "scylladb" => Ok(BackendKind::Cql),
-            other => Err(format!("unknown database backend `{other}` (expected embedded, mongo or cql)")),
+            other => Err(format!(
+                "unknown database backend `{other}` (expected embedded, mongo or cql)"
+            )),
         }
     }
 }
@@ -154,7 +156,9 @@ impl OrmConfig {
     /// `self` overridden by the variables `get` returns (testable without touching the process environment).
     pub fn with_env(mut self, get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         fn num<T: std::str::FromStr>(name: &str, v: String) -> Result<T, String> {
-            v.trim().parse().map_err(|_| format!("{name}={v:?} is not a valid number"))
+            v.trim()
+                .parse()
+                .map_err(|_| format!("{name}={v:?} is not a valid number"))
         }
         if let Some(v) = get("SHARDCAST_DB_BACKEND") {
             self.backend = v.parse()?;
@@ -169,7 +173,11 @@ impl OrmConfig {
             self.mongo_database = v;
         }
         if let Some(v) = get("SHARDCAST_CQL_NODES") {
-            self.cql_nodes = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            self.cql_nodes = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         if let Some(v) = get("SHARDCAST_CQL_KEYSPACE") {
             self.cql_keyspace = v;
@@ -236,7 +244,10 @@ mod tests {
         assert_eq!(c.cql_nodes, vec!["a:1", "b:2"]);
         assert_eq!(c.request_timeout_ms, 250);
         let shown = format!("{c:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("topsecret"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("topsecret"),
+            "{shown}"
+        );
     }
 
     #[test]

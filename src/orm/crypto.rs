@@ -61,7 +61,13 @@ impl std::fmt::Debug for Cipher {
 fn derive(master: &Aes256GcmSiv, label: &[u8; NONCE_BYTES]) -> [u8; 32] {
     let nonce = aes_gcm_siv::Nonce::from(*label);
     let out = master
-        .encrypt(&nonce, Payload { msg: &[0u8; 32], aad: b"shardcast orm key derivation" })
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: &[0u8; 32],
+                aad: b"shardcast orm key derivation",
+            },
+        )
         .unwrap_or_default();
     let mut key = [0u8; 32];
     key.copy_from_slice(&out[..32]);
@@ -108,8 +114,15 @@ impl Cipher {
     }
 
     /// Encrypts `plain` for column `column` (`table.column`), deterministically or not.
-    pub fn encrypt(&self, column: &str, plain: &[u8], deterministic: bool) -> Result<Vec<u8>, CryptoError> {
-        let err = || CryptoError::Encrypt { column: column.to_string() };
+    pub fn encrypt(
+        &self,
+        column: &str,
+        plain: &[u8],
+        deterministic: bool,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let err = || CryptoError::Encrypt {
+            column: column.to_string(),
+        };
         let aad = column.as_bytes();
         let (tag, nonce_bytes, ct) = if deterministic {
             let mut prf_input = Vec::with_capacity(aad.len() + 1 + plain.len());
@@ -117,7 +130,16 @@ impl Cipher {
             prf_input.push(0);
             prf_input.extend_from_slice(plain);
             let zero = aes_gcm_siv::Nonce::from([0u8; NONCE_BYTES]);
-            let mac = self.nonce_prf.encrypt(&zero, Payload { msg: &[], aad: &prf_input }).map_err(|_| err())?;
+            let mac = self
+                .nonce_prf
+                .encrypt(
+                    &zero,
+                    Payload {
+                        msg: &[],
+                        aad: &prf_input,
+                    },
+                )
+                .map_err(|_| err())?;
             let mut n = [0u8; NONCE_BYTES];
             n.copy_from_slice(&mac[..NONCE_BYTES]);
             let ct = self
@@ -142,16 +164,27 @@ impl Cipher {
 
     /// Decrypts bytes made by [`Cipher::encrypt`] for the same column.
     pub fn decrypt(&self, column: &str, stored: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let err = || CryptoError::WrongKeyOrCorrupt { column: column.to_string() };
+        let err = || CryptoError::WrongKeyOrCorrupt {
+            column: column.to_string(),
+        };
         if stored.len() < 1 + NONCE_BYTES {
             return Err(err());
         }
         let mut n = [0u8; NONCE_BYTES];
         n.copy_from_slice(&stored[1..1 + NONCE_BYTES]);
-        let payload = Payload { msg: &stored[1 + NONCE_BYTES..], aad: column.as_bytes() };
+        let payload = Payload {
+            msg: &stored[1 + NONCE_BYTES..],
+            aad: column.as_bytes(),
+        };
         match stored[0] {
-            RANDOMIZED => self.randomized.decrypt(&aes_gcm::Nonce::from(n), payload).map_err(|_| err()),
-            DETERMINISTIC => self.deterministic.decrypt(&aes_gcm_siv::Nonce::from(n), payload).map_err(|_| err()),
+            RANDOMIZED => self
+                .randomized
+                .decrypt(&aes_gcm::Nonce::from(n), payload)
+                .map_err(|_| err()),
+            DETERMINISTIC => self
+                .deterministic
+                .decrypt(&aes_gcm_siv::Nonce::from(n), payload)
+                .map_err(|_| err()),
             _ => Err(err()),
         }
     }
@@ -190,7 +223,12 @@ mod tests {
         let other = Cipher::new(&[8; 32]);
         for det in [false, true] {
             let a = c.encrypt("t.c", b"secret", det).expect("encrypts");
-            assert_eq!(other.decrypt("t.c", &a), Err(CryptoError::WrongKeyOrCorrupt { column: "t.c".into() }));
+            assert_eq!(
+                other.decrypt("t.c", &a),
+                Err(CryptoError::WrongKeyOrCorrupt {
+                    column: "t.c".into()
+                })
+            );
             assert!(c.decrypt("t.d", &a).is_err());
         }
         for n in 0..20 {

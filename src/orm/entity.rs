@@ -81,7 +81,9 @@ impl FieldType {
             FieldType::Uuid => ColumnType::Uuid,
             FieldType::TimeUuid => ColumnType::TimeUuid,
             FieldType::Counter => ColumnType::Counter,
-            FieldType::Blob | FieldType::EncryptedText | FieldType::EncryptedJson => ColumnType::Blob,
+            FieldType::Blob | FieldType::EncryptedText | FieldType::EncryptedJson => {
+                ColumnType::Blob
+            }
         }
     }
 
@@ -173,7 +175,12 @@ fn valid_name(n: &str) -> bool {
 impl SchemaBuilder {
     /// Declares a column.
     pub fn column(mut self, name: &str, field_type: FieldType) -> Self {
-        self.fields.push(FieldDef { name: name.to_string(), field_type, generated: false, deterministic: false });
+        self.fields.push(FieldDef {
+            name: name.to_string(),
+            field_type,
+            generated: false,
+            deterministic: false,
+        });
         self
     }
 
@@ -211,7 +218,10 @@ impl SchemaBuilder {
     /// Validates the declaration.
     pub fn build(self) -> Result<EntitySchema, SchemaError> {
         let table = self.name.clone();
-        let err = |message: String| SchemaError { table: table.clone(), message };
+        let err = |message: String| SchemaError {
+            table: table.clone(),
+            message,
+        };
         if let Some(e) = self.errors.first() {
             return Err(err(e.clone()));
         }
@@ -233,8 +243,14 @@ impl SchemaBuilder {
                     f.name
                 )));
             }
-            if self.fields[..i].iter().any(|g| g.name.eq_ignore_ascii_case(&f.name)) {
-                return Err(err(format!("column `{}` is declared twice (names are case-insensitive)", f.name)));
+            if self.fields[..i]
+                .iter()
+                .any(|g| g.name.eq_ignore_ascii_case(&f.name))
+            {
+                return Err(err(format!(
+                    "column `{}` is declared twice (names are case-insensitive)",
+                    f.name
+                )));
             }
         }
         let field = |n: &str| self.fields.iter().find(|f| f.name == n);
@@ -243,7 +259,11 @@ impl SchemaBuilder {
         }
         let mut keys: Vec<&str> = Vec::new();
         for p in &self.partition_key {
-            let f = field(p).ok_or_else(|| err(format!("partition key column `{p}` is not a declared column")))?;
+            let f = field(p).ok_or_else(|| {
+                err(format!(
+                    "partition key column `{p}` is not a declared column"
+                ))
+            })?;
             if !f.field_type.column_type().is_key_type() {
                 return Err(err(format!(
                     "partition key column `{p}` has type {:?}, which cannot be a key (json and counter columns cannot)",
@@ -251,12 +271,15 @@ impl SchemaBuilder {
                 )));
             }
             if keys.contains(&p.as_str()) {
-                return Err(err(format!("column `{p}` appears twice in the primary key")));
+                return Err(err(format!(
+                    "column `{p}` appears twice in the primary key"
+                )));
             }
             keys.push(p);
         }
         for (c, _) in &self.clustering {
-            let f = field(c).ok_or_else(|| err(format!("clustering column `{c}` is not a declared column")))?;
+            let f = field(c)
+                .ok_or_else(|| err(format!("clustering column `{c}` is not a declared column")))?;
             if !f.field_type.column_type().is_clustering_type() {
                 return Err(err(format!(
                     "clustering column `{c}` has type {:?}; clustering columns must be text, number, boolean, uuid \
@@ -265,26 +288,39 @@ impl SchemaBuilder {
                 )));
             }
             if keys.contains(&c.as_str()) {
-                return Err(err(format!("column `{c}` appears twice in the primary key")));
+                return Err(err(format!(
+                    "column `{c}` appears twice in the primary key"
+                )));
             }
             keys.push(c);
         }
         for i in &self.indexes {
-            let f = field(i).ok_or_else(|| err(format!("indexed column `{i}` is not a declared column")))?;
+            let f = field(i)
+                .ok_or_else(|| err(format!("indexed column `{i}` is not a declared column")))?;
             if self.partition_key.contains(i) {
-                return Err(err(format!("column `{i}` is in the partition key and needs no secondary index")));
+                return Err(err(format!(
+                    "column `{i}` is in the partition key and needs no secondary index"
+                )));
             }
             if !f.field_type.column_type().is_key_type() {
-                return Err(err(format!("column `{i}` has type {:?}, which cannot be indexed", f.field_type)));
+                return Err(err(format!(
+                    "column `{i}` has type {:?}, which cannot be indexed",
+                    f.field_type
+                )));
             }
             if self.indexes.iter().filter(|j| *j == i).count() > 1 {
                 return Err(err(format!("index on `{i}` is declared twice")));
             }
         }
-        let has_counter = self.fields.iter().any(|f| f.field_type == FieldType::Counter);
+        let has_counter = self
+            .fields
+            .iter()
+            .any(|f| f.field_type == FieldType::Counter);
         if has_counter {
-            if let Some(f) =
-                self.fields.iter().find(|f| f.field_type != FieldType::Counter && !keys.contains(&f.name.as_str()))
+            if let Some(f) = self
+                .fields
+                .iter()
+                .find(|f| f.field_type != FieldType::Counter && !keys.contains(&f.name.as_str()))
             {
                 return Err(err(format!(
                     "column `{}` is not a counter, but a table with counters may only have key columns and counter \
@@ -293,19 +329,24 @@ impl SchemaBuilder {
                 )));
             }
             if !self.indexes.is_empty() {
-                return Err(err("a table with counters cannot have secondary indexes".into()));
+                return Err(err(
+                    "a table with counters cannot have secondary indexes".into()
+                ));
             }
         }
         let mut fields = self.fields.clone();
         for f in &mut fields {
-            f.deterministic =
-                f.field_type.is_encrypted() && (keys.contains(&f.name.as_str()) || self.indexes.contains(&f.name));
+            f.deterministic = f.field_type.is_encrypted()
+                && (keys.contains(&f.name.as_str()) || self.indexes.contains(&f.name));
         }
         let table = TableSchema {
             name: self.name.clone(),
             columns: fields
                 .iter()
-                .map(|f| ColumnDef { name: f.name.clone(), column_type: f.field_type.column_type() })
+                .map(|f| ColumnDef {
+                    name: f.name.clone(),
+                    column_type: f.field_type.column_type(),
+                })
                 .collect(),
             partition_key: self.partition_key.clone(),
             clustering: self.clustering.clone(),
@@ -355,23 +396,49 @@ mod tests {
     fn invalid_schemas_give_clear_errors() {
         assert!(message(base()).contains("partition key is empty"));
         assert!(message(base().partition_key(&["zz"])).contains("`zz` is not a declared column"));
-        assert!(message(base().partition_key(&["a"]).clustering("a", Order::Asc)).contains("twice"));
         assert!(
-            message(base().column("j", FieldType::Json).partition_key(&["j"])).contains("cannot be a key")
+            message(base().partition_key(&["a"]).clustering("a", Order::Asc)).contains("twice")
         );
         assert!(
-            message(base().column("n", FieldType::Counter).partition_key(&["a"])).contains("not a counter")
-        );
-        assert!(message(base().column("A", FieldType::Text).partition_key(&["a"])).contains("declared twice"));
-        assert!(message(base().column("x", FieldType::Text).generated().partition_key(&["a"])).contains("generated"));
-        assert!(message(base().partition_key(&["a"]).index("a")).contains("needs no secondary index"));
-        assert!(
-            message(EntitySchema::builder("bad-name").column("a", FieldType::Text).partition_key(&["a"]))
-                .contains("table name")
+            message(base().column("j", FieldType::Json).partition_key(&["j"]))
+                .contains("cannot be a key")
         );
         assert!(
-            message(base().column("bl", FieldType::Blob).partition_key(&["a"]).clustering("bl", Order::Asc))
-                .contains("clustering columns must be")
+            message(base().column("n", FieldType::Counter).partition_key(&["a"]))
+                .contains("not a counter")
+        );
+        assert!(
+            message(base().column("A", FieldType::Text).partition_key(&["a"]))
+                .contains("declared twice")
+        );
+        assert!(
+            message(
+                base()
+                    .column("x", FieldType::Text)
+                    .generated()
+                    .partition_key(&["a"])
+            )
+            .contains("generated")
+        );
+        assert!(
+            message(base().partition_key(&["a"]).index("a")).contains("needs no secondary index")
+        );
+        assert!(
+            message(
+                EntitySchema::builder("bad-name")
+                    .column("a", FieldType::Text)
+                    .partition_key(&["a"])
+            )
+            .contains("table name")
+        );
+        assert!(
+            message(
+                base()
+                    .column("bl", FieldType::Blob)
+                    .partition_key(&["a"])
+                    .clustering("bl", Order::Asc)
+            )
+            .contains("clustering columns must be")
         );
     }
 }

@@ -26,7 +26,8 @@ use super::backend::{Backend, BackendError, BackendResult, BoxFuture};
 type Job = Box<dyn FnOnce(Arc<dyn Backend>) -> BoxFuture<'static, ()> + Send>;
 
 /// Builds the backend on the IO thread, inside its tokio runtime (drivers need one to connect).
-pub type BackendFactory = Box<dyn FnOnce() -> BoxFuture<'static, BackendResult<Arc<dyn Backend>>> + Send>;
+pub type BackendFactory =
+    Box<dyn FnOnce() -> BoxFuture<'static, BackendResult<Arc<dyn Backend>>> + Send>;
 
 /// Limits of the IO shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +42,11 @@ pub struct IoShardLimits {
 
 impl Default for IoShardLimits {
     fn default() -> Self {
-        Self { queue_requests_max: 4096, request_timeout_ms: 5000, unavailable_retry_ms: 500 }
+        Self {
+            queue_requests_max: 4096,
+            request_timeout_ms: 5000,
+            unavailable_retry_ms: 500,
+        }
     }
 }
 
@@ -65,7 +70,11 @@ impl Shared {
     fn down_error(&self) -> Option<BackendError> {
         let until = self.down_until_ms.load(Ordering::Acquire);
         if until != 0 && self.now_ms() < until {
-            let last = self.last_unavailable.lock().map(|s| s.clone()).unwrap_or_default();
+            let last = self
+                .last_unavailable
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default();
             return Some(BackendError::Unavailable(format!(
                 "{} backend marked down after a failure, retrying within {} ms ({last})",
                 self.backend_name, self.limits.unavailable_retry_ms
@@ -119,15 +128,24 @@ impl IoShard {
     /// Starts the IO thread, builds the backend there with `factory`, and returns once the backend is ready (or with the
     /// factory's error).
     pub fn start(factory: BackendFactory, limits: IoShardLimits) -> BackendResult<IoShard> {
-        let limits = IoShardLimits { queue_requests_max: limits.queue_requests_max.max(1), ..limits };
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<BackendResult<(Arc<Shared>, IoHandle)>>(1);
+        let limits = IoShardLimits {
+            queue_requests_max: limits.queue_requests_max.max(1),
+            ..limits
+        };
+        let (ready_tx, ready_rx) =
+            std::sync::mpsc::sync_channel::<BackendResult<(Arc<Shared>, IoHandle)>>(1);
         let thread = std::thread::Builder::new()
             .name("shardcast-io".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(BackendError::Unavailable(format!("cannot start tokio: {e}"))));
+                        let _ = ready_tx.send(Err(BackendError::Unavailable(format!(
+                            "cannot start tokio: {e}"
+                        ))));
                         return;
                     }
                 };
@@ -149,7 +167,9 @@ impl IoShard {
                         last_unavailable: std::sync::Mutex::new(String::new()),
                         backend_name: backend.name(),
                     });
-                    let handle = IoHandle { shared: shared.clone() };
+                    let handle = IoHandle {
+                        shared: shared.clone(),
+                    };
                     if ready_tx.send(Ok((shared.clone(), handle))).is_err() {
                         return;
                     }
@@ -158,14 +178,19 @@ impl IoShard {
             })
             .map_err(|e| BackendError::Unavailable(format!("cannot spawn the IO thread: {e}")))?;
         match ready_rx.recv() {
-            Ok(Ok((_, handle))) => Ok(IoShard { handle, thread: Some(thread) }),
+            Ok(Ok((_, handle))) => Ok(IoShard {
+                handle,
+                thread: Some(thread),
+            }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(BackendError::Unavailable("the IO thread ended during start-up".into()))
+                Err(BackendError::Unavailable(
+                    "the IO thread ended during start-up".into(),
+                ))
             }
         }
     }
@@ -197,10 +222,14 @@ impl Drop for IoShard {
 }
 
 async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(shared.limits.queue_requests_max));
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        shared.limits.queue_requests_max,
+    ));
     loop {
         while !shared.stopping.load(Ordering::Acquire) {
-            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
             match shared.queue.pop() {
                 Some(job) => {
                     let fut = job(backend.clone());
@@ -228,7 +257,10 @@ impl IoHandle {
     /// Runs `f` against the backend on the IO thread. Fails at once with `Unavailable` if the queue is full, the shard
     /// stopped, or the database was found down less than `unavailable_retry_ms` ago; fails with `Unavailable` when the
     /// request takes longer than `request_timeout_ms`. The returned future works on any executor.
-    pub fn call<T, F>(&self, f: F) -> impl std::future::Future<Output = BackendResult<T>> + Send + 'static
+    pub fn call<T, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = BackendResult<T>> + Send + 'static
     where
         T: Send + 'static,
         F: FnOnce(Arc<dyn Backend>) -> BoxFuture<'static, BackendResult<T>> + Send + 'static,
@@ -275,7 +307,9 @@ impl IoHandle {
             }
             match rx.await {
                 Ok(r) => r,
-                Err(_) => Err(BackendError::Unavailable("the IO shard stopped before answering".into())),
+                Err(_) => Err(BackendError::Unavailable(
+                    "the IO shard stopped before answering".into(),
+                )),
             }
         }
     }

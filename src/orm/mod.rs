@@ -44,24 +44,37 @@ pub fn backend_factory(config: &OrmConfig) -> BackendFactory {
     Box::new(move || {
         Box::pin(async move {
             let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
-            let backend: Arc<dyn Backend> = match config.backend {
-                BackendKind::Embedded => Arc::new(backend::embedded::EmbeddedBackend::open(&config.embedded_path)?),
-                BackendKind::Mongo => {
-                    Arc::new(backend::mongo::MongoBackend::connect(&config.mongo_uri, &config.mongo_database, timeout).await?)
-                }
-                BackendKind::Cql => {
-                    let mut cql = backend::cql::CqlConfig::new(config.cql_nodes.clone(), config.cql_keyspace.clone());
-                    cql.replication = config.cql_replication.clone();
-                    cql.consistency = config.cql_consistency.clone();
-                    cql.credentials = config.cql_username.clone().map(|username| backend::cql::CqlCredentials {
-                        username,
-                        password: config.cql_password.clone().unwrap_or_default(),
-                    });
-                    cql.request_timeout_ms = config.request_timeout_ms;
-                    // Connects on first use, so shardcast starts (and answers "unavailable") while the cluster is down.
-                    Arc::new(backend::cql::CqlBackend::new(cql)?)
-                }
-            };
+            let backend: Arc<dyn Backend> =
+                match config.backend {
+                    BackendKind::Embedded => Arc::new(backend::embedded::EmbeddedBackend::open(
+                        &config.embedded_path,
+                    )?),
+                    BackendKind::Mongo => Arc::new(
+                        backend::mongo::MongoBackend::connect(
+                            &config.mongo_uri,
+                            &config.mongo_database,
+                            timeout,
+                        )
+                        .await?,
+                    ),
+                    BackendKind::Cql => {
+                        let mut cql = backend::cql::CqlConfig::new(
+                            config.cql_nodes.clone(),
+                            config.cql_keyspace.clone(),
+                        );
+                        cql.replication = config.cql_replication.clone();
+                        cql.consistency = config.cql_consistency.clone();
+                        cql.credentials = config.cql_username.clone().map(|username| {
+                            backend::cql::CqlCredentials {
+                                username,
+                                password: config.cql_password.clone().unwrap_or_default(),
+                            }
+                        });
+                        cql.request_timeout_ms = config.request_timeout_ms;
+                        // Connects on first use, so shardcast starts (and answers "unavailable") while the cluster is down.
+                        Arc::new(backend::cql::CqlBackend::new(cql)?)
+                    }
+                };
             Ok(backend)
         })
     })

@@ -20,7 +20,8 @@ use super::crypto::{Cipher, CryptoError};
 use super::entity::{Entity, EntitySchema, FieldDef, FieldType, SchemaError};
 use super::io_shard::IoHandle;
 
-const TOKEN_ENGINE: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+const TOKEN_ENGINE: base64::engine::GeneralPurpose =
+    base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Errors of the ORM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,14 +83,21 @@ impl Orm {
             Some(k) => Some(Arc::new(Cipher::new(&Cipher::parse_key(k)?))),
             None => None,
         };
-        if config.page_rows_max == 0 || config.page_rows_default == 0 || config.page_rows_default > config.page_rows_max
+        if config.page_rows_max == 0
+            || config.page_rows_default == 0
+            || config.page_rows_default > config.page_rows_max
         {
             return Err(OrmError::Config(format!(
                 "page_rows_default ({}) must be between 1 and page_rows_max ({})",
                 config.page_rows_default, config.page_rows_max
             )));
         }
-        Ok(Orm { io, cipher, page_rows_max: config.page_rows_max, page_rows_default: config.page_rows_default })
+        Ok(Orm {
+            io,
+            cipher,
+            page_rows_max: config.page_rows_max,
+            page_rows_default: config.page_rows_default,
+        })
     }
 
     /// The IO shard handle.
@@ -128,7 +136,8 @@ impl Find {
 
     fn json(&mut self, column: &str, v: impl Serialize) -> Json {
         serde_json::to_value(v).unwrap_or_else(|e| {
-            self.errors.push(format!("value for `{column}` does not serialize: {e}"));
+            self.errors
+                .push(format!("value for `{column}` does not serialize: {e}"));
             Json::Null
         })
     }
@@ -146,7 +155,9 @@ impl Find {
 
     /// `column IN (values)` (partition key, clustering or indexed columns); any number of values.
     pub fn is_in<V: Serialize>(self, column: &str, values: impl IntoIterator<Item = V>) -> Self {
-        self.push(column, |s| Op::In(values.into_iter().map(|v| s.json(column, v)).collect()))
+        self.push(column, |s| {
+            Op::In(values.into_iter().map(|v| s.json(column, v)).collect())
+        })
     }
 
     /// `column < value` (clustering columns).
@@ -205,7 +216,9 @@ impl Key {
     pub fn with(mut self, column: &str, value: impl Serialize) -> Self {
         match serde_json::to_value(value) {
             Ok(v) => self.values.push((column.to_string(), v)),
-            Err(e) => self.errors.push(format!("value for `{column}` does not serialize: {e}")),
+            Err(e) => self
+                .errors
+                .push(format!("value for `{column}` does not serialize: {e}")),
         }
         self
     }
@@ -230,7 +243,11 @@ pub struct Repository<E> {
 
 impl<E> Clone for Repository<E> {
     fn clone(&self) -> Self {
-        Self { orm: self.orm.clone(), schema: self.schema.clone(), _entity: PhantomData }
+        Self {
+            orm: self.orm.clone(),
+            schema: self.schema.clone(),
+            _entity: PhantomData,
+        }
     }
 }
 
@@ -246,8 +263,14 @@ impl<E: Entity> Repository<E> {
             )));
         }
         let s = schema.clone();
-        orm.io.call(move |b| Box::pin(async move { b.ensure_schema(&s.table).await })).await?;
-        Ok(Self { orm: orm.clone(), schema, _entity: PhantomData })
+        orm.io
+            .call(move |b| Box::pin(async move { b.ensure_schema(&s.table).await }))
+            .await?;
+        Ok(Self {
+            orm: orm.clone(),
+            schema,
+            _entity: PhantomData,
+        })
     }
 
     /// The validated schema.
@@ -258,15 +281,25 @@ impl<E: Entity> Repository<E> {
     /// One page of the entities matching `find`.
     pub async fn find(&self, find: Find) -> OrmResult<FoundPage<E>> {
         let Some(query) = self.build_query(find)? else {
-            return Ok(FoundPage { entities: Vec::new(), next_page_token: None });
+            return Ok(FoundPage {
+                entities: Vec::new(),
+                next_page_token: None,
+            });
         };
         let s = self.schema.clone();
-        let page = self.orm.io.call(move |b| Box::pin(async move { b.query(&s.table, &query).await })).await?;
+        let page = self
+            .orm
+            .io
+            .call(move |b| Box::pin(async move { b.query(&s.table, &query).await }))
+            .await?;
         let mut entities = Vec::with_capacity(page.rows.len());
         for row in page.rows {
-            entities.push(self.from_row(row)?);
+            entities.push(self.entity_of(row)?);
         }
-        Ok(FoundPage { entities, next_page_token: page.next.map(|t| TOKEN_ENGINE.encode(t.0)) })
+        Ok(FoundPage {
+            entities,
+            next_page_token: page.next.map(|t| TOKEN_ENGINE.encode(t.0)),
+        })
     }
 
     /// The first entity matching `find` (its limit is set to 1).
@@ -278,44 +311,62 @@ impl<E: Entity> Repository<E> {
     pub async fn get(&self, key: Key) -> OrmResult<Option<E>> {
         let key = self.key_row(key)?;
         let s = self.schema.clone();
-        let row = self.orm.io.call(move |b| Box::pin(async move { b.get(&s.table, &key).await })).await?;
-        row.map(|r| self.from_row(r)).transpose()
+        let row = self
+            .orm
+            .io
+            .call(move |b| Box::pin(async move { b.get(&s.table, &key).await }))
+            .await?;
+        row.map(|r| self.entity_of(r)).transpose()
     }
 
     /// Inserts or replaces `entity` (every declared column is written; `None` fields clear their column). Generated
     /// keys that are absent are filled in; the saved entity is returned.
     pub async fn save(&self, entity: E) -> OrmResult<E> {
         let mut saved = self.save_all(vec![entity]).await?;
-        saved.pop().ok_or_else(|| self.invalid("save returned nothing".into()))
+        saved
+            .pop()
+            .ok_or_else(|| self.invalid("save returned nothing".into()))
     }
 
     /// Saves several entities (one batch; not atomic: on error some may be written).
     pub async fn save_all(&self, entities: Vec<E>) -> OrmResult<Vec<E>> {
         if self.schema.table.is_counter_table() {
-            return Err(self.invalid("this entity has counters: change them with `increment`, not `save`".into()));
+            return Err(self.invalid(
+                "this entity has counters: change them with `increment`, not `save`".into(),
+            ));
         }
         let mut rows = Vec::with_capacity(entities.len());
         let mut saved = Vec::with_capacity(entities.len());
         for e in entities {
             let (row, obj) = self.to_row(&e, true)?;
             rows.push(row);
-            saved.push(
-                serde_json::from_value(Json::Object(obj))
-                    .map_err(|err| self.invalid(format!("entity does not deserialize after key generation: {err}")))?,
-            );
+            saved.push(serde_json::from_value(Json::Object(obj)).map_err(|err| {
+                self.invalid(format!(
+                    "entity does not deserialize after key generation: {err}"
+                ))
+            })?);
         }
         if rows.is_empty() {
             return Ok(saved);
         }
         let s = self.schema.clone();
-        self.orm.io.call(move |b| Box::pin(async move { b.upsert_all(&s.table, rows).await })).await?;
+        self.orm
+            .io
+            .call(move |b| Box::pin(async move { b.upsert_all(&s.table, rows).await }))
+            .await?;
         Ok(saved)
     }
 
     /// Removes the row of `entity` (by its primary key). Removing an absent row is not an error.
     pub async fn remove(&self, entity: &E) -> OrmResult<()> {
         let (row, _) = self.to_row(entity, false)?;
-        let key: Row = self.schema.table.primary_key().filter_map(|k| row.get_key_value(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let key: Row = self
+            .schema
+            .table
+            .primary_key()
+            .filter_map(|k| row.get_key_value(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         self.remove_row(key).await
     }
 
@@ -328,7 +379,10 @@ impl<E: Entity> Repository<E> {
     async fn remove_row(&self, key: Row) -> OrmResult<()> {
         self.check_full_key(&key)?;
         let s = self.schema.clone();
-        self.orm.io.call(move |b| Box::pin(async move { b.delete(&s.table, &key).await })).await?;
+        self.orm
+            .io
+            .call(move |b| Box::pin(async move { b.delete(&s.table, &key).await }))
+            .await?;
         Ok(())
     }
 
@@ -343,7 +397,9 @@ impl<E: Entity> Repository<E> {
         let column = column.to_string();
         self.orm
             .io
-            .call(move |b| Box::pin(async move { b.increment(&s.table, &key, &column, delta).await }))
+            .call(move |b| {
+                Box::pin(async move { b.increment(&s.table, &key, &column, delta).await })
+            })
             .await?;
         Ok(())
     }
@@ -352,18 +408,28 @@ impl<E: Entity> Repository<E> {
     pub async fn raw_row(&self, key: Key) -> OrmResult<Option<Vec<u8>>> {
         let key = self.key_row(key)?;
         let s = self.schema.clone();
-        Ok(self.orm.io.call(move |b| Box::pin(async move { b.raw_row(&s.table, &key).await })).await?)
+        Ok(self
+            .orm
+            .io
+            .call(move |b| Box::pin(async move { b.raw_row(&s.table, &key).await }))
+            .await?)
     }
 
     // -----------------------------------------------------------------------------------------------------------
     // Mapping.
 
     fn invalid(&self, message: String) -> OrmError {
-        OrmError::InvalidEntity { table: self.schema.name().to_string(), message }
+        OrmError::InvalidEntity {
+            table: self.schema.name().to_string(),
+            message,
+        }
     }
 
     fn bad_filter(&self, message: String) -> OrmError {
-        OrmError::InvalidFilter { table: self.schema.name().to_string(), message }
+        OrmError::InvalidFilter {
+            table: self.schema.name().to_string(),
+            message,
+        }
     }
 
     fn aad(&self, column: &str) -> String {
@@ -372,7 +438,9 @@ impl<E: Entity> Repository<E> {
 
     fn cipher(&self) -> OrmResult<&Cipher> {
         self.orm.cipher.as_deref().ok_or_else(|| {
-            OrmError::Config("encrypted column without an encryption key (SHARDCAST_ORM_ENCRYPTION_KEY)".into())
+            OrmError::Config(
+                "encrypted column without an encryption key (SHARDCAST_ORM_ENCRYPTION_KEY)".into(),
+            )
         })
     }
 
@@ -381,14 +449,26 @@ impl<E: Entity> Repository<E> {
         if j.is_null() {
             return Ok(Value::Null);
         }
-        let wrong = |what: &str| self.invalid(format!("column `{}` ({:?}) expects {what}, got {j}", f.name, f.field_type));
+        let wrong = |what: &str| {
+            self.invalid(format!(
+                "column `{}` ({:?}) expects {what}, got {j}",
+                f.name, f.field_type
+            ))
+        };
         Ok(match f.field_type {
-            FieldType::Text => Value::Text(j.as_str().ok_or_else(|| wrong("a string"))?.to_string()),
+            FieldType::Text => {
+                Value::Text(j.as_str().ok_or_else(|| wrong("a string"))?.to_string())
+            }
             FieldType::Json => Value::Text(j.to_string()),
-            FieldType::Number | FieldType::Counter => Value::Number(j.as_i64().ok_or_else(|| wrong("a 64-bit integer"))?),
+            FieldType::Number | FieldType::Counter => {
+                Value::Number(j.as_i64().ok_or_else(|| wrong("a 64-bit integer"))?)
+            }
             FieldType::Boolean => Value::Boolean(j.as_bool().ok_or_else(|| wrong("a boolean"))?),
             FieldType::Uuid | FieldType::TimeUuid => {
-                let u: uuid::Uuid = j.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| wrong("a UUID string"))?;
+                let u: uuid::Uuid = j
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| wrong("a UUID string"))?;
                 if f.field_type == FieldType::TimeUuid && u.get_version_num() != 1 {
                     return Err(wrong("a version-1 time UUID"));
                 }
@@ -396,16 +476,27 @@ impl<E: Entity> Repository<E> {
             }
             FieldType::Blob => {
                 let arr = j.as_array().ok_or_else(|| wrong("an array of bytes"))?;
-                let bytes: Option<Vec<u8>> = arr.iter().map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok())).collect();
+                let bytes: Option<Vec<u8>> = arr
+                    .iter()
+                    .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                    .collect();
                 Value::Blob(bytes.ok_or_else(|| wrong("an array of bytes"))?)
             }
             FieldType::EncryptedText => {
                 let s = j.as_str().ok_or_else(|| wrong("a string"))?;
-                Value::Blob(self.cipher()?.encrypt(&self.aad(&f.name), s.as_bytes(), f.deterministic)?)
+                Value::Blob(self.cipher()?.encrypt(
+                    &self.aad(&f.name),
+                    s.as_bytes(),
+                    f.deterministic,
+                )?)
             }
             FieldType::EncryptedJson => {
                 let s = j.to_string();
-                Value::Blob(self.cipher()?.encrypt(&self.aad(&f.name), s.as_bytes(), f.deterministic)?)
+                Value::Blob(self.cipher()?.encrypt(
+                    &self.aad(&f.name),
+                    s.as_bytes(),
+                    f.deterministic,
+                )?)
             }
         })
     }
@@ -421,17 +512,25 @@ impl<E: Entity> Repository<E> {
             )))
         };
         let v = match v {
-            None | Some(Value::Null) if f.field_type == FieldType::Counter => return Ok(Json::from(0)),
+            None | Some(Value::Null) if f.field_type == FieldType::Counter => {
+                return Ok(Json::from(0));
+            }
             None | Some(Value::Null) => return Ok(Json::Null),
             Some(v) => v,
         };
         Ok(match (f.field_type, v) {
             (FieldType::Text, Value::Text(s)) => Json::String(s),
-            (FieldType::Json, Value::Text(s)) => serde_json::from_str(&s).map_err(|_| corrupt("invalid JSON"))?,
+            (FieldType::Json, Value::Text(s)) => {
+                serde_json::from_str(&s).map_err(|_| corrupt("invalid JSON"))?
+            }
             (FieldType::Number | FieldType::Counter, Value::Number(n)) => Json::from(n),
             (FieldType::Boolean, Value::Boolean(b)) => Json::Bool(b),
-            (FieldType::Uuid | FieldType::TimeUuid, Value::Uuid(u)) => Json::String(u.hyphenated().to_string()),
-            (FieldType::Blob, Value::Blob(b)) => Json::Array(b.into_iter().map(Json::from).collect()),
+            (FieldType::Uuid | FieldType::TimeUuid, Value::Uuid(u)) => {
+                Json::String(u.hyphenated().to_string())
+            }
+            (FieldType::Blob, Value::Blob(b)) => {
+                Json::Array(b.into_iter().map(Json::from).collect())
+            }
             (FieldType::EncryptedText, Value::Blob(b)) => {
                 let plain = self.cipher()?.decrypt(&self.aad(&f.name), &b)?;
                 Json::String(String::from_utf8(plain).map_err(|_| corrupt("invalid UTF-8"))?)
@@ -448,7 +547,11 @@ impl<E: Entity> Repository<E> {
     fn to_row(&self, entity: &E, generate: bool) -> OrmResult<(Row, Map<String, Json>)> {
         let mut obj = match serde_json::to_value(entity) {
             Ok(Json::Object(m)) => m,
-            Ok(other) => return Err(self.invalid(format!("an entity must serialize to a JSON object, not {other}"))),
+            Ok(other) => {
+                return Err(self.invalid(format!(
+                    "an entity must serialize to a JSON object, not {other}"
+                )));
+            }
             Err(e) => return Err(self.invalid(format!("entity does not serialize: {e}"))),
         };
         if let Some(unknown) = obj.keys().find(|k| self.schema.field(k).is_none()) {
@@ -477,13 +580,16 @@ impl<E: Entity> Repository<E> {
         Ok((row, obj))
     }
 
-    fn from_row(&self, mut row: Row) -> OrmResult<E> {
+    fn entity_of(&self, mut row: Row) -> OrmResult<E> {
         let mut obj = Map::new();
         for f in &self.schema.fields {
             obj.insert(f.name.clone(), self.to_json(f, row.remove(&f.name))?);
         }
-        serde_json::from_value(Json::Object(obj))
-            .map_err(|e| self.invalid(format!("stored row does not deserialize into the entity: {e}")))
+        serde_json::from_value(Json::Object(obj)).map_err(|e| {
+            self.invalid(format!(
+                "stored row does not deserialize into the entity: {e}"
+            ))
+        })
     }
 
     fn check_full_key(&self, key: &Row) -> OrmResult<()> {
@@ -508,7 +614,10 @@ impl<E: Entity> Repository<E> {
             if !self.schema.table.is_key(c) {
                 return Err(self.bad_filter(format!("`{c}` is not a primary key column")));
             }
-            let f = self.schema.field(c).ok_or_else(|| self.bad_filter(format!("unknown column `{c}`")))?;
+            let f = self
+                .schema
+                .field(c)
+                .ok_or_else(|| self.bad_filter(format!("unknown column `{c}`")))?;
             row.insert(c.clone(), self.to_value(f, j)?);
         }
         self.check_full_key(&row)?;
@@ -516,7 +625,10 @@ impl<E: Entity> Repository<E> {
     }
 
     fn filter_value(&self, column: &str, j: &Json) -> OrmResult<Value> {
-        let f = self.schema.field(column).ok_or_else(|| self.bad_filter(format!("unknown column `{column}`")))?;
+        let f = self
+            .schema
+            .field(column)
+            .ok_or_else(|| self.bad_filter(format!("unknown column `{column}`")))?;
         let v = self.to_value(f, j)?;
         if v == Value::Null {
             return Err(self.bad_filter(format!("filter on `{column}` compares with null")));
@@ -532,12 +644,19 @@ impl<E: Entity> Repository<E> {
         let t = &self.schema.table;
         let limit = find.limit.unwrap_or(self.orm.page_rows_default);
         if limit == 0 || limit > self.orm.page_rows_max {
-            return Err(self.bad_filter(format!("limit {limit} must be between 1 and {} (page_rows_max)", self.orm.page_rows_max)));
+            return Err(self.bad_filter(format!(
+                "limit {limit} must be between 1 and {} (page_rows_max)",
+                self.orm.page_rows_max
+            )));
         }
         let page_token = match find.page_token {
-            Some(s) => Some(PageToken(TOKEN_ENGINE.decode(s.as_bytes()).map_err(|_| {
-                OrmError::Backend(BackendError::InvalidPageToken("not a page token of this ORM".into()))
-            })?)),
+            Some(s) => Some(PageToken(TOKEN_ENGINE.decode(s.as_bytes()).map_err(
+                |_| {
+                    OrmError::Backend(BackendError::InvalidPageToken(
+                        "not a page token of this ORM".into(),
+                    ))
+                },
+            )?)),
             None => None,
         };
         let mut filters = Vec::with_capacity(find.filters.len());
@@ -564,16 +683,29 @@ impl<E: Entity> Repository<E> {
                 Op::Gt(j) => FilterOp::Gt(self.filter_value(column, j)?),
                 Op::Ge(j) => FilterOp::Ge(self.filter_value(column, j)?),
             };
-            filters.push(Filter { column: column.clone(), op });
+            filters.push(Filter {
+                column: column.clone(),
+                op,
+            });
         }
-        let query = Query { filters, reversed: find.reversed, limit, page_token };
+        let query = Query {
+            filters,
+            reversed: find.reversed,
+            limit,
+            page_token,
+        };
         self.check_shape(&query)?;
         Ok(if empty_in { None } else { Some(query) })
     }
 
     fn check_shape(&self, q: &Query) -> OrmResult<()> {
         let t = &self.schema.table;
-        let is_range = |op: &FilterOp| matches!(op, FilterOp::Lt(_) | FilterOp::Le(_) | FilterOp::Gt(_) | FilterOp::Ge(_));
+        let is_range = |op: &FilterOp| {
+            matches!(
+                op,
+                FilterOp::Lt(_) | FilterOp::Le(_) | FilterOp::Gt(_) | FilterOp::Ge(_)
+            )
+        };
         for f in &q.filters {
             if !t.is_key(&f.column) && !t.indexes.contains(&f.column) {
                 return Err(self.bad_filter(format!(
@@ -589,7 +721,10 @@ impl<E: Entity> Repository<E> {
                 )));
             }
         }
-        let partition_filtered = q.filters.iter().any(|f| t.partition_key.contains(&f.column));
+        let partition_filtered = q
+            .filters
+            .iter()
+            .any(|f| t.partition_key.contains(&f.column));
         if q.filters.is_empty() || !partition_filtered {
             if q.reversed {
                 return Err(self.bad_filter(format!(
@@ -648,7 +783,10 @@ impl<E: Entity> Repository<E> {
                 [FilterOp::Eq(_)] => {}
                 [FilterOp::In(_)] => open = false,
                 rs if rs.iter().all(|o| is_range(o)) => {
-                    let lower = rs.iter().filter(|o| matches!(o, FilterOp::Gt(_) | FilterOp::Ge(_))).count();
+                    let lower = rs
+                        .iter()
+                        .filter(|o| matches!(o, FilterOp::Gt(_) | FilterOp::Ge(_)))
+                        .count();
                     let upper = rs.len() - lower;
                     if lower > 1 || upper > 1 {
                         return Err(self.bad_filter(format!(

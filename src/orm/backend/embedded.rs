@@ -33,7 +33,8 @@ use super::{
     Query, QueryShape, Row, TableSchema, Value, timeuuid_sort_key,
 };
 
-const SCHEMA_TABLE: TableDefinition<'static, &str, &str> = TableDefinition::new("__shardcast_schema");
+const SCHEMA_TABLE: TableDefinition<'static, &str, &str> =
+    TableDefinition::new("__shardcast_schema");
 const TOKEN_VERSION: u8 = 1;
 
 type Bytes = Vec<u8>;
@@ -55,9 +56,15 @@ impl EmbeddedBackend {
             })?;
         }
         let db = Database::create(&path).map_err(|e| {
-            BackendError::Unavailable(format!("cannot open embedded database {}: {e}", path.display()))
+            BackendError::Unavailable(format!(
+                "cannot open embedded database {}: {e}",
+                path.display()
+            ))
         })?;
-        Ok(Self { db: Arc::new(db), path })
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+        })
     }
 
     /// The database file.
@@ -74,7 +81,10 @@ impl EmbeddedBackend {
             Err(TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(db_err(e)),
         };
-        Ok(table.get(k.as_slice()).map_err(db_err)?.map(|v| v.value().to_vec()))
+        Ok(table
+            .get(k.as_slice())
+            .map_err(db_err)?
+            .map(|v| v.value().to_vec()))
     }
 
     async fn blocking<T: Send + 'static>(
@@ -118,12 +128,20 @@ fn encode_escaped(out: &mut Bytes, bytes: &[u8]) {
 }
 
 /// Appends the order-preserving encoding of `value` (a column of type `t`) to `out`, inverted when `order` is `Desc`.
-fn encode_key_value(out: &mut Bytes, column: &str, t: ColumnType, value: &Value, order: Order) -> BackendResult<()> {
+fn encode_key_value(
+    out: &mut Bytes,
+    column: &str,
+    t: ColumnType,
+    value: &Value,
+    order: Order,
+) -> BackendResult<()> {
     let start = out.len();
     match (t, value) {
         (ColumnType::Text, Value::Text(s)) => encode_escaped(out, s.as_bytes()),
         (ColumnType::Blob, Value::Blob(b)) => encode_escaped(out, b),
-        (ColumnType::Number, Value::Number(n)) => out.extend_from_slice(&((*n as u64) ^ (1 << 63)).to_be_bytes()),
+        (ColumnType::Number, Value::Number(n)) => {
+            out.extend_from_slice(&((*n as u64) ^ (1 << 63)).to_be_bytes())
+        }
         (ColumnType::Boolean, Value::Boolean(b)) => out.push(u8::from(*b)),
         (ColumnType::Uuid, Value::Uuid(u)) => out.extend_from_slice(u.as_bytes()),
         (ColumnType::TimeUuid, Value::Uuid(u)) => out.extend_from_slice(&timeuuid_sort_key(u)),
@@ -143,7 +161,9 @@ fn encode_key_value(out: &mut Bytes, column: &str, t: ColumnType, value: &Value,
 
 fn key_value<'a>(row: &'a Row, column: &str) -> BackendResult<&'a Value> {
     match row.get(column) {
-        Some(Value::Null) | None => Err(BackendError::InvalidQuery(format!("key column `{column}` has no value"))),
+        Some(Value::Null) | None => Err(BackendError::InvalidQuery(format!(
+            "key column `{column}` has no value"
+        ))),
         Some(v) => Ok(v),
     }
 }
@@ -210,7 +230,9 @@ struct Reader<'a>(&'a [u8]);
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> BackendResult<&'a [u8]> {
         if self.0.len() < n {
-            return Err(BackendError::Data("truncated row in the embedded store".into()));
+            return Err(BackendError::Data(
+                "truncated row in the embedded store".into(),
+            ));
         }
         let (a, b) = self.0.split_at(n);
         self.0 = b;
@@ -244,13 +266,19 @@ fn decode_row(bytes: &[u8]) -> BackendResult<Row> {
             3 => Value::Boolean(r.take(1)?[0] != 0),
             4 => {
                 let b = r.take(16)?;
-                Value::Uuid(uuid::Uuid::from_slice(b).map_err(|e| BackendError::Data(e.to_string()))?)
+                Value::Uuid(
+                    uuid::Uuid::from_slice(b).map_err(|e| BackendError::Data(e.to_string()))?,
+                )
             }
             5 => {
                 let n = r.len()?;
                 Value::Blob(r.take(n)?.to_vec())
             }
-            t => return Err(BackendError::Data(format!("unknown value tag {t} in the embedded store"))),
+            t => {
+                return Err(BackendError::Data(format!(
+                    "unknown value tag {t} in the embedded store"
+                )));
+            }
         };
         row.insert(name, v);
     }
@@ -299,11 +327,20 @@ fn cartesian(lists: &[Vec<Bytes>]) -> Vec<Bytes> {
     acc
 }
 
-fn encode_values(column: &str, t: ColumnType, op: &FilterOp, order: Order) -> BackendResult<Vec<Bytes>> {
+fn encode_values(
+    column: &str,
+    t: ColumnType,
+    op: &FilterOp,
+    order: Order,
+) -> BackendResult<Vec<Bytes>> {
     let values: &[Value] = match op {
         FilterOp::Eq(v) => std::slice::from_ref(v),
         FilterOp::In(vs) => vs,
-        _ => return Err(BackendError::InvalidQuery(format!("range filter on `{column}` here is not allowed"))),
+        _ => {
+            return Err(BackendError::InvalidQuery(format!(
+                "range filter on `{column}` here is not allowed"
+            )));
+        }
     };
     let mut out = Vec::with_capacity(values.len());
     for v in values {
@@ -321,10 +358,9 @@ fn key_segments(schema: &TableSchema, query: &Query) -> BackendResult<Vec<Segmen
     let mut lists = Vec::new();
     for c in &schema.partition_key {
         let t = schema.column_type(c).unwrap_or(ColumnType::Blob);
-        let op = query
-            .filters_on(c)
-            .next()
-            .ok_or_else(|| BackendError::InvalidQuery(format!("partition key column `{c}` is not restricted")))?;
+        let op = query.filters_on(c).next().ok_or_else(|| {
+            BackendError::InvalidQuery(format!("partition key column `{c}` is not restricted"))
+        })?;
         lists.push(encode_values(c, t, op, Order::Asc)?);
     }
     let mut segments = Vec::new();
@@ -365,7 +401,11 @@ fn key_segments(schema: &TableSchema, query: &Query) -> BackendResult<Vec<Segmen
                 // In encoded order, a `Desc` column's lower value bound is an upper byte bound.
                 let lower_in_bytes = lower_in_value_order == (*order == Order::Asc);
                 if lower_in_bytes {
-                    let s = if inclusive { e } else { prefix_end(&e).unwrap_or(e) };
+                    let s = if inclusive {
+                        e
+                    } else {
+                        prefix_end(&e).unwrap_or(e)
+                    };
                     if s > start {
                         start = s;
                     }
@@ -397,7 +437,10 @@ fn index_segments(schema: &TableSchema, query: &Query) -> BackendResult<(String,
         .column_type(&f.column)
         .ok_or_else(|| BackendError::InvalidQuery(format!("unknown column `{}`", f.column)))?;
     let vals = encode_values(&f.column, t, &f.op, Order::Asc)?;
-    Ok((f.column.clone(), vals.into_iter().map(Segment::prefix).collect()))
+    Ok((
+        f.column.clone(),
+        vals.into_iter().map(Segment::prefix).collect(),
+    ))
 }
 
 fn encode_token(reversed: bool, key: &[u8]) -> PageToken {
@@ -414,7 +457,9 @@ fn decode_token(token: &PageToken, reversed: bool) -> BackendResult<Bytes> {
         [TOKEN_VERSION, _, ..] => Err(BackendError::InvalidPageToken(
             "the token was made for the opposite order".into(),
         )),
-        _ => Err(BackendError::InvalidPageToken("not a token of the embedded store".into())),
+        _ => Err(BackendError::InvalidPageToken(
+            "not a token of the embedded store".into(),
+        )),
     }
 }
 
@@ -428,8 +473,11 @@ fn scan_segments<T: ReadableTable<&'static [u8], &'static [u8]>>(
     limit: usize,
 ) -> BackendResult<(Vec<(Bytes, Bytes)>, bool)> {
     let mut out = Vec::new();
-    let order: Box<dyn Iterator<Item = &Segment>> =
-        if reversed { Box::new(segments.iter().rev()) } else { Box::new(segments.iter()) };
+    let order: Box<dyn Iterator<Item = &Segment>> = if reversed {
+        Box::new(segments.iter().rev())
+    } else {
+        Box::new(segments.iter())
+    };
     for seg in order {
         let mut lo: Bound<&[u8]> = Bound::Included(seg.start.as_slice());
         let mut hi: Bound<&[u8]> = match &seg.end {
@@ -459,7 +507,11 @@ fn scan_segments<T: ReadableTable<&'static [u8], &'static [u8]>>(
             continue;
         }
         let range = table.range::<&[u8]>((lo, hi)).map_err(db_err)?;
-        let iter: Box<dyn Iterator<Item = _>> = if reversed { Box::new(range.rev()) } else { Box::new(range) };
+        let iter: Box<dyn Iterator<Item = _>> = if reversed {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
         for item in iter {
             let (k, v) = item.map_err(db_err)?;
             if out.len() == limit {
@@ -486,7 +538,10 @@ fn run_query(db: &Database, schema: &TableSchema, query: &Query) -> BackendResul
     };
     let (entries, more, from_index) = match query.shape(schema) {
         QueryShape::Scan => {
-            let segs = [Segment { start: Vec::new(), end: None }];
+            let segs = [Segment {
+                start: Vec::new(),
+                end: None,
+            }];
             let (e, m) = scan_segments(&data, &segs, query.reversed, after.as_deref(), limit)?;
             (e, m, false)
         }
@@ -549,7 +604,12 @@ fn split_index_key(k: &[u8]) -> BackendResult<(&[u8], &[u8])> {
     Ok(rest.split_at(rest.len() - n))
 }
 
-fn index_entry(schema: &TableSchema, column: &str, row: &Row, pk: &[u8]) -> BackendResult<Option<Bytes>> {
+fn index_entry(
+    schema: &TableSchema,
+    column: &str,
+    row: &Row,
+    pk: &[u8],
+) -> BackendResult<Option<Bytes>> {
     match row.get(column) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => {
@@ -572,7 +632,8 @@ fn write_row(
     let data_name = data_table_name(&schema.name);
     {
         let mut data = txn.open_table(data_def(&data_name)).map_err(db_err)?;
-        data.insert(pk, encode_row(new).as_slice()).map_err(db_err)?;
+        data.insert(pk, encode_row(new).as_slice())
+            .map_err(db_err)?;
     }
     for column in &schema.indexes {
         let before = match old {
@@ -595,7 +656,11 @@ fn write_row(
     Ok(())
 }
 
-fn read_row(txn: &redb::WriteTransaction, schema: &TableSchema, pk: &[u8]) -> BackendResult<Option<Row>> {
+fn read_row(
+    txn: &redb::WriteTransaction,
+    schema: &TableSchema,
+    pk: &[u8],
+) -> BackendResult<Option<Row>> {
     let data_name = data_table_name(&schema.name);
     let data = txn.open_table(data_def(&data_name)).map_err(db_err)?;
     let row = data.get(pk).map_err(db_err)?;
@@ -617,10 +682,9 @@ fn ensure_schema_sync(db: &Database, schema: &TableSchema) -> BackendResult<()> 
         let meta = txn.open_table(SCHEMA_TABLE).map_err(db_err)?;
         let s = meta.get(schema.name.as_str()).map_err(db_err)?;
         match s {
-            Some(json) => Some(
-                serde_json::from_str(json.value())
-                    .map_err(|e| BackendError::Data(format!("stored schema of `{}`: {e}", schema.name)))?,
-            ),
+            Some(json) => Some(serde_json::from_str(json.value()).map_err(|e| {
+                BackendError::Data(format!("stored schema of `{}`: {e}", schema.name))
+            })?),
             None => None,
         }
     };
@@ -639,7 +703,12 @@ fn ensure_schema_sync(db: &Database, schema: &TableSchema) -> BackendResult<()> 
     };
     // New indexes: build them from the existing rows.
     let old_indexes = merged.indexes.clone();
-    let new_indexes: Vec<String> = schema.indexes.iter().filter(|i| !old_indexes.contains(i)).cloned().collect();
+    let new_indexes: Vec<String> = schema
+        .indexes
+        .iter()
+        .filter(|i| !old_indexes.contains(i))
+        .cloned()
+        .collect();
     merged.indexes.extend(new_indexes.iter().cloned());
     {
         let data_name = data_table_name(&schema.name);
@@ -662,7 +731,8 @@ fn ensure_schema_sync(db: &Database, schema: &TableSchema) -> BackendResult<()> 
     {
         let json = serde_json::to_string(&merged).map_err(|e| BackendError::Data(e.to_string()))?;
         let mut meta = txn.open_table(SCHEMA_TABLE).map_err(db_err)?;
-        meta.insert(schema.name.as_str(), json.as_str()).map_err(db_err)?;
+        meta.insert(schema.name.as_str(), json.as_str())
+            .map_err(db_err)?;
     }
     txn.commit().map_err(db_err)
 }
@@ -678,9 +748,18 @@ pub(crate) fn check_compatible(old: &TableSchema, new: &TableSchema) -> BackendR
         let clus: Vec<String> = s
             .clustering
             .iter()
-            .map(|(c, o)| format!("{c} {} {o:?}", s.column_type(c).map(|t| t.name()).unwrap_or("?")))
+            .map(|(c, o)| {
+                format!(
+                    "{c} {} {o:?}",
+                    s.column_type(c).map(|t| t.name()).unwrap_or("?")
+                )
+            })
             .collect();
-        format!("partition ({}) clustering ({})", part.join(", "), clus.join(", "))
+        format!(
+            "partition ({}) clustering ({})",
+            part.join(", "),
+            clus.join(", ")
+        )
     };
     let (a, b) = (key_desc(old), key_desc(new));
     if a != b {
@@ -707,7 +786,11 @@ impl Backend for EmbeddedBackend {
         "embedded"
     }
 
-    fn raw_row<'a>(&'a self, schema: &'a TableSchema, key: &'a Row) -> BoxFuture<'a, BackendResult<Option<Vec<u8>>>> {
+    fn raw_row<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<Option<Vec<u8>>>> {
         Box::pin(async move { self.raw_row_sync(schema, key) })
     }
 
@@ -716,7 +799,11 @@ impl Backend for EmbeddedBackend {
         Box::pin(self.blocking(move |db| ensure_schema_sync(db, &schema)))
     }
 
-    fn get<'a>(&'a self, schema: &'a TableSchema, key: &'a Row) -> BoxFuture<'a, BackendResult<Option<Row>>> {
+    fn get<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<Option<Row>>> {
         let schema = schema.clone();
         let key = key.clone();
         Box::pin(self.blocking(move |db| {
@@ -736,7 +823,11 @@ impl Backend for EmbeddedBackend {
         }))
     }
 
-    fn query<'a>(&'a self, schema: &'a TableSchema, query: &'a Query) -> BoxFuture<'a, BackendResult<Page>> {
+    fn query<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        query: &'a Query,
+    ) -> BoxFuture<'a, BackendResult<Page>> {
         let schema = schema.clone();
         let query = query.clone();
         Box::pin(self.blocking(move |db| run_query(db, &schema, &query)))
@@ -746,7 +837,11 @@ impl Backend for EmbeddedBackend {
         self.upsert_all(schema, vec![row])
     }
 
-    fn upsert_all<'a>(&'a self, schema: &'a TableSchema, rows: Vec<Row>) -> BoxFuture<'a, BackendResult<()>> {
+    fn upsert_all<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        rows: Vec<Row>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
         let schema = schema.clone();
         Box::pin(self.blocking(move |db| {
             let txn = begin_write(db)?;
@@ -767,7 +862,11 @@ impl Backend for EmbeddedBackend {
         }))
     }
 
-    fn delete<'a>(&'a self, schema: &'a TableSchema, key: &'a Row) -> BoxFuture<'a, BackendResult<()>> {
+    fn delete<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<()>> {
         let schema = schema.clone();
         let key = key.clone();
         Box::pin(self.blocking(move |db| {
@@ -803,7 +902,9 @@ impl Backend for EmbeddedBackend {
         let column = column.to_string();
         Box::pin(self.blocking(move |db| {
             if schema.column_type(&column) != Some(ColumnType::Counter) {
-                return Err(BackendError::InvalidQuery(format!("`{column}` is not a counter column")));
+                return Err(BackendError::InvalidQuery(format!(
+                    "`{column}` is not a counter column"
+                )));
             }
             let pk = encode_primary_key(&schema, &key)?;
             let txn = begin_write(db)?;
@@ -843,14 +944,30 @@ mod tests {
     fn key_encoding_preserves_order_and_desc_reverses_it() {
         let nums = [i64::MIN, -5, -1, 0, 1, 7, i64::MAX];
         for w in nums.windows(2) {
-            assert!(enc(ColumnType::Number, Value::Number(w[0]), Order::Asc) < enc(ColumnType::Number, Value::Number(w[1]), Order::Asc));
-            assert!(enc(ColumnType::Number, Value::Number(w[0]), Order::Desc) > enc(ColumnType::Number, Value::Number(w[1]), Order::Desc));
+            assert!(
+                enc(ColumnType::Number, Value::Number(w[0]), Order::Asc)
+                    < enc(ColumnType::Number, Value::Number(w[1]), Order::Asc)
+            );
+            assert!(
+                enc(ColumnType::Number, Value::Number(w[0]), Order::Desc)
+                    > enc(ColumnType::Number, Value::Number(w[1]), Order::Desc)
+            );
         }
         let texts = ["", "\0", "\0a", "a", "a\0", "ab", "b"];
         for w in texts.windows(2) {
             let a = |s: &str, o| enc(ColumnType::Text, Value::Text(s.into()), o);
-            assert!(a(w[0], Order::Asc) < a(w[1], Order::Asc), "{:?} < {:?}", w[0], w[1]);
-            assert!(a(w[0], Order::Desc) > a(w[1], Order::Desc), "{:?} > {:?} desc", w[0], w[1]);
+            assert!(
+                a(w[0], Order::Asc) < a(w[1], Order::Asc),
+                "{:?} < {:?}",
+                w[0],
+                w[1]
+            );
+            assert!(
+                a(w[0], Order::Desc) > a(w[1], Order::Desc),
+                "{:?} > {:?} desc",
+                w[0],
+                w[1]
+            );
         }
     }
 

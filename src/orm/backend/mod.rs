@@ -239,7 +239,9 @@ impl TableSchema {
 
     /// Whether this is a counter table (it has counter columns).
     pub fn is_counter_table(&self) -> bool {
-        self.columns.iter().any(|c| c.column_type == ColumnType::Counter)
+        self.columns
+            .iter()
+            .any(|c| c.column_type == ColumnType::Counter)
     }
 }
 
@@ -323,7 +325,7 @@ impl Query {
         } else if self
             .filters
             .iter()
-            .any(|f| schema.partition_key.iter().any(|p| *p == f.column))
+            .any(|f| schema.partition_key.contains(&f.column))
         {
             QueryShape::Key
         } else {
@@ -333,7 +335,10 @@ impl Query {
 
     /// The filters on column `name`.
     pub fn filters_on<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a FilterOp> + 'a {
-        self.filters.iter().filter(move |f| f.column == name).map(|f| &f.op)
+        self.filters
+            .iter()
+            .filter(move |f| f.column == name)
+            .map(|f| &f.op)
     }
 }
 
@@ -395,10 +400,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     fn ensure_schema<'a>(&'a self, schema: &'a TableSchema) -> BoxFuture<'a, BackendResult<()>>;
 
     /// Reads one row by its full primary key (`key` holds exactly the primary-key columns). `None` if absent.
-    fn get<'a>(&'a self, schema: &'a TableSchema, key: &'a Row) -> BoxFuture<'a, BackendResult<Option<Row>>>;
+    fn get<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<Option<Row>>>;
 
     /// Runs a validated query (see [`Query`] for shapes, order and pagination).
-    fn query<'a>(&'a self, schema: &'a TableSchema, query: &'a Query) -> BoxFuture<'a, BackendResult<Page>>;
+    fn query<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        query: &'a Query,
+    ) -> BoxFuture<'a, BackendResult<Page>>;
 
     /// Inserts or updates one row. `row` holds every primary-key column and any subset of the other columns: given columns
     /// are written (`Value::Null` clears a column), columns not given keep their stored value. Never called on counter
@@ -408,7 +421,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Upserts several rows of one table, each with the semantics of [`Backend::upsert`]. Not atomic: on error, some
     /// rows may have been written. The default calls `upsert` row by row; backends override it to batch (the embedded
     /// store writes them in one transaction).
-    fn upsert_all<'a>(&'a self, schema: &'a TableSchema, rows: Vec<Row>) -> BoxFuture<'a, BackendResult<()>> {
+    fn upsert_all<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        rows: Vec<Row>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             for row in rows {
                 self.upsert(schema, row).await?;
@@ -418,7 +435,11 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     }
 
     /// Deletes one row by its full primary key; deleting an absent row is `Ok`.
-    fn delete<'a>(&'a self, schema: &'a TableSchema, key: &'a Row) -> BoxFuture<'a, BackendResult<()>>;
+    fn delete<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<()>>;
 
     /// Adds `delta` (may be negative) to counter column `column` of the row with primary key `key`, creating the row
     /// with all counters at 0 first if absent. Counter columns never incremented read as 0 once the row exists (backends
@@ -434,5 +455,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// The row with primary key `key` exactly as the database stores it, as bytes (embedded: the encoded record; Mongo:
     /// the BSON document; CQL: every cell's serialized bytes concatenated), or `None` if absent. Used by the tests that
     /// check encrypted columns are not stored in clear; not on any hot path.
-    fn raw_row<'a>(&'a self, schema: &'a TableSchema, key: &'a Row) -> BoxFuture<'a, BackendResult<Option<Vec<u8>>>>;
+    fn raw_row<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<Option<Vec<u8>>>>;
 }

@@ -49,10 +49,14 @@ impl MongoBackend {
     /// Connects lazily to `uri` (the driver connects on first use) and uses database `database`.
     /// `server_selection_timeout` bounds how long an operation waits for a reachable server before failing with
     /// [`BackendError::Unavailable`]. Must be called inside a tokio runtime (the IO shard's).
-    pub async fn connect(uri: &str, database: &str, server_selection_timeout: Duration) -> BackendResult<Self> {
-        let mut options = ClientOptions::parse(uri)
-            .await
-            .map_err(|e| BackendError::Unavailable(format!("invalid MongoDB URI or DNS failure: {e}")))?;
+    pub async fn connect(
+        uri: &str,
+        database: &str,
+        server_selection_timeout: Duration,
+    ) -> BackendResult<Self> {
+        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
+            BackendError::Unavailable(format!("invalid MongoDB URI or DNS failure: {e}"))
+        })?;
         options.server_selection_timeout = Some(server_selection_timeout);
         options.connect_timeout = Some(server_selection_timeout);
         options.app_name = Some("shardcast".into());
@@ -78,11 +82,15 @@ impl MongoBackend {
 
 fn mongo_err(e: mongodb::error::Error) -> BackendError {
     match &*e.kind {
-        ErrorKind::Io(_) | ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. } => {
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. } => {
             BackendError::Unavailable(format!("MongoDB: {e}"))
         }
         ErrorKind::Shutdown => BackendError::Unavailable("MongoDB client shut down".into()),
-        _ if e.contains_label("RetryableWriteError") || e.contains_label("TransientTransactionError") => {
+        _ if e.contains_label("RetryableWriteError")
+            || e.contains_label("TransientTransactionError") =>
+        {
             BackendError::Unavailable(format!("MongoDB: {e}"))
         }
         _ => BackendError::Database(format!("MongoDB: {e}")),
@@ -99,8 +107,14 @@ fn to_bson(t: ColumnType, v: &Value) -> Bson {
             subtype: BinarySubtype::UserDefined(TIMEUUID_SUBTYPE),
             bytes: timeuuid_sort_key(u).to_vec(),
         }),
-        (_, Value::Uuid(u)) => Bson::Binary(bson::Binary { subtype: BinarySubtype::Uuid, bytes: u.as_bytes().to_vec() }),
-        (_, Value::Blob(b)) => Bson::Binary(bson::Binary { subtype: BinarySubtype::Generic, bytes: b.clone() }),
+        (_, Value::Uuid(u)) => Bson::Binary(bson::Binary {
+            subtype: BinarySubtype::Uuid,
+            bytes: u.as_bytes().to_vec(),
+        }),
+        (_, Value::Blob(b)) => Bson::Binary(bson::Binary {
+            subtype: BinarySubtype::Generic,
+            bytes: b.clone(),
+        }),
     }
 }
 
@@ -115,16 +129,18 @@ fn from_bson(column: &str, t: ColumnType, b: &Bson) -> BackendResult<Value> {
         (ColumnType::TimeUuid, Bson::Binary(bin)) if bin.bytes.len() == 24 => {
             Value::Uuid(uuid::Uuid::from_slice(&bin.bytes[8..]).map_err(|_| bad())?)
         }
-        (ColumnType::Uuid, Bson::Binary(bin)) => Value::Uuid(uuid::Uuid::from_slice(&bin.bytes).map_err(|_| bad())?),
+        (ColumnType::Uuid, Bson::Binary(bin)) => {
+            Value::Uuid(uuid::Uuid::from_slice(&bin.bytes).map_err(|_| bad())?)
+        }
         (ColumnType::Blob, Bson::Binary(bin)) => Value::Blob(bin.bytes.clone()),
         _ => return Err(bad()),
     })
 }
 
 fn col_type(schema: &TableSchema, c: &str) -> BackendResult<ColumnType> {
-    schema
-        .column_type(c)
-        .ok_or_else(|| BackendError::InvalidQuery(format!("unknown column `{c}` in table `{}`", schema.name)))
+    schema.column_type(c).ok_or_else(|| {
+        BackendError::InvalidQuery(format!("unknown column `{c}` in table `{}`", schema.name))
+    })
 }
 
 fn row_from_doc(schema: &TableSchema, d: &Document) -> BackendResult<Row> {
@@ -145,7 +161,9 @@ fn key_filter(schema: &TableSchema, key: &Row) -> BackendResult<Document> {
     for k in schema.primary_key() {
         let v = match key.get(k) {
             Some(Value::Null) | None => {
-                return Err(BackendError::InvalidQuery(format!("key column `{k}` has no value")));
+                return Err(BackendError::InvalidQuery(format!(
+                    "key column `{k}` has no value"
+                )));
             }
             Some(v) => v,
         };
@@ -196,18 +214,26 @@ fn filter_doc(schema: &TableSchema, query: &Query) -> BackendResult<Document> {
     })
 }
 
-fn decode_token(token: &PageToken, reversed: bool, fields: &[(String, i32)]) -> BackendResult<Document> {
+fn decode_token(
+    token: &PageToken,
+    reversed: bool,
+    fields: &[(String, i32)],
+) -> BackendResult<Document> {
     let (flag, body) = token
         .0
         .split_first()
         .ok_or_else(|| BackendError::InvalidPageToken("empty token".into()))?;
     if *flag != u8::from(reversed) {
-        return Err(BackendError::InvalidPageToken("the token was made for the opposite order".into()));
+        return Err(BackendError::InvalidPageToken(
+            "the token was made for the opposite order".into(),
+        ));
     }
     let d = Document::from_reader(body)
         .map_err(|_| BackendError::InvalidPageToken("not a token of the MongoDB backend".into()))?;
     if fields.iter().any(|(n, _)| !d.contains_key(n)) || d.len() != fields.len() {
-        return Err(BackendError::InvalidPageToken("the token belongs to another query".into()));
+        return Err(BackendError::InvalidPageToken(
+            "the token belongs to another query".into(),
+        ));
     }
     Ok(d)
 }
@@ -222,7 +248,10 @@ fn after_condition(fields: &[(String, i32)], last: &Document) -> Document {
         }
         let (name, dir) = &fields[i];
         let op = if *dir > 0 { "$gt" } else { "$lt" };
-        clause.insert(name.as_str(), doc! { op: last.get(name).cloned().unwrap_or(Bson::Null) });
+        clause.insert(
+            name.as_str(),
+            doc! { op: last.get(name).cloned().unwrap_or(Bson::Null) },
+        );
         alternatives.push(Bson::Document(clause));
     }
     doc! { "$or": alternatives }
@@ -231,15 +260,19 @@ fn after_condition(fields: &[(String, i32)], last: &Document) -> Document {
 impl MongoBackend {
     async fn ensure_schema_impl(&self, schema: &TableSchema) -> BackendResult<()> {
         let meta: Collection<Document> = self.db.collection(SCHEMA_COLLECTION);
-        let stored = meta.find_one(doc! { "_id": schema.name.as_str() }).await.map_err(mongo_err)?;
+        let stored = meta
+            .find_one(doc! { "_id": schema.name.as_str() })
+            .await
+            .map_err(mongo_err)?;
         let mut merged = match stored {
             None => schema.clone(),
             Some(d) => {
-                let json = d
-                    .get_str("schema")
-                    .map_err(|_| BackendError::Data(format!("stored schema of `{}` is malformed", schema.name)))?;
-                let old: TableSchema = serde_json::from_str(json)
-                    .map_err(|e| BackendError::Data(format!("stored schema of `{}`: {e}", schema.name)))?;
+                let json = d.get_str("schema").map_err(|_| {
+                    BackendError::Data(format!("stored schema of `{}` is malformed", schema.name))
+                })?;
+                let old: TableSchema = serde_json::from_str(json).map_err(|e| {
+                    BackendError::Data(format!("stored schema of `{}`: {e}", schema.name))
+                })?;
                 super::embedded::check_compatible(&old, schema)?;
                 let mut m = old;
                 for c in &schema.columns {
@@ -263,21 +296,33 @@ impl MongoBackend {
         }
         let pk = IndexModel::builder()
             .keys(keys)
-            .options(IndexOptions::builder().unique(true).name("shardcast_pk".to_string()).build())
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .name("shardcast_pk".to_string())
+                    .build(),
+            )
             .build();
         coll.create_index(pk).await.map_err(mongo_err)?;
         for column in &merged.indexes {
             let model = IndexModel::builder()
                 .keys(doc! { column.as_str(): 1 })
-                .options(IndexOptions::builder().name(format!("shardcast_idx_{column}")).build())
+                .options(
+                    IndexOptions::builder()
+                        .name(format!("shardcast_idx_{column}"))
+                        .build(),
+                )
                 .build();
             coll.create_index(model).await.map_err(mongo_err)?;
         }
         let json = serde_json::to_string(&merged).map_err(|e| BackendError::Data(e.to_string()))?;
-        meta.update_one(doc! { "_id": schema.name.as_str() }, doc! { "$set": { "schema": json } })
-            .upsert(true)
-            .await
-            .map_err(mongo_err)?;
+        meta.update_one(
+            doc! { "_id": schema.name.as_str() },
+            doc! { "$set": { "schema": json } },
+        )
+        .upsert(true)
+        .await
+        .map_err(mongo_err)?;
         Ok(())
     }
 
@@ -293,7 +338,11 @@ impl MongoBackend {
         if let Some(token) = &query.page_token {
             let last = decode_token(token, query.reversed, &fields)?;
             let after = after_condition(&fields, &last);
-            filter = if filter.is_empty() { after } else { doc! { "$and": [filter, after] } };
+            filter = if filter.is_empty() {
+                after
+            } else {
+                doc! { "$and": [filter, after] }
+            };
         }
         let mut sort = Document::new();
         for (n, d) in &fields {
@@ -325,7 +374,8 @@ impl MongoBackend {
                     t.insert(n.as_str(), last.get(n).cloned().unwrap_or(Bson::Null));
                 }
                 let mut bytes = vec![u8::from(query.reversed)];
-                t.to_writer(&mut bytes).map_err(|e| BackendError::Data(e.to_string()))?;
+                t.to_writer(&mut bytes)
+                    .map_err(|e| BackendError::Data(e.to_string()))?;
                 Some(PageToken(bytes))
             }
             _ => None,
@@ -349,7 +399,11 @@ impl MongoBackend {
         if !unset.is_empty() {
             update.insert("$unset", unset);
         }
-        self.coll(schema).update_one(filter, update).upsert(true).await.map_err(mongo_err)?;
+        self.coll(schema)
+            .update_one(filter, update)
+            .upsert(true)
+            .await
+            .map_err(mongo_err)?;
         Ok(())
     }
 }
@@ -363,17 +417,30 @@ impl Backend for MongoBackend {
         Box::pin(self.ensure_schema_impl(schema))
     }
 
-    fn get<'a>(&'a self, schema: &'a TableSchema, key: &'a Row) -> BoxFuture<'a, BackendResult<Option<Row>>> {
+    fn get<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<Option<Row>>> {
         Box::pin(async move {
             let filter = key_filter(schema, key)?;
-            match self.coll(schema).find_one(filter).await.map_err(mongo_err)? {
+            match self
+                .coll(schema)
+                .find_one(filter)
+                .await
+                .map_err(mongo_err)?
+            {
                 Some(d) => Ok(Some(row_from_doc(schema, &d)?)),
                 None => Ok(None),
             }
         })
     }
 
-    fn query<'a>(&'a self, schema: &'a TableSchema, query: &'a Query) -> BoxFuture<'a, BackendResult<Page>> {
+    fn query<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        query: &'a Query,
+    ) -> BoxFuture<'a, BackendResult<Page>> {
         Box::pin(self.query_impl(schema, query))
     }
 
@@ -381,10 +448,17 @@ impl Backend for MongoBackend {
         Box::pin(self.upsert_impl(schema, row))
     }
 
-    fn delete<'a>(&'a self, schema: &'a TableSchema, key: &'a Row) -> BoxFuture<'a, BackendResult<()>> {
+    fn delete<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             let filter = key_filter(schema, key)?;
-            self.coll(schema).delete_one(filter).await.map_err(mongo_err)?;
+            self.coll(schema)
+                .delete_one(filter)
+                .await
+                .map_err(mongo_err)?;
             Ok(())
         })
     }
@@ -398,7 +472,9 @@ impl Backend for MongoBackend {
     ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             if schema.column_type(column) != Some(ColumnType::Counter) {
-                return Err(BackendError::InvalidQuery(format!("`{column}` is not a counter column")));
+                return Err(BackendError::InvalidQuery(format!(
+                    "`{column}` is not a counter column"
+                )));
             }
             let filter = key_filter(schema, key)?;
             self.coll(schema)
@@ -410,13 +486,23 @@ impl Backend for MongoBackend {
         })
     }
 
-    fn raw_row<'a>(&'a self, schema: &'a TableSchema, key: &'a Row) -> BoxFuture<'a, BackendResult<Option<Vec<u8>>>> {
+    fn raw_row<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<Option<Vec<u8>>>> {
         Box::pin(async move {
             let filter = key_filter(schema, key)?;
-            match self.coll(schema).find_one(filter).await.map_err(mongo_err)? {
+            match self
+                .coll(schema)
+                .find_one(filter)
+                .await
+                .map_err(mongo_err)?
+            {
                 Some(d) => {
                     let mut bytes = Vec::new();
-                    d.to_writer(&mut bytes).map_err(|e| BackendError::Data(e.to_string()))?;
+                    d.to_writer(&mut bytes)
+                        .map_err(|e| BackendError::Data(e.to_string()))?;
                     Ok(Some(bytes))
                 }
                 None => Ok(None),
