@@ -13,17 +13,24 @@
 #   CASSANDRA_JAVA                 Java 17 binary (Cassandra 5.0 needs 17; it fails on JDK 24+)
 #   CASSANDRA_HEAP                 heap size for -Xms/-Xmx (default 1g)
 #   CASSANDRA_START_TIMEOUT_SECS   how long `start` waits for CQL to answer (default 180)
+#   CASSANDRA_DIR                  working directory of this instance (default target/cassandra; the jars always stay
+#                                  in target/cassandra/lib), so a test can run a second instance of its own
+#   CASSANDRA_NATIVE_PORT          CQL port (default: a free port)
+#   CASSANDRA_STORAGE_PORT         internode port (default: a free port)
+#   CASSANDRA_KEEP_DATA=1          keep the data directory (to restart an instance with its data and ports)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 support="$root/tests/services/cassandra"
-dir="$root/target/cassandra"
+dir=$(realpath -m "${CASSANDRA_DIR:-$root/target/cassandra}")
 services_dir="${SERVICES_DIR:-$root/target/services}"
 env_file="$services_dir/cassandra.env"
 pid_file="$dir/cassandra.pid"
 stop_marker="$dir/stop.requested"
 log_file="$dir/logs/cassandra.out"
-lib="$dir/lib"
+lib="$root/target/cassandra/lib"
+probe_classes="$root/target/cassandra/probe"
+m2="$root/target/cassandra/m2"
 java="${CASSANDRA_JAVA:-/usr/lib/jvm/java-17-openjdk-amd64/bin/java}"
 heap="${CASSANDRA_HEAP:-1g}"
 start_timeout_secs="${CASSANDRA_START_TIMEOUT_SECS:-180}"
@@ -96,7 +103,7 @@ fetch_jars() {
   rm -rf "$lib"
   log "downloading Cassandra and its dependencies from Maven Central into $lib"
   local t0=$SECONDS
-  if ! mvn -B -q -f "$support/pom.xml" -Dmaven.repo.local="$dir/m2" \
+  if ! mvn -B -q -f "$support/pom.xml" -Dmaven.repo.local="$m2" \
     org.apache.maven.plugins:maven-dependency-plugin:3.6.1:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$lib" >"$dir/mvn.out" 2>&1; then
     tail -n 40 "$dir/mvn.out" >&2
@@ -105,6 +112,21 @@ fetch_jars() {
   [ -f "$lib/jamm-0.4.0.jar" ] || die "jamm-0.4.0.jar missing from $lib (the -javaagent below needs it)"
   echo "$want" >"$stamp"
   log "downloaded $(find "$lib" -name '*.jar' | wc -l) jars in $((SECONDS - t0)) s ($(du -sh "$lib" | cut -f1))"
+}
+
+# Compiles the readiness probe (tests/services/cassandra/CqlCheck.java) once; recompiled when the source changes.
+compile_probe() {
+  local stamp="$probe_classes/.source" want javac
+  want=$(sha256sum "$support/CqlCheck.java" | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$probe_classes/CqlCheck.class" ]; then
+    return 0
+  fi
+  javac="$(dirname "$java")/javac"
+  [ -x "$javac" ] || die "javac not found next to $java (install openjdk-17-jdk-headless)"
+  rm -rf "$probe_classes"
+  mkdir -p "$probe_classes"
+  "$javac" -nowarn -cp "$lib/*" -d "$probe_classes" "$support/CqlCheck.java" || die "cannot compile $support/CqlCheck.java"
+  echo "$want" >"$stamp"
 }
 
 write_config() {
@@ -116,7 +138,7 @@ write_config() {
 }
 
 start() {
-  mkdir -p "$dir" "$services_dir"
+  mkdir -p "$dir" "$lib" "$services_dir"
   rm -f "$stop_marker" "$env_file"
   stop_recorded
 
@@ -129,13 +151,17 @@ start() {
   esac
 
   fetch_jars
+  compile_probe
 
   local native_port storage_port
-  native_port=$(free_port)
-  storage_port=$(free_port)
+  native_port="${CASSANDRA_NATIVE_PORT:-$(free_port)}"
+  storage_port="${CASSANDRA_STORAGE_PORT:-$(free_port)}"
   while [ "$storage_port" = "$native_port" ]; do storage_port=$(free_port); done
   write_config "$native_port" "$storage_port"
-  rm -rf "$dir/data" "$dir/tmp"
+  if [ "${CASSANDRA_KEEP_DATA:-0}" != 1 ]; then
+    rm -rf "$dir/data"
+  fi
+  rm -rf "$dir/tmp"
   mkdir -p "$dir/data" "$dir/logs" "$dir/tmp" "$dir/triggers"
 
   local jvm_opts=(
@@ -198,8 +224,9 @@ start() {
 
   local check_out
   while :; do
-    check_out=$("$java" -Dlogback.configurationFile="$dir/conf/logback.xml" -cp "$lib/*" \
-      "$support/CqlCheck.java" 127.0.0.1 "$native_port" 2>&1 | grep -E '^(release_version|not ready)' | head -n 1) || true
+    check_out=$("$java" -XX:TieredStopAtLevel=1 -Dlogback.configurationFile="$dir/conf/logback.xml" \
+      -cp "$probe_classes:$lib/*" CqlCheck 127.0.0.1 "$native_port" 2>&1 |
+      grep -E '^(release_version|not ready)' | head -n 1) || true
     case "$check_out" in
       release_version*) break ;;
     esac

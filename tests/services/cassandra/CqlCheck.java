@@ -1,6 +1,6 @@
 // Readiness probe for the test Cassandra: runs `SELECT release_version FROM system.local` over the native protocol
 // with the DataStax Java driver that ships in Cassandra's own runtime class path, prints the version, exits 0.
-// Run by tests/services/cassandra.sh as a single-file source program: java -cp "<lib>/*" CqlCheck.java <host> <port>
+// Compiled once by tests/services/cassandra.sh into target/cassandra/probe, run as: java -cp "<probe>:<lib>/*" CqlCheck <host> <port>
 import com.datastax.driver.core.Cluster;
 import com.datastax.driver.core.Row;
 import com.datastax.driver.core.Session;
