@@ -40,6 +40,10 @@
 //! - index query: one step per distinct value of the `Eq`/`In` filter (`column = ?`).
 //! - scan: one step.
 //!
+//! When several steps start from their beginning, their first pages are read concurrently (at most
+//! [`CqlConfig::query_concurrency_max`] at once) and used in order while they fit in the page; so a query over 1,000
+//! partitions costs about 1,000 / 16 round trips, not 1,000.
+//!
 //! A page token is `[1, fingerprint: 8 bytes, step: 8 bytes BE, the driver's paging state...]`; the fingerprint is a
 //! hash of the statement and the normalized query, so a token given to another query is refused with
 //! [`BackendError::InvalidPageToken`].
@@ -62,8 +66,8 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::deserialize::row::ColumnIterator;
 use scylla::errors::{DbError, ExecutionError, PrepareError, RequestAttemptError};
-use scylla::response::PagingState;
 use scylla::response::query_result::QueryResult;
+use scylla::response::{PagingState, PagingStateResponse};
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{Counter, CqlTimeuuid, CqlValue};
@@ -145,12 +149,14 @@ pub struct CqlConfig {
     pub prepared_statements_max: usize,
     /// Most writes of one `upsert_all` in flight at once.
     pub write_concurrency_max: usize,
+    /// Most steps of one query (partitions of an `In` list, values of an index `In`, chunks) read at once.
+    pub query_concurrency_max: usize,
 }
 
 impl CqlConfig {
     /// A configuration with the given contact points and keyspace and the defaults: `SimpleStrategy` with replication
     /// factor 1, `LOCAL_QUORUM`, no credentials, [`CqlIndexKind::Auto`], 5 s connect timeout, 12 s request timeout,
-    /// 500 ms reconnect delay, 100 values per `In` chunk, 1024 cached statements, 32 writes in flight per `upsert_all`.
+    /// 500 ms reconnect delay, 100 values per `In` chunk, 1024 cached statements, 32 writes in flight per `upsert_all`, 16 query steps read at once.
     pub fn new(nodes: Vec<String>, keyspace: impl Into<String>) -> Self {
         Self {
             nodes,
@@ -165,6 +171,7 @@ impl CqlConfig {
             in_chunk_values_max: 100,
             prepared_statements_max: 1024,
             write_concurrency_max: 32,
+            query_concurrency_max: 16,
         }
     }
 }
@@ -813,28 +820,66 @@ impl CqlBackend {
         if plan.steps == 0 {
             return Ok(Page::default());
         }
-        let c = self.conn().await?;
-        let base = self.prepared(&c.session, &cql).await?;
+        let c = Arc::clone(self.conn().await?);
+        let mut base = self.prepared(&c.session, &cql).await?;
+        base.set_is_idempotent(true);
+        let concurrency = self.config.query_concurrency_max.max(1) as u64;
         let mut first = true;
         while step < plan.steps && rows.len() < limit {
-            let mut stmt = base.clone();
-            stmt.set_is_idempotent(true);
-            stmt.set_page_size(i32::try_from(limit - rows.len()).unwrap_or(i32::MAX));
-            let values = plan.values(step)?;
+            let remaining = limit - rows.len();
             let resumed = first && from_token && state.as_bytes_slice().is_some();
             first = false;
-            let (res, paging) = match c.session.execute_single_page(&stmt, values, state).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let err = exec_err(e);
-                    // A resumed page the server refuses (not for availability) means a forged paging state.
-                    return Err(match err {
-                        BackendError::Database(m) if resumed => BackendError::InvalidPageToken(
-                            format!("the server refused the paging state: {m}"),
-                        ),
-                        other => other,
-                    });
+            let fresh = state.as_bytes_slice().is_none();
+            if fresh && concurrency > 1 && plan.steps - step > 1 {
+                // Several steps start here: fetch their first pages at once, then take them in order while they fit.
+                let n = concurrency.min(plan.steps - step);
+                let mut pages = Vec::with_capacity(n as usize);
+                for j in 0..n {
+                    pages.push(tokio::spawn(fetch_page(
+                        Arc::clone(&c),
+                        base.clone(),
+                        plan.values(step + j)?,
+                        PagingState::start(),
+                        remaining,
+                    )));
                 }
+                for page in pages {
+                    let (res, paging) = page.await.map_err(|e| {
+                        BackendError::Database(format!("CQL read task failed: {e}"))
+                    })??;
+                    let got = decode_rows(schema, res)?;
+                    if rows.len() + got.len() > limit {
+                        // Does not fit: this step is fetched again with the room left (the rest are dropped).
+                        break;
+                    }
+                    rows.extend(got);
+                    match paging.into_paging_control_flow() {
+                        ControlFlow::Continue(next) => {
+                            state = next;
+                            break;
+                        }
+                        ControlFlow::Break(()) => step += 1,
+                    }
+                }
+                continue;
+            }
+            let (res, paging) = match fetch_page(
+                Arc::clone(&c),
+                base.clone(),
+                plan.values(step)?,
+                state,
+                remaining,
+            )
+            .await
+            {
+                Ok(r) => r,
+                // A resumed page the server refuses (not for availability) means a forged paging state.
+                Err(BackendError::Database(m)) if resumed => {
+                    return Err(BackendError::InvalidPageToken(format!(
+                        "the server refused the paging state: {m}"
+                    )));
+                }
+                Err(e) => return Err(e),
             };
             rows.extend(decode_rows(schema, res)?);
             match paging.into_paging_control_flow() {
@@ -925,6 +970,21 @@ fn describe_key<'a>(
     }
     out.push(')');
     out
+}
+
+/// One page of `stmt` (at most `page_rows` rows) from `state` on; `'static`, so it can run as its own task.
+async fn fetch_page(
+    c: Arc<Connected>,
+    mut stmt: PreparedStatement,
+    values: Vec<Option<CqlValue>>,
+    state: PagingState,
+    page_rows: usize,
+) -> BackendResult<(QueryResult, PagingStateResponse)> {
+    stmt.set_page_size(i32::try_from(page_rows).unwrap_or(i32::MAX));
+    c.session
+        .execute_single_page(&stmt, values, state)
+        .await
+        .map_err(exec_err)
 }
 
 async fn join_one(tasks: &mut tokio::task::JoinSet<BackendResult<()>>) -> BackendResult<()> {
