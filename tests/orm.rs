@@ -121,6 +121,8 @@ fn mongo_env(name: &str) -> TestEnv {
     config.backend = shardcast::orm::BackendKind::Mongo;
     config.mongo_uri = mongo_uri();
     config.mongo_database = unique(&format!("t_{}", &name[..name.len().min(20)]));
+    // SecantusDB (a Python server) needs seconds for a `$in` of 1,000 values while the other tests load it too.
+    config.request_timeout_ms = 120_000;
     let (shard, orm) = shardcast::orm::start(&config).expect("mongo ORM starts");
     TestEnv {
         orm,

@@ -37,6 +37,8 @@ use super::{
 
 const SCHEMA_COLLECTION: &str = "__shardcast_schema";
 const TIMEUUID_SUBTYPE: u8 = 0x80;
+/// Upsert statements per `update` command in `upsert_all` (well under MongoDB's 100,000 and 16 MiB limits).
+pub const UPSERT_BATCH_ROWS: usize = 500;
 
 /// The MongoDB backend: a driver client and one database.
 #[derive(Debug, Clone)]
@@ -383,22 +385,38 @@ impl MongoBackend {
         Ok(Page { rows, next })
     }
 
-    async fn upsert_impl(&self, schema: &TableSchema, row: Row) -> BackendResult<()> {
-        let filter = key_filter(schema, &row)?;
-        let mut set = Document::new();
-        let mut unset = Document::new();
-        for (c, v) in &row {
-            let t = col_type(schema, c)?;
-            if *v == Value::Null {
-                unset.insert(c.as_str(), "");
-            } else {
-                set.insert(c.as_str(), to_bson(t, v));
+    /// Upserts in batches of [`UPSERT_BATCH_ROWS`] statements per `update` command (one round trip per batch),
+    /// ordered, stopping at the first write error, which is returned.
+    async fn upsert_all_impl(&self, schema: &TableSchema, rows: Vec<Row>) -> BackendResult<()> {
+        for chunk in rows.chunks(UPSERT_BATCH_ROWS) {
+            let mut updates = Vec::with_capacity(chunk.len());
+            for row in chunk {
+                let (q, u) = upsert_statement(schema, row)?;
+                updates.push(doc! { "q": q, "u": u, "upsert": true, "multi": false });
+            }
+            let command =
+                doc! { "update": schema.name.as_str(), "updates": updates, "ordered": true };
+            let reply = self.db.run_command(command).await.map_err(mongo_err)?;
+            if let Ok(errors) = reply.get_array("writeErrors")
+                && let Some(first) = errors.first()
+            {
+                return Err(BackendError::Database(format!(
+                    "MongoDB write error ({} of {} rows in the batch failed): {first}",
+                    errors.len(),
+                    chunk.len()
+                )));
+            }
+            if let Ok(e) = reply.get_document("writeConcernError") {
+                return Err(BackendError::Database(format!(
+                    "MongoDB write concern error: {e}"
+                )));
             }
         }
-        let mut update = doc! { "$set": set };
-        if !unset.is_empty() {
-            update.insert("$unset", unset);
-        }
+        Ok(())
+    }
+
+    async fn upsert_impl(&self, schema: &TableSchema, row: Row) -> BackendResult<()> {
+        let (filter, update) = upsert_statement(schema, &row)?;
         self.coll(schema)
             .update_one(filter, update)
             .upsert(true)
@@ -406,6 +424,26 @@ impl MongoBackend {
             .map_err(mongo_err)?;
         Ok(())
     }
+}
+
+/// The filter and update document of an upsert of `row`.
+fn upsert_statement(schema: &TableSchema, row: &Row) -> BackendResult<(Document, Document)> {
+    let filter = key_filter(schema, row)?;
+    let mut set = Document::new();
+    let mut unset = Document::new();
+    for (c, v) in row {
+        let t = col_type(schema, c)?;
+        if *v == Value::Null {
+            unset.insert(c.as_str(), "");
+        } else {
+            set.insert(c.as_str(), to_bson(t, v));
+        }
+    }
+    let mut update = doc! { "$set": set };
+    if !unset.is_empty() {
+        update.insert("$unset", unset);
+    }
+    Ok((filter, update))
 }
 
 impl Backend for MongoBackend {
@@ -446,6 +484,14 @@ impl Backend for MongoBackend {
 
     fn upsert<'a>(&'a self, schema: &'a TableSchema, row: Row) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(self.upsert_impl(schema, row))
+    }
+
+    fn upsert_all<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        rows: Vec<Row>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.upsert_all_impl(schema, rows))
     }
 
     fn delete<'a>(
