@@ -16,8 +16,11 @@
 //!
 //! # Pagination
 //! Keyset pagination, never skip: results are sorted on the primary key (index queries: the indexed column, then the
-//! primary key), and the page token is the BSON document of the sort-key values of the last returned row. The next page
+//! primary key), and the page token is the chunk index (see below) and the BSON document of the sort-key values of the
+//! last returned row. The next page
 //! adds `(k1 > v1) or (k1 = v1 and k2 > v2) or ...` (with `<` for descending fields) to the filter.
+//! An `In` list longer than [`IN_CHUNK_VALUES`] on the leading sort field is split into sorted chunks queried in
+//! order, so no single `$in` is huge.
 //!
 //! # Errors
 //! Network errors, server-selection timeouts and pool clears are [`BackendError::Unavailable`]; write errors (duplicate
@@ -39,6 +42,8 @@ const SCHEMA_COLLECTION: &str = "__shardcast_schema";
 const TIMEUUID_SUBTYPE: u8 = 0x80;
 /// Upsert statements per `update` command in `upsert_all` (well under MongoDB's 100,000 and 16 MiB limits).
 pub const UPSERT_BATCH_ROWS: usize = 500;
+/// Longest `$in` list sent in one query; longer `In` filters on the leading sort field are split (see `query_impl`).
+pub const IN_CHUNK_VALUES: usize = 100;
 
 /// The MongoDB backend: a driver client and one database.
 #[derive(Debug, Clone)]
@@ -220,24 +225,60 @@ fn decode_token(
     token: &PageToken,
     reversed: bool,
     fields: &[(String, i32)],
-) -> BackendResult<Document> {
-    let (flag, body) = token
-        .0
-        .split_first()
-        .ok_or_else(|| BackendError::InvalidPageToken("empty token".into()))?;
+) -> BackendResult<(usize, Document)> {
+    let bad = |m: &str| BackendError::InvalidPageToken(m.into());
+    let (flag, rest) = token.0.split_first().ok_or_else(|| bad("empty token"))?;
     if *flag != u8::from(reversed) {
-        return Err(BackendError::InvalidPageToken(
-            "the token was made for the opposite order".into(),
-        ));
+        return Err(bad("the token was made for the opposite order"));
     }
-    let d = Document::from_reader(body)
-        .map_err(|_| BackendError::InvalidPageToken("not a token of the MongoDB backend".into()))?;
+    if rest.len() < 4 {
+        return Err(bad("not a token of the MongoDB backend"));
+    }
+    let (chunk, body) = rest.split_at(4);
+    let chunk = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) as usize;
+    let d = Document::from_reader(body).map_err(|_| bad("not a token of the MongoDB backend"))?;
     if fields.iter().any(|(n, _)| !d.contains_key(n)) || d.len() != fields.len() {
-        return Err(BackendError::InvalidPageToken(
-            "the token belongs to another query".into(),
-        ));
+        return Err(bad("the token belongs to another query"));
     }
-    Ok(d)
+    Ok((chunk, d))
+}
+
+/// The query split into chunks along the first non-equality sort field, if it has a long `In` list (see
+/// [`MongoBackend::query_impl`]); otherwise the query itself.
+fn chunked_queries(
+    schema: &TableSchema,
+    query: &Query,
+    fields: &[(String, i32)],
+) -> BackendResult<Vec<Query>> {
+    for (name, dir) in fields {
+        let ops: Vec<&FilterOp> = query.filters_on(name).collect();
+        match ops.as_slice() {
+            [FilterOp::Eq(_)] => continue,
+            [FilterOp::In(values)] if values.len() > IN_CHUNK_VALUES => {
+                let t = col_type(schema, name)?;
+                let mut sorted: Vec<Value> = values.clone();
+                sorted.sort_by(|a, b| a.cmp_as(b, t));
+                sorted.dedup();
+                if *dir < 0 {
+                    sorted.reverse();
+                }
+                return Ok(sorted
+                    .chunks(IN_CHUNK_VALUES)
+                    .map(|chunk| {
+                        let mut q = query.clone();
+                        for f in &mut q.filters {
+                            if f.column == *name {
+                                f.op = FilterOp::In(chunk.to_vec());
+                            }
+                        }
+                        q
+                    })
+                    .collect());
+            }
+            _ => break,
+        }
+    }
+    Ok(vec![query.clone()])
 }
 
 /// `(k1 > v1) or (k1 = v1 and k2 > v2) or ...` with each comparison following its field's direction.
@@ -328,6 +369,10 @@ impl MongoBackend {
         Ok(())
     }
 
+    /// Runs a query as a sequence of "chunks": when the first non-equality sort field has an `In` list longer than
+    /// [`IN_CHUNK_VALUES`], its values are sorted in the field's direction and split, and the chunks are queried in
+    /// order (a long `$in` is much slower than several short ones on some servers). Each chunk is sorted and paged by
+    /// keyset; the token holds the chunk index and the sort-key values of the last returned row.
     async fn query_impl(&self, schema: &TableSchema, query: &Query) -> BackendResult<Page> {
         let shape = query.shape(schema);
         let mut fields = sort_fields(schema, shape, query);
@@ -336,46 +381,66 @@ impl MongoBackend {
                 f.1 = -f.1;
             }
         }
-        let mut filter = filter_doc(schema, query)?;
-        if let Some(token) = &query.page_token {
-            let last = decode_token(token, query.reversed, &fields)?;
-            let after = after_condition(&fields, &last);
-            filter = if filter.is_empty() {
-                after
-            } else {
-                doc! { "$and": [filter, after] }
-            };
-        }
+        let chunks = chunked_queries(schema, query, &fields)?;
+        let (first_chunk, mut after) = match &query.page_token {
+            Some(token) => {
+                let (i, last) = decode_token(token, query.reversed, &fields)?;
+                if i >= chunks.len() {
+                    return Err(BackendError::InvalidPageToken(
+                        "the token belongs to another query".into(),
+                    ));
+                }
+                (i, Some(last))
+            }
+            None => (0, None),
+        };
         let mut sort = Document::new();
         for (n, d) in &fields {
             sort.insert(n.as_str(), *d);
         }
-        let limit = i64::from(query.limit.max(1));
-        let mut cursor = self
-            .coll(schema)
-            .find(filter)
-            .sort(sort)
-            .limit(limit + 1)
-            .await
-            .map_err(mongo_err)?;
-        let mut docs = Vec::new();
-        while cursor.advance().await.map_err(mongo_err)? {
-            let d: Document = cursor.deserialize_current().map_err(mongo_err)?;
-            docs.push(d);
+        let limit = query.limit.max(1) as usize;
+        let mut docs: Vec<(usize, Document)> = Vec::new();
+        let mut more = false;
+        for (i, chunk) in chunks.iter().enumerate().skip(first_chunk) {
+            let mut filter = filter_doc(schema, chunk)?;
+            if let Some(last) = after.take() {
+                let cond = after_condition(&fields, &last);
+                filter = if filter.is_empty() {
+                    cond
+                } else {
+                    doc! { "$and": [filter, cond] }
+                };
+            }
+            let wanted = limit + 1 - docs.len();
+            let mut cursor = self
+                .coll(schema)
+                .find(filter)
+                .sort(sort.clone())
+                .limit(wanted as i64)
+                .await
+                .map_err(mongo_err)?;
+            while cursor.advance().await.map_err(mongo_err)? {
+                let d: Document = cursor.deserialize_current().map_err(mongo_err)?;
+                docs.push((i, d));
+            }
+            if docs.len() > limit {
+                more = true;
+                break;
+            }
         }
-        let more = docs.len() as i64 > limit;
-        docs.truncate(limit as usize);
+        docs.truncate(limit);
         let mut rows = Vec::with_capacity(docs.len());
-        for d in &docs {
+        for (_, d) in &docs {
             rows.push(row_from_doc(schema, d)?);
         }
         let next = match (more, docs.last()) {
-            (true, Some(last)) => {
+            (true, Some((chunk, last))) => {
                 let mut t = Document::new();
                 for (n, _) in &fields {
                     t.insert(n.as_str(), last.get(n).cloned().unwrap_or(Bson::Null));
                 }
                 let mut bytes = vec![u8::from(query.reversed)];
+                bytes.extend_from_slice(&(*chunk as u32).to_be_bytes());
                 t.to_writer(&mut bytes)
                     .map_err(|e| BackendError::Data(e.to_string()))?;
                 Some(PageToken(bytes))
