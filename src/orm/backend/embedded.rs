@@ -1,0 +1,996 @@
+//! The embedded backend: one redb database file, no server.
+//!
+//! # Layout in the file
+//! - Table `__shardcast_schema`: table name -> the stored [`TableSchema`] as JSON (checked and extended by
+//!   [`Backend::ensure_schema`]).
+//! - Table `t:<name>`: encoded primary key -> encoded row (every column with a value, keys included).
+//! - Table `i:<name>:<column>` per secondary index: encoded column value ++ encoded primary key -> empty.
+//!
+//! # Key encoding
+//! A primary key is the concatenation of the encoded partition-key columns (ascending) and the encoded clustering
+//! columns; a `Desc` clustering column has every byte of its encoding inverted. Each column encoding is prefix-free
+//! (fixed width, or escaped and terminated), so the unsigned byte order of encoded keys is exactly the documented row
+//! order, and inverting a component reverses it. Encodings: text/blob: bytes with `00` escaped as `00 FF`, then `00 01`;
+//! number: big-endian with the sign bit flipped; boolean: one byte; uuid: 16 bytes; timeuuid: the 24-byte
+//! [`timeuuid_sort_key`].
+//!
+//! # Durability
+//! Every write is one redb write transaction committed with `Durability::Immediate` (fsync) before the call returns, so
+//! an acknowledged write survives a crash (`kill -9`) of the process.
+//!
+//! # Page tokens
+//! `[1, reversed as u8, last returned key...]`: the next page starts strictly after (before, when reversed) that key,
+//! in the data table (key and scan queries) or the index table (index queries).
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+
+use super::{
+    Backend, BackendError, BackendResult, BoxFuture, ColumnType, FilterOp, Order, Page, PageToken,
+    Query, QueryShape, Row, TableSchema, Value, timeuuid_sort_key,
+};
+
+const SCHEMA_TABLE: TableDefinition<'static, &str, &str> =
+    TableDefinition::new("__shardcast_schema");
+const TOKEN_VERSION: u8 = 1;
+
+type Bytes = Vec<u8>;
+
+/// The embedded redb backend. Cheap to share: the database handle is behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBackend {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl EmbeddedBackend {
+    /// Opens (or creates) the database file at `path`; its parent directory is created if missing.
+    pub fn open(path: impl AsRef<Path>) -> BackendResult<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                BackendError::Unavailable(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
+        }
+        let db = Database::create(&path).map_err(|e| {
+            BackendError::Unavailable(format!(
+                "cannot open embedded database {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Self {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn raw_row_sync(&self, schema: &TableSchema, key: &Row) -> BackendResult<Option<Vec<u8>>> {
+        let k = encode_primary_key(schema, key)?;
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let name = data_table_name(&schema.name);
+        let table = match txn.open_table(data_def(&name)) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(table
+            .get(k.as_slice())
+            .map_err(db_err)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> BackendResult<T> + Send + 'static,
+    ) -> BackendResult<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| BackendError::Database(format!("embedded store task failed: {e}")))?
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Database(format!("embedded store: {e}"))
+}
+
+fn data_table_name(table: &str) -> String {
+    format!("t:{table}")
+}
+
+fn index_table_name(table: &str, column: &str) -> String {
+    format!("i:{table}:{column}")
+}
+
+fn data_def(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
+    TableDefinition::new(name)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Encoding of keys and rows.
+
+fn encode_escaped(out: &mut Bytes, bytes: &[u8]) {
+    for &b in bytes {
+        out.push(b);
+        if b == 0 {
+            out.push(0xFF);
+        }
+    }
+    out.extend_from_slice(&[0, 1]);
+}
+
+/// Appends the order-preserving encoding of `value` (a column of type `t`) to `out`, inverted when `order` is `Desc`.
+fn encode_key_value(
+    out: &mut Bytes,
+    column: &str,
+    t: ColumnType,
+    value: &Value,
+    order: Order,
+) -> BackendResult<()> {
+    let start = out.len();
+    match (t, value) {
+        (ColumnType::Text, Value::Text(s)) => encode_escaped(out, s.as_bytes()),
+        (ColumnType::Blob, Value::Blob(b)) => encode_escaped(out, b),
+        (ColumnType::Number, Value::Number(n)) => {
+            out.extend_from_slice(&((*n as u64) ^ (1 << 63)).to_be_bytes())
+        }
+        (ColumnType::Boolean, Value::Boolean(b)) => out.push(u8::from(*b)),
+        (ColumnType::Uuid, Value::Uuid(u)) => out.extend_from_slice(u.as_bytes()),
+        (ColumnType::TimeUuid, Value::Uuid(u)) => out.extend_from_slice(&timeuuid_sort_key(u)),
+        _ => {
+            return Err(BackendError::InvalidQuery(format!(
+                "value {value:?} does not fit key column `{column}` of type {t}"
+            )));
+        }
+    }
+    if order == Order::Desc {
+        for b in &mut out[start..] {
+            *b = !*b;
+        }
+    }
+    Ok(())
+}
+
+fn key_value<'a>(row: &'a Row, column: &str) -> BackendResult<&'a Value> {
+    match row.get(column) {
+        Some(Value::Null) | None => Err(BackendError::InvalidQuery(format!(
+            "key column `{column}` has no value"
+        ))),
+        Some(v) => Ok(v),
+    }
+}
+
+fn encode_partition_key(schema: &TableSchema, row: &Row) -> BackendResult<Bytes> {
+    let mut out = Vec::new();
+    for c in &schema.partition_key {
+        let t = schema.column_type(c).unwrap_or(ColumnType::Blob);
+        encode_key_value(&mut out, c, t, key_value(row, c)?, Order::Asc)?;
+    }
+    Ok(out)
+}
+
+fn encode_primary_key(schema: &TableSchema, row: &Row) -> BackendResult<Bytes> {
+    let mut out = encode_partition_key(schema, row)?;
+    for (c, order) in &schema.clustering {
+        let t = schema.column_type(c).unwrap_or(ColumnType::Blob);
+        encode_key_value(&mut out, c, t, key_value(row, c)?, *order)?;
+    }
+    Ok(out)
+}
+
+fn put_len(out: &mut Bytes, n: usize) {
+    out.extend_from_slice(&(n as u32).to_be_bytes());
+}
+
+fn encode_row(row: &Row) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    put_len(&mut out, row.len());
+    for (name, v) in row {
+        put_len(&mut out, name.len());
+        out.extend_from_slice(name.as_bytes());
+        match v {
+            Value::Null => out.push(0),
+            Value::Text(s) => {
+                out.push(1);
+                put_len(&mut out, s.len());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Value::Number(n) => {
+                out.push(2);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            Value::Boolean(b) => {
+                out.push(3);
+                out.push(u8::from(*b));
+            }
+            Value::Uuid(u) => {
+                out.push(4);
+                out.extend_from_slice(u.as_bytes());
+            }
+            Value::Blob(b) => {
+                out.push(5);
+                put_len(&mut out, b.len());
+                out.extend_from_slice(b);
+            }
+        }
+    }
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> BackendResult<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(BackendError::Data(
+                "truncated row in the embedded store".into(),
+            ));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn len(&mut self) -> BackendResult<usize> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    fn string(&mut self) -> BackendResult<String> {
+        let n = self.len()?;
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| BackendError::Data("invalid UTF-8 in the embedded store".into()))
+    }
+}
+
+fn decode_row(bytes: &[u8]) -> BackendResult<Row> {
+    let mut r = Reader(bytes);
+    let n = r.len()?;
+    let mut row = Row::new();
+    for _ in 0..n {
+        let name = r.string()?;
+        let tag = r.take(1)?[0];
+        let v = match tag {
+            0 => Value::Null,
+            1 => Value::Text(r.string()?),
+            2 => {
+                let b = r.take(8)?;
+                Value::Number(i64::from_be_bytes(b.try_into().unwrap_or([0; 8])))
+            }
+            3 => Value::Boolean(r.take(1)?[0] != 0),
+            4 => {
+                let b = r.take(16)?;
+                Value::Uuid(
+                    uuid::Uuid::from_slice(b).map_err(|e| BackendError::Data(e.to_string()))?,
+                )
+            }
+            5 => {
+                let n = r.len()?;
+                Value::Blob(r.take(n)?.to_vec())
+            }
+            t => {
+                return Err(BackendError::Data(format!(
+                    "unknown value tag {t} in the embedded store"
+                )));
+            }
+        };
+        row.insert(name, v);
+    }
+    Ok(row)
+}
+
+/// The smallest byte string greater than every string that starts with `prefix` (`None`: no such bound).
+fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last != 0xFF {
+            p.push(last + 1);
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// A half-open byte range `[start, end)`; `end == None` is unbounded.
+#[derive(Debug, Clone)]
+struct Segment {
+    start: Bytes,
+    end: Option<Bytes>,
+}
+
+impl Segment {
+    fn prefix(p: Bytes) -> Self {
+        let end = prefix_end(&p);
+        Segment { start: p, end }
+    }
+}
+
+fn cartesian(lists: &[Vec<Bytes>]) -> Vec<Bytes> {
+    let mut acc: Vec<Bytes> = vec![Vec::new()];
+    for list in lists {
+        let mut next = Vec::with_capacity(acc.len() * list.len());
+        for a in &acc {
+            for b in list {
+                let mut k = a.clone();
+                k.extend_from_slice(b);
+                next.push(k);
+            }
+        }
+        acc = next;
+    }
+    acc
+}
+
+fn encode_values(
+    column: &str,
+    t: ColumnType,
+    op: &FilterOp,
+    order: Order,
+) -> BackendResult<Vec<Bytes>> {
+    let values: &[Value] = match op {
+        FilterOp::Eq(v) => std::slice::from_ref(v),
+        FilterOp::In(vs) => vs,
+        _ => {
+            return Err(BackendError::InvalidQuery(format!(
+                "range filter on `{column}` here is not allowed"
+            )));
+        }
+    };
+    let mut out = Vec::with_capacity(values.len());
+    for v in values {
+        let mut b = Vec::new();
+        encode_key_value(&mut b, column, t, v, order)?;
+        out.push(b);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The sorted, disjoint byte ranges of the data table that a key query covers.
+fn key_segments(schema: &TableSchema, query: &Query) -> BackendResult<Vec<Segment>> {
+    let mut lists = Vec::new();
+    for c in &schema.partition_key {
+        let t = schema.column_type(c).unwrap_or(ColumnType::Blob);
+        let op = query.filters_on(c).next().ok_or_else(|| {
+            BackendError::InvalidQuery(format!("partition key column `{c}` is not restricted"))
+        })?;
+        lists.push(encode_values(c, t, op, Order::Asc)?);
+    }
+    let mut segments = Vec::new();
+    let mut prefixes = cartesian(&lists);
+    for (c, order) in &schema.clustering {
+        let t = schema.column_type(c).unwrap_or(ColumnType::Blob);
+        let ops: Vec<&FilterOp> = query.filters_on(c).collect();
+        if ops.is_empty() {
+            break;
+        }
+        if let [op @ (FilterOp::Eq(_) | FilterOp::In(_))] = ops.as_slice() {
+            let vals = encode_values(c, t, op, *order)?;
+            let is_eq = matches!(op, FilterOp::Eq(_));
+            prefixes = cartesian(&[prefixes, vals]);
+            if is_eq {
+                continue;
+            }
+            break;
+        }
+        // Range filters on this clustering column: bounds in the encoded (possibly inverted) space.
+        for p in &prefixes {
+            let mut start: Bytes = p.clone();
+            let mut end: Option<Bytes> = prefix_end(p);
+            for op in &ops {
+                let (v, lower_in_value_order, inclusive) = match op {
+                    FilterOp::Gt(v) => (v, true, false),
+                    FilterOp::Ge(v) => (v, true, true),
+                    FilterOp::Lt(v) => (v, false, false),
+                    FilterOp::Le(v) => (v, false, true),
+                    _ => {
+                        return Err(BackendError::InvalidQuery(format!(
+                            "`{c}` mixes equality and range filters"
+                        )));
+                    }
+                };
+                let mut e = p.clone();
+                encode_key_value(&mut e, c, t, v, *order)?;
+                // In encoded order, a `Desc` column's lower value bound is an upper byte bound.
+                let lower_in_bytes = lower_in_value_order == (*order == Order::Asc);
+                if lower_in_bytes {
+                    let s = if inclusive {
+                        e
+                    } else {
+                        prefix_end(&e).unwrap_or(e)
+                    };
+                    if s > start {
+                        start = s;
+                    }
+                } else {
+                    let en = if inclusive { prefix_end(&e) } else { Some(e) };
+                    if let Some(en) = en
+                        && end.as_ref().is_none_or(|cur| en < *cur)
+                    {
+                        end = Some(en);
+                    }
+                }
+            }
+            segments.push(Segment { start, end });
+        }
+        segments.sort_by(|a, b| a.start.cmp(&b.start));
+        return Ok(segments);
+    }
+    prefixes.sort();
+    prefixes.dedup();
+    Ok(prefixes.into_iter().map(Segment::prefix).collect())
+}
+
+fn index_segments(schema: &TableSchema, query: &Query) -> BackendResult<(String, Vec<Segment>)> {
+    let f = query
+        .filters
+        .first()
+        .ok_or_else(|| BackendError::InvalidQuery("index query without filter".into()))?;
+    let t = schema
+        .column_type(&f.column)
+        .ok_or_else(|| BackendError::InvalidQuery(format!("unknown column `{}`", f.column)))?;
+    let vals = encode_values(&f.column, t, &f.op, Order::Asc)?;
+    Ok((
+        f.column.clone(),
+        vals.into_iter().map(Segment::prefix).collect(),
+    ))
+}
+
+fn encode_token(reversed: bool, key: &[u8]) -> PageToken {
+    let mut t = Vec::with_capacity(key.len() + 2);
+    t.push(TOKEN_VERSION);
+    t.push(u8::from(reversed));
+    t.extend_from_slice(key);
+    PageToken(t)
+}
+
+fn decode_token(token: &PageToken, reversed: bool) -> BackendResult<Bytes> {
+    match token.0.as_slice() {
+        [TOKEN_VERSION, r, key @ ..] if *r == u8::from(reversed) => Ok(key.to_vec()),
+        [TOKEN_VERSION, _, ..] => Err(BackendError::InvalidPageToken(
+            "the token was made for the opposite order".into(),
+        )),
+        _ => Err(BackendError::InvalidPageToken(
+            "not a token of the embedded store".into(),
+        )),
+    }
+}
+
+/// Scans `segments` of `table` in order (or reverse), starting after `after`, returning up to `limit` (key, value) pairs
+/// and whether more may follow.
+fn scan_segments<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    table: &T,
+    segments: &[Segment],
+    reversed: bool,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> BackendResult<(Vec<(Bytes, Bytes)>, bool)> {
+    let mut out = Vec::new();
+    let order: Box<dyn Iterator<Item = &Segment>> = if reversed {
+        Box::new(segments.iter().rev())
+    } else {
+        Box::new(segments.iter())
+    };
+    for seg in order {
+        let mut lo: Bound<&[u8]> = Bound::Included(seg.start.as_slice());
+        let mut hi: Bound<&[u8]> = match &seg.end {
+            Some(e) => Bound::Excluded(e.as_slice()),
+            None => Bound::Unbounded,
+        };
+        if let Some(a) = after {
+            if reversed {
+                if a <= seg.start.as_slice() {
+                    continue;
+                }
+                if seg.end.as_ref().is_none_or(|e| a < e.as_slice()) {
+                    hi = Bound::Excluded(a);
+                }
+            } else {
+                if seg.end.as_ref().is_some_and(|e| a >= e.as_slice()) {
+                    continue;
+                }
+                if a >= seg.start.as_slice() {
+                    lo = Bound::Excluded(a);
+                }
+            }
+        }
+        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(h)) = (lo, hi)
+            && l >= h
+        {
+            continue;
+        }
+        let range = table.range::<&[u8]>((lo, hi)).map_err(db_err)?;
+        let iter: Box<dyn Iterator<Item = _>> = if reversed {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        for item in iter {
+            let (k, v) = item.map_err(db_err)?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+    }
+    Ok((out, false))
+}
+
+fn run_query(db: &Database, schema: &TableSchema, query: &Query) -> BackendResult<Page> {
+    let after = match &query.page_token {
+        Some(t) => Some(decode_token(t, query.reversed)?),
+        None => None,
+    };
+    let limit = query.limit.max(1) as usize;
+    let txn = db.begin_read().map_err(db_err)?;
+    let data_name = data_table_name(&schema.name);
+    let data = match txn.open_table(data_def(&data_name)) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(Page::default()),
+        Err(e) => return Err(db_err(e)),
+    };
+    let (entries, more, from_index) = match query.shape(schema) {
+        QueryShape::Scan => {
+            let segs = [Segment {
+                start: Vec::new(),
+                end: None,
+            }];
+            let (e, m) = scan_segments(&data, &segs, query.reversed, after.as_deref(), limit)?;
+            (e, m, false)
+        }
+        QueryShape::Key => {
+            let segs = key_segments(schema, query)?;
+            let (e, m) = scan_segments(&data, &segs, query.reversed, after.as_deref(), limit)?;
+            (e, m, false)
+        }
+        QueryShape::Index => {
+            let (column, segs) = index_segments(schema, query)?;
+            let iname = index_table_name(&schema.name, &column);
+            let index = match txn.open_table(data_def(&iname)) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Page::default()),
+                Err(e) => return Err(db_err(e)),
+            };
+            let (e, m) = scan_segments(&index, &segs, query.reversed, after.as_deref(), limit)?;
+            (e, m, true)
+        }
+    };
+    let mut rows = Vec::with_capacity(entries.len());
+    let mut last = None;
+    for (k, v) in entries {
+        if from_index {
+            let (_, pk) = split_index_key(&k)?;
+            if let Some(row) = data.get(pk).map_err(db_err)? {
+                rows.push(decode_row(row.value())?);
+            }
+        } else {
+            rows.push(decode_row(&v)?);
+        }
+        last = Some(k);
+    }
+    let next = match (more, last) {
+        (true, Some(k)) => Some(encode_token(query.reversed, &k)),
+        _ => None,
+    };
+    Ok(Page { rows, next })
+}
+
+/// Index keys are `u32 length of the encoded value ++ encoded value ++ primary key`... but the length prefix would break
+/// the value order, so they are `encoded value ++ primary key ++ u32 length of the primary key`.
+fn index_key(value_enc: &[u8], pk: &[u8]) -> Bytes {
+    let mut k = Vec::with_capacity(value_enc.len() + pk.len() + 4);
+    k.extend_from_slice(value_enc);
+    k.extend_from_slice(pk);
+    k.extend_from_slice(&(pk.len() as u32).to_be_bytes());
+    k
+}
+
+fn split_index_key(k: &[u8]) -> BackendResult<(&[u8], &[u8])> {
+    if k.len() < 4 {
+        return Err(BackendError::Data("truncated index key".into()));
+    }
+    let (rest, len) = k.split_at(k.len() - 4);
+    let n = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if n > rest.len() {
+        return Err(BackendError::Data("bad index key".into()));
+    }
+    Ok(rest.split_at(rest.len() - n))
+}
+
+fn index_entry(
+    schema: &TableSchema,
+    column: &str,
+    row: &Row,
+    pk: &[u8],
+) -> BackendResult<Option<Bytes>> {
+    match row.get(column) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            let t = schema.column_type(column).unwrap_or(ColumnType::Blob);
+            let mut e = Vec::new();
+            encode_key_value(&mut e, column, t, v, Order::Asc)?;
+            Ok(Some(index_key(&e, pk)))
+        }
+    }
+}
+
+/// Writes `new` at `pk` inside `txn`, replacing `old`, and keeps the index tables in step.
+fn write_row(
+    txn: &redb::WriteTransaction,
+    schema: &TableSchema,
+    pk: &[u8],
+    old: Option<&Row>,
+    new: &Row,
+) -> BackendResult<()> {
+    let data_name = data_table_name(&schema.name);
+    {
+        let mut data = txn.open_table(data_def(&data_name)).map_err(db_err)?;
+        data.insert(pk, encode_row(new).as_slice())
+            .map_err(db_err)?;
+    }
+    for column in &schema.indexes {
+        let before = match old {
+            Some(o) => index_entry(schema, column, o, pk)?,
+            None => None,
+        };
+        let after = index_entry(schema, column, new, pk)?;
+        if before == after {
+            continue;
+        }
+        let iname = index_table_name(&schema.name, column);
+        let mut index = txn.open_table(data_def(&iname)).map_err(db_err)?;
+        if let Some(b) = before {
+            index.remove(b.as_slice()).map_err(db_err)?;
+        }
+        if let Some(a) = after {
+            index.insert(a.as_slice(), [].as_slice()).map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_row(
+    txn: &redb::WriteTransaction,
+    schema: &TableSchema,
+    pk: &[u8],
+) -> BackendResult<Option<Row>> {
+    let data_name = data_table_name(&schema.name);
+    let data = txn.open_table(data_def(&data_name)).map_err(db_err)?;
+    let row = data.get(pk).map_err(db_err)?;
+    match row {
+        Some(bytes) => Ok(Some(decode_row(bytes.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn begin_write(db: &Database) -> BackendResult<redb::WriteTransaction> {
+    let mut txn = db.begin_write().map_err(db_err)?;
+    txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    Ok(txn)
+}
+
+fn ensure_schema_sync(db: &Database, schema: &TableSchema) -> BackendResult<()> {
+    let txn = begin_write(db)?;
+    let stored: Option<TableSchema> = {
+        let meta = txn.open_table(SCHEMA_TABLE).map_err(db_err)?;
+        let s = meta.get(schema.name.as_str()).map_err(db_err)?;
+        match s {
+            Some(json) => Some(serde_json::from_str(json.value()).map_err(|e| {
+                BackendError::Data(format!("stored schema of `{}`: {e}", schema.name))
+            })?),
+            None => None,
+        }
+    };
+    let mut merged = match stored {
+        None => schema.clone(),
+        Some(old) => {
+            check_compatible(&old, schema)?;
+            let mut m = old.clone();
+            for c in &schema.columns {
+                if m.column(&c.name).is_none() {
+                    m.columns.push(c.clone());
+                }
+            }
+            m
+        }
+    };
+    // New indexes: build them from the existing rows.
+    let old_indexes = merged.indexes.clone();
+    let new_indexes: Vec<String> = schema
+        .indexes
+        .iter()
+        .filter(|i| !old_indexes.contains(i))
+        .cloned()
+        .collect();
+    merged.indexes.extend(new_indexes.iter().cloned());
+    {
+        let data_name = data_table_name(&schema.name);
+        let data = txn.open_table(data_def(&data_name)).map_err(db_err)?;
+        for column in &schema.indexes {
+            let iname = index_table_name(&schema.name, column);
+            let mut index = txn.open_table(data_def(&iname)).map_err(db_err)?;
+            if !new_indexes.contains(column) {
+                continue;
+            }
+            for item in data.iter().map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                let row = decode_row(v.value())?;
+                if let Some(e) = index_entry(&merged, column, &row, k.value())? {
+                    index.insert(e.as_slice(), [].as_slice()).map_err(db_err)?;
+                }
+            }
+        }
+    }
+    {
+        let json = serde_json::to_string(&merged).map_err(|e| BackendError::Data(e.to_string()))?;
+        let mut meta = txn.open_table(SCHEMA_TABLE).map_err(db_err)?;
+        meta.insert(schema.name.as_str(), json.as_str())
+            .map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)
+}
+
+/// Checks that `new` can be applied to a table stored with schema `old` (same primary key, same column types).
+pub(crate) fn check_compatible(old: &TableSchema, new: &TableSchema) -> BackendResult<()> {
+    let key_desc = |s: &TableSchema| {
+        let part: Vec<String> = s
+            .partition_key
+            .iter()
+            .map(|c| format!("{c} {}", s.column_type(c).map(|t| t.name()).unwrap_or("?")))
+            .collect();
+        let clus: Vec<String> = s
+            .clustering
+            .iter()
+            .map(|(c, o)| {
+                format!(
+                    "{c} {} {o:?}",
+                    s.column_type(c).map(|t| t.name()).unwrap_or("?")
+                )
+            })
+            .collect();
+        format!(
+            "partition ({}) clustering ({})",
+            part.join(", "),
+            clus.join(", ")
+        )
+    };
+    let (a, b) = (key_desc(old), key_desc(new));
+    if a != b {
+        return Err(BackendError::Schema(format!(
+            "table `{}`: the primary key changed from {a} to {b}; primary keys cannot be changed in place",
+            new.name
+        )));
+    }
+    for c in &new.columns {
+        if let Some(t) = old.column_type(&c.name)
+            && t != c.column_type
+        {
+            return Err(BackendError::Schema(format!(
+                "table `{}`: column `{}` is stored as {t} but declared as {}; column types cannot be changed",
+                new.name, c.name, c.column_type
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Backend for EmbeddedBackend {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn raw_row<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<Option<Vec<u8>>>> {
+        Box::pin(async move { self.raw_row_sync(schema, key) })
+    }
+
+    fn ensure_schema<'a>(&'a self, schema: &'a TableSchema) -> BoxFuture<'a, BackendResult<()>> {
+        let schema = schema.clone();
+        Box::pin(self.blocking(move |db| ensure_schema_sync(db, &schema)))
+    }
+
+    fn get<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<Option<Row>>> {
+        let schema = schema.clone();
+        let key = key.clone();
+        Box::pin(self.blocking(move |db| {
+            let pk = encode_primary_key(&schema, &key)?;
+            let txn = db.begin_read().map_err(db_err)?;
+            let name = data_table_name(&schema.name);
+            let table = match txn.open_table(data_def(&name)) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(db_err(e)),
+            };
+            let v = table.get(pk.as_slice()).map_err(db_err)?;
+            match v {
+                Some(v) => Ok(Some(decode_row(v.value())?)),
+                None => Ok(None),
+            }
+        }))
+    }
+
+    fn query<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        query: &'a Query,
+    ) -> BoxFuture<'a, BackendResult<Page>> {
+        let schema = schema.clone();
+        let query = query.clone();
+        Box::pin(self.blocking(move |db| run_query(db, &schema, &query)))
+    }
+
+    fn upsert<'a>(&'a self, schema: &'a TableSchema, row: Row) -> BoxFuture<'a, BackendResult<()>> {
+        self.upsert_all(schema, vec![row])
+    }
+
+    fn upsert_all<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        rows: Vec<Row>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        let schema = schema.clone();
+        Box::pin(self.blocking(move |db| {
+            let txn = begin_write(db)?;
+            for row in rows {
+                let pk = encode_primary_key(&schema, &row)?;
+                let old = read_row(&txn, &schema, &pk)?;
+                let mut new = old.clone().unwrap_or_default();
+                for (c, v) in row {
+                    if v == Value::Null {
+                        new.remove(&c);
+                    } else {
+                        new.insert(c, v);
+                    }
+                }
+                write_row(&txn, &schema, &pk, old.as_ref(), &new)?;
+            }
+            txn.commit().map_err(db_err)
+        }))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        let schema = schema.clone();
+        let key = key.clone();
+        Box::pin(self.blocking(move |db| {
+            let pk = encode_primary_key(&schema, &key)?;
+            let txn = begin_write(db)?;
+            if let Some(old) = read_row(&txn, &schema, &pk)? {
+                {
+                    let name = data_table_name(&schema.name);
+                    let mut data = txn.open_table(data_def(&name)).map_err(db_err)?;
+                    data.remove(pk.as_slice()).map_err(db_err)?;
+                }
+                for column in &schema.indexes {
+                    if let Some(e) = index_entry(&schema, column, &old, &pk)? {
+                        let iname = index_table_name(&schema.name, column);
+                        let mut index = txn.open_table(data_def(&iname)).map_err(db_err)?;
+                        index.remove(e.as_slice()).map_err(db_err)?;
+                    }
+                }
+            }
+            txn.commit().map_err(db_err)
+        }))
+    }
+
+    fn increment<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+        column: &'a str,
+        delta: i64,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        let schema = schema.clone();
+        let key = key.clone();
+        let column = column.to_string();
+        Box::pin(self.blocking(move |db| {
+            if schema.column_type(&column) != Some(ColumnType::Counter) {
+                return Err(BackendError::InvalidQuery(format!(
+                    "`{column}` is not a counter column"
+                )));
+            }
+            let pk = encode_primary_key(&schema, &key)?;
+            let txn = begin_write(db)?;
+            let old = read_row(&txn, &schema, &pk)?;
+            let mut new = match &old {
+                Some(r) => r.clone(),
+                None => {
+                    let mut r = Row::new();
+                    for k in schema.primary_key() {
+                        r.insert(k.to_string(), key_value(&key, k)?.clone());
+                    }
+                    r
+                }
+            };
+            let current = match new.get(&column) {
+                Some(Value::Number(n)) => *n,
+                _ => 0,
+            };
+            new.insert(column, Value::Number(current.wrapping_add(delta)));
+            write_row(&txn, &schema, &pk, old.as_ref(), &new)?;
+            txn.commit().map_err(db_err)
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(t: ColumnType, v: Value, o: Order) -> Bytes {
+        let mut b = Vec::new();
+        encode_key_value(&mut b, "c", t, &v, o).expect("encodes");
+        b
+    }
+
+    #[test]
+    fn key_encoding_preserves_order_and_desc_reverses_it() {
+        let nums = [i64::MIN, -5, -1, 0, 1, 7, i64::MAX];
+        for w in nums.windows(2) {
+            assert!(
+                enc(ColumnType::Number, Value::Number(w[0]), Order::Asc)
+                    < enc(ColumnType::Number, Value::Number(w[1]), Order::Asc)
+            );
+            assert!(
+                enc(ColumnType::Number, Value::Number(w[0]), Order::Desc)
+                    > enc(ColumnType::Number, Value::Number(w[1]), Order::Desc)
+            );
+        }
+        let texts = ["", "\0", "\0a", "a", "a\0", "ab", "b"];
+        for w in texts.windows(2) {
+            let a = |s: &str, o| enc(ColumnType::Text, Value::Text(s.into()), o);
+            assert!(
+                a(w[0], Order::Asc) < a(w[1], Order::Asc),
+                "{:?} < {:?}",
+                w[0],
+                w[1]
+            );
+            assert!(
+                a(w[0], Order::Desc) > a(w[1], Order::Desc),
+                "{:?} > {:?} desc",
+                w[0],
+                w[1]
+            );
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_and_truncated_rows_are_errors() {
+        let mut row = Row::new();
+        row.insert("a".into(), Value::Text("x".into()));
+        row.insert("b".into(), Value::Number(-3));
+        row.insert("c".into(), Value::Blob(vec![0, 1, 2]));
+        row.insert("d".into(), Value::Uuid(uuid::Uuid::new_v4()));
+        row.insert("e".into(), Value::Boolean(true));
+        let bytes = encode_row(&row);
+        assert_eq!(decode_row(&bytes).expect("decodes"), row);
+        for n in 0..bytes.len() {
+            assert!(decode_row(&bytes[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn index_keys_split_back() {
+        let k = index_key(b"value\0\x01", b"pk-bytes");
+        let (v, pk) = split_index_key(&k).expect("splits");
+        assert_eq!(v, b"value\0\x01");
+        assert_eq!(pk, b"pk-bytes");
+    }
+}

@@ -1,0 +1,1397 @@
+//! The ORM's repository suite, run unchanged against every backend (`suite!` below instantiates it per backend), plus
+//! fault tests (database stopped and restarted, IO queue full, request timeout, embedded store killed with SIGKILL).
+//!
+//! Backends under test:
+//! - `embedded`: a fresh redb file under `target/orm-tests/` per test.
+//! - `mongo`: the MongoDB-wire server of `tests/services/mongo.sh`, found through `SHARDCAST_TEST_MONGO_URI`; a fresh
+//!   database per test. A missing variable fails the tests with a message saying how to start the service.
+//!
+//! Every repository call goes through a real IO shard, awaited with `futures_lite::future::block_on` (one test awaits
+//! from a glommio executor).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_lite::future::block_on;
+use serde::{Deserialize, Serialize};
+use shardcast::orm::backend::embedded::EmbeddedBackend;
+use shardcast::orm::backend::{Backend, BackendResult, BoxFuture, Page, Query, Row, TableSchema};
+use shardcast::orm::crypto::CryptoError;
+use shardcast::orm::{
+    BackendError, Entity, EntitySchema, FieldType, Find, IoShard, Key, Order, Orm, OrmConfig,
+    OrmError, Repository, SchemaBuilder,
+};
+use uuid::Uuid;
+
+const KEY_A: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+const KEY_B: &str = "0202020202020202020202020202020202020202020202020202020202020202";
+
+// -------------------------------------------------------------------------------------------------------------------
+// Test environments, one per backend.
+
+/// A running IO shard over one backend, and an ORM over it.
+struct TestEnv {
+    orm: Orm,
+    config: OrmConfig,
+    shard: Option<IoShard>,
+}
+
+impl TestEnv {
+    fn orm_with_key(&self, key: &str) -> Orm {
+        let mut c = self.config.clone();
+        c.encryption_key = Some(key.to_string());
+        Orm::new(self.orm.io().clone(), &c).expect("orm")
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Some(s) = self.shard.take() {
+            s.stop();
+        }
+    }
+}
+
+fn unique(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{name}_{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn test_config() -> OrmConfig {
+    OrmConfig {
+        encryption_key: Some(KEY_A.into()),
+        request_timeout_ms: 30_000,
+        ..OrmConfig::default()
+    }
+}
+
+fn start_env(config: OrmConfig, backend: Arc<dyn Backend>) -> TestEnv {
+    let factory: shardcast::orm::BackendFactory =
+        Box::new(move || Box::pin(async move { Ok(backend) }));
+    let shard = IoShard::start(factory, config.io_limits()).expect("IO shard starts");
+    let orm = Orm::new(shard.handle(), &config).expect("orm");
+    TestEnv {
+        orm,
+        config,
+        shard: Some(shard),
+    }
+}
+
+fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("orm-tests")
+        .join(unique(name));
+    std::fs::create_dir_all(&dir).expect("test dir");
+    dir
+}
+
+fn embedded_env(name: &str) -> TestEnv {
+    let mut config = test_config();
+    config.embedded_path = test_dir(name).join("db.redb");
+    let (shard, orm) = shardcast::orm::start(&config).expect("embedded ORM starts");
+    TestEnv {
+        orm,
+        config,
+        shard: Some(shard),
+    }
+}
+
+fn mongo_uri() -> String {
+    std::env::var("SHARDCAST_TEST_MONGO_URI").unwrap_or_else(|_| {
+        panic!(
+            "SHARDCAST_TEST_MONGO_URI is not set: start the MongoDB-wire test server with \
+             `bash tests/services/mongo.sh start && source target/services/mongo.env` (tests/run.sh does it)"
+        )
+    })
+}
+
+fn mongo_env(name: &str) -> TestEnv {
+    let mut config = test_config();
+    config.backend = shardcast::orm::BackendKind::Mongo;
+    config.mongo_uri = mongo_uri();
+    config.mongo_database = unique(&format!("t_{}", &name[..name.len().min(20)]));
+    // SecantusDB (a Python server) needs seconds for a `$in` of 1,000 values while the other tests load it too.
+    config.request_timeout_ms = 120_000;
+    let (shard, orm) = shardcast::orm::start(&config).expect("mongo ORM starts");
+    TestEnv {
+        orm,
+        config,
+        shard: Some(shard),
+    }
+}
+
+fn cql_nodes() -> Vec<String> {
+    let nodes = std::env::var("SHARDCAST_TEST_CQL_NODES").unwrap_or_else(|_| {
+        panic!(
+            "SHARDCAST_TEST_CQL_NODES is not set: start the test Cassandra with \
+             `bash tests/services/cassandra.sh start && source target/services/cassandra.env` (tests/run.sh does it)"
+        )
+    });
+    nodes
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A fresh keyspace per test on the Cassandra of `tests/services/cassandra.sh` (`SHARDCAST_TEST_CQL_NODES`).
+fn cql_env(name: &str) -> TestEnv {
+    let mut config = test_config();
+    config.backend = shardcast::orm::BackendKind::Cql;
+    config.cql_nodes = cql_nodes();
+    config.cql_keyspace = unique(&format!("t_{}", &name[..name.len().min(12)]));
+    let (shard, orm) = shardcast::orm::start(&config).expect("CQL ORM starts");
+    TestEnv {
+        orm,
+        config,
+        shard: Some(shard),
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------------------
+// Entities.
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Message {
+    channel: Uuid,
+    bucket: i64,
+    id: Option<Uuid>,
+    author: String,
+    body: Option<String>,
+    meta: Option<serde_json::Value>,
+    tag: Option<String>,
+    data: Option<serde_json::Value>,
+    pinned: Option<bool>,
+    attachment: Option<Vec<u8>>,
+}
+
+impl Entity for Message {
+    fn schema() -> SchemaBuilder {
+        EntitySchema::builder("messages")
+            .column("channel", FieldType::Uuid)
+            .column("bucket", FieldType::Number)
+            .column("id", FieldType::TimeUuid)
+            .generated()
+            .column("author", FieldType::Text)
+            .column("body", FieldType::EncryptedText)
+            .column("meta", FieldType::EncryptedJson)
+            .column("tag", FieldType::EncryptedText)
+            .column("data", FieldType::Json)
+            .column("pinned", FieldType::Boolean)
+            .column("attachment", FieldType::Blob)
+            .partition_key(&["channel"])
+            .clustering("bucket", Order::Asc)
+            .clustering("id", Order::Desc)
+            .index("author")
+            .index("tag")
+    }
+}
+
+fn message(channel: Uuid, bucket: i64, author: &str) -> Message {
+    Message {
+        channel,
+        bucket,
+        id: None,
+        author: author.into(),
+        body: None,
+        meta: None,
+        tag: None,
+        data: None,
+        pinned: None,
+        attachment: None,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Item {
+    p: String,
+    n: i64,
+    label: Option<String>,
+}
+
+impl Entity for Item {
+    fn schema() -> SchemaBuilder {
+        EntitySchema::builder("items")
+            .column("p", FieldType::Text)
+            .column("n", FieldType::Number)
+            .column("label", FieldType::Text)
+            .partition_key(&["p"])
+            .clustering("n", Order::Asc)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ItemDesc {
+    p: String,
+    n: i64,
+    label: Option<String>,
+}
+
+impl Entity for ItemDesc {
+    fn schema() -> SchemaBuilder {
+        EntitySchema::builder("items_desc")
+            .column("p", FieldType::Text)
+            .column("n", FieldType::Number)
+            .column("label", FieldType::Text)
+            .partition_key(&["p"])
+            .clustering("n", Order::Desc)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Stats {
+    channel: Uuid,
+    day: String,
+    views: i64,
+    likes: i64,
+}
+
+impl Entity for Stats {
+    fn schema() -> SchemaBuilder {
+        EntitySchema::builder("stats")
+            .column("channel", FieldType::Uuid)
+            .column("day", FieldType::Text)
+            .column("views", FieldType::Counter)
+            .column("likes", FieldType::Counter)
+            .partition_key(&["channel"])
+            .clustering("day", Order::Asc)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PersonV1 {
+    id: Uuid,
+    name: String,
+}
+
+impl Entity for PersonV1 {
+    fn schema() -> SchemaBuilder {
+        EntitySchema::builder("people")
+            .column("id", FieldType::Uuid)
+            .column("name", FieldType::Text)
+            .partition_key(&["id"])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PersonV2 {
+    id: Uuid,
+    name: String,
+    age: Option<i64>,
+}
+
+impl Entity for PersonV2 {
+    fn schema() -> SchemaBuilder {
+        EntitySchema::builder("people")
+            .column("id", FieldType::Uuid)
+            .column("name", FieldType::Text)
+            .column("age", FieldType::Number)
+            .partition_key(&["id"])
+            .index("name")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PersonBadKey {
+    id: String,
+    name: String,
+}
+
+impl Entity for PersonBadKey {
+    fn schema() -> SchemaBuilder {
+        EntitySchema::builder("people")
+            .column("id", FieldType::Text)
+            .column("name", FieldType::Text)
+            .partition_key(&["id"])
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------------------
+// Helpers.
+
+async fn all<E: Entity>(repo: &Repository<E>, find: Find, limit: u32) -> Vec<E> {
+    let mut out = Vec::new();
+    let mut token = None;
+    let mut pages = 0;
+    loop {
+        let page = repo
+            .find(find.clone().limit(limit).page_token(token))
+            .await
+            .expect("find");
+        assert!(
+            page.entities.len() <= limit as usize,
+            "a page holds at most `limit` rows"
+        );
+        out.extend(page.entities);
+        pages += 1;
+        assert!(pages < 100_000, "pagination does not end");
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => return out,
+        }
+    }
+}
+
+fn filter_error<T: std::fmt::Debug>(r: Result<T, OrmError>) -> String {
+    match r {
+        Err(OrmError::InvalidFilter { message, .. }) => message,
+        other => panic!("expected an InvalidFilter error, got {other:?}"),
+    }
+}
+
+fn items(p: &str, range: std::ops::Range<i64>) -> Vec<Item> {
+    range
+        .map(|n| Item {
+            p: p.into(),
+            n,
+            label: Some(format!("item {n}")),
+        })
+        .collect()
+}
+
+// -------------------------------------------------------------------------------------------------------------------
+// The shared suite: each case takes a fresh environment of the backend under test.
+
+mod cases {
+    use super::*;
+
+    pub async fn keys_and_clustering_order(env: TestEnv) {
+        let repo = Repository::<Message>::open(&env.orm).await.expect("open");
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut saved = Vec::new();
+        for i in 0..30 {
+            let m = repo
+                .save(message(a, i % 3, &format!("author{}", i % 4)))
+                .await
+                .expect("save");
+            let id = m.id.expect("generated id");
+            assert_eq!(id.get_version_num(), 1, "generated ids are time UUIDs");
+            saved.push(m);
+        }
+        repo.save(message(b, 0, "other")).await.expect("save");
+        let ids: BTreeSet<Uuid> = saved.iter().filter_map(|m| m.id).collect();
+        assert_eq!(ids.len(), 30, "generated ids are unique");
+        // Expected: bucket ascending, then id (time) descending.
+        let mut expected = saved.clone();
+        expected.sort_by(|x, y| {
+            x.bucket.cmp(&y.bucket).then_with(|| {
+                let t = |m: &Message| {
+                    m.id.and_then(|u| u.get_timestamp())
+                        .map(|t| t.to_gregorian())
+                        .unwrap_or((0, 0))
+                };
+                t(y).cmp(&t(x))
+            })
+        });
+        let got = all(&repo, Find::new().eq("channel", a), 7).await;
+        assert_eq!(got, expected);
+        let one = repo
+            .find_one(Find::new().eq("channel", b))
+            .await
+            .expect("find_one")
+            .expect("found");
+        assert_eq!(one.author, "other");
+        let key = Key::new()
+            .with("channel", a)
+            .with("bucket", saved[4].bucket)
+            .with("id", saved[4].id);
+        assert_eq!(repo.get(key).await.expect("get"), Some(saved[4].clone()));
+        // Index queries: equality and IN on an indexed column.
+        let by_author = all(&repo, Find::new().eq("author", "author1"), 3).await;
+        assert_eq!(by_author.len(), 8);
+        assert!(by_author.iter().all(|m| m.author == "author1"));
+        let by_authors = all(
+            &repo,
+            Find::new().is_in("author", ["author1", "author2", "other"]),
+            4,
+        )
+        .await;
+        assert_eq!(by_authors.len(), 8 + 7 + 1);
+        // IN on the partition key and on a clustering column.
+        let both = all(&repo, Find::new().is_in("channel", [a, b]), 5).await;
+        assert_eq!(both.len(), 31);
+        let buckets = all(
+            &repo,
+            Find::new().eq("channel", a).is_in("bucket", [0, 2]),
+            100,
+        )
+        .await;
+        assert_eq!(buckets.len(), 20);
+        assert!(buckets.windows(2).all(|w| w[0].bucket <= w[1].bucket));
+    }
+
+    pub async fn reversed_order(env: TestEnv) {
+        let repo = Repository::<Message>::open(&env.orm).await.expect("open");
+        let a = Uuid::new_v4();
+        for i in 0..20 {
+            repo.save(message(a, i % 2, "x")).await.expect("save");
+        }
+        let forward = all(&repo, Find::new().eq("channel", a), 6).await;
+        let mut backward = all(&repo, Find::new().eq("channel", a).reversed(), 6).await;
+        backward.reverse();
+        assert_eq!(forward.len(), 20);
+        assert_eq!(forward, backward);
+        let items_repo = Repository::<ItemDesc>::open(&env.orm).await.expect("open");
+        let rows: Vec<ItemDesc> = (0..10)
+            .map(|n| ItemDesc {
+                p: "a".into(),
+                n,
+                label: None,
+            })
+            .collect();
+        items_repo.save_all(rows).await.expect("save_all");
+        let desc: Vec<i64> = all(&items_repo, Find::new().eq("p", "a"), 3)
+            .await
+            .iter()
+            .map(|i| i.n)
+            .collect();
+        assert_eq!(desc, (0..10).rev().collect::<Vec<_>>());
+        let asc: Vec<i64> = all(&items_repo, Find::new().eq("p", "a").reversed(), 3)
+            .await
+            .iter()
+            .map(|i| i.n)
+            .collect();
+        assert_eq!(asc, (0..10).collect::<Vec<_>>());
+    }
+
+    pub async fn range_filters(env: TestEnv) {
+        let repo = Repository::<Item>::open(&env.orm).await.expect("open");
+        repo.save_all(items("a", -50..50)).await.expect("save_all");
+        repo.save_all(items("b", 0..10)).await.expect("save_all");
+        let n = |v: Vec<Item>| v.into_iter().map(|i| i.n).collect::<Vec<_>>();
+        let got = n(all(&repo, Find::new().eq("p", "a").ge("n", -3).lt("n", 4), 4).await);
+        assert_eq!(got, (-3..4).collect::<Vec<_>>());
+        let got = n(all(&repo, Find::new().eq("p", "a").gt("n", -3).le("n", 4), 4).await);
+        assert_eq!(got, (-2..=4).collect::<Vec<_>>());
+        let got = n(all(&repo, Find::new().eq("p", "a").gt("n", 45), 4).await);
+        assert_eq!(got, (46..50).collect::<Vec<_>>());
+        let got = n(all(&repo, Find::new().eq("p", "a").lt("n", -47).reversed(), 4).await);
+        assert_eq!(got, vec![-48, -49, -50]);
+        let got = n(all(
+            &repo,
+            Find::new().is_in("p", ["a", "b"]).ge("n", 8).lt("n", 11),
+            2,
+        )
+        .await);
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![8, 8, 9, 9, 10]);
+        assert!(n(all(&repo, Find::new().eq("p", "a").gt("n", 10).lt("n", 5), 4).await).is_empty());
+        // Ranges on a descending column compare values, not storage order.
+        let desc = Repository::<ItemDesc>::open(&env.orm).await.expect("open");
+        desc.save_all(
+            (0..20)
+                .map(|n| ItemDesc {
+                    p: "d".into(),
+                    n,
+                    label: None,
+                })
+                .collect(),
+        )
+        .await
+        .expect("save_all");
+        let got: Vec<i64> = all(&desc, Find::new().eq("p", "d").ge("n", 5).lt("n", 9), 2)
+            .await
+            .iter()
+            .map(|i| i.n)
+            .collect();
+        assert_eq!(got, vec![8, 7, 6, 5]);
+        let got: Vec<i64> = all(
+            &desc,
+            Find::new().eq("p", "d").gt("n", 5).le("n", 9).reversed(),
+            2,
+        )
+        .await
+        .iter()
+        .map(|i| i.n)
+        .collect();
+        assert_eq!(got, vec![6, 7, 8, 9]);
+        // Ranges on a time UUID clustering column.
+        let msgs = Repository::<Message>::open(&env.orm).await.expect("open");
+        let c = Uuid::new_v4();
+        let mut ids = Vec::new();
+        for _ in 0..10 {
+            ids.push(
+                msgs.save(message(c, 0, "r"))
+                    .await
+                    .expect("save")
+                    .id
+                    .expect("id"),
+            );
+        }
+        let got = all(
+            &msgs,
+            Find::new()
+                .eq("channel", c)
+                .eq("bucket", 0)
+                .gt("id", ids[2])
+                .le("id", ids[6]),
+            3,
+        )
+        .await;
+        let got_ids: Vec<Uuid> = got.iter().filter_map(|m| m.id).collect();
+        assert_eq!(got_ids, vec![ids[6], ids[5], ids[4], ids[3]]);
+    }
+
+    pub async fn in_with_1000_values(env: TestEnv) {
+        let repo = Repository::<Item>::open(&env.orm).await.expect("open");
+        let rows: Vec<Item> = (0..1200)
+            .map(|i| Item {
+                p: format!("p{i}"),
+                n: i,
+                label: None,
+            })
+            .collect();
+        repo.save_all(rows).await.expect("save_all");
+        let wanted: Vec<String> = (0..1000).map(|i| format!("p{}", i * 6 / 5)).collect();
+        let got = all(&repo, Find::new().is_in("p", wanted.clone()), 150).await;
+        let got_p: BTreeSet<String> = got.iter().map(|i| i.p.clone()).collect();
+        assert_eq!(got.len(), 1000, "each row once");
+        assert_eq!(got_p, wanted.into_iter().collect::<BTreeSet<_>>());
+        // IN with 1,000 values on a clustering column.
+        repo.save_all(items("big", 0..3000))
+            .await
+            .expect("save_all");
+        let ns: Vec<i64> = (0..1000).map(|i| i * 3).collect();
+        let got: Vec<i64> = all(
+            &repo,
+            Find::new().eq("p", "big").is_in("n", ns.clone()),
+            128,
+        )
+        .await
+        .iter()
+        .map(|i| i.n)
+        .collect();
+        assert_eq!(got, ns);
+    }
+
+    pub async fn pagination_10000_rows(env: TestEnv) {
+        let repo = Repository::<Item>::open(&env.orm).await.expect("open");
+        for chunk in 0..10 {
+            repo.save_all(items("big", chunk * 1000..(chunk + 1) * 1000))
+                .await
+                .expect("save_all");
+        }
+        repo.save_all(items("small", 0..7)).await.expect("save_all");
+        let got: Vec<i64> = all(&repo, Find::new().eq("p", "big"), 333)
+            .await
+            .iter()
+            .map(|i| i.n)
+            .collect();
+        assert_eq!(
+            got,
+            (0..10_000).collect::<Vec<_>>(),
+            "every row once, in order"
+        );
+        let got: Vec<i64> = all(&repo, Find::new().eq("p", "big").reversed(), 1000)
+            .await
+            .iter()
+            .map(|i| i.n)
+            .collect();
+        assert_eq!(got, (0..10_000).rev().collect::<Vec<_>>());
+        // A full scan (no filter) pages through both partitions.
+        let scanned = all(&repo, Find::new(), 777).await;
+        assert_eq!(scanned.len(), 10_007);
+        let keys: BTreeSet<(String, i64)> = scanned.iter().map(|i| (i.p.clone(), i.n)).collect();
+        assert_eq!(keys.len(), 10_007, "no row repeated");
+        // A page token of another order is refused.
+        let page = repo
+            .find(Find::new().eq("p", "big").limit(10))
+            .await
+            .expect("find");
+        let r = repo
+            .find(
+                Find::new()
+                    .eq("p", "big")
+                    .reversed()
+                    .page_token(page.next_page_token),
+            )
+            .await;
+        assert!(
+            matches!(r, Err(OrmError::Backend(BackendError::InvalidPageToken(_)))),
+            "{r:?}"
+        );
+        let r = repo
+            .find(
+                Find::new()
+                    .eq("p", "big")
+                    .page_token(Some("not*base64".into())),
+            )
+            .await;
+        assert!(
+            matches!(r, Err(OrmError::Backend(BackendError::InvalidPageToken(_)))),
+            "{r:?}"
+        );
+    }
+
+    pub async fn upsert_and_remove(env: TestEnv) {
+        let repo = Repository::<Message>::open(&env.orm).await.expect("open");
+        let c = Uuid::new_v4();
+        let mut m = message(c, 1, "alice");
+        m.data = Some(serde_json::json!({"k": [1, 2, 3]}));
+        m.pinned = Some(true);
+        m.attachment = Some(vec![0, 1, 2, 255]);
+        let saved = repo.save(m).await.expect("save");
+        let key = || {
+            Key::new()
+                .with("channel", c)
+                .with("bucket", 1)
+                .with("id", saved.id)
+        };
+        assert_eq!(repo.get(key()).await.expect("get"), Some(saved.clone()));
+        let mut changed = saved.clone();
+        changed.author = "bob".into();
+        changed.pinned = None;
+        changed.data = Some(serde_json::json!("now a string"));
+        repo.save(changed.clone()).await.expect("upsert");
+        assert_eq!(repo.get(key()).await.expect("get"), Some(changed.clone()));
+        assert_eq!(
+            all(&repo, Find::new().eq("channel", c), 10).await,
+            vec![changed.clone()]
+        );
+        assert!(
+            all(&repo, Find::new().eq("author", "alice"), 10)
+                .await
+                .is_empty(),
+            "index follows the update"
+        );
+        assert_eq!(
+            all(&repo, Find::new().eq("author", "bob"), 10).await,
+            vec![changed.clone()]
+        );
+        repo.remove(&changed).await.expect("remove");
+        assert_eq!(repo.get(key()).await.expect("get"), None);
+        assert!(
+            all(&repo, Find::new().eq("author", "bob"), 10)
+                .await
+                .is_empty()
+        );
+        repo.remove(&changed)
+            .await
+            .expect("removing an absent row is fine");
+        let items_repo = Repository::<Item>::open(&env.orm).await.expect("open");
+        items_repo
+            .save_all(items("r", 0..5))
+            .await
+            .expect("save_all");
+        items_repo
+            .remove_key(Key::new().with("p", "r").with("n", 2))
+            .await
+            .expect("remove_key");
+        let left: Vec<i64> = all(&items_repo, Find::new().eq("p", "r"), 10)
+            .await
+            .iter()
+            .map(|i| i.n)
+            .collect();
+        assert_eq!(left, vec![0, 1, 3, 4]);
+        let e = filter_error(items_repo.remove_key(Key::new().with("p", "r")).await);
+        assert!(e.contains("`n` is missing"), "{e}");
+    }
+
+    pub async fn counters(env: TestEnv) {
+        let repo = Repository::<Stats>::open(&env.orm).await.expect("open");
+        let c = Uuid::new_v4();
+        let k = |day: &str| Key::new().with("channel", c).with("day", day);
+        for _ in 0..3 {
+            repo.increment(k("2026-01-02"), "views", 1)
+                .await
+                .expect("increment");
+        }
+        repo.increment(k("2026-01-02"), "likes", 5)
+            .await
+            .expect("increment");
+        repo.increment(k("2026-01-02"), "likes", -2)
+            .await
+            .expect("increment");
+        repo.increment(k("2026-01-01"), "likes", 7)
+            .await
+            .expect("increment");
+        let got = all(&repo, Find::new().eq("channel", c), 10).await;
+        assert_eq!(
+            got,
+            vec![
+                Stats {
+                    channel: c,
+                    day: "2026-01-01".into(),
+                    views: 0,
+                    likes: 7
+                },
+                Stats {
+                    channel: c,
+                    day: "2026-01-02".into(),
+                    views: 3,
+                    likes: 3
+                },
+            ]
+        );
+        let r = repo.save(got[0].clone()).await;
+        assert!(matches!(r, Err(OrmError::InvalidEntity { .. })), "{r:?}");
+        let r = repo.increment(k("x"), "day", 1).await;
+        assert!(matches!(r, Err(OrmError::InvalidEntity { .. })), "{r:?}");
+    }
+
+    pub async fn encrypted_columns(env: TestEnv) {
+        let repo = Repository::<Message>::open(&env.orm).await.expect("open");
+        let c = Uuid::new_v4();
+        let mut m = message(c, 0, "carol");
+        m.body = Some("the launch code is 0000-SECRET".into());
+        m.meta = Some(serde_json::json!({"confidential": "meta-PLAINTEXT-marker"}));
+        m.tag = Some("tag-PLAINTEXT-42".into());
+        let saved = repo.save(m).await.expect("save");
+        let key = || {
+            Key::new()
+                .with("channel", c)
+                .with("bucket", 0)
+                .with("id", saved.id)
+        };
+        assert_eq!(repo.get(key()).await.expect("get"), Some(saved.clone()));
+        let raw = repo.raw_row(key()).await.expect("raw").expect("stored");
+        for clear in [
+            "0000-SECRET",
+            "meta-PLAINTEXT-marker",
+            "tag-PLAINTEXT-42",
+            "confidential",
+        ] {
+            assert!(
+                !raw.windows(clear.len()).any(|w| w == clear.as_bytes()),
+                "`{clear}` is stored in clear"
+            );
+        }
+        assert!(
+            raw.windows(5).any(|w| w == b"carol"),
+            "the raw row is the real stored row"
+        );
+        // Deterministic encryption of an indexed encrypted column: lookups by value work.
+        let mut other = message(c, 0, "dave");
+        other.tag = Some("another tag".into());
+        repo.save(other).await.expect("save");
+        let found = all(&repo, Find::new().eq("tag", "tag-PLAINTEXT-42"), 10).await;
+        assert_eq!(found, vec![saved.clone()]);
+        // A wrong key is a clear error, not garbage.
+        let wrong = Repository::<Message>::open(&env.orm_with_key(KEY_B))
+            .await
+            .expect("open");
+        match wrong.get(key()).await {
+            Err(OrmError::Crypto(CryptoError::WrongKeyOrCorrupt { column })) => {
+                assert!(column.starts_with("messages."), "{column}")
+            }
+            other => panic!("expected a wrong-key error, got {other:?}"),
+        }
+        assert!(
+            wrong
+                .find(Find::new().eq("tag", "tag-PLAINTEXT-42"))
+                .await
+                .expect("find")
+                .entities
+                .is_empty()
+        );
+    }
+
+    pub async fn rejected_filters(env: TestEnv) {
+        let repo = Repository::<Message>::open(&env.orm).await.expect("open");
+        let c = Uuid::new_v4();
+        let e = filter_error(repo.find(Find::new().eq("body", "x")).await);
+        assert!(e.contains("neither a key column nor indexed"), "{e}");
+        let e = filter_error(repo.find(Find::new().eq("pinned", true)).await);
+        assert!(e.contains("neither a key column nor indexed"), "{e}");
+        let e = filter_error(repo.find(Find::new().gt("channel", c)).await);
+        assert!(e.contains("only allowed on clustering columns"), "{e}");
+        let e = filter_error(repo.find(Find::new().eq("bucket", 1)).await);
+        assert!(e.contains("partition key"), "{e}");
+        let e = filter_error(
+            repo.find(Find::new().eq("channel", c).gt("id", Uuid::now_v1(&[1; 6])))
+                .await,
+        );
+        assert!(e.contains("restrict clustering columns in order"), "{e}");
+        let e = filter_error(repo.find(Find::new().eq("author", "a").reversed()).await);
+        assert!(e.contains("reversed order needs"), "{e}");
+        let e = filter_error(
+            repo.find(Find::new().eq("channel", c).eq("author", "a"))
+                .await,
+        );
+        assert!(e.contains("cannot be combined"), "{e}");
+        let e = filter_error(repo.find(Find::new().eq("nope", 1)).await);
+        assert!(e.contains("unknown column `nope`"), "{e}");
+        let e = filter_error(repo.find(Find::new().eq("channel", c).limit(0)).await);
+        assert!(e.contains("limit 0"), "{e}");
+        let e = filter_error(
+            repo.find(Find::new().eq("channel", c).limit(1_000_000))
+                .await,
+        );
+        assert!(e.contains("page_rows_max"), "{e}");
+        let e = filter_error(
+            repo.find(Find::new().eq("channel", c).gt("bucket", 1).gt("bucket", 2))
+                .await,
+        );
+        assert!(e.contains("more than one lower"), "{e}");
+        let r = repo.find(Find::new().eq("channel", "not-a-uuid")).await;
+        assert!(matches!(r, Err(OrmError::InvalidEntity { .. })), "{r:?}");
+        let empty = repo
+            .find(Find::new().is_in("channel", Vec::<Uuid>::new()))
+            .await
+            .expect("empty IN");
+        assert!(empty.entities.is_empty() && empty.next_page_token.is_none());
+    }
+
+    pub async fn schema_extension(env: TestEnv) {
+        let v1 = Repository::<PersonV1>::open(&env.orm)
+            .await
+            .expect("open v1");
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            v1.save(PersonV1 {
+                id: *id,
+                name: format!("n{}", i % 2),
+            })
+            .await
+            .expect("save");
+        }
+        let v2 = Repository::<PersonV2>::open(&env.orm)
+            .await
+            .expect("open v2 (adds a column and an index)");
+        let old = v2
+            .get(Key::new().with("id", ids[0]))
+            .await
+            .expect("get")
+            .expect("found");
+        assert_eq!(
+            old,
+            PersonV2 {
+                id: ids[0],
+                name: "n0".into(),
+                age: None
+            }
+        );
+        v2.save(PersonV2 {
+            id: ids[1],
+            name: "n1".into(),
+            age: Some(41),
+        })
+        .await
+        .expect("save");
+        let by_name = all(&v2, Find::new().eq("name", "n1"), 10).await;
+        assert_eq!(
+            by_name.len(),
+            2,
+            "the new index covers rows written before it existed"
+        );
+        assert!(by_name.contains(&PersonV2 {
+            id: ids[1],
+            name: "n1".into(),
+            age: Some(41)
+        }));
+        let again = Repository::<PersonV2>::open(&env.orm).await;
+        assert!(
+            again.is_ok(),
+            "opening the same schema twice is fine: {again:?}"
+        );
+        match Repository::<PersonBadKey>::open(&env.orm).await {
+            Err(OrmError::Backend(BackendError::Schema(m))) => {
+                assert!(m.contains("primary key"), "{m}")
+            }
+            other => panic!("expected an incompatible-schema error, got {other:?}"),
+        }
+    }
+}
+
+macro_rules! suite {
+    ($backend:ident, $env:path) => {
+        mod $backend {
+            use super::*;
+
+            fn run<F: Future<Output = ()>>(name: &str, case: impl FnOnce(TestEnv) -> F) {
+                let env = $env(name);
+                block_on(case(env));
+            }
+
+            #[test]
+            fn keys_and_clustering_order() {
+                run("order", cases::keys_and_clustering_order);
+            }
+            #[test]
+            fn reversed_order() {
+                run("reversed", cases::reversed_order);
+            }
+            #[test]
+            fn range_filters() {
+                run("ranges", cases::range_filters);
+            }
+            #[test]
+            fn in_with_1000_values() {
+                run("in1000", cases::in_with_1000_values);
+            }
+            #[test]
+            fn pagination_10000_rows() {
+                run("pages", cases::pagination_10000_rows);
+            }
+            #[test]
+            fn upsert_and_remove() {
+                run("upsert", cases::upsert_and_remove);
+            }
+            #[test]
+            fn counters() {
+                run("counters", cases::counters);
+            }
+            #[test]
+            fn encrypted_columns() {
+                run("crypto", cases::encrypted_columns);
+            }
+            #[test]
+            fn rejected_filters() {
+                run("filters", cases::rejected_filters);
+            }
+            #[test]
+            fn schema_extension() {
+                run("schema", cases::schema_extension);
+            }
+        }
+    };
+}
+
+suite!(embedded, embedded_env);
+suite!(mongo, mongo_env);
+suite!(cql, cql_env);
+
+// -------------------------------------------------------------------------------------------------------------------
+// Faults.
+
+/// A backend whose operations wait until the gate opens (to fill the IO queue and to exceed the request timeout
+/// deterministically).
+#[derive(Debug)]
+struct GatedBackend {
+    inner: EmbeddedBackend,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl GatedBackend {
+    fn wait<'a, T: Send + 'a>(
+        &'a self,
+        f: BoxFuture<'a, BackendResult<T>>,
+    ) -> BoxFuture<'a, BackendResult<T>> {
+        Box::pin(async move {
+            let _permit = self.gate.acquire().await;
+            f.await
+        })
+    }
+}
+
+impl Backend for GatedBackend {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+    fn ensure_schema<'a>(&'a self, schema: &'a TableSchema) -> BoxFuture<'a, BackendResult<()>> {
+        self.inner.ensure_schema(schema)
+    }
+    fn get<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<Option<Row>>> {
+        self.wait(self.inner.get(schema, key))
+    }
+    fn query<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        query: &'a Query,
+    ) -> BoxFuture<'a, BackendResult<Page>> {
+        self.wait(self.inner.query(schema, query))
+    }
+    fn upsert<'a>(&'a self, schema: &'a TableSchema, row: Row) -> BoxFuture<'a, BackendResult<()>> {
+        self.wait(self.inner.upsert(schema, row))
+    }
+    fn upsert_all<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        rows: Vec<Row>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.wait(self.inner.upsert_all(schema, rows))
+    }
+    fn delete<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.wait(self.inner.delete(schema, key))
+    }
+    fn increment<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+        column: &'a str,
+        delta: i64,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        self.wait(self.inner.increment(schema, key, column, delta))
+    }
+    fn raw_row<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+    ) -> BoxFuture<'a, BackendResult<Option<Vec<u8>>>> {
+        self.inner.raw_row(schema, key)
+    }
+}
+
+fn gated_env(queue: usize, timeout_ms: u64) -> (TestEnv, Arc<tokio::sync::Semaphore>) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let inner = EmbeddedBackend::open(test_dir("gated").join("db.redb")).expect("open");
+    let backend = Arc::new(GatedBackend {
+        inner,
+        gate: gate.clone(),
+    });
+    let config = OrmConfig {
+        queue_requests_max: queue,
+        request_timeout_ms: timeout_ms,
+        unavailable_retry_ms: 1,
+        ..test_config()
+    };
+    (start_env(config, backend), gate)
+}
+
+#[test]
+fn full_queue_is_unavailable_at_once_and_recovers() {
+    let (env, gate) = gated_env(2, 60_000);
+    let repo = block_on(Repository::<Item>::open(&env.orm)).expect("open");
+    // Two requests run (blocked at the gate), two wait in the queue; the fifth finds the queue full. The IO thread may
+    // not have taken the first two off the queue yet, so up to two more may be refused as well: what matters is that a
+    // refusal is immediate and says why, and that the accepted ones complete.
+    let pending: Vec<_> = (0..6)
+        .map(|n| {
+            repo.save(Item {
+                p: "q".into(),
+                n,
+                label: None,
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    let mut accepted = Vec::new();
+    for f in pending {
+        let mut f = Box::pin(f);
+        match futures_lite::future::block_on(futures_lite::future::poll_once(&mut f)) {
+            Some(Err(e)) => {
+                assert!(e.is_unavailable(), "{e}");
+                assert!(e.to_string().contains("queue full"), "{e}");
+                refused += 1;
+            }
+            Some(Ok(_)) => panic!("nothing can complete while the gate is closed"),
+            None => accepted.push(f),
+        }
+    }
+    assert!(
+        refused >= 2,
+        "a queue of 2 plus 2 running cannot take 6 requests ({refused} refused)"
+    );
+    gate.add_permits(1_000);
+    for f in accepted {
+        block_on(f).expect("accepted requests complete");
+    }
+    block_on(repo.save(Item {
+        p: "q".into(),
+        n: 99,
+        label: None,
+    }))
+    .expect("works again");
+}
+
+#[test]
+fn request_timeout_is_unavailable_and_the_shard_keeps_working() {
+    let (env, gate) = gated_env(16, 300);
+    let repo = block_on(Repository::<Item>::open(&env.orm)).expect("open");
+    let r = block_on(repo.save(Item {
+        p: "t".into(),
+        n: 1,
+        label: None,
+    }));
+    match r {
+        Err(e) => {
+            assert!(e.is_unavailable(), "{e}");
+            assert!(e.to_string().contains("timed out"), "{e}");
+        }
+        Ok(_) => panic!("the gate is closed, the request cannot succeed"),
+    }
+    gate.add_permits(1_000);
+    std::thread::sleep(std::time::Duration::from_millis(5)); // past unavailable_retry_ms (1 ms)
+    block_on(repo.save(Item {
+        p: "t".into(),
+        n: 2,
+        label: None,
+    }))
+    .expect("works once the backend answers");
+}
+
+#[test]
+fn stopped_io_shard_is_unavailable() {
+    let env = embedded_env("stopped");
+    let repo = block_on(Repository::<Item>::open(&env.orm)).expect("open");
+    let mut env = env;
+    env.shard.take().expect("shard").stop();
+    let r = block_on(repo.save(Item {
+        p: "s".into(),
+        n: 1,
+        label: None,
+    }));
+    assert!(matches!(&r, Err(e) if e.is_unavailable()), "{r:?}");
+}
+
+#[test]
+fn repository_works_from_a_glommio_executor() {
+    let env = embedded_env("glommio");
+    let orm = env.orm.clone();
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let repo = Repository::<Item>::open(&orm).await.expect("open");
+            repo.save_all(items("g", 0..50)).await.expect("save_all");
+            let page = repo
+                .find(Find::new().eq("p", "g").gt("n", 44))
+                .await
+                .expect("find");
+            page.entities.into_iter().map(|i| i.n).collect::<Vec<_>>()
+        })
+        .expect("glommio executor starts");
+    let got = handle.join().expect("executor ends");
+    assert_eq!(got, vec![45, 46, 47, 48, 49]);
+}
+
+const CRASH_CHILD_ENV: &str = "SHARDCAST_TEST_ORM_CRASH_CHILD_DB";
+
+/// The embedded store killed with SIGKILL during writes keeps every acknowledged write. The test runs twice: as the
+/// parent (spawns this same test in a child process with `CRASH_CHILD_ENV` set, reads its acknowledgements, kills it
+/// with SIGKILL, reopens the file and checks) and as that child (writes forever, printing `ack <n>` after each write
+/// returns).
+#[test]
+fn embedded_store_keeps_acknowledged_writes_after_sigkill() {
+    use std::io::{BufRead, Write};
+    if let Ok(path) = std::env::var(CRASH_CHILD_ENV) {
+        let config = OrmConfig {
+            embedded_path: path.into(),
+            ..test_config()
+        };
+        let (_shard, orm) = shardcast::orm::start(&config).expect("child starts");
+        let repo = block_on(Repository::<Item>::open(&orm)).expect("open");
+        let mut out = std::io::stdout().lock();
+        for n in 0.. {
+            block_on(repo.save(Item {
+                p: "crash".into(),
+                n,
+                label: Some(format!("row {n}")),
+            }))
+            .expect("save");
+            writeln!(out, "ack {n}").expect("stdout");
+            out.flush().expect("flush");
+        }
+        return;
+    }
+    let path = test_dir("crash").join("db.redb");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "embedded_store_keeps_acknowledged_writes_after_sigkill",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_CHILD_ENV, &path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("child starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut acked = BTreeSet::new();
+    while acked.len() < 200 {
+        let line = lines.next().expect("child alive").expect("line");
+        if let Some(n) = line.strip_prefix("ack ") {
+            acked.insert(n.parse::<i64>().expect("number"));
+        }
+    }
+    child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
+    let _ = child.wait();
+    for line in lines.map_while(Result::ok) {
+        if let Some(n) = line.strip_prefix("ack ") {
+            acked.insert(n.parse::<i64>().expect("number"));
+        }
+    }
+    let config = OrmConfig {
+        embedded_path: path,
+        ..test_config()
+    };
+    let (_shard, orm) = shardcast::orm::start(&config).expect("reopens after the crash");
+    let repo = block_on(Repository::<Item>::open(&orm)).expect("open");
+    let stored: BTreeMap<i64, Item> = block_on(all(&repo, Find::new().eq("p", "crash"), 1000))
+        .into_iter()
+        .map(|i| (i.n, i))
+        .collect();
+    for n in &acked {
+        let item = stored
+            .get(n)
+            .unwrap_or_else(|| panic!("acknowledged write {n} lost ({} acked)", acked.len()));
+        assert_eq!(item.label.as_deref(), Some(format!("row {n}").as_str()));
+    }
+}
+
+/// A SecantusDB (or nx-27017) instance of its own, for the stop/restart test.
+struct OwnMongo {
+    bin: String,
+    kind: String,
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnMongo {
+    fn start(&mut self) {
+        let mut cmd = std::process::Command::new(&self.bin);
+        let port = self.port.to_string();
+        if self.kind == "nx" {
+            let pid = self.dir.join("nx.pid");
+            cmd.args([
+                "--data-dir".as_ref(),
+                self.dir.as_os_str(),
+                "--host".as_ref(),
+                "127.0.0.1".as_ref(),
+            ]);
+            cmd.args([
+                "-p".as_ref(),
+                port.as_ref(),
+                "--pid-file".as_ref(),
+                pid.as_os_str(),
+            ]);
+        } else {
+            cmd.args(["--host", "127.0.0.1", "--port", &port, "--storage-path"])
+                .arg(&self.dir);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the MongoDB-wire server starts");
+        self.child = Some(child);
+        for _ in 0..600 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "own MongoDB-wire server did not listen on {} within 60 s",
+            self.port
+        );
+    }
+
+    /// Stops the server the way an operator would: SIGTERM, then SIGKILL if it lingers for 10 s.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: plain kill(2) on the PID of a child we spawned and have not reaped yet.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            for _ in 0..100 {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnMongo {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn mongo_stopped_then_restarted_without_restarting_the_io_shard() {
+    let _ = mongo_uri(); // fails clearly when the service was not started
+    let bin = std::env::var("SHARDCAST_TEST_MONGO_BIN")
+        .expect("SHARDCAST_TEST_MONGO_BIN (written by tests/services/mongo.sh)");
+    let kind = std::env::var("SHARDCAST_TEST_MONGO_KIND").unwrap_or_else(|_| "secantus".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut server = OwnMongo {
+        bin,
+        kind,
+        port,
+        dir: test_dir("own-mongo"),
+        child: None,
+    };
+    server.start();
+    let mut config = test_config();
+    config.backend = shardcast::orm::BackendKind::Mongo;
+    config.mongo_uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+    config.mongo_database = unique("t_fault");
+    config.request_timeout_ms = 1500;
+    config.unavailable_retry_ms = 200;
+    let (shard, orm) = shardcast::orm::start(&config).expect("ORM starts");
+    let repo = block_on(Repository::<Item>::open(&orm)).expect("open");
+    block_on(repo.save(Item {
+        p: "f".into(),
+        n: 1,
+        label: None,
+    }))
+    .expect("save while up");
+
+    server.stop();
+    let mut unavailable = 0;
+    for n in 0..5 {
+        match block_on(repo.save(Item {
+            p: "f".into(),
+            n: 100 + n,
+            label: None,
+        })) {
+            Err(e) if e.is_unavailable() => unavailable += 1,
+            other => panic!("expected unavailable while the server is down, got {other:?}"),
+        }
+        let r = block_on(repo.find(Find::new().eq("p", "f")));
+        assert!(matches!(&r, Err(e) if e.is_unavailable()), "{r:?}");
+    }
+    assert_eq!(unavailable, 5);
+
+    server.start();
+    let mut recovered = false;
+    for _ in 0..100 {
+        match block_on(repo.save(Item {
+            p: "f".into(),
+            n: 2,
+            label: None,
+        })) {
+            Ok(_) => {
+                recovered = true;
+                break;
+            }
+            Err(e) if e.is_unavailable() => {
+                std::thread::sleep(std::time::Duration::from_millis(200))
+            }
+            Err(e) => panic!("unexpected error after restart: {e}"),
+        }
+    }
+    assert!(
+        recovered,
+        "requests succeed again after the server restarts"
+    );
+    let got: Vec<i64> = block_on(all(&repo, Find::new().eq("p", "f"), 10))
+        .iter()
+        .map(|i| i.n)
+        .collect();
+    assert_eq!(
+        got,
+        vec![1, 2],
+        "data written before the stop survived; nothing written while down"
+    );
+    drop(repo);
+    shard.stop();
+}
