@@ -18,6 +18,7 @@
 //!   {err: "authentication timeout"}` and is disconnected.
 //! - The token may also come in the Socket.IO CONNECT auth payload `{token}` ([`Session::on_connect`]); the server then
 //!   emits `authenticated` straight away, so Twake clients that still send `authenticate` get a second `authenticated`.
+//!   An invalid token there gets `unauthorized {err}` and a disconnect, exactly like a refused `authenticate`.
 //! - **Before authentication**, `realtime:join` gets `realtime:join:error {name, error: "not authenticated"}`,
 //!   `realtime:leave` gets `realtime:leave:error {name, error: "not authenticated"}`, and any other event gets
 //!   `unauthorized {err: "not authenticated"}`. None of these disconnects: the client may still authenticate before the

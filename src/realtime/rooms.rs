@@ -751,6 +751,22 @@ mod tests {
                         }
                     }
                     Route::JoinConfirmed { room, sockets } => {
+                        // A confirmed join must be final: the owner has this shard registered and has no
+                        // membership message from it for this room still to process.
+                        let owner = owner_shard(&room, self.shards.len());
+                        assert!(
+                            self.shards[owner]
+                                .owned()
+                                .member_shards(&room)
+                                .any(|s| s == shard),
+                            "confirmed before the owner registered shard {shard} for {room}"
+                        );
+                        assert!(
+                            !self.queues[owner].iter().any(|m| matches!(m,
+                                ShardMessage::MemberJoined { room: r, shard: s }
+                                | ShardMessage::MemberLeft { room: r, shard: s } if *r == room && *s == shard)),
+                            "confirmed while membership messages for {room} are still in flight"
+                        );
                         self.confirmed
                             .extend(sockets.into_iter().map(|s| (room.clone(), s)));
                     }
@@ -967,6 +983,95 @@ mod tests {
                     want,
                     "socket {socket} room {room}"
                 );
+            }
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Join(u32, u8),
+        Leave(u32, u8),
+        Disconnect(u32),
+        /// Deliver every queued message.
+        Settle,
+        /// Deliver the first queued message of this shard, if any (interleavings).
+        Step(u8),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..24u32, 0..6u8).prop_map(|(s, r)| Op::Join(s, r)),
+            2 => (0..24u32, 0..6u8).prop_map(|(s, r)| Op::Leave(s, r)),
+            1 => (0..24u32).prop_map(Op::Disconnect),
+            1 => Just(Op::Settle),
+            3 => (0..3u8).prop_map(Op::Step),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the order of joins, leaves, disconnects and message deliveries: once the queues drain, every
+        /// owner's registry is exactly the set of shards with local members, every join was confirmed, and a publish
+        /// from any shard reaches each member exactly once and nobody else.
+        #[test]
+        fn registry_converges_and_delivery_is_exact(ops in proptest::collection::vec(op(), 1..120)) {
+            let n = 3;
+            let mut c = Cluster::new(n);
+            // Socket s lives on shard s % n.
+            let shard_of = |s: u32| (s as usize) % n;
+            let mut unconfirmed: HashSet<(String, u32)> = HashSet::new();
+            for op in ops {
+                match op {
+                    Op::Join(s, r) => {
+                        let room = format!("/r{r}");
+                        if !c.join(shard_of(s), s, &room) {
+                            unconfirmed.insert((room, s));
+                        }
+                    }
+                    Op::Leave(s, r) => {
+                        let room = format!("/r{r}");
+                        unconfirmed.remove(&(room.clone(), s));
+                        c.leave(shard_of(s), s, &room);
+                    }
+                    Op::Disconnect(s) => {
+                        unconfirmed.retain(|(_, u)| *u != s);
+                        let routes = c.shards[shard_of(s)].leave_all(s);
+                        c.apply(shard_of(s), routes);
+                    }
+                    Op::Settle => c.run(),
+                    Op::Step(i) => {
+                        let i = usize::from(i);
+                        if let Some(msg) = c.queues[i].pop_front() {
+                            let routes = c.shards[i].on_message(msg);
+                            c.apply(i, routes);
+                        }
+                    }
+                }
+                for (room, s) in c.confirmed.drain(..) {
+                    unconfirmed.remove(&(room.to_string(), s));
+                }
+            }
+            c.run();
+            for (room, s) in c.confirmed.drain(..) {
+                unconfirmed.remove(&(room.to_string(), s));
+            }
+            proptest::prop_assert!(unconfirmed.is_empty(), "unconfirmed joins {:?}", unconfirmed);
+            for r in 0..6u8 {
+                let room = format!("/r{r}");
+                let owner = owner_shard(&room, n);
+                let registered: Vec<ShardId> = c.shards[owner].owned().member_shards(&room).collect();
+                let actual: Vec<ShardId> =
+                    (0..n).filter(|i| c.shards[*i].local().member_count(&room) > 0).collect();
+                proptest::prop_assert_eq!(&registered, &actual, "room {}", room);
+                let payload = format!("p{r}");
+                c.publish(usize::from(r) % n, &room, &payload);
+                for s in 0..24u32 {
+                    let want = usize::from(c.shards[shard_of(s)].local().is_member(s, &room));
+                    proptest::prop_assert_eq!(c.received(s, &payload), want, "socket {} room {}", s, room);
+                }
+            }
+            for shard in &c.shards {
+                proptest::prop_assert!(shard.pending.is_empty());
             }
         }
     }
