@@ -1,0 +1,984 @@
+//! The wire contract (event names and JSON payloads) and the per-socket session logic.
+//!
+//! [`Session`] is transport-free: the server feeds it what a client did (connected, emitted an event, timed out,
+//! disconnected) and performs the [`Action`]s it returns, in order. It never touches a socket, so every rule of the
+//! contract is unit-tested here and the server's adapter stays thin.
+//!
+//! # Events
+//!
+//! | client emits | server answers |
+//! |---|---|
+//! | `authenticate {token}` | `authenticated` (no payload), or `unauthorized {err}` then disconnect |
+//! | `realtime:join {name, token}` | `realtime:join:success {name}` or `realtime:join:error {name, error}` |
+//! | `realtime:leave {name}` | `realtime:leave:success {name}` or `realtime:leave:error {name, error}` |
+//! | (room member, on a CRUD change) | `realtime:resource {action, room, type, path, resource}` |
+//!
+//! # Rules
+//! - A socket that has not authenticated within [`SessionConfig::auth_timeout_ms`] gets `unauthorized
+//!   {err: "authentication timeout"}` and is disconnected.
+//! - The token may also come in the Socket.IO CONNECT auth payload `{token}` ([`Session::on_connect`]); the server then
+//!   emits `authenticated` straight away, so Twake clients that still send `authenticate` get a second `authenticated`.
+//!   An invalid token there gets `unauthorized {err}` and a disconnect, exactly like a refused `authenticate`.
+//! - **Before authentication**, `realtime:join` gets `realtime:join:error {name, error: "not authenticated"}`,
+//!   `realtime:leave` gets `realtime:leave:error {name, error: "not authenticated"}`, and any other event gets
+//!   `unauthorized {err: "not authenticated"}`. None of these disconnects: the client may still authenticate before the
+//!   timeout. A Twake client listening for the join/leave errors sees them where it expects them.
+//! - A second `authenticate` with a valid token for the same user answers `authenticated` again; a valid token for
+//!   another user, or an invalid token, answers `unauthorized {err}` and disconnects.
+//! - Joining a room already joined succeeds again without a second membership. Leaving a room never joined succeeds.
+//! - A socket holds at most [`SessionConfig::rooms_per_socket_max`] rooms; one more gets `realtime:join:error
+//!   {name, error: "too many rooms (limit N)"}`.
+//! - After authentication, events other than the three above produce no action (they are not part of the contract).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::auth::{AccessVerifier, AuthenticatedUser, RoomTokens, TokenError};
+
+/// Client -> server: authenticate with an access token.
+pub const AUTHENTICATE: &str = "authenticate";
+/// Server -> client: the token was accepted.
+pub const AUTHENTICATED: &str = "authenticated";
+/// Server -> client: the token was refused (`{err}`), or an event came before authentication.
+pub const UNAUTHORIZED: &str = "unauthorized";
+/// Client -> server: join a room.
+pub const JOIN: &str = "realtime:join";
+/// Server -> client: joined.
+pub const JOIN_SUCCESS: &str = "realtime:join:success";
+/// Server -> client: not joined.
+pub const JOIN_ERROR: &str = "realtime:join:error";
+/// Client -> server: leave a room.
+pub const LEAVE: &str = "realtime:leave";
+/// Server -> client: left.
+pub const LEAVE_SUCCESS: &str = "realtime:leave:success";
+/// Server -> client: not left.
+pub const LEAVE_ERROR: &str = "realtime:leave:error";
+/// Server -> room members: a CRUD change.
+pub const RESOURCE: &str = "realtime:resource";
+
+/// Error text for events sent before authentication.
+pub const NOT_AUTHENTICATED: &str = "not authenticated";
+/// Error text when the authentication timeout fires.
+pub const AUTH_TIMEOUT: &str = "authentication timeout";
+
+/// Default time a socket has to authenticate, milliseconds.
+pub const AUTH_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default number of rooms one socket may be in.
+pub const ROOMS_PER_SOCKET_MAX_DEFAULT: usize = 100;
+/// Default longest room name, bytes.
+pub const ROOM_NAME_BYTES_MAX_DEFAULT: usize = 512;
+
+/// What a CRUD change did; the `action` field of `realtime:resource`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceAction {
+    /// `created`
+    Created,
+    /// `updated`
+    Updated,
+    /// `deleted`
+    Deleted,
+    /// `saved`
+    Saved,
+}
+
+impl ResourceAction {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Deleted => "deleted",
+            Self::Saved => "saved",
+        }
+    }
+}
+
+/// The payload of `realtime:resource`: one CRUD change for one room.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResourceEvent {
+    /// What happened.
+    pub action: ResourceAction,
+    /// The room it is published to.
+    pub room: String,
+    /// The entity type name (e.g. `message`).
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// The resource's path (e.g. `/messages/42`).
+    pub path: String,
+    /// The resource as clients see it.
+    pub resource: Value,
+}
+
+impl ResourceEvent {
+    /// The Socket.IO event arguments `["realtime:resource",{...}]` as JSON text: encoded once per event, then carried
+    /// between shards as shared bytes and framed once per shard.
+    pub fn encode_args(&self) -> String {
+        // Serializing a struct of strings and a Value cannot fail.
+        serde_json::to_string(&(RESOURCE, self)).unwrap_or_default()
+    }
+}
+
+/// An event the server emits to one socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// `authenticated` (no payload).
+    Authenticated,
+    /// `unauthorized {err}`.
+    Unauthorized {
+        /// Reason.
+        err: String,
+    },
+    /// `realtime:join:success {name}`.
+    JoinSuccess {
+        /// Room.
+        name: String,
+    },
+    /// `realtime:join:error {name, error}`.
+    JoinError {
+        /// Room (empty when the payload had none).
+        name: String,
+        /// Reason.
+        error: String,
+    },
+    /// `realtime:leave:success {name}`.
+    LeaveSuccess {
+        /// Room.
+        name: String,
+    },
+    /// `realtime:leave:error {name, error}`.
+    LeaveError {
+        /// Room (empty when the payload had none).
+        name: String,
+        /// Reason.
+        error: String,
+    },
+}
+
+impl ServerEvent {
+    /// The event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Authenticated => AUTHENTICATED,
+            Self::Unauthorized { .. } => UNAUTHORIZED,
+            Self::JoinSuccess { .. } => JOIN_SUCCESS,
+            Self::JoinError { .. } => JOIN_ERROR,
+            Self::LeaveSuccess { .. } => LEAVE_SUCCESS,
+            Self::LeaveError { .. } => LEAVE_ERROR,
+        }
+    }
+
+    /// The single payload argument, or `None` for `authenticated`.
+    pub fn payload(&self) -> Option<Value> {
+        match self {
+            Self::Authenticated => None,
+            Self::Unauthorized { err } => Some(json!({ "err": err })),
+            Self::JoinSuccess { name } | Self::LeaveSuccess { name } => {
+                Some(json!({ "name": name }))
+            }
+            Self::JoinError { name, error } | Self::LeaveError { name, error } => {
+                Some(json!({ "name": name, "error": error }))
+            }
+        }
+    }
+
+    /// The Socket.IO event arguments as a JSON array, e.g. `["realtime:join:success",{"name":"/r"}]`.
+    pub fn to_args(&self) -> Value {
+        let mut args = vec![Value::String(self.name().to_owned())];
+        args.extend(self.payload());
+        Value::Array(args)
+    }
+}
+
+/// Why a client payload was refused. `Display` is the wire error text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// No argument, or not a JSON object.
+    #[error("payload must be an object")]
+    NotAnObject,
+    /// A required field is absent or null.
+    #[error("missing field {0}")]
+    MissingField(&'static str),
+    /// A field is not a string.
+    #[error("field {0} must be a string")]
+    NotAString(&'static str),
+    /// The room name is empty.
+    #[error("room name must not be empty")]
+    EmptyRoomName,
+    /// The room name is longer than allowed.
+    #[error("room name too long (limit {0} bytes)")]
+    RoomNameTooLong(usize),
+}
+
+/// `authenticate {token}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthenticatePayload {
+    /// The access token; empty when absent (answered with `jwt must be provided`).
+    pub token: String,
+}
+
+/// `realtime:join {name, token}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinPayload {
+    /// Room.
+    pub name: String,
+    /// Room token; empty when absent.
+    pub token: String,
+}
+
+/// `realtime:leave {name}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeavePayload {
+    /// Room.
+    pub name: String,
+}
+
+fn first_object(args: &[Value]) -> Result<&Map<String, Value>, PayloadError> {
+    args.first()
+        .and_then(Value::as_object)
+        .ok_or(PayloadError::NotAnObject)
+}
+
+fn string_field(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, PayloadError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(PayloadError::NotAString(field)),
+    }
+}
+
+fn room_name(obj: &Map<String, Value>, room_name_bytes_max: usize) -> Result<String, PayloadError> {
+    let name = string_field(obj, "name")?.ok_or(PayloadError::MissingField("name"))?;
+    if name.is_empty() {
+        return Err(PayloadError::EmptyRoomName);
+    }
+    if name.len() > room_name_bytes_max {
+        return Err(PayloadError::RoomNameTooLong(room_name_bytes_max));
+    }
+    Ok(name)
+}
+
+/// The room name to echo in an error reply: the `name` string if the payload has one (truncated to the limit on a
+/// character boundary), else empty.
+fn echo_name(args: &[Value], room_name_bytes_max: usize) -> String {
+    let Some(name) = args
+        .first()
+        .and_then(|v| v.get("name"))
+        .and_then(Value::as_str)
+    else {
+        return String::new();
+    };
+    let mut end = name.len().min(room_name_bytes_max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
+}
+
+impl AuthenticatePayload {
+    /// Parses the event arguments. A bare string argument is accepted as the token too.
+    pub fn parse(args: &[Value]) -> Result<Self, PayloadError> {
+        if let Some(Value::String(token)) = args.first() {
+            return Ok(Self {
+                token: token.clone(),
+            });
+        }
+        let obj = first_object(args)?;
+        Ok(Self {
+            token: string_field(obj, "token")?.unwrap_or_default(),
+        })
+    }
+}
+
+impl JoinPayload {
+    /// Parses the event arguments.
+    pub fn parse(args: &[Value], room_name_bytes_max: usize) -> Result<Self, PayloadError> {
+        let obj = first_object(args)?;
+        let name = room_name(obj, room_name_bytes_max)?;
+        Ok(Self {
+            name,
+            token: string_field(obj, "token")?.unwrap_or_default(),
+        })
+    }
+}
+
+impl LeavePayload {
+    /// Parses the event arguments.
+    pub fn parse(args: &[Value], room_name_bytes_max: usize) -> Result<Self, PayloadError> {
+        Ok(Self {
+            name: room_name(first_object(args)?, room_name_bytes_max)?,
+        })
+    }
+}
+
+/// Limits and timings of one socket's session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Time to authenticate after connecting, milliseconds. Default [`AUTH_TIMEOUT_MS_DEFAULT`].
+    pub auth_timeout_ms: u64,
+    /// Rooms one socket may be in at once. Default [`ROOMS_PER_SOCKET_MAX_DEFAULT`].
+    pub rooms_per_socket_max: usize,
+    /// Longest room name, bytes. Default [`ROOM_NAME_BYTES_MAX_DEFAULT`].
+    pub room_name_bytes_max: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            auth_timeout_ms: AUTH_TIMEOUT_MS_DEFAULT,
+            rooms_per_socket_max: ROOMS_PER_SOCKET_MAX_DEFAULT,
+            room_name_bytes_max: ROOM_NAME_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// What a session needs to decide: verifiers and limits. One per shard, shared by all its sessions.
+#[derive(Debug)]
+pub struct SessionContext {
+    /// Access-token verifier.
+    pub access: AccessVerifier,
+    /// Room-token verifier.
+    pub rooms: RoomTokens,
+    /// Limits.
+    pub config: SessionConfig,
+}
+
+/// What the server must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Emit this event to this socket.
+    Emit(ServerEvent),
+    /// Add the socket to this room (local membership, and the owner shard when it is the first local member).
+    JoinRoom(String),
+    /// Remove the socket from this room.
+    LeaveRoom(String),
+    /// Arm the authentication timer; when it fires, call [`Session::on_auth_timeout`].
+    ScheduleAuthTimeout {
+        /// Delay, milliseconds.
+        after_ms: u64,
+    },
+    /// Disarm the authentication timer (the socket authenticated).
+    CancelAuthTimeout,
+    /// Close the connection (after flushing the emits before it).
+    Disconnect,
+}
+
+/// One socket's state: who it is and which rooms it is in.
+#[derive(Debug, Default)]
+pub struct Session {
+    user: Option<AuthenticatedUser>,
+    rooms: Vec<String>,
+}
+
+impl Session {
+    /// A fresh, unauthenticated session.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&AuthenticatedUser> {
+        self.user.as_ref()
+    }
+
+    /// The rooms this socket is in, in join order.
+    pub fn rooms(&self) -> &[String] {
+        &self.rooms
+    }
+
+    /// The socket connected. `auth` is the Socket.IO CONNECT payload, if any: a `{token}` there authenticates at once.
+    pub fn on_connect(&mut self, ctx: &SessionContext, auth: Option<&Value>) -> Vec<Action> {
+        let token = auth
+            .and_then(|a| a.get("token"))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty());
+        match token {
+            Some(token) => {
+                // No timer was armed, so there is none to cancel.
+                let mut actions = self.authenticate(ctx, token);
+                actions.retain(|a| *a != Action::CancelAuthTimeout);
+                actions
+            }
+            None => vec![Action::ScheduleAuthTimeout {
+                after_ms: ctx.config.auth_timeout_ms,
+            }],
+        }
+    }
+
+    /// The client emitted `event` with `args` (the JSON arguments after the event name).
+    pub fn on_event(&mut self, ctx: &SessionContext, event: &str, args: &[Value]) -> Vec<Action> {
+        let max = ctx.config.room_name_bytes_max;
+        match event {
+            AUTHENTICATE => match AuthenticatePayload::parse(args) {
+                Ok(p) => self.authenticate(ctx, &p.token),
+                Err(e) => unauthorized(e.to_string()),
+            },
+            JOIN if self.user.is_none() => {
+                vec![Action::Emit(ServerEvent::JoinError {
+                    name: echo_name(args, max),
+                    error: NOT_AUTHENTICATED.into(),
+                })]
+            }
+            LEAVE if self.user.is_none() => vec![Action::Emit(ServerEvent::LeaveError {
+                name: echo_name(args, max),
+                error: NOT_AUTHENTICATED.into(),
+            })],
+            _ if self.user.is_none() => {
+                vec![Action::Emit(ServerEvent::Unauthorized {
+                    err: NOT_AUTHENTICATED.into(),
+                })]
+            }
+            JOIN => match JoinPayload::parse(args, max) {
+                Ok(p) => self.join(ctx, p),
+                Err(e) => vec![Action::Emit(ServerEvent::JoinError {
+                    name: echo_name(args, max),
+                    error: e.to_string(),
+                })],
+            },
+            LEAVE => match LeavePayload::parse(args, max) {
+                Ok(p) => self.leave(p.name),
+                Err(e) => {
+                    vec![Action::Emit(ServerEvent::LeaveError {
+                        name: echo_name(args, max),
+                        error: e.to_string(),
+                    })]
+                }
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    /// The authentication timer fired.
+    pub fn on_auth_timeout(&mut self) -> Vec<Action> {
+        if self.user.is_some() {
+            return Vec::new();
+        }
+        unauthorized(AUTH_TIMEOUT.into())
+    }
+
+    /// The connection closed: leave every room.
+    pub fn on_disconnect(&mut self) -> Vec<Action> {
+        self.rooms.drain(..).map(Action::LeaveRoom).collect()
+    }
+
+    fn authenticate(&mut self, ctx: &SessionContext, token: &str) -> Vec<Action> {
+        match ctx.access.verify(token) {
+            Ok(user) => {
+                if let Some(current) = &self.user
+                    && current.id != user.id
+                {
+                    return unauthorized("already authenticated as another user".into());
+                }
+                let first = self.user.is_none();
+                self.user = Some(user);
+                let mut actions = Vec::with_capacity(2);
+                if first {
+                    actions.push(Action::CancelAuthTimeout);
+                }
+                actions.push(Action::Emit(ServerEvent::Authenticated));
+                actions
+            }
+            Err(e) => unauthorized(token_error_text(&e)),
+        }
+    }
+
+    fn join(&mut self, ctx: &SessionContext, p: JoinPayload) -> Vec<Action> {
+        let Some(user) = &self.user else {
+            return vec![Action::Emit(ServerEvent::JoinError {
+                name: p.name,
+                error: NOT_AUTHENTICATED.into(),
+            })];
+        };
+        if let Err(e) = ctx.rooms.verify(&p.token, &user.id, &p.name) {
+            return vec![Action::Emit(ServerEvent::JoinError {
+                name: p.name,
+                error: token_error_text(&e),
+            })];
+        }
+        if self.rooms.contains(&p.name) {
+            return vec![Action::Emit(ServerEvent::JoinSuccess { name: p.name })];
+        }
+        if self.rooms.len() >= ctx.config.rooms_per_socket_max {
+            let error = format!("too many rooms (limit {})", ctx.config.rooms_per_socket_max);
+            return vec![Action::Emit(ServerEvent::JoinError {
+                name: p.name,
+                error,
+            })];
+        }
+        self.rooms.push(p.name.clone());
+        vec![
+            Action::JoinRoom(p.name.clone()),
+            Action::Emit(ServerEvent::JoinSuccess { name: p.name }),
+        ]
+    }
+
+    fn leave(&mut self, name: String) -> Vec<Action> {
+        match self.rooms.iter().position(|r| *r == name) {
+            Some(i) => {
+                self.rooms.swap_remove(i);
+                vec![
+                    Action::LeaveRoom(name.clone()),
+                    Action::Emit(ServerEvent::LeaveSuccess { name }),
+                ]
+            }
+            None => vec![Action::Emit(ServerEvent::LeaveSuccess { name })],
+        }
+    }
+}
+
+fn token_error_text(e: &TokenError) -> String {
+    e.to_string()
+}
+
+fn unauthorized(err: String) -> Vec<Action> {
+    vec![
+        Action::Emit(ServerEvent::Unauthorized { err }),
+        Action::Disconnect,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::auth::tests::SECRET;
+    use super::super::auth::{AccessSigner, AuthConfig, Secret, now_s};
+    use super::*;
+
+    const ROOM_SECRET: &str = "room-secret-room-secret-room-sec";
+
+    fn ctx_with(config: SessionConfig) -> SessionContext {
+        SessionContext {
+            access: AccessVerifier::new(&AuthConfig::hs256(SECRET)).unwrap(),
+            rooms: RoomTokens::new(&Secret::from(ROOM_SECRET), 60, 0).unwrap(),
+            config,
+        }
+    }
+
+    fn ctx() -> SessionContext {
+        ctx_with(SessionConfig::default())
+    }
+
+    fn access(sub: &str) -> String {
+        AccessSigner::new(&AuthConfig::hs256(SECRET))
+            .unwrap()
+            .sign(sub, 60, &Map::new())
+            .unwrap()
+    }
+
+    fn room_token(ctx: &SessionContext, sub: &str, room: &str) -> String {
+        ctx.rooms.sign(sub, room).unwrap()
+    }
+
+    fn emit(e: ServerEvent) -> Action {
+        Action::Emit(e)
+    }
+
+    fn authed(ctx: &SessionContext, sub: &str) -> Session {
+        let mut s = Session::new();
+        s.on_connect(ctx, None);
+        let a = s.on_event(ctx, AUTHENTICATE, &[json!({"token": access(sub)})]);
+        assert_eq!(
+            a,
+            vec![Action::CancelAuthTimeout, emit(ServerEvent::Authenticated)]
+        );
+        s
+    }
+
+    fn unauthorized_is(actions: Vec<Action>, err: &str) {
+        assert_eq!(
+            actions,
+            vec![
+                emit(ServerEvent::Unauthorized { err: err.into() }),
+                Action::Disconnect
+            ]
+        );
+    }
+
+    #[test]
+    fn wire_shapes() {
+        assert_eq!(
+            ServerEvent::Authenticated.to_args(),
+            json!(["authenticated"])
+        );
+        assert_eq!(
+            ServerEvent::Unauthorized {
+                err: "jwt expired".into()
+            }
+            .to_args(),
+            json!(["unauthorized", {"err": "jwt expired"}])
+        );
+        assert_eq!(
+            ServerEvent::JoinSuccess { name: "/r".into() }.to_args(),
+            json!(["realtime:join:success", {"name": "/r"}])
+        );
+        assert_eq!(
+            ServerEvent::JoinError {
+                name: "/r".into(),
+                error: "x".into()
+            }
+            .to_args(),
+            json!(["realtime:join:error", {"name": "/r", "error": "x"}])
+        );
+        assert_eq!(
+            ServerEvent::LeaveSuccess { name: "/r".into() }.to_args(),
+            json!(["realtime:leave:success", {"name": "/r"}])
+        );
+        assert_eq!(
+            ServerEvent::LeaveError {
+                name: "/r".into(),
+                error: "x".into()
+            }
+            .to_args(),
+            json!(["realtime:leave:error", {"name": "/r", "error": "x"}])
+        );
+        let ev = ResourceEvent {
+            action: ResourceAction::Created,
+            room: "/messages".into(),
+            type_name: "message".into(),
+            path: "/messages/1".into(),
+            resource: json!({"id": "1"}),
+        };
+        assert_eq!(
+            ev.encode_args(),
+            r#"["realtime:resource",{"action":"created","room":"/messages","type":"message","path":"/messages/1","resource":{"id":"1"}}]"#
+        );
+    }
+
+    #[test]
+    fn payload_parsing_errors() {
+        assert_eq!(
+            AuthenticatePayload::parse(&[]).unwrap_err().to_string(),
+            "payload must be an object"
+        );
+        assert_eq!(
+            AuthenticatePayload::parse(&[json!({"token": 3})])
+                .unwrap_err()
+                .to_string(),
+            "field token must be a string"
+        );
+        assert_eq!(AuthenticatePayload::parse(&[json!({})]).unwrap().token, "");
+        assert_eq!(
+            AuthenticatePayload::parse(&[json!("t")]).unwrap().token,
+            "t"
+        );
+        assert_eq!(
+            JoinPayload::parse(&[json!([1])], 10)
+                .unwrap_err()
+                .to_string(),
+            "payload must be an object"
+        );
+        assert_eq!(
+            JoinPayload::parse(&[json!({"token": "t"})], 10)
+                .unwrap_err()
+                .to_string(),
+            "missing field name"
+        );
+        assert_eq!(
+            JoinPayload::parse(&[json!({"name": 1})], 10)
+                .unwrap_err()
+                .to_string(),
+            "field name must be a string"
+        );
+        assert_eq!(
+            JoinPayload::parse(&[json!({"name": ""})], 10)
+                .unwrap_err()
+                .to_string(),
+            "room name must not be empty"
+        );
+        assert_eq!(
+            JoinPayload::parse(&[json!({"name": "x".repeat(11)})], 10)
+                .unwrap_err()
+                .to_string(),
+            "room name too long (limit 10 bytes)"
+        );
+        assert_eq!(
+            JoinPayload::parse(&[json!({"name": "/r", "token": "t"})], 10).unwrap(),
+            JoinPayload {
+                name: "/r".into(),
+                token: "t".into()
+            }
+        );
+        assert_eq!(
+            LeavePayload::parse(&[json!({"name": "/r"}), json!(1)], 10)
+                .unwrap()
+                .name,
+            "/r"
+        );
+    }
+
+    #[test]
+    fn connect_schedules_timeout_and_timeout_disconnects() {
+        let ctx = ctx();
+        let mut s = Session::new();
+        assert_eq!(
+            s.on_connect(&ctx, None),
+            vec![Action::ScheduleAuthTimeout {
+                after_ms: AUTH_TIMEOUT_MS_DEFAULT
+            }]
+        );
+        unauthorized_is(s.on_auth_timeout(), "authentication timeout");
+        let mut s = authed(&ctx, "u1");
+        assert_eq!(s.on_auth_timeout(), vec![]);
+    }
+
+    #[test]
+    fn connect_auth_payload_authenticates() {
+        let ctx = ctx();
+        let mut s = Session::new();
+        let a = s.on_connect(&ctx, Some(&json!({"token": access("u1")})));
+        assert_eq!(a, vec![emit(ServerEvent::Authenticated)]);
+        assert_eq!(s.user().unwrap().id, "u1");
+        let mut s = Session::new();
+        unauthorized_is(
+            s.on_connect(&ctx, Some(&json!({"token": "garbage"}))),
+            "jwt malformed",
+        );
+    }
+
+    #[test]
+    fn authenticate_negative_cases() {
+        let ctx = ctx();
+        for (args, err) in [
+            (vec![json!({})], "jwt must be provided"),
+            (vec![json!({"token": ""})], "jwt must be provided"),
+            (vec![], "payload must be an object"),
+            (vec![json!({"token": "a.b"})], "jwt malformed"),
+        ] {
+            let mut s = Session::new();
+            s.on_connect(&ctx, None);
+            unauthorized_is(s.on_event(&ctx, AUTHENTICATE, &args), err);
+            assert!(s.user().is_none());
+        }
+        // `AccessSigner::sign` always sets exp = now + ttl, so the expired token is assembled by hand.
+        let t = {
+            use base64::Engine as _;
+            let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let h = e.encode(r#"{"alg":"HS256"}"#);
+            let c = e.encode(json!({"sub": "u", "exp": now_s() - 3600}).to_string());
+            let msg = format!("{h}.{c}");
+            let k = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+            format!(
+                "{msg}.{}",
+                jsonwebtoken::crypto::sign(msg.as_bytes(), &k, jsonwebtoken::Algorithm::HS256)
+                    .unwrap()
+            )
+        };
+        let mut s = Session::new();
+        unauthorized_is(
+            s.on_event(&ctx, AUTHENTICATE, &[json!({"token": t})]),
+            "jwt expired",
+        );
+    }
+
+    #[test]
+    fn reauthentication() {
+        let ctx = ctx();
+        let mut s = authed(&ctx, "u1");
+        assert_eq!(
+            s.on_event(&ctx, AUTHENTICATE, &[json!({"token": access("u1")})]),
+            vec![emit(ServerEvent::Authenticated)]
+        );
+        unauthorized_is(
+            s.on_event(&ctx, AUTHENTICATE, &[json!({"token": access("u2")})]),
+            "already authenticated as another user",
+        );
+    }
+
+    #[test]
+    fn events_before_authentication_get_errors_not_silence() {
+        let ctx = ctx();
+        let mut s = Session::new();
+        s.on_connect(&ctx, None);
+        let t = room_token(&ctx, "u1", "/r");
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": "/r", "token": t})]),
+            vec![emit(ServerEvent::JoinError {
+                name: "/r".into(),
+                error: "not authenticated".into()
+            })]
+        );
+        assert_eq!(
+            s.on_event(&ctx, LEAVE, &[json!({"name": "/r"})]),
+            vec![emit(ServerEvent::LeaveError {
+                name: "/r".into(),
+                error: "not authenticated".into()
+            })]
+        );
+        assert_eq!(
+            s.on_event(&ctx, "custom", &[]),
+            vec![emit(ServerEvent::Unauthorized {
+                err: "not authenticated".into()
+            })]
+        );
+        assert!(s.rooms().is_empty());
+        // Still able to authenticate afterwards.
+        assert_eq!(
+            s.on_event(&ctx, AUTHENTICATE, &[json!({"token": access("u1")})]),
+            vec![Action::CancelAuthTimeout, emit(ServerEvent::Authenticated)]
+        );
+    }
+
+    #[test]
+    fn join_and_leave() {
+        let ctx = ctx();
+        let mut s = authed(&ctx, "u1");
+        let t = room_token(&ctx, "u1", "/channels");
+        let join = [json!({"name": "/channels", "token": t})];
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &join),
+            vec![
+                Action::JoinRoom("/channels".into()),
+                emit(ServerEvent::JoinSuccess {
+                    name: "/channels".into()
+                })
+            ]
+        );
+        // Joining again: success, no second membership.
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &join),
+            vec![emit(ServerEvent::JoinSuccess {
+                name: "/channels".into()
+            })]
+        );
+        assert_eq!(s.rooms(), ["/channels".to_string()]);
+        assert_eq!(
+            s.on_event(&ctx, LEAVE, &[json!({"name": "/channels"})]),
+            vec![
+                Action::LeaveRoom("/channels".into()),
+                emit(ServerEvent::LeaveSuccess {
+                    name: "/channels".into()
+                })
+            ]
+        );
+        assert!(s.rooms().is_empty());
+    }
+
+    #[test]
+    fn leaving_an_unjoined_room_succeeds() {
+        let ctx = ctx();
+        let mut s = authed(&ctx, "u1");
+        assert_eq!(
+            s.on_event(&ctx, LEAVE, &[json!({"name": "/never"})]),
+            vec![emit(ServerEvent::LeaveSuccess {
+                name: "/never".into()
+            })]
+        );
+        assert_eq!(
+            s.on_event(&ctx, LEAVE, &[json!({"nom": "/never"})]),
+            vec![emit(ServerEvent::LeaveError {
+                name: "".into(),
+                error: "missing field name".into()
+            })]
+        );
+    }
+
+    #[test]
+    fn join_negative_cases() {
+        let ctx = ctx();
+        let mut s = authed(&ctx, "u1");
+        let join_error = |name: &str, error: &str| {
+            vec![emit(ServerEvent::JoinError {
+                name: name.into(),
+                error: error.into(),
+            })]
+        };
+        let other_user = room_token(&ctx, "u2", "/r");
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": "/r", "token": other_user})]),
+            join_error("/r", "room token is for another user")
+        );
+        let other_room = room_token(&ctx, "u1", "/other");
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": "/r", "token": other_room})]),
+            join_error("/r", "room token is for another room")
+        );
+        let expired = ctx.rooms.sign_until("u1", "/r", now_s() - 10).unwrap();
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": "/r", "token": expired})]),
+            join_error("/r", "jwt expired")
+        );
+        // Twake's documentation example used the literal token "twake": no bypass.
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": "/r", "token": "twake"})]),
+            join_error("/r", "jwt malformed")
+        );
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": "/r"})]),
+            join_error("/r", "jwt must be provided")
+        );
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!("oops")]),
+            join_error("", "payload must be an object")
+        );
+        assert!(s.rooms().is_empty());
+    }
+
+    #[test]
+    fn rooms_per_socket_limit() {
+        let ctx = ctx_with(SessionConfig {
+            rooms_per_socket_max: 2,
+            ..SessionConfig::default()
+        });
+        let mut s = authed(&ctx, "u1");
+        for room in ["/a", "/b"] {
+            let t = room_token(&ctx, "u1", room);
+            assert_eq!(
+                s.on_event(&ctx, JOIN, &[json!({"name": room, "token": t})])[0],
+                Action::JoinRoom(room.into())
+            );
+        }
+        let t = room_token(&ctx, "u1", "/c");
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": "/c", "token": t.clone()})]),
+            vec![emit(ServerEvent::JoinError {
+                name: "/c".into(),
+                error: "too many rooms (limit 2)".into()
+            })]
+        );
+        // Re-joining a room already held is not refused by the limit.
+        let ta = room_token(&ctx, "u1", "/a");
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": "/a", "token": ta})]),
+            vec![emit(ServerEvent::JoinSuccess { name: "/a".into() })]
+        );
+        s.on_event(&ctx, LEAVE, &[json!({"name": "/a"})]);
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": "/c", "token": t})])[0],
+            Action::JoinRoom("/c".into())
+        );
+    }
+
+    #[test]
+    fn disconnect_leaves_every_room() {
+        let ctx = ctx();
+        let mut s = authed(&ctx, "u1");
+        for room in ["/a", "/b"] {
+            let t = room_token(&ctx, "u1", room);
+            s.on_event(&ctx, JOIN, &[json!({"name": room, "token": t})]);
+        }
+        assert_eq!(
+            s.on_disconnect(),
+            vec![
+                Action::LeaveRoom("/a".into()),
+                Action::LeaveRoom("/b".into())
+            ]
+        );
+        assert!(s.rooms().is_empty());
+    }
+
+    #[test]
+    fn unknown_events_after_authentication_are_ignored() {
+        let ctx = ctx();
+        let mut s = authed(&ctx, "u1");
+        assert_eq!(s.on_event(&ctx, "custom", &[json!(1)]), vec![]);
+    }
+
+    #[test]
+    fn echoed_name_is_truncated_on_a_char_boundary() {
+        assert_eq!(echo_name(&[json!({"name": "ééé"})], 3), "é");
+        assert_eq!(echo_name(&[json!({"name": 3})], 3), "");
+    }
+}
