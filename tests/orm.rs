@@ -222,12 +222,13 @@ struct Item {
 
 impl Entity for Item {
     fn schema() -> SchemaBuilder {
-        EntitySchema::builder("items")
-            .column("p", FieldType::Text)
-            .column("n", FieldType::Number)
-            .column("label", FieldType::Text)
-            .partition_key(&["p"])
-            .clustering("n", Order::Asc)
+        // The short form (the other entities use the builder it expands to).
+        shardcast::entity_schema! {
+            table: "items",
+            columns: { p: Text, n: Number, label: Text },
+            partition_key: [p],
+            clustering: [n Asc],
+        }
     }
 }
 

@@ -80,6 +80,7 @@ impl Drop for OwnCassandra {
             .arg("stop")
             .env("CASSANDRA_DIR", &self.dir)
             .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -251,6 +251,22 @@ mod tests {
     }
 
     #[test]
+    fn toml_configuration_fills_missing_fields_with_defaults() {
+        let c: OrmConfig = toml::from_str(
+            "backend = \"mongo\"\nmongo_uri = \"mongodb://h:1\"\nrequest_timeout_ms = 900\n",
+        )
+        .expect("valid TOML");
+        assert_eq!(c.backend, BackendKind::Mongo);
+        assert_eq!(c.mongo_uri, "mongodb://h:1");
+        assert_eq!(c.request_timeout_ms, 900);
+        assert_eq!(c.page_rows_max, OrmConfig::default().page_rows_max);
+        assert!(
+            toml::from_str::<OrmConfig>("no_such_field = 1").is_err(),
+            "unknown fields are refused"
+        );
+    }
+
+    #[test]
     fn bad_values_are_clear_errors() {
         let e = OrmConfig::default()
             .with_env(|k| (k == "SHARDCAST_DB_BACKEND").then(|| "oracle".to_string()))

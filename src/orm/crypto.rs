@@ -58,7 +58,7 @@ impl std::fmt::Debug for Cipher {
     }
 }
 
-fn derive(master: &Aes256GcmSiv, label: &[u8; NONCE_BYTES]) -> [u8; 32] {
+fn derive(master: &Aes256GcmSiv, label: &[u8; NONCE_BYTES]) -> Result<[u8; 32], CryptoError> {
     let nonce = aes_gcm_siv::Nonce::from(*label);
     let out = master
         .encrypt(
@@ -68,24 +68,27 @@ fn derive(master: &Aes256GcmSiv, label: &[u8; NONCE_BYTES]) -> [u8; 32] {
                 aad: b"shardcast orm key derivation",
             },
         )
-        .unwrap_or_default();
+        .map_err(|_| CryptoError::InvalidKey("key derivation failed".into()))?;
+    let bytes = out
+        .get(..32)
+        .ok_or_else(|| CryptoError::InvalidKey("key derivation failed".into()))?;
     let mut key = [0u8; 32];
-    key.copy_from_slice(&out[..32]);
-    key
+    key.copy_from_slice(bytes);
+    Ok(key)
 }
 
 impl Cipher {
     /// Builds the cipher from the 32-byte master key.
-    pub fn new(master_key: &[u8; 32]) -> Self {
+    pub fn new(master_key: &[u8; 32]) -> Result<Self, CryptoError> {
         let master = Aes256GcmSiv::new(&(*master_key).into());
-        let r = derive(&master, b"shardcast-r1");
-        let d = derive(&master, b"shardcast-d1");
-        let n = derive(&master, b"shardcast-n1");
-        Self {
+        let r = derive(&master, b"shardcast-r1")?;
+        let d = derive(&master, b"shardcast-d1")?;
+        let n = derive(&master, b"shardcast-n1")?;
+        Ok(Self {
             randomized: Aes256Gcm::new(&r.into()),
             deterministic: Aes256GcmSiv::new(&d.into()),
             nonce_prf: Aes256GcmSiv::new(&n.into()),
-        }
+        })
     }
 
     /// Parses a key given as base64 (standard or URL-safe, padded or not) of 32 bytes, or as 64 hex digits.
@@ -196,7 +199,7 @@ mod tests {
 
     #[test]
     fn randomized_values_differ_and_round_trip() {
-        let c = Cipher::new(&[7; 32]);
+        let c = Cipher::new(&[7; 32]).expect("cipher");
         let a = c.encrypt("t.c", b"secret", false).expect("encrypts");
         let b = c.encrypt("t.c", b"secret", false).expect("encrypts");
         assert_ne!(a, b);
@@ -206,7 +209,7 @@ mod tests {
 
     #[test]
     fn deterministic_values_are_equal_per_column_and_round_trip() {
-        let c = Cipher::new(&[7; 32]);
+        let c = Cipher::new(&[7; 32]).expect("cipher");
         let a = c.encrypt("t.c", b"secret", true).expect("encrypts");
         let b = c.encrypt("t.c", b"secret", true).expect("encrypts");
         let other = c.encrypt("t.d", b"secret", true).expect("encrypts");
@@ -219,8 +222,8 @@ mod tests {
 
     #[test]
     fn wrong_key_wrong_column_and_garbage_are_clear_errors() {
-        let c = Cipher::new(&[7; 32]);
-        let other = Cipher::new(&[8; 32]);
+        let c = Cipher::new(&[7; 32]).expect("cipher");
+        let other = Cipher::new(&[8; 32]).expect("cipher");
         for det in [false, true] {
             let a = c.encrypt("t.c", b"secret", det).expect("encrypts");
             assert_eq!(

@@ -356,6 +356,50 @@ impl SchemaBuilder {
     }
 }
 
+/// The short form of a declaration: expands to the [`SchemaBuilder`] calls (validated the same way at start-up).
+/// Column types are [`FieldType`] variants, orders are [`Order`] variants; `(generated)` marks a generated key.
+///
+/// ```
+/// use shardcast::orm::{EntitySchema, FieldType, Order};
+/// let short = shardcast::entity_schema! {
+///     table: "messages",
+///     columns: { channel_id: Uuid, id: TimeUuid(generated), author: Text, body: EncryptedText },
+///     partition_key: [channel_id],
+///     clustering: [id Desc],
+///     indexes: [author],
+/// };
+/// let long = EntitySchema::builder("messages")
+///     .column("channel_id", FieldType::Uuid)
+///     .column("id", FieldType::TimeUuid).generated()
+///     .column("author", FieldType::Text)
+///     .column("body", FieldType::EncryptedText)
+///     .partition_key(&["channel_id"])
+///     .clustering("id", Order::Desc)
+///     .index("author");
+/// assert_eq!(short.build(), long.build());
+/// ```
+#[macro_export]
+macro_rules! entity_schema {
+    (
+        table: $table:literal,
+        columns: { $($col:ident : $ty:ident $(($gen:ident))?),+ $(,)? },
+        partition_key: [$($pk:ident),+ $(,)?]
+        $(, clustering: [$($ck:ident $ord:ident),* $(,)?])?
+        $(, indexes: [$($ix:ident),* $(,)?])?
+        $(,)?
+    ) => {{
+        let b = $crate::orm::EntitySchema::builder($table);
+        $(
+            let b = b.column(stringify!($col), $crate::orm::FieldType::$ty);
+            $( let b = b.$gen(); )?
+        )+
+        let b = b.partition_key(&[$(stringify!($pk)),+]);
+        $($( let b = b.clustering(stringify!($ck), $crate::orm::Order::$ord); )*)?
+        $($( let b = b.index(stringify!($ix)); )*)?
+        b
+    }};
+}
+
 /// A type stored by a [`crate::orm::Repository`]: a serde struct whose fields are the declared columns.
 pub trait Entity: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The declaration (validated when a repository opens).

@@ -80,7 +80,7 @@ impl Orm {
     /// An ORM over the IO shard `io`, with the encryption key and page limits of `config`.
     pub fn new(io: IoHandle, config: &OrmConfig) -> OrmResult<Orm> {
         let cipher = match &config.encryption_key {
-            Some(k) => Some(Arc::new(Cipher::new(&Cipher::parse_key(k)?))),
+            Some(k) => Some(Arc::new(Cipher::new(&Cipher::parse_key(k)?)?)),
             None => None,
         };
         if config.page_rows_max == 0

@@ -7,12 +7,14 @@
 # `start` writes `export SHARDCAST_TEST_CQL_NODES=127.0.0.1:<port>` to $SERVICES_DIR/cassandra.env.
 # Everything lives under target/cassandra/: m2/ (Maven repository), lib/ (the server's jars, kept between runs),
 # conf/ (cassandra.yaml and logback.xml written from tests/services/cassandra/), data/ (wiped at each start),
-# logs/cassandra.out (the server's console), tmp/ (JVM temp dir; JNA unpacks its native part there).
+# logs/cassandra.out (the server's console), tmp/ (JVM temp dir; JNA unpacks its native part there), probe/ (the
+# compiled readiness probe, tests/services/cassandra/CqlCheck.java).
 #
 # Environment (all optional):
 #   CASSANDRA_JAVA                 Java 17 binary (Cassandra 5.0 needs 17; it fails on JDK 24+)
 #   CASSANDRA_HEAP                 heap size for -Xms/-Xmx (default 1g)
-#   CASSANDRA_START_TIMEOUT_SECS   how long `start` waits for CQL to answer (default 180)
+#   CASSANDRA_START_TIMEOUT_SECS   how long `start` waits for CQL to answer (default 300: 2 shared cores while the
+#                                  tests compile; it takes 25-65 s)
 #   CASSANDRA_DIR                  working directory of this instance (default target/cassandra; the jars always stay
 #                                  in target/cassandra/lib), so a test can run a second instance of its own
 #   CASSANDRA_NATIVE_PORT          CQL port (default: a free port)
@@ -33,7 +35,7 @@ probe_classes="$root/target/cassandra/probe"
 m2="$root/target/cassandra/m2"
 java="${CASSANDRA_JAVA:-/usr/lib/jvm/java-17-openjdk-amd64/bin/java}"
 heap="${CASSANDRA_HEAP:-1g}"
-start_timeout_secs="${CASSANDRA_START_TIMEOUT_SECS:-180}"
+start_timeout_secs="${CASSANDRA_START_TIMEOUT_SECS:-300}"
 stop_timeout_secs=30
 
 log() { printf '[cassandra.sh %(%H:%M:%S)T] %s\n' -1 "$*"; }
