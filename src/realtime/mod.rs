@@ -127,5 +127,6 @@
 pub mod auth;
 pub mod bus;
 pub mod crud;
+pub mod live;
 pub mod protocol;
 pub mod rooms;

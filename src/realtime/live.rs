@@ -1,0 +1,585 @@
+//! The runtime glue between the server and the realtime logic: the Socket.IO handlers of the wire contract, the
+//! per-shard room state, and [`ShardBus`], the event bus whose listener delivers `realtime:resource` to sockets.
+//!
+//! Everything here runs on one shard and holds `!Sync` state ([`LiveShard`], reached with
+//! [`ShardCtx::state`]); shards talk only through [`ShardCtx::send_to`] closures that carry a
+//! [`rooms::ShardMessage`].
+//!
+//! # Wiring (what `shardcast serve` does on every shard)
+//!
+//! ```no_run
+//! use std::rc::Rc;
+//! use std::sync::Arc;
+//! use shardcast::realtime::auth::{AccessVerifier, AuthConfig, RoomTokens, Secret};
+//! use shardcast::realtime::live;
+//! use shardcast::realtime::protocol::{SessionConfig, SessionContext};
+//! use shardcast::server::{AppFactory, ShardApp, SocketIo};
+//!
+//! let app: AppFactory = Arc::new(|shard| {
+//!     let session = SessionContext {
+//!         access: AccessVerifier::new(&AuthConfig::hs256("a-long-random-access-token-secret")).unwrap(),
+//!         rooms: RoomTokens::new(&Secret::from("a-long-random-room-token-secret!"), 3600, 5).unwrap(),
+//!         config: SessionConfig::default(),
+//!     };
+//!     let mut io = SocketIo::new();
+//!     let bus: live::ShardBus = live::install(shard, &mut io, session);
+//!     // ... build the CRUD services with `Realtime::new(service, bus.clone(), recipients)` and a router ...
+//!     ShardApp { socketio: Some(io), router: None }
+//! });
+//! ```
+//!
+//! # The path of one event
+//! 1. A service wrapped in [`super::crud::Realtime`] succeeds and calls [`ShardBus`]`::publish` on the shard that
+//!    ran it. The bus serialises the event's arguments once (`["realtime:resource",{...}]`,
+//!    [`ResourceEvent::encode_args`]) into a shared `Arc<str>` and asks [`ShardRooms::publish`] for routes: a local
+//!    fan-out if this shard owns the room, else one [`rooms::ShardMessage::Publish`] to the owner.
+//! 2. The owner looks the room up in its [`rooms::OwnerRegistry`] and sends one [`rooms::ShardMessage::Deliver`] to
+//!    each shard that holds members (and delivers locally if it holds some itself). Shards without members get
+//!    nothing.
+//! 3. Each member shard frames the payload **once** into an [`EncodedMessage`] (the Engine.IO/Socket.IO text frame
+//!    `42["realtime:resource",{...}]`) and queues that same frame for every confirmed local member
+//!    ([`ShardCtx::broadcast`]); sockets of both protocol revisions share it.
+//!
+//! # Invariants
+//! - A socket is a delivery target (in the shard's [`crate::server::RoomRegistry`]) exactly from the moment it is
+//!   sent `realtime:join:success` until it leaves or disconnects; `realtime:join:success` is sent only once the
+//!   room's owner has registered the socket's shard, so every event published after a client saw it reaches it.
+//! - Data messages (`Publish`, `Deliver`) are never waited for: a full cross-shard queue drops the event, logs it
+//!   and counts it (`shardcast_mesh_full_total`, [`LiveStats::events_dropped`]). Control messages (`MemberJoined`,
+//!   `MemberLeft`, `JoinConfirmed`) must not be lost, so they wait in a per-peer FIFO backlog (bounded by
+//!   [`CONTROL_BACKLOG_LEN_MAX`]) that a timer retries in order; the shard itself never blocks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::proto::{EncodedMessage, RawJson};
+use crate::server::{MeshError, ShardCtx, Socket, SocketIo, TimerHandle};
+
+use super::bus::{BusError, EventBus, ResourceEvent};
+use super::protocol::{self, Action, ServerEvent, Session, SessionContext};
+use super::rooms::{self, Route, ShardRooms, SharedPayload};
+
+/// The namespace the wire contract lives on.
+pub const NAMESPACE: &str = "/";
+/// Most control messages (`MemberJoined`, `MemberLeft`, `JoinConfirmed`) that may wait for room on the queue to one
+/// peer shard. Beyond it they are dropped and logged (the peer has stopped draining its queue).
+pub const CONTROL_BACKLOG_LEN_MAX: usize = 65_536;
+/// Delay between two attempts to flush a control backlog.
+pub const CONTROL_RETRY_MS: u64 = 5;
+
+/// Key of a socket in this shard's [`ShardRooms`].
+type SocketKey = u64;
+
+/// Counters of one shard's realtime layer (read them with [`LiveShard::stats`]).
+#[derive(Debug, Default)]
+pub struct LiveStats {
+    /// Events handed to this shard's [`ShardBus`].
+    pub events_published: Cell<u64>,
+    /// `Deliver`s and local fan-outs that framed an event on this shard (one encoding each).
+    pub frames_encoded: Cell<u64>,
+    /// Frames queued to sockets on this shard (one per member per event).
+    pub frames_queued: Cell<u64>,
+    /// Events dropped because a cross-shard queue was full.
+    pub events_dropped: Cell<u64>,
+    /// Control messages that had to wait in the backlog.
+    pub control_deferred: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>, n: u64) {
+    c.set(c.get().wrapping_add(n));
+}
+
+/// One shard's realtime state: its part of the partitioned rooms, its joined sockets, the verifiers.
+pub struct LiveShard {
+    session: Rc<SessionContext>,
+    rooms: RefCell<ShardRooms<SocketKey>>,
+    sockets: RefCell<HashMap<SocketKey, Socket>>,
+    next_key: Cell<SocketKey>,
+    backlog: RefCell<Vec<VecDeque<rooms::ShardMessage>>>,
+    retry_armed: Cell<bool>,
+    stats: LiveStats,
+}
+
+impl std::fmt::Debug for LiveShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveShard")
+            .field("shard", &self.rooms.borrow().shard())
+            .field("joined_sockets", &self.sockets.borrow().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LiveShard {
+    /// This shard's counters.
+    pub fn stats(&self) -> &LiveStats {
+        &self.stats
+    }
+
+    /// Number of rooms with members on this shard.
+    pub fn local_room_count(&self) -> usize {
+        self.rooms.borrow().local().room_count()
+    }
+
+    /// Number of rooms this shard owns that have members somewhere.
+    pub fn owned_room_count(&self) -> usize {
+        self.rooms.borrow().owned().room_count()
+    }
+
+    /// The shards holding members of `room`, if this shard owns it (empty otherwise).
+    pub fn member_shards(&self, room: &str) -> Vec<usize> {
+        self.rooms.borrow().owned().member_shards(room).collect()
+    }
+}
+
+/// Per-socket state, attached with [`Socket::insert_data`].
+struct LiveSocket {
+    key: SocketKey,
+    session: RefCell<Session>,
+    auth_timer: RefCell<Option<TimerHandle>>,
+    /// Rooms joined but not yet confirmed by their owner: their `realtime:join:success` waits.
+    pending_joins: RefCell<Vec<String>>,
+}
+
+/// Sets up the realtime layer on `shard`: stores its [`LiveShard`] state and registers the wire contract's handlers
+/// on the main namespace of `io`. Returns the shard's [`ShardBus`] for the CRUD services built on this shard.
+pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext) -> ShardBus {
+    let live = shard.set_state(LiveShard {
+        session: Rc::new(session),
+        rooms: RefCell::new(ShardRooms::new(shard.id(), shard.nr_shards())),
+        sockets: RefCell::new(HashMap::new()),
+        next_key: Cell::new(0),
+        backlog: RefCell::new((0..shard.nr_shards()).map(|_| VecDeque::new()).collect()),
+        retry_armed: Cell::new(false),
+        stats: LiveStats::default(),
+    });
+    let weak_live = Rc::downgrade(&live);
+    let ns = io.namespace(NAMESPACE);
+    {
+        let weak_live = weak_live.clone();
+        ns.on_connect(move |socket: Socket, auth: Option<RawJson>| {
+            let live = weak_live.upgrade();
+            async move {
+                if let Some(live) = live {
+                    on_connect(&live, &socket, auth);
+                }
+                Ok(())
+            }
+        });
+    }
+    {
+        let weak_live = weak_live.clone();
+        ns.on_any(move |socket, event| {
+            let Some(live) = weak_live.upgrade() else {
+                return;
+            };
+            let args: Vec<Value> = event.args.parse().unwrap_or_default();
+            let Some(state) = socket.data::<LiveSocket>() else {
+                return;
+            };
+            let actions = state
+                .session
+                .borrow_mut()
+                .on_event(&live.session, &event.name, &args);
+            execute(&live, socket, &state, actions, false);
+        });
+    }
+    ns.on_disconnect(move |socket, _reason| {
+        let Some(live) = weak_live.upgrade() else {
+            return;
+        };
+        let Some(state) = socket.data::<LiveSocket>() else {
+            return;
+        };
+        if let Some(t) = state.auth_timer.borrow_mut().take() {
+            t.cancel();
+        }
+        // Keep the protocol session's view consistent, then leave every room in one pass.
+        let _ = state.session.borrow_mut().on_disconnect();
+        state.pending_joins.borrow_mut().clear();
+        live.sockets.borrow_mut().remove(&state.key);
+        let routes = live.rooms.borrow_mut().leave_all(state.key);
+        run_routes(&live, socket.shard(), routes);
+    });
+    ShardBus {
+        shard: Rc::downgrade(shard),
+    }
+}
+
+/// The auth payload as the protocol session reads it: Socket.IO v5 sends `{token}`; socket.io-client 2.x can only
+/// send a query string, which the server hands over as `{"query": "token=...&..."}`.
+fn auth_value(auth: Option<RawJson>) -> Option<Value> {
+    let value: Value = auth?.parse().ok()?;
+    if value.get("token").is_some() {
+        return Some(value);
+    }
+    let query = value.get("query")?.as_str()?;
+    let token = query.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    Some(serde_json::json!({ "token": token }))
+}
+
+fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
+    let key = live.next_key.get();
+    live.next_key.set(key.wrapping_add(1));
+    let state = socket.insert_data(LiveSocket {
+        key,
+        session: RefCell::new(Session::new()),
+        auth_timer: RefCell::new(None),
+        pending_joins: RefCell::new(Vec::new()),
+    });
+    let auth = auth_value(auth);
+    let actions = state
+        .session
+        .borrow_mut()
+        .on_connect(&live.session, auth.as_ref());
+    execute(live, socket, &state, actions, true);
+}
+
+/// Performs a protocol session's actions in order. `connecting`: the socket's CONNECT is still being decided, so a
+/// disconnect must wait until the CONNECT reply (and the emits queued before it) are out.
+fn execute(
+    live: &Rc<LiveShard>,
+    socket: &Socket,
+    state: &Rc<LiveSocket>,
+    actions: Vec<Action>,
+    connecting: bool,
+) {
+    for action in actions {
+        match action {
+            Action::Emit(ServerEvent::JoinSuccess { name })
+                if state.pending_joins.borrow().contains(&name) =>
+            {
+                // Sent when the owner confirms the join (Route::JoinConfirmed).
+            }
+            Action::Emit(event) => emit(socket, &event),
+            Action::JoinRoom(room) => join(live, socket, state, room),
+            Action::LeaveRoom(room) => {
+                state.pending_joins.borrow_mut().retain(|r| *r != room);
+                socket.leave(&room);
+                let routes = live.rooms.borrow_mut().leave(state.key, &room);
+                run_routes(live, socket.shard(), routes);
+            }
+            Action::ScheduleAuthTimeout { after_ms } => {
+                let weak_live = Rc::downgrade(live);
+                let timer = socket.schedule(Duration::from_millis(after_ms), move |socket| {
+                    let (Some(live), Some(state)) =
+                        (weak_live.upgrade(), socket.data::<LiveSocket>())
+                    else {
+                        return;
+                    };
+                    let actions = state.session.borrow_mut().on_auth_timeout();
+                    execute(&live, socket, &state, actions, false);
+                });
+                if let Some(old) = state.auth_timer.borrow_mut().replace(timer) {
+                    old.cancel();
+                }
+            }
+            Action::CancelAuthTimeout => {
+                if let Some(t) = state.auth_timer.borrow_mut().take() {
+                    t.cancel();
+                }
+            }
+            Action::Disconnect => {
+                if connecting {
+                    let socket = socket.clone();
+                    glommio::spawn_local(async move { socket.disconnect() }).detach();
+                } else {
+                    socket.disconnect();
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn emit(socket: &Socket, event: &ServerEvent) {
+    let msg = match event.payload() {
+        Some(payload) => EncodedMessage::event(socket.namespace(), event.name(), &payload),
+        None => Ok(EncodedMessage::event_raw(
+            socket.namespace(),
+            event.name(),
+            &RawJson::empty_array(),
+        )),
+    };
+    match msg {
+        Ok(m) => {
+            socket.send_packet(&m);
+        }
+        Err(e) => tracing::error!(event = event.name(), error = %e, "event does not serialize"),
+    }
+}
+
+fn join(live: &Rc<LiveShard>, socket: &Socket, state: &Rc<LiveSocket>, room: String) {
+    live.sockets
+        .borrow_mut()
+        .entry(state.key)
+        .or_insert_with(|| socket.clone());
+    let outcome = live.rooms.borrow_mut().join(state.key, &room);
+    if outcome.ready {
+        socket.join(&room);
+    } else {
+        state.pending_joins.borrow_mut().push(room);
+    }
+    run_routes(live, socket.shard(), outcome.routes);
+}
+
+/// Performs routes from [`ShardRooms`]: sends to other shards, local deliveries, join confirmations.
+fn run_routes(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, routes: Vec<Route<SocketKey>>) {
+    for route in routes {
+        match route {
+            Route::Send { to, msg } => {
+                send(live, shard, to, msg);
+            }
+            Route::DeliverLocal { room, payload } => deliver_local(live, shard, &room, &payload),
+            Route::JoinConfirmed { room, sockets } => {
+                for key in sockets {
+                    let socket = live.sockets.borrow().get(&key).cloned();
+                    let Some(socket) = socket else { continue };
+                    let Some(state) = socket.data::<LiveSocket>() else {
+                        continue;
+                    };
+                    let was_pending = {
+                        let mut p = state.pending_joins.borrow_mut();
+                        let before = p.len();
+                        p.retain(|r| **r != *room);
+                        p.len() != before
+                    };
+                    if was_pending {
+                        socket.join(&room);
+                        emit(
+                            &socket,
+                            &ServerEvent::JoinSuccess {
+                                name: room.to_string(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn is_control(msg: &rooms::ShardMessage) -> bool {
+    matches!(
+        msg,
+        rooms::ShardMessage::MemberJoined { .. }
+            | rooms::ShardMessage::MemberLeft { .. }
+            | rooms::ShardMessage::JoinConfirmed { .. }
+    )
+}
+
+/// Sends one room message to shard `to`. Data messages are dropped when the queue is full; control messages keep
+/// their order behind any backlog to that shard. Returns false if the message was dropped.
+fn send(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, to: usize, msg: rooms::ShardMessage) -> bool {
+    if is_control(&msg) {
+        let waiting = live.backlog.borrow().get(to).is_some_and(|q| !q.is_empty());
+        if waiting {
+            return defer(live, shard, to, msg);
+        }
+        return match post(shard, to, msg.clone()) {
+            Ok(()) => true,
+            Err(MeshError::Full(_)) => defer(live, shard, to, msg),
+            Err(e) => {
+                tracing::error!(shard = shard.id(), to, error = %e, "room control message not sent");
+                false
+            }
+        };
+    }
+    match post(shard, to, msg) {
+        Ok(()) => true,
+        Err(e) => {
+            bump(&live.stats.events_dropped, 1);
+            tracing::warn!(shard = shard.id(), to, error = %e, "realtime event dropped: cross-shard queue full");
+            false
+        }
+    }
+}
+
+fn post(shard: &Rc<ShardCtx>, to: usize, msg: rooms::ShardMessage) -> Result<(), MeshError> {
+    shard.send_to(to, move |ctx| {
+        if let Some(live) = ctx.state::<LiveShard>() {
+            let routes = live.rooms.borrow_mut().on_message(msg);
+            run_routes(&live, ctx, routes);
+        }
+    })
+}
+
+fn defer(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, to: usize, msg: rooms::ShardMessage) -> bool {
+    {
+        let mut backlog = live.backlog.borrow_mut();
+        let Some(q) = backlog.get_mut(to) else {
+            return false;
+        };
+        if q.len() >= CONTROL_BACKLOG_LEN_MAX {
+            tracing::error!(
+                shard = shard.id(),
+                to,
+                limit = CONTROL_BACKLOG_LEN_MAX,
+                "room control message dropped: backlog to that shard is full"
+            );
+            return false;
+        }
+        q.push_back(msg);
+    }
+    bump(&live.stats.control_deferred, 1);
+    arm_retry(live, shard);
+    true
+}
+
+fn arm_retry(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>) {
+    if live.retry_armed.replace(true) {
+        return;
+    }
+    let weak_live = Rc::downgrade(live);
+    let weak_shard = Rc::downgrade(shard);
+    shard.schedule(Duration::from_millis(CONTROL_RETRY_MS), move || {
+        let (Some(live), Some(shard)) = (weak_live.upgrade(), weak_shard.upgrade()) else {
+            return;
+        };
+        live.retry_armed.set(false);
+        flush_backlog(&live, &shard);
+    });
+}
+
+fn flush_backlog(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>) {
+    let peers = live.backlog.borrow().len();
+    let mut left = false;
+    for to in 0..peers {
+        loop {
+            let next = live.backlog.borrow_mut()[to].pop_front();
+            let Some(msg) = next else { break };
+            if let Err(e) = post(shard, to, msg.clone()) {
+                if matches!(e, MeshError::Full(_)) {
+                    live.backlog.borrow_mut()[to].push_front(msg);
+                    left = true;
+                }
+                break;
+            }
+        }
+    }
+    if left {
+        arm_retry(live, shard);
+    }
+}
+
+/// The prefix of every payload [`ResourceEvent::encode_args`] produces.
+const RESOURCE_ARGS_PREFIX: &str = "[\"realtime:resource\",";
+
+/// Frames `payload` once and queues the frame for every confirmed local member of `room`.
+fn deliver_local(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, room: &str, payload: &SharedPayload) {
+    let Some(msg) = frame(payload) else {
+        tracing::error!(
+            room,
+            "realtime payload is not a realtime:resource argument list"
+        );
+        return;
+    };
+    bump(&live.stats.frames_encoded, 1);
+    let n = shard.broadcast(NAMESPACE, room, &msg);
+    bump(&live.stats.frames_queued, n as u64);
+}
+
+/// `42["realtime:resource",{...}]` from `["realtime:resource",{...}]`.
+fn frame(payload: &str) -> Option<EncodedMessage> {
+    let rest = payload.strip_prefix(RESOURCE_ARGS_PREFIX)?;
+    let mut args = String::with_capacity(rest.len() + 1);
+    args.push('[');
+    args.push_str(rest);
+    let args = RawJson::new(args).ok()?;
+    Some(EncodedMessage::event_raw(
+        NAMESPACE,
+        protocol::RESOURCE,
+        &args,
+    ))
+}
+
+/// The event bus of one shard: publishing hands the event to its room's owner shard, which forwards it to the
+/// shards holding members. Cheap to clone; holds no strong reference to the shard.
+#[derive(Clone, Debug)]
+pub struct ShardBus {
+    shard: Weak<ShardCtx>,
+}
+
+impl ShardBus {
+    /// The bus of `shard` (whose realtime layer [`install`] set up).
+    pub fn new(shard: &Rc<ShardCtx>) -> Self {
+        Self {
+            shard: Rc::downgrade(shard),
+        }
+    }
+
+    /// Publishes now; never waits.
+    pub fn publish_now(&self, event: &ResourceEvent) -> Result<(), BusError> {
+        let shard = self.shard.upgrade().ok_or(BusError::Closed)?;
+        let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
+        bump(&live.stats.events_published, 1);
+        let payload: SharedPayload = Arc::from(event.encode_args());
+        let routes = live.rooms.borrow_mut().publish(&event.room, payload);
+        let mut ok = true;
+        for route in routes {
+            match route {
+                Route::Send { to, msg } => ok &= send(&live, &shard, to, msg),
+                other => run_routes(&live, &shard, vec![other]),
+            }
+        }
+        if ok { Ok(()) } else { Err(BusError::Full) }
+    }
+}
+
+impl EventBus for ShardBus {
+    fn publish(
+        &self,
+        event: ResourceEvent,
+    ) -> impl std::future::Future<Output = Result<(), BusError>> {
+        std::future::ready(self.publish_now(&event))
+    }
+}
+
+/// The [`LiveShard`] of `shard`, if [`install`] ran there.
+pub fn shard_state(shard: &ShardCtx) -> Option<Rc<LiveShard>> {
+    shard.state::<LiveShard>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::realtime::bus::ResourceAction;
+    use serde_json::json;
+
+    #[test]
+    fn frame_is_the_socketio_event_of_the_shared_payload() {
+        let ev = ResourceEvent {
+            action: ResourceAction::Created,
+            room: "/r".into(),
+            type_name: "message".into(),
+            path: "/messages/1".into(),
+            resource: json!({"id": "1", "text": "é\"x"}),
+        };
+        let msg = frame(&ev.encode_args()).unwrap();
+        assert_eq!(
+            &**msg.ws_text(),
+            r#"42["realtime:resource",{"action":"created","room":"/r","type":"message","path":"/messages/1","resource":{"id":"1","text":"é\"x"}}]"#
+        );
+        assert!(frame(r#"["other",{}]"#).is_none());
+    }
+
+    #[test]
+    fn auth_value_reads_v5_payloads_and_v4_queries() {
+        let raw = |s: &str| Some(RawJson::new(s).unwrap());
+        assert_eq!(
+            auth_value(raw(r#"{"token":"a.b.c"}"#)),
+            Some(json!({"token": "a.b.c"}))
+        );
+        assert_eq!(
+            auth_value(raw(r#"{"query":"x=1&token=a.b.c&y=2"}"#)),
+            Some(json!({"token": "a.b.c"}))
+        );
+        assert_eq!(auth_value(raw(r#"{"query":"x=1"}"#)), None);
+        assert_eq!(auth_value(raw("[1]")), None);
+        assert_eq!(auth_value(None), None);
+    }
+}
