@@ -9,8 +9,8 @@ use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
-use std::task::Poll;
 use std::rc::Rc;
+use std::task::Poll;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;

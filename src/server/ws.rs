@@ -58,7 +58,7 @@ pub fn ws_config(cfg: &ServerConfig) -> WebSocketConfig {
     // tungstenite only writes control frames here (pongs, close replies): a small read chunk keeps idle
     // connections cheap; our own queue bounds what waits to be written.
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_frame_size(Some(cfg.ws_frame_bytes_max))
         .max_message_size(Some(cfg.payload_bytes_max.max(1024)))
