@@ -7,8 +7,10 @@
 //! - [`server`]: glommio shards, HTTP/1.1, websocket, Engine.IO sessions, Socket.IO namespaces.
 //! - [`orm`]: entities, repositories, the IO shard and its three backends.
 //! - [`realtime`]: JWT authentication, rooms partitioned across shards, CRUD services, REST API.
+//! - [`config`]: the configuration of `shardcast serve` and `shardcast token` (file, environment, flags).
 pub use shardcast_proto as proto;
 
+pub mod config;
 pub mod orm;
 pub mod realtime;
 pub mod server;

@@ -127,6 +127,8 @@
 pub mod auth;
 pub mod bus;
 pub mod crud;
+pub mod demo;
 pub mod live;
 pub mod protocol;
+pub mod rest;
 pub mod rooms;

@@ -1,0 +1,712 @@
+//! The REST API generated from registered CRUD services.
+//!
+//! Each registered service is a [`Realtime`] wrapper (so the API knows its rooms) plus a [`Collection`]: the URL of
+//! the collection, whose `{param}` segments become partition keys, and the URL of one item. Under the prefix
+//! (`/api/v1` by default):
+//!
+//! | request | service call | answer |
+//! |---|---|---|
+//! | `POST <collection>` body `{"resource": {...}}` | `create` (the URL's params are set on the resource) | 201 `{"resource", "websocket": {room, token}}` |
+//! | `GET <item>` | `get` | 200 `{"resource", "websocket"}` |
+//! | `PATCH <item>` body `{"resource": {...}}` | `update` | 200 `{"resource", "websocket"}` |
+//! | `DELETE <item>` | `delete` | 200 `{"resource", "deleted": true}` |
+//! | `GET <collection>?limit=&page_token=&websockets=true` | `list` (the URL's params and other query parameters are filters) | 200 `{"resources", "next_page_token", "websockets": [{room, token}]}` |
+//!
+//! Every request needs `Authorization: Bearer <access token>`, verified with [`AccessVerifier`]. Room tokens are signed
+//! with [`RoomTokens`] for the caller's user, and only after the service accepted the call (so its access rules
+//! decide who gets them). `websockets` is included in a list answer only with `websockets=true`.
+//!
+//! Errors are JSON `{"code": "<stable code>", "message": "<text>"}` with the status of [`CrudError::http_status`]:
+//!
+//! | status | code | when |
+//! |---|---|---|
+//! | 401 | `unauthenticated` | no `Authorization: Bearer`, or the token is refused (the message is the token error, e.g. `jwt expired`) |
+//! | 403 | `forbidden` | the service's access rules refuse the caller |
+//! | 404 | `not_found` | no such entity, or no such route under the prefix |
+//! | 400 | `invalid_input` | body not JSON, not `{"resource": {...}}`, fields of the wrong type, bad `limit` |
+//! | 405 | `method_not_allowed` | a method the route does not serve |
+//! | 409 | `conflict` | the change conflicts with stored data |
+//! | 503 | `unavailable` | the database is unavailable (retry later) |
+//! | 500 | `internal` | a bug |
+//!
+//! Services run on the shard that received the request; their [`Realtime`] wrapper publishes to that shard's bus.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use super::auth::{AccessVerifier, AuthenticatedUser, RoomTokens};
+use super::bus::EventBus;
+use super::crud::{CrudError, CrudService, ExecutionContext, ListOptions, Realtime, Transport};
+use crate::server::{Request, Response, ResponseFuture, Router, ShardCtx};
+
+/// Default URL prefix of the API.
+pub const PREFIX_DEFAULT: &str = "/api/v1";
+/// Default largest `limit` a list request may ask for.
+pub const LIST_LIMIT_MAX_DEFAULT: usize = 1000;
+
+/// The parameters a URL pattern captured, e.g. `company_id -> acme`.
+pub type Params = BTreeMap<String, String>;
+
+/// The rooms of a list, from the collection URL's params.
+pub type ListRooms = Box<dyn Fn(&Params) -> Vec<String>>;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// A URL pattern relative to the prefix, e.g. `/companies/{company_id}/workspaces/{workspace_id}/channels`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern {
+    segments: Vec<Segment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+impl Pattern {
+    /// Parses `/a/{b}/c`: literal segments and `{name}` parameters.
+    pub fn parse(pattern: &str) -> Self {
+        let segments = pattern
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(
+                |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                    Some(name) => Segment::Param(name.to_owned()),
+                    None => Segment::Literal(s.to_owned()),
+                },
+            )
+            .collect();
+        Self { segments }
+    }
+
+    /// The parameters of `segments` (already percent-decoded) if they match.
+    pub fn matches(&self, segments: &[String]) -> Option<Params> {
+        if segments.len() != self.segments.len() {
+            return None;
+        }
+        let mut params = Params::new();
+        for (pat, seg) in self.segments.iter().zip(segments) {
+            match pat {
+                Segment::Literal(l) if l == seg => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(_) if seg.is_empty() => return None,
+                Segment::Param(name) => {
+                    params.insert(name.clone(), seg.clone());
+                }
+            }
+        }
+        Some(params)
+    }
+}
+
+/// Where a service lives in the URL space, and the rooms of its lists.
+pub struct Collection {
+    /// The collection, e.g. `/channels/{channel_id}/messages`. Its params are set on created resources and passed as
+    /// list filters.
+    pub collection: Pattern,
+    /// One item; must capture `{id}`, e.g. `/messages/{id}`.
+    pub item: Pattern,
+    /// The rooms a list of this collection is published to, from the collection's params (room tokens of
+    /// `websockets=true`).
+    pub list_rooms: ListRooms,
+}
+
+impl std::fmt::Debug for Collection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collection")
+            .field("collection", &self.collection)
+            .field("item", &self.item)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collection {
+    /// A collection at `collection`, items at `item`, lists published to the rooms `list_rooms` computes.
+    pub fn new(
+        collection: &str,
+        item: &str,
+        list_rooms: impl Fn(&Params) -> Vec<String> + 'static,
+    ) -> Self {
+        Self {
+            collection: Pattern::parse(collection),
+            item: Pattern::parse(item),
+            list_rooms: Box::new(list_rooms),
+        }
+    }
+}
+
+/// A successful answer of an endpoint, before room tokens are added.
+enum Outcome {
+    /// One resource and the rooms it is published to.
+    One {
+        status: u16,
+        resource: Value,
+        rooms: Vec<String>,
+    },
+    /// A deletion.
+    Deleted { resource: Value },
+    /// A page of resources.
+    Page {
+        resources: Vec<Value>,
+        next_page_token: Option<String>,
+    },
+}
+
+/// The object-safe face of one registered service.
+trait Endpoint {
+    fn create(
+        &self,
+        ctx: ExecutionContext,
+        params: Params,
+        body: Value,
+    ) -> BoxFuture<Result<Outcome, CrudError>>;
+    fn get(&self, ctx: ExecutionContext, id: String) -> BoxFuture<Result<Outcome, CrudError>>;
+    fn update(
+        &self,
+        ctx: ExecutionContext,
+        id: String,
+        body: Value,
+    ) -> BoxFuture<Result<Outcome, CrudError>>;
+    fn delete(&self, ctx: ExecutionContext, id: String) -> BoxFuture<Result<Outcome, CrudError>>;
+    fn list(
+        &self,
+        ctx: ExecutionContext,
+        options: ListOptions,
+    ) -> BoxFuture<Result<Outcome, CrudError>>;
+}
+
+struct ServiceEndpoint<S, B, E> {
+    service: Rc<Realtime<S, B, E>>,
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Value, CrudError> {
+    serde_json::to_value(v)
+        .map_err(|e| CrudError::Internal(format!("resource does not serialise: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(v: Value) -> Result<T, CrudError> {
+    serde_json::from_value(v).map_err(|e| CrudError::InvalidInput(e.to_string()))
+}
+
+impl<S, B, E> Endpoint for ServiceEndpoint<S, B, E>
+where
+    S: CrudService<E> + 'static,
+    S::Patch: DeserializeOwned,
+    B: EventBus + 'static,
+    E: Serialize + DeserializeOwned + 'static,
+{
+    fn create(
+        &self,
+        ctx: ExecutionContext,
+        params: Params,
+        body: Value,
+    ) -> BoxFuture<Result<Outcome, CrudError>> {
+        let service = self.service.clone();
+        Box::pin(async move {
+            let Value::Object(mut fields) = body else {
+                return Err(CrudError::InvalidInput(
+                    "`resource` must be a JSON object".into(),
+                ));
+            };
+            for (k, v) in params {
+                match fields.get(&k) {
+                    Some(Value::String(s)) if *s != v => {
+                        return Err(CrudError::InvalidInput(format!(
+                            "`{k}` is {s:?} in the body but {v:?} in the URL"
+                        )));
+                    }
+                    Some(Value::String(_)) | Some(Value::Null) | None => {
+                        fields.insert(k, Value::String(v));
+                    }
+                    Some(_) => {
+                        return Err(CrudError::InvalidInput(format!("`{k}` must be a string")));
+                    }
+                }
+            }
+            let item: E = from_json(Value::Object(fields))?;
+            let created = service.create(&ctx, item).await?;
+            Ok(Outcome::One {
+                status: 201,
+                resource: to_json(&created.entity)?,
+                rooms: service.recipients().rooms_for(&created.entity),
+            })
+        })
+    }
+
+    fn get(&self, ctx: ExecutionContext, id: String) -> BoxFuture<Result<Outcome, CrudError>> {
+        let service = self.service.clone();
+        Box::pin(async move {
+            let entity = service.get(&ctx, &id).await?.ok_or(CrudError::NotFound)?;
+            Ok(Outcome::One {
+                status: 200,
+                resource: to_json(&entity)?,
+                rooms: service.recipients().rooms_for(&entity),
+            })
+        })
+    }
+
+    fn update(
+        &self,
+        ctx: ExecutionContext,
+        id: String,
+        body: Value,
+    ) -> BoxFuture<Result<Outcome, CrudError>> {
+        let service = self.service.clone();
+        Box::pin(async move {
+            let patch: S::Patch = from_json(body)?;
+            let updated = service.update(&ctx, &id, patch).await?;
+            Ok(Outcome::One {
+                status: 200,
+                resource: to_json(&updated.entity)?,
+                rooms: service.recipients().rooms_for(&updated.entity),
+            })
+        })
+    }
+
+    fn delete(&self, ctx: ExecutionContext, id: String) -> BoxFuture<Result<Outcome, CrudError>> {
+        let service = self.service.clone();
+        Box::pin(async move {
+            let deleted = service.delete(&ctx, &id).await?;
+            if !deleted.deleted {
+                return Err(CrudError::NotFound);
+            }
+            Ok(Outcome::Deleted {
+                resource: to_json(&deleted.entity)?,
+            })
+        })
+    }
+
+    fn list(
+        &self,
+        ctx: ExecutionContext,
+        options: ListOptions,
+    ) -> BoxFuture<Result<Outcome, CrudError>> {
+        let service = self.service.clone();
+        Box::pin(async move {
+            let page = service.list(&ctx, &options).await?;
+            let resources = page
+                .entities
+                .iter()
+                .map(to_json)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Outcome::Page {
+                resources,
+                next_page_token: page.next_page_token,
+            })
+        })
+    }
+}
+
+struct Registered {
+    collection: Collection,
+    endpoint: Box<dyn Endpoint>,
+}
+
+/// The REST API of one shard: the registered services, the access-token verifier and the room-token signer.
+pub struct RestApi {
+    prefix: String,
+    verifier: AccessVerifier,
+    room_tokens: RoomTokens,
+    list_limit_max: usize,
+    services: Vec<Rc<Registered>>,
+    requests: Cell<u64>,
+}
+
+impl std::fmt::Debug for RestApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestApi")
+            .field("prefix", &self.prefix)
+            .field("services", &self.services.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestApi {
+    /// An API under [`PREFIX_DEFAULT`] with no services yet.
+    pub fn new(verifier: AccessVerifier, room_tokens: RoomTokens) -> Self {
+        Self {
+            prefix: PREFIX_DEFAULT.to_owned(),
+            verifier,
+            room_tokens,
+            list_limit_max: LIST_LIMIT_MAX_DEFAULT,
+            services: Vec::new(),
+            requests: Cell::new(0),
+        }
+    }
+
+    /// Serves under `prefix` (e.g. `/api/v1`) instead.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// The largest `limit` a list may ask for (larger ones are 400 `invalid_input`).
+    pub fn with_list_limit_max(mut self, max: usize) -> Self {
+        self.list_limit_max = max.max(1);
+        self
+    }
+
+    /// Registers a service at `collection`.
+    pub fn register<S, B, E>(
+        mut self,
+        collection: Collection,
+        service: Rc<Realtime<S, B, E>>,
+    ) -> Self
+    where
+        S: CrudService<E> + 'static,
+        S::Patch: DeserializeOwned,
+        B: EventBus + 'static,
+        E: Serialize + DeserializeOwned + 'static,
+    {
+        self.services.push(Rc::new(Registered {
+            collection,
+            endpoint: Box::new(ServiceEndpoint { service }),
+        }));
+        self
+    }
+
+    /// Handles one request whose path is under the prefix.
+    pub async fn handle(&self, shard_id: usize, request: Request) -> Response {
+        let n = self.requests.get().wrapping_add(1);
+        self.requests.set(n);
+        let request_id = format!("{shard_id}-{n}");
+        match self.dispatch(&request, request_id).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        }
+    }
+
+    fn authenticate(&self, request: &Request) -> Result<AuthenticatedUser, RestError> {
+        let header = request.header("authorization").unwrap_or("").trim();
+        let token = match header.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ if header.is_empty() => "",
+            _ => {
+                return Err(RestError::Unauthenticated(
+                    "the Authorization header must be `Bearer <access token>`".into(),
+                ));
+            }
+        };
+        self.verifier
+            .verify(token)
+            .map_err(|e| RestError::Unauthenticated(e.to_string()))
+    }
+
+    async fn dispatch(&self, request: &Request, request_id: String) -> Result<Response, RestError> {
+        let rest = request
+            .path
+            .strip_prefix(&self.prefix)
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+            .ok_or(RestError::NoRoute)?;
+        let segments: Vec<String> = rest
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                RestError::Crud(CrudError::InvalidInput(
+                    "invalid percent-encoding in the URL".into(),
+                ))
+            })?;
+        let mut found: Option<(Rc<Registered>, Params, bool)> = None;
+        for s in &self.services {
+            if let Some(p) = s.collection.collection.matches(&segments) {
+                found = Some((s.clone(), p, true));
+                break;
+            }
+            if let Some(p) = s.collection.item.matches(&segments) {
+                found = Some((s.clone(), p, false));
+                break;
+            }
+        }
+        let (service, params, is_collection) = found.ok_or(RestError::NoRoute)?;
+        let method = request.method.as_str();
+        let allowed: &[&str] = if is_collection {
+            &["GET", "POST"]
+        } else {
+            &["GET", "PATCH", "DELETE"]
+        };
+        if !allowed.contains(&method) {
+            return Err(RestError::MethodNotAllowed(allowed.join(", ")));
+        }
+        let user = self.authenticate(request)?;
+        let user_id = user.id.clone();
+        let ctx = ExecutionContext::new(user, request_id, Transport::Http);
+        let endpoint = &service.endpoint;
+        let id = || params.get("id").cloned().unwrap_or_default();
+        let outcome = match (is_collection, method) {
+            (true, "POST") => {
+                endpoint
+                    .create(ctx, params.clone(), resource_of(&request.body)?)
+                    .await
+            }
+            (true, _) => {
+                let (options, websockets) = self.list_options(request, &params)?;
+                let outcome = endpoint.list(ctx, options).await?;
+                let rooms = if websockets {
+                    Some((service.collection.list_rooms)(&params))
+                } else {
+                    None
+                };
+                return self.page_response(&user_id, outcome, rooms);
+            }
+            (false, "GET") => endpoint.get(ctx, id()).await,
+            (false, "PATCH") => {
+                endpoint
+                    .update(ctx, id(), resource_of(&request.body)?)
+                    .await
+            }
+            (false, _) => endpoint.delete(ctx, id()).await,
+        }?;
+        self.page_response(&user_id, outcome, None)
+    }
+
+    fn list_options(
+        &self,
+        request: &Request,
+        params: &Params,
+    ) -> Result<(ListOptions, bool), RestError> {
+        let mut options = ListOptions {
+            filters: params.clone(),
+            ..ListOptions::default()
+        };
+        let mut websockets = false;
+        for pair in request.query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let bad = |what: &str| RestError::Crud(CrudError::InvalidInput(what.to_owned()));
+            let k = percent_decode(k).map_err(|_| bad("invalid percent-encoding in the query"))?;
+            let v = percent_decode(v).map_err(|_| bad("invalid percent-encoding in the query"))?;
+            match k.as_str() {
+                "limit" => {
+                    let n: usize = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=self.list_limit_max).contains(n))
+                        .ok_or_else(|| {
+                            bad(&format!(
+                                "`limit` must be an integer from 1 to {}",
+                                self.list_limit_max
+                            ))
+                        })?;
+                    options.limit = Some(n);
+                }
+                "page_token" if !v.is_empty() => options.page_token = Some(v),
+                "page_token" => {}
+                "websockets" => websockets = matches!(v.as_str(), "true" | "1"),
+                _ => {
+                    if params.contains_key(&k) {
+                        return Err(bad(&format!("`{k}` is given by the URL path")));
+                    }
+                    options.filters.insert(k, v);
+                }
+            }
+        }
+        Ok((options, websockets))
+    }
+
+    fn room_token(&self, user: &str, room: String) -> Result<Value, RestError> {
+        let token = self
+            .room_tokens
+            .sign(user, &room)
+            .map_err(|e| RestError::Crud(CrudError::Internal(e.to_string())))?;
+        Ok(json!({ "room": room, "token": token }))
+    }
+
+    fn page_response(
+        &self,
+        user: &str,
+        outcome: Outcome,
+        rooms: Option<Vec<String>>,
+    ) -> Result<Response, RestError> {
+        Ok(match outcome {
+            Outcome::One {
+                status,
+                resource,
+                rooms,
+            } => {
+                let mut body = Map::new();
+                body.insert("resource".into(), resource);
+                if let Some(room) = rooms.into_iter().next() {
+                    body.insert("websocket".into(), self.room_token(user, room)?);
+                }
+                Response::json(status, &Value::Object(body))
+            }
+            Outcome::Deleted { resource } => {
+                Response::json(200, &json!({ "resource": resource, "deleted": true }))
+            }
+            Outcome::Page {
+                resources,
+                next_page_token,
+            } => {
+                let mut body = Map::new();
+                body.insert("resources".into(), Value::Array(resources));
+                body.insert(
+                    "next_page_token".into(),
+                    next_page_token.map(Value::String).unwrap_or(Value::Null),
+                );
+                if let Some(rooms) = rooms {
+                    let list = rooms
+                        .into_iter()
+                        .map(|r| self.room_token(user, r))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    body.insert("websockets".into(), Value::Array(list));
+                }
+                Response::json(200, &Value::Object(body))
+            }
+        })
+    }
+}
+
+/// Why a request failed before or inside a service.
+#[derive(Debug)]
+enum RestError {
+    NoRoute,
+    MethodNotAllowed(String),
+    Unauthenticated(String),
+    Crud(CrudError),
+}
+
+impl From<CrudError> for RestError {
+    fn from(e: CrudError) -> Self {
+        Self::Crud(e)
+    }
+}
+
+fn body_error(status: u16, code: &str, message: &str) -> Response {
+    Response::json(status, &json!({ "code": code, "message": message }))
+}
+
+fn error_response(e: &RestError) -> Response {
+    match e {
+        RestError::NoRoute => body_error(404, "not_found", "no such route"),
+        RestError::MethodNotAllowed(allowed) => body_error(
+            405,
+            "method_not_allowed",
+            &format!("method not allowed here; allowed: {allowed}"),
+        )
+        .with_header("Allow", allowed),
+        RestError::Unauthenticated(msg) => {
+            body_error(401, "unauthenticated", msg).with_header("WWW-Authenticate", "Bearer")
+        }
+        RestError::Crud(e) => {
+            if matches!(e, CrudError::Internal(_)) {
+                tracing::error!(error = %e, "REST request failed");
+            }
+            body_error(e.http_status(), e.code(), &e.to_string())
+        }
+    }
+}
+
+/// The `resource` of a `{"resource": {...}}` body.
+fn resource_of(body: &[u8]) -> Result<Value, RestError> {
+    let bad = |m: String| RestError::Crud(CrudError::InvalidInput(m));
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    match v {
+        Value::Object(mut o) => match o.remove("resource") {
+            Some(r @ Value::Object(_)) => Ok(r),
+            _ => Err(bad("the body must be {\"resource\": {...}}".into())),
+        },
+        _ => Err(bad("the body must be {\"resource\": {...}}".into())),
+    }
+}
+
+/// Strict percent-decoding of a URL segment (`+` stays `+`); invalid escapes or UTF-8 are errors.
+fn percent_decode(s: &str) -> Result<String, ()> {
+    if !s.contains('%') {
+        return Ok(s.to_owned());
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).ok_or(())?;
+            let hex = std::str::from_utf8(hex).map_err(|_| ())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ())
+}
+
+/// [`RestApi`] as the server's [`Router`] (it answers every path under the prefix, and only those).
+#[derive(Debug, Clone)]
+pub struct RestRouter(Rc<RestApi>);
+
+impl RestApi {
+    /// The router to put in [`crate::server::ShardApp::router`].
+    pub fn into_router(self) -> RestRouter {
+        RestRouter(Rc::new(self))
+    }
+}
+
+impl Router for RestRouter {
+    fn route(&self, shard: &Rc<ShardCtx>, request: Request) -> Option<ResponseFuture> {
+        let under = request
+            .path
+            .strip_prefix(&self.0.prefix)
+            .is_some_and(|r| r.is_empty() || r.starts_with('/'));
+        if !under {
+            return None;
+        }
+        let api = self.0.clone();
+        let shard_id = shard.id();
+        Some(Box::pin(async move { api.handle(shard_id, request).await }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_and_capture() {
+        let p = Pattern::parse("/companies/{company_id}/workspaces/{workspace_id}/channels");
+        let segs: Vec<String> = ["companies", "acme", "workspaces", "w1", "channels"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let params = p.matches(&segs).expect("match");
+        assert_eq!(params["company_id"], "acme");
+        assert_eq!(params["workspace_id"], "w1");
+        assert!(p.matches(&segs[..4]).is_none());
+        let mut other = segs.clone();
+        other[0] = "company".into();
+        assert!(p.matches(&other).is_none());
+    }
+
+    #[test]
+    fn percent_decoding_is_strict() {
+        assert_eq!(percent_decode("a%20b").unwrap(), "a b");
+        assert_eq!(percent_decode("a+b").unwrap(), "a+b");
+        assert!(percent_decode("a%2").is_err());
+        assert!(percent_decode("%zz").is_err());
+        assert!(percent_decode("%ff").is_err());
+    }
+
+    #[test]
+    fn bodies_must_wrap_a_resource_object() {
+        assert_eq!(
+            resource_of(br#"{"resource":{"a":1}}"#).unwrap(),
+            json!({"a": 1})
+        );
+        for bad in [&b"nope"[..], br#"{"a":1}"#, br#"{"resource":3}"#, b"[]"] {
+            match resource_of(bad) {
+                Err(RestError::Crud(CrudError::InvalidInput(_))) => {}
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bad)),
+            }
+        }
+    }
+}

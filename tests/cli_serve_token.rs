@@ -1,0 +1,186 @@
+//! The `shardcast` command line: `token` prints a token the same configuration verifies, `serve` refuses to start
+//! without a JWT secret, and configuration precedence is file < environment < flag.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use shardcast::realtime::auth::{AccessVerifier, AuthConfig};
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("dir");
+    d
+}
+
+/// `shardcast <args>` with every SHARDCAST_* variable of the test's own environment removed, plus `env`.
+fn shardcast(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SHARDCAST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args).envs(env.iter().copied());
+    cmd
+}
+
+#[test]
+fn token_prints_a_token_the_configuration_verifies_and_env_beats_the_file() {
+    let d = dir("cli-token");
+    let cfg = d.join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[auth]\njwt_secret = \"from-the-file-0123456789abcdef\"\n",
+    )
+    .expect("write");
+    let cfg = cfg.to_str().expect("utf8");
+    let run = |env: &[(&str, &str)]| {
+        let out = shardcast(
+            &[
+                "token",
+                "--config",
+                cfg,
+                "--sub",
+                "alice",
+                "--ttl",
+                "15m",
+                "--claim",
+                r#"companies=["acme","globex"]"#,
+                "--claim",
+                "team=blue",
+            ],
+            env,
+        )
+        .output()
+        .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_owned()
+    };
+
+    let t = run(&[]);
+    let user = AccessVerifier::new(&AuthConfig::hs256("from-the-file-0123456789abcdef"))
+        .expect("verifier")
+        .verify(&t)
+        .expect("the file's secret verifies the token");
+    assert_eq!(user.id, "alice");
+    assert_eq!(user.companies, vec!["acme", "globex"]);
+    assert_eq!(user.claims["team"], "blue");
+    let iat = user.claims["iat"].as_u64().expect("iat");
+    assert_eq!(user.expires_at_s - iat, 900, "--ttl 15m");
+
+    // The environment overrides the file.
+    let t = run(&[("SHARDCAST_JWT_SECRET", "from-the-env-0123456789abcdef")]);
+    assert!(
+        AccessVerifier::new(&AuthConfig::hs256("from-the-env-0123456789abcdef"))
+            .expect("v")
+            .verify(&t)
+            .is_ok()
+    );
+    let e = AccessVerifier::new(&AuthConfig::hs256("from-the-file-0123456789abcdef"))
+        .expect("v")
+        .verify(&t);
+    assert_eq!(e.map(|_| ()).unwrap_err().to_string(), "invalid signature");
+
+    let out = shardcast(
+        &["token", "--sub", "alice", "--claim", "novalue"],
+        &[("SHARDCAST_JWT_SECRET", "s-0123456789")],
+    )
+    .output()
+    .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not of the form key=value"));
+}
+
+#[test]
+fn serve_and_token_refuse_to_run_without_a_jwt_secret_and_say_how_to_set_one() {
+    for args in [
+        &["serve", "--listen", "127.0.0.1:0"][..],
+        &["token", "--sub", "alice"][..],
+    ] {
+        let out = shardcast(args, &[]).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no JWT secret configured"), "{err}");
+        assert!(err.contains("SHARDCAST_JWT_SECRET"), "{err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+struct Running(Child, std::net::SocketAddr);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+    let mut child = shardcast(args, env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
+    let addr = line
+        .trim()
+        .strip_prefix("shardcast listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("addr");
+    Running(child, addr)
+}
+
+fn shard_count(addr: std::net::SocketAddr) -> usize {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    (0..64)
+        .take_while(|i| text.contains(&format!("shard=\"{i}\"")))
+        .count()
+}
+
+#[test]
+fn serve_configuration_precedence_is_file_then_env_then_flag() {
+    let d = dir("cli-precedence");
+    let cfg = d.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshards = 3\npin_shards = false\n[auth]\njwt_secret = \"s-0123456789abcdef\"\n[orm]\nembedded_path = \"{}\"\n",
+            d.join("db.redb").display()
+        ),
+    )
+    .expect("write");
+    let cfg = cfg.to_str().expect("utf8");
+
+    let file_only = start(&["serve", "--config", cfg], &[]);
+    assert_eq!(shard_count(file_only.1), 3, "the file's shards");
+    drop(file_only);
+    let env = start(&["serve", "--config", cfg], &[("SHARDCAST_SHARDS", "2")]);
+    assert_eq!(shard_count(env.1), 2, "the environment beats the file");
+    drop(env);
+    let flag = start(
+        &["serve", "--config", cfg, "--shards", "1"],
+        &[("SHARDCAST_SHARDS", "2")],
+    );
+    assert_eq!(shard_count(flag.1), 1, "the flag beats the environment");
+}
