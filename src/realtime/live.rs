@@ -285,8 +285,8 @@ fn execute(
             }
             Action::Disconnect => {
                 if connecting {
-                    let socket = socket.clone();
-                    glommio::spawn_local(async move { socket.disconnect() }).detach();
+                    // After the CONNECT reply and the emits queued before it: the next timer tick.
+                    socket.schedule(Duration::ZERO, Socket::disconnect);
                 } else {
                     socket.disconnect();
                 }
