@@ -232,6 +232,13 @@ fn serve_app(cfg: &Config) -> Result<(AppFactory, shardcast::orm::IoShard), (u8,
         .map_err(|e| (1, format!("shardcast: cannot start the database: {e}")))?;
     let repos = futures_lite::future::block_on(DemoRepositories::open(&orm))
         .map_err(|e| (1, format!("shardcast: cannot open the demo tables: {e}")))?;
+    tracing::info!(
+        backend = ?cfg.orm.backend,
+        embedded_path = %cfg.orm.embedded_path.display(),
+        algorithm = auth.algorithm.name(),
+        socketio_paths = ?cfg.server.socketio_paths,
+        "realtime server: REST under /api/v1, demo services channels and messages"
+    );
     let session = cfg.realtime.session.clone();
     let list_limit_max = cfg.realtime.list_limit_max;
     let factory: AppFactory = Arc::new(move |shard: &std::rc::Rc<server::ShardCtx>| {

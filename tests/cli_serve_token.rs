@@ -184,3 +184,81 @@ fn serve_configuration_precedence_is_file_then_env_then_flag() {
     );
     assert_eq!(shard_count(flag.1), 1, "the flag beats the environment");
 }
+
+#[test]
+fn rs256_keys_from_files_sign_with_token_and_verify_in_serve() {
+    let d = dir("cli-rs256");
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/realtime/testdata");
+    let cfg = d.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshards = 1\npin_shards = false\n[auth]\njwt_algorithm = \"RS256\"\n\
+             jwt_public_key_file = \"{}\"\njwt_private_key_file = \"{}\"\n[orm]\nembedded_path = \"{}\"\n",
+            data.join("rsa_public.pem").display(),
+            data.join("rsa_private.pem").display(),
+            d.join("db.redb").display()
+        ),
+    )
+    .expect("write");
+    let cfg = cfg.to_str().expect("utf8");
+    let out = shardcast(
+        &[
+            "token",
+            "--config",
+            cfg,
+            "--sub",
+            "alice",
+            "--claim",
+            r#"companies=["acme"]"#,
+        ],
+        &[],
+    )
+    .output()
+    .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+    let header = token.split('.').next().expect("header");
+    use base64::Engine;
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("base64");
+    assert!(String::from_utf8_lossy(&header).contains("\"RS256\""));
+
+    let server = start(&["serve", "--config", cfg], &[]);
+    let status_of = |token: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(server.1).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .expect("timeout");
+        let req = format!(
+            "GET /api/v1/companies/acme/workspaces/w/channels HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).expect("write");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read");
+        text
+    };
+    assert!(
+        status_of(&token).starts_with("HTTP/1.1 200 "),
+        "RS256 token accepted"
+    );
+    let hs = shardcast::realtime::auth::AccessSigner::new(&AuthConfig::hs256("s-0123456789abcdef"))
+        .expect("signer")
+        .sign("alice", 3600, &serde_json::Map::new())
+        .expect("sign");
+    let refused = status_of(&hs);
+    assert!(refused.starts_with("HTTP/1.1 401 "), "{refused}");
+    assert!(
+        refused.contains(r#"{"code":"unauthenticated","message":"invalid algorithm"}"#),
+        "{refused}"
+    );
+}
