@@ -1,0 +1,329 @@
+//! End to end through the real `shardcast serve` binary (2 shards, demo services on the embedded store) and the real
+//! socket.io-client 4.x and 2.x (`tests/interop/realtime_clients.js`, installed with `npm ci` from
+//! `tests/interop/package-lock.json` on first use): 200 clients over 10 channel rooms, REST create/update/delete of
+//! messages reach every member of the channel's room exactly once with the exact payload and nobody else; leave
+//! stops delivery; a client that reconnects and joins again receives later events.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Lines, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
+
+use common::*;
+use serde_json::{Value, json};
+use shardcast::realtime::auth::{AccessSigner, AuthConfig};
+
+const SECRET: &str = "e2e-access-secret-0123456789abcdef";
+const ROOM_SECRET: &str = "e2e-room-secret-0123456789abcdef!";
+const CHANNELS: usize = 10;
+const CLIENTS: usize = 200;
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// `npm ci` in tests/interop once (the same node_modules tests/interop.rs uses).
+fn ensure_node_modules() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        let dir = interop_dir();
+        if dir.join("node_modules/sioc4/package.json").exists()
+            && dir.join("node_modules/sioc2/package.json").exists()
+        {
+            return;
+        }
+        let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/npm-cache");
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .env("npm_config_cache", cache)
+            .current_dir(&dir)
+            .status()
+            .expect("run npm (node and npm must be installed)");
+        assert!(status.success(), "npm ci failed in {}", dir.display());
+    });
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+fn serve(name: &str) -> (Server, PathBuf) {
+    let dir = scratch(name);
+    let cfg = dir.join("shardcast.toml");
+    let text = format!(
+        "[server]\nping_interval_ms = 2000\nping_timeout_ms = 60000\n[auth]\njwt_secret = \"{SECRET}\"\n\
+         [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\n[orm]\nembedded_path = \"{}\"\n",
+        dir.join("data.redb").display()
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let srv = Server::start(&["serve", "--shards", "2", "--config", cfg.to_str().unwrap()]);
+    (srv, dir)
+}
+
+fn token(sub: &str) -> String {
+    let mut extra = serde_json::Map::new();
+    extra.insert("companies".into(), json!(["acme"]));
+    AccessSigner::new(&AuthConfig::hs256(SECRET))
+        .unwrap()
+        .sign(sub, 3600, &extra)
+        .unwrap()
+}
+
+/// One keep-alive connection: every call lands on the same shard, so the events it publishes keep their order.
+struct Rest {
+    s: TcpStream,
+    buf: Vec<u8>,
+    auth: String,
+}
+
+impl Rest {
+    fn new(addr: SocketAddr, token: &str) -> Rest {
+        Rest {
+            s: connect(addr),
+            buf: Vec::new(),
+            auth: format!("Bearer {token}"),
+        }
+    }
+    fn call(&mut self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let headers = [
+            ("Authorization", self.auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        send_request(&mut self.s, method, path, &headers, body.as_bytes());
+        self.s.flush().unwrap();
+        let r = read_response(&mut self.s, &mut self.buf).expect("a response");
+        let v = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {}", r.text()));
+        (r.status, v)
+    }
+    /// Posts a message to channel `c`; returns the created resource.
+    fn post(&mut self, c: usize, text: &str) -> Value {
+        let (status, v) = self.call(
+            "POST",
+            &format!("/api/v1/channels/c{c}/messages"),
+            Some(json!({ "resource": { "text": text } })),
+        );
+        assert_eq!(status, 201, "{v}");
+        v["resource"].clone()
+    }
+}
+
+fn room(c: usize) -> String {
+    format!("/channels/c{c}/messages")
+}
+
+fn event(action: &str, c: usize, resource: &Value) -> Value {
+    json!({
+        "action": action,
+        "room": room(c),
+        "type": "message",
+        "path": format!("/messages/{}", resource["id"].as_str().expect("id")),
+        "resource": resource,
+    })
+}
+
+/// The node process and its stdout lines.
+struct Clients {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Clients {
+    fn line(&mut self) -> String {
+        let line = self
+            .lines
+            .next()
+            .expect("node client output")
+            .expect("utf-8 line");
+        assert!(!line.starts_with("FAIL"), "{line}");
+        line
+    }
+    fn command(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").expect("write to node");
+        self.stdin.flush().unwrap();
+    }
+    /// `COLLECT marker`: the events every client received since the previous collect.
+    fn collect(&mut self, marker: &str) -> Vec<Vec<Value>> {
+        self.command(&format!("COLLECT {marker}"));
+        let mut all = vec![Vec::new(); CLIENTS];
+        loop {
+            let line = self.line();
+            if line == "COLLECTED" {
+                return all;
+            }
+            let rest = line
+                .strip_prefix("EVENTS ")
+                .unwrap_or_else(|| panic!("{line}"));
+            let (i, json) = rest.split_once(' ').unwrap();
+            all[i.parse::<usize>().unwrap()] = serde_json::from_str(json).unwrap();
+        }
+    }
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn e2e(major: &str) {
+    ensure_node_modules();
+    let (srv, dir) = serve(&format!("realtime-e2e-v{major}"));
+    let mut rest = Rest::new(srv.addr, &token("alice"));
+    for c in 0..CHANNELS {
+        let (status, v) = rest.call(
+            "POST",
+            "/api/v1/companies/acme/workspaces/w1/channels",
+            Some(json!({ "resource": { "id": format!("c{c}"), "name": format!("Channel {c}") } })),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    // Client i is user u<i> in channel c<i % 10>. With 4.x half put the token in the CONNECT auth payload and half
+    // use the `authenticate` event; 2.x clients have no CONNECT packet for the main namespace (the server connects
+    // them implicitly), so they all use `authenticate`.
+    let clients: Vec<Value> = (0..CLIENTS)
+        .map(|i| {
+            let user = format!("u{i}");
+            json!({
+                "user": user, "token": token(&user), "channel": format!("c{}", i % CHANNELS),
+                "auth": if i % 2 == 0 && major == "4" { "connect" } else { "event" },
+            })
+        })
+        .collect();
+    let config = dir.join("clients.json");
+    std::fs::write(
+        &config,
+        json!({ "url": srv.url(), "clients": clients }).to_string(),
+    )
+    .unwrap();
+    let mut child = Command::new("node")
+        .arg(interop_dir().join("realtime_clients.js"))
+        .arg(major)
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node");
+    let stdin = child.stdin.take().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut node = Clients {
+        child,
+        stdin,
+        lines,
+    };
+    let mut shard = vec![0usize; CLIENTS];
+    loop {
+        let line = node.line();
+        if line == "READY" {
+            break;
+        }
+        let mut parts = line.split(' ').skip(1);
+        let i: usize = parts.next().unwrap().parse().unwrap();
+        shard[i] = parts.next().unwrap().parse().unwrap();
+    }
+    assert!(
+        shard.contains(&0) && shard.contains(&1),
+        "clients on both shards"
+    );
+
+    // Create, update, delete one message per channel, then an end marker.
+    let mut expected: Vec<Vec<Value>> = Vec::new();
+    for c in 0..CHANNELS {
+        let created = rest.post(c, &format!("hello {c}"));
+        let id = created["id"].as_str().unwrap().to_owned();
+        let (status, v) = rest.call(
+            "PATCH",
+            &format!("/api/v1/messages/{id}"),
+            Some(json!({ "resource": { "text": format!("edited {c}") } })),
+        );
+        assert_eq!(status, 200, "{v}");
+        let updated = v["resource"].clone();
+        let (status, v) = rest.call("DELETE", &format!("/api/v1/messages/{id}"), None);
+        assert_eq!((status, &v["deleted"]), (200, &json!(true)), "{v}");
+        let deleted = v["resource"].clone();
+        let end = rest.post(c, "end1");
+        expected.push(vec![
+            event("created", c, &created),
+            event("updated", c, &updated),
+            event("deleted", c, &deleted),
+            event("created", c, &end),
+        ]);
+    }
+    let got = node.collect("end1");
+    for i in 0..CLIENTS {
+        assert_eq!(got[i], expected[i % CHANNELS], "client {i}");
+    }
+
+    // In channel 0: `leaver` leaves while `witness` on the same shard stays; `back` reconnects and joins again.
+    let members: Vec<usize> = (0..CLIENTS).filter(|i| i % CHANNELS == 0).collect();
+    let (leaver, witness) = members
+        .iter()
+        .flat_map(|&a| members.iter().map(move |&b| (a, b)))
+        .find(|&(a, b)| a != b && shard[a] == shard[b])
+        .expect("two members of channel 0 on one shard");
+    let back = *members
+        .iter()
+        .find(|&&i| i != leaver && i != witness)
+        .unwrap();
+    node.command(&format!("LEAVE {leaver}"));
+    assert_eq!(
+        node.line(),
+        format!("LEFT {leaver} {}", json!({ "name": room(0) }))
+    );
+    node.command(&format!("RECONNECT {back}"));
+    assert!(node.line().starts_with(&format!("RECONNECTED {back} ")));
+    let after_leave = rest.post(0, "after leave");
+    let end2: Vec<Value> = (0..CHANNELS).map(|c| rest.post(c, "end2")).collect();
+    let got = node.collect("end2");
+    for (i, got) in got.iter().enumerate() {
+        let c = i % CHANNELS;
+        let want = if i == leaver {
+            vec![]
+        } else if c == 0 {
+            vec![
+                event("created", 0, &after_leave),
+                event("created", 0, &end2[0]),
+            ]
+        } else {
+            vec![event("created", c, &end2[c])]
+        };
+        assert_eq!(*got, want, "client {i} (leaver {leaver}, back {back})");
+    }
+
+    // The witness (same shard) got "after leave", so the leaver's shard delivered it already. The leaver joins
+    // again and receives what comes next, and only that.
+    node.command(&format!("JOIN {leaver}"));
+    assert_eq!(
+        node.line(),
+        format!("JOINED {leaver} {}", json!({ "name": room(0) }))
+    );
+    let end3: Vec<Value> = (0..CHANNELS).map(|c| rest.post(c, "end3")).collect();
+    let got = node.collect("end3");
+    for (i, got) in got.iter().enumerate() {
+        let c = i % CHANNELS;
+        assert_eq!(*got, vec![event("created", c, &end3[c])], "client {i}");
+    }
+    node.command("QUIT");
+    assert_eq!(node.line(), "PASS");
+}
+
+#[test]
+fn v4_clients_receive_exactly_their_rooms_events_on_two_shards() {
+    e2e("4");
+}
+
+#[test]
+fn v2_clients_receive_exactly_their_rooms_events_on_two_shards() {
+    e2e("2");
+}
