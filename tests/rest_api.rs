@@ -318,6 +318,18 @@ fn rest_crud_round_trip_on_the_embedded_store() {
         None,
     );
     assert_eq!(p2["resources"][0]["id"].as_str(), Some(ids[0].as_str()));
+    let (status, v) = call(
+        &server,
+        "GET",
+        &format!("{msgs}?page_token=garbage"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("invalid_input")),
+        "{v}"
+    );
 
     let item = format!("/api/v1/messages/{}", ids[0]);
     let (status, v) = call(&server, "GET", &item, Some(&alice), None);

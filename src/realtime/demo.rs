@@ -32,7 +32,8 @@ use super::crud::{
 };
 use super::rest::{Collection, RestApi};
 use crate::orm::{
-    Entity, EntitySchema, FieldType, Find, Order, Orm, OrmError, Repository, SchemaBuilder,
+    BackendError, Entity, EntitySchema, FieldType, Find, Order, Orm, OrmError, Repository,
+    SchemaBuilder,
 };
 
 /// Longest client-chosen channel id, bytes.
@@ -262,6 +263,9 @@ fn limit_of(options: &ListOptions) -> u32 {
 fn page_token_error(e: OrmError) -> CrudError {
     match e {
         OrmError::InvalidFilter { message, .. } => CrudError::InvalidInput(message),
+        OrmError::Backend(BackendError::InvalidPageToken(m)) => {
+            CrudError::InvalidInput(format!("invalid page_token: {m}"))
+        }
         other => store_error(other),
     }
 }
