@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use common::*;
 use serde_json::{Value, json};
-use shardcast::realtime::auth::{AccessSigner, AuthConfig};
+use shardcast::realtime::auth::{AccessSigner, AuthConfig, now_s};
 
 const SECRET: &str = "e2e-access-secret-0123456789abcdef";
 const ROOM_SECRET: &str = "e2e-room-secret-0123456789abcdef!";
@@ -54,12 +54,13 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn serve(name: &str) -> (Server, PathBuf) {
+/// `shardcast serve --shards 2` with its own embedded store; `realtime` is extra lines of the `[realtime]` table.
+fn serve(name: &str, realtime: &str) -> (Server, PathBuf) {
     let dir = scratch(name);
     let cfg = dir.join("shardcast.toml");
     let text = format!(
         "[server]\nping_interval_ms = 2000\nping_timeout_ms = 60000\n[auth]\njwt_secret = \"{SECRET}\"\n\
-         [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\n[orm]\nembedded_path = \"{}\"\n",
+         [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\n{realtime}\n[orm]\nembedded_path = \"{}\"\n",
         dir.join("data.redb").display()
     );
     std::fs::write(&cfg, text).expect("config");
@@ -178,7 +179,7 @@ impl Drop for Clients {
 
 fn e2e(major: &str) {
     ensure_node_modules();
-    let (srv, dir) = serve(&format!("realtime-e2e-v{major}"));
+    let (srv, dir) = serve(&format!("realtime-e2e-v{major}"), "");
     let mut rest = Rest::new(srv.addr, &token("alice"));
     for c in 0..CHANNELS {
         let (status, v) = rest.call(
@@ -326,4 +327,179 @@ fn v4_clients_receive_exactly_their_rooms_events_on_two_shards() {
 #[test]
 fn v2_clients_receive_exactly_their_rooms_events_on_two_shards() {
     e2e("2");
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+/// An HS256 token with the given claims, signed with `secret`.
+fn hs256(secret: &str, claims: &Value) -> String {
+    let msg = format!(
+        "{}.{}",
+        b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(&claims.to_string())
+    );
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap();
+    let sig =
+        jsonwebtoken::crypto::sign(msg.as_bytes(), &key, jsonwebtoken::Algorithm::HS256).unwrap();
+    format!("{msg}.{sig}")
+}
+
+/// The room token the REST API hands `user` for channel `c`'s messages room.
+fn room_token(srv: &Server, user: &str, c: usize) -> String {
+    let mut rest = Rest::new(srv.addr, &token(user));
+    let (status, v) = rest.call(
+        "GET",
+        &format!("/api/v1/channels/c{c}/messages?websockets=true"),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["websockets"][0]["room"], json!(room(c)));
+    v["websockets"][0]["token"].as_str().unwrap().to_owned()
+}
+
+/// Every refusal of the contract, with the real client: the exact events and payloads it receives.
+fn refusals(major: &str) {
+    ensure_node_modules();
+    let (srv, dir) = serve(
+        &format!("realtime-refusals-v{major}"),
+        "auth_timeout_ms = 500",
+    );
+    let mut rest = Rest::new(srv.addr, &token("alice"));
+    for c in 0..2 {
+        let (status, v) = rest.call(
+            "POST",
+            "/api/v1/companies/acme/workspaces/w1/channels",
+            Some(json!({ "resource": { "id": format!("c{c}"), "name": "x" } })),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    let now = now_s();
+    let claims = json!({ "sub": "u1", "companies": ["acme"], "exp": now + 3600 });
+    let bad_tokens = [
+        ("malformed", "not-a-jwt".to_owned(), "jwt malformed"),
+        (
+            "expired",
+            hs256(SECRET, &json!({ "sub": "u1", "exp": now - 3600 })),
+            "jwt expired",
+        ),
+        (
+            "wrongly_signed",
+            hs256("another-secret-another-secret-another", &claims),
+            "invalid signature",
+        ),
+        (
+            "alg_none",
+            format!(
+                "{}.{}.",
+                b64(r#"{"alg":"none","typ":"JWT"}"#),
+                b64(&claims.to_string())
+            ),
+            "invalid algorithm",
+        ),
+    ];
+    let refused = |err: &str| json!([["unauthorized", { "err": err }], ["disconnect", "io server disconnect"]]);
+    let u1 = token("u1");
+    let own = room_token(&srv, "u1", 0);
+    let (other_user, other_room) = (room_token(&srv, "u2", 0), room_token(&srv, "u1", 1));
+    let join = |t: &str| json!(["realtime:join", { "name": room(0), "token": t }]);
+    let join_error = |e: &str| json!(["realtime:join:error", { "name": room(0), "error": e }]);
+    let authenticate = json!(["authenticate", { "token": u1 }]);
+    // (name, case, expected events)
+    let mut cases: Vec<(String, Value, Value)> = vec![
+        (
+            "missing".into(),
+            json!({ "emits": [["authenticate", {}]], "until": "disconnect" }),
+            refused("jwt must be provided"),
+        ),
+        (
+            "join_before_authenticate".into(),
+            json!({ "emits": [join(&own)], "until": "realtime:join:error" }),
+            json!([join_error("not authenticated")]),
+        ),
+        (
+            "room_token_of_another_user".into(),
+            json!({ "emits": [authenticate, join(&other_user)], "until": "realtime:join:error" }),
+            json!([
+                ["authenticated"],
+                join_error("room token is for another user")
+            ]),
+        ),
+        (
+            "room_token_of_another_room".into(),
+            json!({ "emits": [authenticate, join(&other_room)], "until": "realtime:join:error" }),
+            json!([
+                ["authenticated"],
+                join_error("room token is for another room")
+            ]),
+        ),
+        (
+            "authentication_timeout".into(),
+            json!({ "emits": [], "until": "disconnect" }),
+            refused("authentication timeout"),
+        ),
+        (
+            "valid".into(),
+            json!({ "emits": [authenticate, join(&own)], "until": "realtime:join:success" }),
+            json!([["authenticated"], ["realtime:join:success", { "name": room(0) }]]),
+        ),
+    ];
+    for (name, t, err) in &bad_tokens {
+        cases.push((
+            format!("authenticate_{name}"),
+            json!({ "emits": [["authenticate", { "token": t }]], "until": "disconnect" }),
+            refused(err),
+        ));
+        if major == "4" {
+            cases.push((
+                format!("connect_{name}"),
+                json!({ "connect_token": t, "emits": [], "until": "disconnect" }),
+                refused(err),
+            ));
+        }
+    }
+    let list: Vec<Value> = cases
+        .iter()
+        .map(|(name, case, _)| {
+            let mut c = case.clone();
+            c["name"] = json!(name);
+            c
+        })
+        .collect();
+    let path = dir.join("cases.json");
+    std::fs::write(
+        &path,
+        json!({ "url": srv.url(), "cases": list }).to_string(),
+    )
+    .unwrap();
+    let out = Command::new("node")
+        .arg(interop_dir().join("realtime_cases.js"))
+        .arg(major)
+        .arg(&path)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run node");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"PASS"), "{text}");
+    assert_eq!(lines.len(), cases.len() + 1, "{text}");
+    for ((name, _, want), line) in cases.iter().zip(&lines) {
+        let json = line
+            .strip_prefix(&format!("CASE {name} "))
+            .unwrap_or_else(|| panic!("{line}"));
+        let got: Value = serde_json::from_str(json).unwrap();
+        assert_eq!(&got, want, "case {name}");
+    }
+}
+
+#[test]
+fn v4_refusals_carry_the_exact_events_and_payloads() {
+    refusals("4");
+}
+
+#[test]
+fn v2_refusals_carry_the_exact_events_and_payloads() {
+    refusals("2");
 }
