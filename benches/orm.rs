@@ -2,8 +2,9 @@
 //!
 //! `cargo bench --bench orm` (add `-- --quick` for fewer operations). The embedded backend always runs; MongoDB runs
 //! when `SHARDCAST_TEST_MONGO_URI` is set (e.g. after `bash tests/services/mongo.sh start && source
-//! target/services/mongo.env`). Each operation is awaited from a plain thread with `futures_lite::future::block_on`,
-//! so a figure is the full round trip: caller -> queue -> IO thread -> database -> oneshot -> caller.
+//! target/services/mongo.env`), Cassandra when `SHARDCAST_TEST_CQL_NODES` is set (`tests/services/cassandra.sh`).
+//! Each operation is awaited from a plain thread with `futures_lite::future::block_on`, so a figure is the full
+//! round trip: caller -> queue -> IO thread -> database -> oneshot -> caller.
 //!
 //! Prints one line per backend and operation: count, throughput of that sequential loop, and latency percentiles.
 
@@ -140,11 +141,23 @@ fn main() {
             backend: BackendKind::Mongo,
             mongo_uri: uri,
             mongo_database: format!("bench_{}", std::process::id()),
-            encryption_key: key,
+            encryption_key: key.clone(),
             ..OrmConfig::default()
         };
         run("mongo", mongo, n / 5);
     } else {
         println!("mongo: skipped (SHARDCAST_TEST_MONGO_URI not set)");
+    }
+    if let Ok(nodes) = std::env::var("SHARDCAST_TEST_CQL_NODES") {
+        let cql = OrmConfig {
+            backend: BackendKind::Cql,
+            cql_nodes: nodes.split(',').map(str::to_string).collect(),
+            cql_keyspace: format!("bench_{}", std::process::id()),
+            encryption_key: key,
+            ..OrmConfig::default()
+        };
+        run("cql", cql, n / 5);
+    } else {
+        println!("cql: skipped (SHARDCAST_TEST_CQL_NODES not set)");
     }
 }
