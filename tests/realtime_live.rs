@@ -153,13 +153,19 @@ impl Router for Api {
 }
 
 fn start(shards: usize) -> ServerHandle {
+    start_with(ServerConfig {
+        shards,
+        ..ServerConfig::default()
+    })
+}
+
+fn start_with(config: ServerConfig) -> ServerHandle {
     let config = ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        shards,
         pin_shards: false,
         ping_interval_ms: 60_000,
         ping_timeout_ms: 60_000,
-        ..ServerConfig::default()
+        ..config
     };
     let app: server::AppFactory = Arc::new(|shard: &Rc<ShardCtx>| {
         let session = SessionContext {
@@ -601,6 +607,58 @@ fn disconnect_leaves_every_room_and_a_newcomer_receives_each_event_once() {
     assert_eq!(newcomer.next(), resource("created", room, "t2", "2"));
     http.create("t3", room, "3");
     assert_eq!(newcomer.next(), resource("created", room, "t3", "3"));
+    srv.shutdown();
+    srv.join().unwrap();
+}
+
+/// Cross-shard queues of one message: joins flood the owner with `MemberJoined` and the members with `JoinConfirmed`,
+/// which find the queue full and wait in the per-peer backlog instead of being lost. Every join is confirmed, and an
+/// event published afterwards (one at a time) reaches every member.
+#[test]
+fn joins_are_confirmed_even_when_cross_shard_queues_are_full() {
+    let srv = start_with(ServerConfig {
+        shards: 2,
+        mesh_queue_len: 1,
+        ..ServerConfig::default()
+    });
+    let rooms: Vec<String> = (0..30).map(|i| format!("/crowded/{i}")).collect();
+    let mut clients: Vec<Client> = (0..10)
+        .map(|i| {
+            let user = format!("c{i}");
+            let mut c =
+                Client::connect(srv.local_addr, Some(json!({"token": access_token(&user)})));
+            assert_eq!(c.next(), json!(["authenticated"]));
+            c
+        })
+        .collect();
+    // Every client asks for 3 rooms at once (the rooms-per-socket limit of this app), without waiting.
+    for (i, c) in clients.iter_mut().enumerate() {
+        for room in rooms.iter().skip(i * 3).take(3) {
+            let user = format!("c{i}");
+            c.emit(
+                "realtime:join",
+                json!({"name": room, "token": room_token(&user, room)}),
+            );
+        }
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got: Vec<Value> = (0..3).map(|_| c.next()).collect();
+        got.sort_by_key(|v| v.to_string());
+        let mut want: Vec<Value> = rooms
+            .iter()
+            .skip(i * 3)
+            .take(3)
+            .map(|r| json!(["realtime:join:success", {"name": r}]))
+            .collect();
+        want.sort_by_key(|v| v.to_string());
+        assert_eq!(got, want, "client {i}");
+    }
+    let mut http = Http::new(srv.local_addr);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let room = &rooms[i * 3 + 2];
+        http.create(&format!("x{i}"), room, "x");
+        assert_eq!(c.next(), resource("created", room, &format!("x{i}"), "x"));
+    }
     srv.shutdown();
     srv.join().unwrap();
 }
