@@ -14,7 +14,9 @@
 //! channel must exist (404 `not_found` otherwise).
 //!
 //! A channel's `id` may be chosen by the client (1 to [`ID_BYTES_MAX`] of `A-Z a-z 0-9 _ -`; ids are global, a taken
-//! one is 409 `conflict`) or is a generated UUID. A message's `id` is a generated time UUID; its `user_id` is the
+//! one is 409 `conflict`; the check is a read before the write, so two concurrent creates of the same new id may both
+//! succeed, the later write winning) or is a generated UUID. Deleting a channel does not delete its messages; they
+//! become unreachable (their channel is not found). A message's `id` is a generated time UUID; its `user_id` is the
 //! caller and `created_at_ms` the server's clock. Fields of a message other than the declared ones are kept as the
 //! client sent them (at most [`MESSAGE_EXTRA_BYTES_MAX`] bytes of JSON), so clients can attach their own metadata.
 
