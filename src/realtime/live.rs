@@ -210,8 +210,10 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
     }
 }
 
-/// The auth payload as the protocol session reads it: Socket.IO v5 sends `{token}`; socket.io-client 2.x can only
-/// send a query string, which the server hands over as `{"query": "token=...&..."}`.
+/// The auth payload as the protocol session reads it: Socket.IO v5 sends `{token}`; a Socket.IO v4 (socket.io-client
+/// 2.x era) CONNECT can only carry a query string, which the server hands over as `{"query": "token=...&..."}`.
+/// socket.io-client 2.x itself sends no CONNECT for the main namespace, so its users authenticate with the
+/// `authenticate` event.
 fn auth_value(auth: Option<RawJson>) -> Option<Value> {
     let value: Value = auth?.parse().ok()?;
     if value.get("token").is_some() {
