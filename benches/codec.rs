@@ -1,6 +1,6 @@
 //! Codec benches: encode and decode per packet type, throughput in bytes of wire form.
 //!
-//! `cargo bench --bench codec -- --warm-up-time 1 --measurement-time 2`
+//! `cargo bench -p shardcast-proto --bench codec -- --warm-up-time 1 --measurement-time 2`
 
 use std::hint::black_box;
 
@@ -182,8 +182,8 @@ fn polling(c: &mut Criterion) {
     }
 }
 
-/// serde_json against simd-json for parsing a packet's data into a tree, at three sizes; decides
-/// `shardcast_proto::json::SIMD_JSON_MIN_BYTES`.
+/// serde_json against simd-json for parsing a packet's data into a typed value, at three sizes; decides which
+/// parser `RawJson::parse` uses (see the module doc of `shardcast_proto::json`).
 fn json(c: &mut Criterion) {
     let small = r#"{"name":"general","token":"eyJhbGciOiJIUzI1NiJ9.e30.abc"}"#.to_owned();
     let medium = serde_json::to_string(&vec![resource(); 3]).unwrap();
