@@ -8,8 +8,15 @@
 //! - [`crud`]: [`crud::CrudService`], the result types, [`crud::Recipients`] and the [`crud::Realtime`] wrapper.
 //! - [`bus`]: [`bus::EventBus`] and the in-memory bus for tests.
 //!
-//! **Architecture invariant:** nothing in this module knows about sockets, runtimes or databases. Services publish to
-//! an [`bus::EventBus`]; the server owns the bus's listener, the sockets and the shards.
+//! The glue to the server and the ORM:
+//! - [`live`]: the Socket.IO handlers of the wire contract on each shard, rooms across shards over the mesh, and
+//!   [`live::ShardBus`], the bus whose listener delivers `realtime:resource` to sockets.
+//! - [`rest`]: the REST API generated from registered CRUD services (room tokens in `websocket`/`websockets`).
+//! - [`demo`]: the `channels` and `messages` services shipped with `shardcast serve`, stored through the ORM.
+//!
+//! **Architecture invariant:** nothing in `auth`, `protocol`, `rooms`, `crud` and `bus` knows about sockets, runtimes
+//! or databases (`tests/layering.rs` checks it). Services publish to an [`bus::EventBus`]; the server owns the bus's
+//! listener, the sockets and the shards.
 //!
 //! # Example: a message service whose creations and deletions reach room members
 //!
