@@ -5,39 +5,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{Server, ensure_node_modules, interop_dir};
 
 /// Safety net against a hung client; never a timing assertion.
 const CLIENT_DEADLINE: Duration = Duration::from_secs(90);
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-fn ensure_node_modules() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        let dir = interop_dir();
-        if dir.join("node_modules/sioc4/package.json").exists()
-            && dir.join("node_modules/sioc2/package.json").exists()
-        {
-            return;
-        }
-        let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/npm-cache");
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .env("npm_config_cache", cache)
-            .current_dir(&dir)
-            .status()
-            .expect("run npm (node and npm must be installed)");
-        assert!(status.success(), "npm ci failed in {}", dir.display());
-    });
-}
 
 fn spawn_client(major: &str, scenario: &str, url: &str) -> Child {
     ensure_node_modules();

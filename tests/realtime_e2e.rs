@@ -10,7 +10,6 @@ use std::io::{BufRead, BufReader, Lines, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::OnceLock;
 
 use common::*;
 use serde_json::{Value, json};
@@ -20,31 +19,6 @@ const SECRET: &str = "e2e-access-secret-0123456789abcdef";
 const ROOM_SECRET: &str = "e2e-room-secret-0123456789abcdef!";
 const CHANNELS: usize = 10;
 const CLIENTS: usize = 200;
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// `npm ci` in tests/interop once (the same node_modules tests/interop.rs uses).
-fn ensure_node_modules() {
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        let dir = interop_dir();
-        if dir.join("node_modules/sioc4/package.json").exists()
-            && dir.join("node_modules/sioc2/package.json").exists()
-        {
-            return;
-        }
-        let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/npm-cache");
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .env("npm_config_cache", cache)
-            .current_dir(&dir)
-            .status()
-            .expect("run npm (node and npm must be installed)");
-        assert!(status.success(), "npm ci failed in {}", dir.display());
-    });
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))

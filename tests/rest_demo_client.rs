@@ -6,36 +6,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::{Server, request_with};
+use common::{Server, ensure_node_modules, interop_dir, request_with};
 use serde_json::{Value, json};
 use shardcast::realtime::auth::{AccessSigner, AuthConfig};
 
 const SECRET: &str = "demo-test-secret-0123456789abcdef";
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// The interop tests' node setup (`tests/interop/package.json`), installed with `npm ci` when absent.
-fn ensure_node_modules() {
-    let dir = interop_dir();
-    if dir.join("node_modules/sioc4/package.json").exists() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .env(
-            "npm_config_cache",
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/npm-cache"),
-        )
-        .current_dir(&dir)
-        .status()
-        .expect("run npm (node and npm must be installed)");
-    assert!(status.success(), "npm ci failed in {}", dir.display());
-}
 
 fn call(
     server: &Server,

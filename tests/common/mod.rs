@@ -374,3 +374,31 @@ impl Ws {
         }
     }
 }
+
+/// The node set-up of the interop tests (`tests/interop/package.json`: socket.io-client 4.x as `sioc4`, 2.x as
+/// `sioc2`).
+pub fn interop_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Installs the interop tests' npm packages with `npm ci` once per test binary when they are absent (a fresh
+/// machine), with npm's cache under `target/`.
+pub fn ensure_node_modules() {
+    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    READY.get_or_init(|| {
+        let dir = interop_dir();
+        if dir.join("node_modules/sioc4/package.json").exists()
+            && dir.join("node_modules/sioc2/package.json").exists()
+        {
+            return;
+        }
+        let cache = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/npm-cache");
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .env("npm_config_cache", cache)
+            .current_dir(&dir)
+            .status()
+            .expect("run npm (node and npm must be installed)");
+        assert!(status.success(), "npm ci failed in {}", dir.display());
+    });
+}
