@@ -16,7 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, Data, SocketRef};
+use socketioxide::extract::{AckSender, Data, SocketRef, State as SioState};
 
 /// Room tokens expire after this many seconds.
 const ROOM_TOKEN_TTL_S: u64 = 3600;
@@ -46,14 +46,27 @@ struct User(String);
 
 impl Keys {
     fn access(&self, token: &str) -> Result<AccessClaims, jsonwebtoken::errors::Error> {
-        jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &Validation::new(Algorithm::HS256))
-            .map(|d| d.claims)
+        jsonwebtoken::decode::<AccessClaims>(
+            token,
+            &self.decoding,
+            &Validation::new(Algorithm::HS256),
+        )
+        .map(|d| d.claims)
     }
 
     fn room_token(&self, sub: &str, room: &str) -> String {
-        let exp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + ROOM_TOKEN_TTL_S;
-        let claims = RoomClaims { sub: sub.to_owned(), room: room.to_owned(), exp };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).unwrap_or_default()
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            + ROOM_TOKEN_TTL_S;
+        let claims = RoomClaims {
+            sub: sub.to_owned(),
+            room: room.to_owned(),
+            exp,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .unwrap_or_default()
     }
 }
 
@@ -75,20 +88,24 @@ fn user_of(s: &SocketRef) -> Option<String> {
     s.extensions.get::<User>().map(|u| u.0)
 }
 
-fn on_connect(s: SocketRef) {
-    s.on("authenticate", |s: SocketRef, Data(args): Data<AuthenticateArgs>, socketioxide::extract::State(keys): socketioxide::extract::State<Keys>| {
-        match keys.access(&args.token) {
-            Ok(claims) => {
-                s.extensions.insert(User(claims.sub));
-                s.emit("authenticated", &()).ok();
+async fn on_connect(s: SocketRef) {
+    s.on(
+        "authenticate",
+        async |s: SocketRef, Data(args): Data<AuthenticateArgs>, SioState(keys): SioState<Keys>| {
+            match keys.access(&args.token) {
+                Ok(claims) => {
+                    s.extensions.insert(User(claims.sub));
+                    s.emit("authenticated", &()).ok();
+                }
+                Err(e) => {
+                    s.emit("unauthorized", &json!({ "err": e.to_string() }))
+                        .ok();
+                    s.disconnect().ok();
+                }
             }
-            Err(e) => {
-                s.emit("unauthorized", &json!({ "err": e.to_string() })).ok();
-                s.disconnect().ok();
-            }
-        }
-    });
-    s.on("realtime:join", |s: SocketRef, Data(args): Data<JoinArgs>, socketioxide::extract::State(keys): socketioxide::extract::State<Keys>| {
+        },
+    );
+    s.on("realtime:join", async |s: SocketRef, Data(args): Data<JoinArgs>, SioState(keys): SioState<Keys>| {
         let Some(user) = user_of(&s) else {
             s.disconnect().ok();
             return;
@@ -107,22 +124,33 @@ fn on_connect(s: SocketRef) {
             }
         }
     });
-    s.on("realtime:leave", |s: SocketRef, Data(args): Data<Value>| {
-        if user_of(&s).is_none() {
-            s.disconnect().ok();
-            return;
-        }
-        let name = args.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
-        s.leave(name.clone());
-        s.emit("realtime:leave:success", &json!({ "name": name })).ok();
-    });
-    s.on("echo", |s: SocketRef, Data(arg): Data<Value>, ack: AckSender| {
-        if user_of(&s).is_none() {
-            s.disconnect().ok();
-            return;
-        }
-        ack.send(&arg).ok();
-    });
+    s.on(
+        "realtime:leave",
+        async |s: SocketRef, Data(args): Data<Value>| {
+            if user_of(&s).is_none() {
+                s.disconnect().ok();
+                return;
+            }
+            let name = args
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            s.leave(name.clone());
+            s.emit("realtime:leave:success", &json!({ "name": name }))
+                .ok();
+        },
+    );
+    s.on(
+        "echo",
+        async |s: SocketRef, Data(arg): Data<Value>, ack: AckSender| {
+            if user_of(&s).is_none() {
+                s.disconnect().ok();
+                return;
+            }
+            ack.send(&arg).ok();
+        },
+    );
 }
 
 #[derive(Clone)]
@@ -133,11 +161,16 @@ struct AppState {
 
 fn bearer_sub(keys: &Keys, headers: &HeaderMap) -> Option<String> {
     let auth = headers.get("authorization")?.to_str().ok()?;
-    keys.access(auth.strip_prefix("Bearer ")?).ok().map(|c| c.sub)
+    keys.access(auth.strip_prefix("Bearer ")?)
+        .ok()
+        .map(|c| c.sub)
 }
 
 fn valid_channel(c: &str) -> bool {
-    !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !c.is_empty()
+        && c.len() <= 64
+        && c.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[derive(Deserialize)]
@@ -152,7 +185,11 @@ async fn list(
     headers: HeaderMap,
 ) -> Response {
     let Some(sub) = bearer_sub(&app.keys, &headers) else {
-        return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid token" }))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "invalid token" })),
+        )
+            .into_response();
     };
     if !valid_channel(&channel) {
         return (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response();
@@ -177,7 +214,11 @@ async fn create(
     Json(input): Json<CreateBody>,
 ) -> Response {
     let Some(sub) = bearer_sub(&app.keys, &headers) else {
-        return (StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid token" }))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "invalid token" })),
+        )
+            .into_response();
     };
     if !valid_channel(&channel) {
         return (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response();
@@ -194,17 +235,33 @@ async fn create(
         "path": format!("{room}/{id}"),
         "resource": resource,
     });
-    if let Err(e) = app.io.to(room.clone()).emit("realtime:resource", &event).await {
-        return (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": e.to_string() }))).into_response();
+    if let Err(e) = app
+        .io
+        .to(room.clone())
+        .emit("realtime:resource", &event)
+        .await
+    {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response();
     }
     let token = app.keys.room_token(&sub, &room);
-    (StatusCode::CREATED, Json(json!({ "resource": event["resource"], "websocket": { "room": room, "token": token } })))
+    (
+        StatusCode::CREATED,
+        Json(
+            json!({ "resource": event["resource"], "websocket": { "room": room, "token": token } }),
+        ),
+    )
         .into_response()
 }
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 #[tokio::main]
@@ -215,8 +272,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("--jwt-secret (or SHARDCAST_JWT_SECRET) is required")?;
     let socket_path = arg("--socket-path").unwrap_or_else(|| "/socket/".to_owned());
     let keys = Keys {
-        encoding: EncodingKey::from_secret(secret.as_bytes()),
-        decoding: DecodingKey::from_secret(secret.as_bytes()),
+        encoding: EncodingKey::from_secret(secret.as_bytes())?,
+        decoding: DecodingKey::from_secret(secret.as_bytes())?,
     };
     let (layer, io) = SocketIo::builder()
         .req_path(socket_path.clone())
@@ -225,7 +282,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     io.ns("/", on_connect);
 
     let app = Router::new()
-        .route("/api/v1/channels/{channel}/messages", get(list).post(create))
+        .route(
+            "/api/v1/channels/{channel}/messages",
+            get(list).post(create),
+        )
         .with_state(AppState { io, keys })
         .layer(layer);
     let listener = tokio::net::TcpListener::bind(&listen).await?;
