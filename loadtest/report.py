@@ -93,6 +93,8 @@ def table(runs):
         out.append("| server | " + " | ".join(c[0] for c in cols) + " |")
         out.append("|---" * (len(cols) + 1) + "|")
         ours = rows.get("shardcast")
+        if ours is None:
+            out.append("| shardcast | not measured yet | " + " | ".join(["-"] * (len(cols) - 1)) + " |")
         for name in ORDER + [n for n in rows if n not in ORDER]:
             r = rows.get(name)
             if r is None:
@@ -147,6 +149,9 @@ def plot(runs, path):
         ax.bar([NAMES[n] for n in names], cpu, color=[colors.get(n) for n in names])
         for i, v in enumerate(cpu):
             ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+        if "shardcast" not in rows:
+            ax.text(0.98, 0.95, "shardcast: not measured yet", transform=ax.transAxes, ha="right", va="top",
+                    fontsize=9, color=colors["shardcast"])
         ax.set_ylabel("server CPU us per delivery")
         ax.set_title(f"{sc}: server CPU per delivery (lower is better)")
         ax.tick_params(axis="x", labelsize=8)

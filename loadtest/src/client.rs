@@ -50,6 +50,8 @@ pub struct Shared {
     pub handshakes: Arc<Semaphore>,
     /// The argument sent with every echo request.
     pub echo_payload: String,
+    /// Echo requests are sent only while this is set (the measured phase).
+    pub echo_on: std::cell::Cell<bool>,
 }
 
 impl Shared {
@@ -253,7 +255,7 @@ impl Session {
     }
 
     fn echo(&mut self, out: &mut Vec<String>, shared: &Shared) {
-        if self.phase != Phase::Ready {
+        if self.phase != Phase::Ready || !shared.echo_on.get() {
             return;
         }
         let id = self.next_ack_id;

@@ -217,6 +217,7 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
         stats: std::cell::RefCell::new(Stats::new(cfg.clients, rooms)),
         handshakes: Arc::new(Semaphore::new(cfg.connect_concurrency.max(1))),
         echo_payload: serde_json::json!({ "pad": payload }).to_string(),
+        echo_on: Cell::new(false),
     });
     let phase = Rc::new(Cell::new("tokens"));
     let progress = cfg.progress.then(|| {
@@ -263,6 +264,10 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let after_connect = server_sample(&cfg);
+    shared
+        .stats
+        .borrow_mut()
+        .fail_stragglers("not ready within --setup-timeout-s");
     let connect_end_us = {
         let s = shared.stats.borrow();
         if s.ready > 0 {
@@ -314,7 +319,9 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
             } else {
                 "echo"
             });
+            shared.echo_on.set(cfg.scenario == Scenario::Echo);
             tokio::time::sleep(Duration::from_secs_f64(cfg.duration_s)).await;
+            shared.echo_on.set(false);
             if cfg.scenario == Scenario::Echo {
                 phase.set("drain");
                 let deadline = Instant::now() + Duration::from_secs_f64(cfg.drain_s);

@@ -237,6 +237,28 @@ impl Stats {
         self.note_failure(reason);
     }
 
+    /// Marks every client that is neither ready nor failed yet as failed for `reason` (a later `client_ready` is
+    /// ignored).
+    pub fn fail_stragglers(&mut self, reason: &str) {
+        let stragglers = self
+            .client_state
+            .iter()
+            .filter(|s| **s == ClientState::Idle)
+            .count() as u64;
+        if stragglers == 0 {
+            return;
+        }
+        for s in self
+            .client_state
+            .iter_mut()
+            .filter(|s| **s == ClientState::Idle)
+        {
+            *s = ClientState::Failed;
+        }
+        self.failed += stragglers;
+        *self.failures.entry(reason.to_owned()).or_insert(0) += stragglers;
+    }
+
     /// Fixes the set of clients expected to receive: those ready now. Call when publishing begins.
     pub fn freeze_membership(&mut self) {
         self.frozen = true;
@@ -371,5 +393,15 @@ mod tests {
         s.client_failed(1, "closed");
         assert_eq!((s.failed, s.lost, s.ready), (1, 1, 1));
         assert_eq!(s.failures.get("refused"), Some(&1));
+    }
+
+    #[test]
+    fn stragglers_become_failures_and_stay_so() {
+        let mut s = Stats::new(3, 1);
+        s.client_ready(0, Some(0), 5, 5);
+        s.fail_stragglers("slow");
+        s.client_ready(1, Some(0), 5, 5);
+        assert_eq!((s.ready, s.failed, s.room_members(0)), (1, 2, 1));
+        assert_eq!(s.failures.get("slow"), Some(&2));
     }
 }

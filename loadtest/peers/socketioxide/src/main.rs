@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef, State as SioState};
+use socketioxide::handler::ConnectHandler;
 
 /// Room tokens expire after this many seconds.
 const ROOM_TOKEN_TTL_S: u64 = 3600;
@@ -88,7 +89,10 @@ fn user_of(s: &SocketRef) -> Option<String> {
     s.extensions.get::<User>().map(|u| u.0)
 }
 
-async fn on_connect(s: SocketRef) {
+/// Registers the event handlers. Runs as a connect middleware: socketioxide runs middlewares before it sends the
+/// CONNECT packet and the connect handler after, so a client that emits `authenticate` as soon as it sees CONNECT
+/// would otherwise race the registration and have its event dropped.
+async fn register_handlers(s: SocketRef) -> Result<(), std::convert::Infallible> {
     s.on(
         "authenticate",
         async |s: SocketRef, Data(args): Data<AuthenticateArgs>, SioState(keys): SioState<Keys>| {
@@ -151,7 +155,10 @@ async fn on_connect(s: SocketRef) {
             ack.send(&arg).ok();
         },
     );
+    Ok(())
 }
+
+async fn on_connect(_s: SocketRef) {}
 
 #[derive(Clone)]
 struct AppState {
@@ -279,7 +286,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .req_path(socket_path.clone())
         .with_state(keys.clone())
         .build_layer();
-    io.ns("/", on_connect);
+    io.ns("/", on_connect.with(register_handlers));
 
     let app = Router::new()
         .route(
