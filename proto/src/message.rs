@@ -63,8 +63,8 @@ impl EncodedMessage {
         serde_json::to_writer(&mut buf, arg)?;
         buf.push(b']');
         // serde_json writes valid UTF-8 and so do the lines above.
-        let text = String::from_utf8(buf)
-            .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
+        let text =
+            String::from_utf8(buf).map_err(<serde_json::Error as serde::ser::Error>::custom)?;
         Ok(EncodedMessage::from_parts(text, Vec::new()))
     }
 
