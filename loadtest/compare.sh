@@ -25,9 +25,12 @@ jsonl="$RESULTS/results.jsonl"
 : >"$jsonl"
 
 # ---------------------------------------------------------------------------------------------------------------
-# >>> The shardcast command line. `shardcast serve` is being written; adjust this one line when its flags change.
-#     $PORT and $SECRET are expanded when the server starts.
-SHARDCAST_CMD='target/release/shardcast serve --listen 127.0.0.1:$PORT --jwt-secret $SECRET'
+# >>> The shardcast command line (the serve CLI is being written; adjust here when its flags change).
+#     $PORT, $SECRET and $RESULTS are expanded when the server starts. The secret goes through the environment.
+SHARDCAST_CMD='env SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast serve --listen 127.0.0.1:$PORT --db-path $RESULTS/shardcast-$PORT.db'
+# shardcast's demo services only accept a channel's messages from callers whose token names the channel's company,
+# and only for channels that exist: the load generator adds the claim and creates room-0..room-N first.
+SHARDCAST_LOADTEST_ARGS=(--claim 'companies=["loadtest"]' --create-rooms-path /companies/loadtest/workspaces/loadtest/channels)
 # ---------------------------------------------------------------------------------------------------------------
 NODE_CMD='node loadtest/peers/node/server.js --listen 127.0.0.1:$PORT --jwt-secret $SECRET'
 SIOXIDE_CMD='target/peers/socketioxide/release/shardcast-peer-socketioxide --listen 127.0.0.1:$PORT --jwt-secret $SECRET'
@@ -97,10 +100,12 @@ for scenario in "${scenarios[@]}"; do
       continue
     fi
     log "$scenario against $s (pid $server_pid)"
+    server_args=()
+    [ "$s" = shardcast ] && server_args=("${SHARDCAST_LOADTEST_ARGS[@]}")
     # shellcheck disable=SC2086
     if ! SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast-loadtest "$scenario" \
         --url "http://127.0.0.1:$port" --server-pid "$server_pid" --label "$s" --json-out "$jsonl" \
-        ${LOADTEST_ARGS:-} ${!extra_var:-}; then
+        "${server_args[@]}" ${LOADTEST_ARGS:-} ${!extra_var:-}; then
       echo "{\"scenario\":\"$scenario\",\"server\":\"$s\",\"error\":\"load test failed\"}" >>"$jsonl"
     fi
     stop_server

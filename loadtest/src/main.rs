@@ -27,6 +27,14 @@ struct Args {
     /// The HS256 secret the server verifies access tokens with.
     #[arg(long, env = "SHARDCAST_JWT_SECRET", hide_env_values = true)]
     jwt_secret: String,
+    /// Extra access-token claim `key=value` (repeat); the value is JSON when it parses, else a string
+    /// (e.g. `--claim companies='["loadtest"]'` for shardcast's demo services).
+    #[arg(long = "claim")]
+    claims: Vec<String>,
+    /// Create each room's channel first: `POST /api/v1<PATH>` with `{"resource": {"id": "room-N", "name": "room-N"}}`
+    /// (e.g. `/companies/loadtest/workspaces/loadtest/channels` for shardcast's demo services).
+    #[arg(long)]
+    create_rooms_path: Option<String>,
     /// The server's PID, to measure its CPU time and RSS.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -98,6 +106,19 @@ fn parse_url(url: &str) -> Result<(String, u16), String> {
     Ok((host.trim_matches(['[', ']']).to_owned(), port))
 }
 
+fn parse_claims(args: &[String]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let mut map = serde_json::Map::new();
+    for a in args {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| format!("--claim {a}: expected key=value"))?;
+        let value =
+            serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_owned()));
+        map.insert(k.to_owned(), value);
+    }
+    Ok(map)
+}
+
 fn main() {
     let args = Args::parse();
     match run(args) {
@@ -120,6 +141,8 @@ fn run(args: Args) -> Result<(), String> {
         socket_path: args.socket_path,
         collection: args.collection,
         jwt_secret: args.jwt_secret,
+        claims: parse_claims(&args.claims)?,
+        create_rooms_path: args.create_rooms_path,
         server_pid: args.server_pid,
         clients: args.clients.unwrap_or(args.scenario.default_clients()),
         rooms: args.rooms,

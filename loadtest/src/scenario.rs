@@ -76,6 +76,11 @@ pub struct Config {
     pub collection: String,
     /// HS256 secret of access tokens.
     pub jwt_secret: String,
+    /// Extra claims put into every access token (e.g. `companies` for shardcast's demo services).
+    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// If set, each room's channel is created first with `POST /api/v1<path>` and
+    /// `{"resource": {"id": <channel>, "name": <channel>}}` (2xx or 409 accepted).
+    pub create_rooms_path: Option<String>,
     /// Server PID for CPU and RSS.
     pub server_pid: Option<u32>,
     /// Clients.
@@ -132,6 +137,8 @@ struct AccessClaims<'a> {
     sub: &'a str,
     exp: u64,
     iat: u64,
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 /// The HS256 signing key for `secret` (which must not be empty).
@@ -141,7 +148,11 @@ pub fn signing_key(secret: &str) -> Result<jsonwebtoken::EncodingKey, String> {
 }
 
 /// An HS256 access token `{sub, iat, exp}` valid for an hour.
-pub fn access_token(key: &jsonwebtoken::EncodingKey, sub: &str) -> String {
+pub fn access_token(
+    key: &jsonwebtoken::EncodingKey,
+    sub: &str,
+    extra: &serde_json::Map<String, serde_json::Value>,
+) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -150,6 +161,7 @@ pub fn access_token(key: &jsonwebtoken::EncodingKey, sub: &str) -> String {
         sub,
         exp: now + 3600,
         iat: now,
+        extra,
     };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -233,13 +245,18 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
     for i in 0..cfg.clients {
         specs.push(ClientSpec {
             id: i as u32,
-            access_token: access_token(&key, &format!("user-{i}")),
+            access_token: access_token(&key, &format!("user-{i}"), &cfg.claims),
             room: None,
             polling: polling > 0
                 && (i * polling) / cfg.clients != ((i + 1) * polling) / cfg.clients,
             echo_every: (cfg.scenario == Scenario::Echo && cfg.echo_rate_per_s > 0.0)
                 .then(|| Duration::from_secs_f64(1.0 / cfg.echo_rate_per_s)),
         });
+    }
+    if let Some(path) = &cfg.create_rooms_path
+        && cfg.scenario.joins_rooms()
+    {
+        create_rooms(&cfg, path, rooms, &key).await?;
     }
     if cfg.scenario.joins_rooms() {
         fetch_room_tokens(&cfg, rooms, &mut specs).await?;
@@ -372,6 +389,40 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
     Ok(summary)
 }
 
+async fn create_rooms(
+    cfg: &Config,
+    path: &str,
+    rooms: usize,
+    key: &jsonwebtoken::EncodingKey,
+) -> Result<(), String> {
+    let mut conn = HttpConn::new(cfg.addr, &cfg.host, None);
+    let auth = format!(
+        "Bearer {}",
+        access_token(key, "loadtest-admin", &cfg.claims)
+    );
+    let url = format!("/api/v1{path}");
+    for r in 0..rooms {
+        let name = channel_name(r);
+        let body = serde_json::json!({ "resource": { "id": name, "name": name } }).to_string();
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let resp = conn
+            .request("POST", &url, &headers, body.as_bytes())
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        if !(200..300).contains(&resp.status) && resp.status != 409 {
+            return Err(format!(
+                "POST {url} ({name}): status {} ({})",
+                resp.status,
+                String::from_utf8_lossy(&resp.body[..resp.body.len().min(200)])
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// (room name, room token) per client, filled by the token workers.
 type TokenSlots = Rc<std::cell::RefCell<Vec<Option<(String, String)>>>>;
 
@@ -454,7 +505,10 @@ async fn publish(cfg: &Config, shared: &Rc<Shared>, rooms: usize, key: &jsonwebt
     let deadline = Instant::now() + Duration::from_secs_f64(cfg.duration_s);
     let workers = cfg.publishers.max(1);
     let pad: Rc<str> = "x".repeat(cfg.payload_bytes).into();
-    let access = Rc::new(format!("Bearer {}", access_token(key, "publisher")));
+    let access = Rc::new(format!(
+        "Bearer {}",
+        access_token(key, "publisher", &cfg.claims)
+    ));
     let mut handles = Vec::new();
     for w in 0..workers {
         let (shared, cfg, pad, access) = (

@@ -23,6 +23,9 @@ const MISROUTE_ONE: u64 = 6;
 struct FakeState {
     rooms: HashMap<String, Vec<mpsc::UnboundedSender<String>>>,
     publishes: u64,
+    /// Channels created through `POST /api/v1/companies/acme/workspaces/w/channels`; once there is one, like
+    /// shardcast's demo services, messages of other channels are 404.
+    created: Vec<String>,
 }
 
 type State = Rc<RefCell<FakeState>>;
@@ -95,6 +98,13 @@ async fn connection(mut stream: TcpStream, state: State) {
             return;
         }
         let path = target.split('?').next().unwrap_or_default();
+        if path == "/api/v1/companies/acme/workspaces/w/channels" {
+            let input: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let id = input["resource"]["id"].as_str().unwrap().to_owned();
+            state.borrow_mut().created.push(id);
+            respond(&mut stream, "201 Created", "{}").await;
+            continue;
+        }
         let Some(channel) = path
             .strip_prefix("/api/v1/channels/")
             .and_then(|p| p.strip_suffix("/messages"))
@@ -103,6 +113,14 @@ async fn connection(mut stream: TcpStream, state: State) {
             continue;
         };
         let room = format!("/channels/{channel}/messages");
+        let missing = {
+            let st = state.borrow();
+            !st.created.is_empty() && !st.created.iter().any(|c| c == channel)
+        };
+        if missing {
+            respond(&mut stream, "404 Not Found", "{}").await;
+            continue;
+        }
         if head.starts_with("GET ") {
             let token = format!("room:{room}");
             let body = serde_json::json!({"resources": [], "websockets": [{"room": room, "token": token}]});
@@ -168,7 +186,21 @@ async fn websocket(stream: TcpStream, mut buf: Vec<u8>, state: State) {
             if text == "40" {
                 let _ = tx.send(r#"40{"sid":"s"}"#.to_owned());
             } else if let Some(rest) = text.strip_prefix("42[\"authenticate\",") {
-                assert!(rest.contains("token"));
+                let arg: serde_json::Value =
+                    serde_json::from_str(rest.strip_suffix(']').unwrap()).unwrap();
+                let payload = arg["token"].as_str().unwrap().split('.').nth(1).unwrap();
+                use base64::Engine as _;
+                let claims: serde_json::Value = serde_json::from_slice(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(payload)
+                        .unwrap(),
+                )
+                .unwrap();
+                assert!(claims["sub"].as_str().unwrap().starts_with("user-"));
+                assert!(claims["exp"].as_u64().is_some());
+                if !state.borrow().created.is_empty() {
+                    assert_eq!(claims["companies"], serde_json::json!(["acme"]));
+                }
                 let _ = tx.send(r#"42["authenticated"]"#.to_owned());
             } else if let Some(rest) = text.strip_prefix("42[\"realtime:join\",") {
                 let arg: serde_json::Value =
@@ -210,6 +242,8 @@ fn config(addr: SocketAddr, scenario: Scenario, clients: usize, rooms: usize) ->
         socket_path: "/socket/".to_owned(),
         collection: "/channels/{room}/messages".to_owned(),
         jwt_secret: "test-secret".to_owned(),
+        claims: serde_json::Map::new(),
+        create_rooms_path: None,
         server_pid: Some(std::process::id()),
         clients,
         rooms,
@@ -267,6 +301,19 @@ fn fanout_counts_exactly_the_faults_the_server_made() {
     let json: serde_json::Value = serde_json::from_str(&s.json_line()).unwrap();
     assert_eq!(json["missed"], 1);
     assert_eq!(json["scenario"], "fanout");
+}
+
+#[test]
+fn rooms_are_created_first_and_tokens_carry_the_extra_claims() {
+    let addr = start_fake_server();
+    let mut cfg = config(addr, Scenario::Fanout, 6, 3);
+    cfg.claims
+        .insert("companies".to_owned(), serde_json::json!(["acme"]));
+    cfg.create_rooms_path = Some("/companies/acme/workspaces/w/channels".to_owned());
+    let s = run(cfg);
+    assert_eq!((s.clients_ready, s.clients_failed), (6, 0));
+    assert_eq!(s.deliveries_expected, s.publishes_ok * 2);
+    assert_eq!(s.missed, 1);
 }
 
 #[test]
