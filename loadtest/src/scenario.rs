@@ -380,9 +380,14 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
             (s.acks_received > 0).then(|| cpu_us as f64 / s.acks_received as f64);
     }
     if cfg.scenario == Scenario::Connect {
+        // The measured phase of `connect` is the connecting itself.
         summary.server_cpu_s = summary
             .server_connect_cpu_us_per_connection
             .map(|per| per * s.ready as f64 / 1e6);
+        summary.server_cpu_pct_one_core = match (summary.server_cpu_s, summary.connect_s) {
+            (Some(cpu), Some(t)) if t > 0.0 => Some(cpu / t * 100.0),
+            _ => None,
+        };
     }
     summary.loadtest_cpu_s = (procstat::self_cpu_us().saturating_sub(self_cpu0)) as f64 / 1e6;
     summary.wall_s = start.elapsed().as_secs_f64();
