@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Runs the same load-test scenarios against shardcast, socket.io 4.8 (Node) and socketioxide 0.18, one server at a
+# time on this machine, and prints one comparison table per scenario; writes a PNG plot.
+#
+#   bash loadtest/compare.sh [scenario...]          # default: fanout hotroom connect idle echo
+#
+# Environment:
+#   SERVERS="shardcast node socketioxide"   which servers, in this order
+#   LOADTEST_ARGS="--clients 1000"          extra shardcast-loadtest options for every run
+#   LOADTEST_ARGS_FANOUT=... (_HOTROOM, _CONNECT, _IDLE, _ECHO)   extra options for one scenario
+#   RESULTS=target/loadtest/<timestamp>     where the JSON lines, server logs and plot go
+#
+# Everything listens on 127.0.0.1 only; each server is stopped (by its PID) before the next one starts.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+SECRET=${SHARDCAST_JWT_SECRET:-shardcast-loadtest-secret-0123456789abcdef}
+SERVERS=${SERVERS:-"shardcast node socketioxide"}
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout hotroom connect idle echo)
+RESULTS=${RESULTS:-target/loadtest/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$RESULTS"
+jsonl="$RESULTS/results.jsonl"
+: >"$jsonl"
+
+# ---------------------------------------------------------------------------------------------------------------
+# >>> The shardcast command line (the serve CLI is being written; adjust here when its flags change).
+#     $PORT, $SECRET and $RESULTS are expanded when the server starts. The secret goes through the environment.
+SHARDCAST_CMD='env SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast serve --listen 127.0.0.1:$PORT --db-path $RESULTS/shardcast-$PORT.db'
+# shardcast's demo services only accept a channel's messages from callers whose token names the channel's company,
+# and only for channels that exist: the load generator adds the claim and creates room-0..room-N first.
+SHARDCAST_LOADTEST_ARGS=(--claim 'companies=["loadtest"]' --create-rooms-path /companies/loadtest/workspaces/loadtest/channels)
+# ---------------------------------------------------------------------------------------------------------------
+NODE_CMD='node loadtest/peers/node/server.js --listen 127.0.0.1:$PORT --jwt-secret $SECRET'
+SIOXIDE_CMD='target/peers/socketioxide/release/shardcast-peer-socketioxide --listen 127.0.0.1:$PORT --jwt-secret $SECRET'
+
+log() { printf '[compare %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+log "building (release): shardcast, shardcast-loadtest"
+cargo build --release -q -p shardcast-loadtest
+for s in $SERVERS; do
+  case $s in
+    shardcast) cargo build --release -q -p shardcast --bin shardcast || log "shardcast failed to build" ;;
+    node)
+      if [ ! -d loadtest/peers/node/node_modules ] || [ loadtest/peers/node/package-lock.json -nt loadtest/peers/node/node_modules ]; then
+        log "installing the Node peer's packages (npm ci)"
+        (cd loadtest/peers/node && npm ci --no-audit --no-fund --loglevel=error)
+      fi ;;
+    socketioxide)
+      log "building the socketioxide peer (release, own workspace)"
+      CARGO_TARGET_DIR="$root/target/peers/socketioxide" cargo build --release -q \
+        --manifest-path loadtest/peers/socketioxide/Cargo.toml ;;
+    *) log "unknown server $s"; exit 2 ;;
+  esac
+done
+
+server_pid=""
+stop_server() {
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill "$server_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  server_pid=""
+}
+trap stop_server EXIT
+
+start_server() { # name port -> sets server_pid; returns 1 if it does not listen within 20 s
+  local name=$1 PORT=$2 cmd
+  case $name in
+    shardcast) cmd=$SHARDCAST_CMD ;;
+    node) cmd=$NODE_CMD ;;
+    socketioxide) cmd=$SIOXIDE_CMD ;;
+  esac
+  cmd=$(PORT=$PORT SECRET=$SECRET eval "echo \"$cmd\"")
+  log "starting $name: ${cmd//$SECRET/<secret>}"
+  # exec: the PID is the server's own, so its /proc entry is what gets measured.
+  bash -c "exec $cmd" >>"$RESULTS/$name.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 200); do
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      log "$name exited during start-up; see $RESULTS/$name.log"; server_pid=""; return 1
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  log "$name is not listening on $PORT after 20 s"; stop_server; return 1
+}
+
+port=3100
+for scenario in "${scenarios[@]}"; do
+  upper=$(echo "$scenario" | tr '[:lower:]' '[:upper:]')
+  extra_var="LOADTEST_ARGS_$upper"
+  for s in $SERVERS; do
+    port=$((port + 1))
+    if ! start_server "$s" "$port"; then
+      echo "{\"scenario\":\"$scenario\",\"server\":\"$s\",\"error\":\"server did not start\"}" >>"$jsonl"
+      continue
+    fi
+    log "$scenario against $s (pid $server_pid)"
+    server_args=()
+    [ "$s" = shardcast ] && server_args=("${SHARDCAST_LOADTEST_ARGS[@]}")
+    # shellcheck disable=SC2086
+    if ! SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast-loadtest "$scenario" \
+        --url "http://127.0.0.1:$port" --server-pid "$server_pid" --label "$s" --json-out "$jsonl" \
+        "${server_args[@]}" ${LOADTEST_ARGS:-} ${!extra_var:-}; then
+      echo "{\"scenario\":\"$scenario\",\"server\":\"$s\",\"error\":\"load test failed\"}" >>"$jsonl"
+    fi
+    stop_server
+  done
+done
+
+# The table needs only python3; the plot needs matplotlib, installed once into a venv under target/.
+venv=target/loadtest/venv
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+  log "installing matplotlib into $venv (once)"
+  python3 -m venv "$venv" && "$venv/bin/pip" install -q matplotlib || log "matplotlib unavailable: no plot"
+fi
+py=python3
+[ -x "$venv/bin/python" ] && py="$venv/bin/python"
+"$py" loadtest/report.py "$jsonl" --plot "$RESULTS/compare.png" | tee "$RESULTS/table.md"
+log "results: $RESULTS (results.jsonl, table.md, compare.png, server logs)"

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Comparison table (markdown, stdout) and plot (PNG) from the JSON lines of shardcast-loadtest runs.
+
+    python3 loadtest/report.py results.jsonl [--plot compare.png]
+
+The table needs only the standard library; the plot needs matplotlib (compare.sh installs it into a venv under
+target/). Ratios are "peer / shardcast" for costs (CPU per delivery, latency, RSS: >1 means shardcast is cheaper)
+and "shardcast / peer" for rates, so >1 always means shardcast is better.
+"""
+import argparse
+import json
+import sys
+
+ORDER = ["shardcast", "node", "socketioxide"]
+NAMES = {"node": "socket.io 4.8 (Node)", "socketioxide": "socketioxide 0.18", "shardcast": "shardcast"}
+
+
+def load(path):
+    runs = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                runs.append(json.loads(line))
+    return runs
+
+
+def fmt(v, digits=1):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}"
+
+
+def ratio(ours, theirs, higher_is_better):
+    if ours in (None, 0) or theirs in (None, 0):
+        return "-"
+    r = ours / theirs if higher_is_better else theirs / ours
+    return f"{r:.2f}x"
+
+
+# (column title, getter, digits, higher is better)
+COLUMNS = {
+    "fanout": [
+        ("deliveries/s", lambda r: r.get("deliveries_per_s"), 0, True),
+        ("CPU us/delivery", lambda r: r.get("server_cpu_us_per_delivery"), 2, False),
+        ("p50 us", lambda r: r["latency_us"]["p50"], 0, False),
+        ("p99 us", lambda r: r["latency_us"]["p99"], 0, False),
+        ("p999 us", lambda r: r["latency_us"]["p999"], 0, False),
+        ("RSS/conn B", lambda r: r.get("server_rss_per_connection_bytes"), 0, False),
+        ("missed", lambda r: r.get("missed"), 0, None),
+        ("dup", lambda r: r.get("duplicated"), 0, None),
+    ],
+    "hotroom": None,  # same as fanout
+    "connect": [
+        ("connections/s", lambda r: r.get("connections_per_s"), 0, True),
+        ("connect s", lambda r: r.get("connect_s"), 2, False),
+        ("CPU us/connection", lambda r: r.get("server_connect_cpu_us_per_connection"), 1, False),
+        ("p99 connect us", lambda r: (r.get("connect_latency_us") or {}).get("p99"), 0, False),
+        ("ready", lambda r: r.get("clients_ready"), 0, None),
+        ("failed", lambda r: r.get("clients_failed"), 0, None),
+    ],
+    "idle": [
+        ("RSS/conn B", lambda r: r.get("server_rss_per_connection_bytes"), 0, False),
+        ("CPU % one core", lambda r: r.get("server_cpu_pct_one_core"), 2, False),
+        ("ready", lambda r: r.get("clients_ready"), 0, None),
+        ("lost", lambda r: r.get("clients_lost"), 0, None),
+    ],
+    "echo": [
+        ("acks/s", lambda r: (r.get("acks_received") or 0) / r["measured_s"] if r.get("measured_s") else None, 0, True),
+        ("CPU us/ack", lambda r: r.get("server_cpu_us_per_ack"), 2, False),
+        ("rtt p50 us", lambda r: r["ack_rtt_us"]["p50"], 0, False),
+        ("rtt p99 us", lambda r: r["ack_rtt_us"]["p99"], 0, False),
+        ("rtt p999 us", lambda r: r["ack_rtt_us"]["p999"], 0, False),
+        ("lost acks", lambda r: r.get("acks_sent", 0) - r.get("acks_received", 0), 0, None),
+    ],
+}
+COLUMNS["hotroom"] = COLUMNS["fanout"]
+
+
+def table(runs):
+    out = []
+    scenarios = []
+    for r in runs:
+        if r["scenario"] not in scenarios:
+            scenarios.append(r["scenario"])
+    for sc in scenarios:
+        rows = {r["server"]: r for r in runs if r["scenario"] == sc}
+        cols = COLUMNS[sc]
+        clients = next((r.get("clients") for r in rows.values() if "clients" in r), "?")
+        out.append(f"\n### {sc} ({clients} clients)\n")
+        out.append("| server | " + " | ".join(c[0] for c in cols) + " |")
+        out.append("|---" * (len(cols) + 1) + "|")
+        ours = rows.get("shardcast")
+        if ours is None:
+            out.append("| shardcast | not measured yet | " + " | ".join(["-"] * (len(cols) - 1)) + " |")
+        for name in ORDER + [n for n in rows if n not in ORDER]:
+            r = rows.get(name)
+            if r is None:
+                continue
+            if "error" in r:
+                out.append(f"| {NAMES.get(name, name)} | " + " | ".join(["not measured: " + r["error"]] + ["-"] * (len(cols) - 1)) + " |")
+                continue
+            cells = [fmt(get(r), d) for (_, get, d, _) in cols]
+            out.append(f"| {NAMES.get(name, name)} | " + " | ".join(cells) + " |")
+        if ours is not None and "error" not in ours:
+            for name in ORDER[1:]:
+                r = rows.get(name)
+                if r is None or "error" in r:
+                    continue
+                cells = [ratio(get(ours), get(r), hib) if hib is not None else "" for (_, get, _, hib) in cols]
+                out.append(f"| shardcast vs {NAMES[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def plot(runs, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not available: no plot)", file=sys.stderr)
+        return
+    measured = [r for r in runs if "error" not in r and r["scenario"] in ("fanout", "hotroom")]
+    if not measured:
+        print("(no fanout/hotroom results: no plot)", file=sys.stderr)
+        return
+    scenarios = [s for s in ("fanout", "hotroom") if any(r["scenario"] == s for r in measured)]
+    fig, axes = plt.subplots(len(scenarios), 2, figsize=(11, 3.6 * len(scenarios)), squeeze=False)
+    colors = {"shardcast": "#d62728", "node": "#2ca02c", "socketioxide": "#1f77b4"}
+    for row, sc in enumerate(scenarios):
+        rows = {r["server"]: r for r in measured if r["scenario"] == sc}
+        names = [n for n in ORDER if n in rows]
+        ax = axes[row][0]
+        qs = ["p50", "p99", "p999", "max"]
+        width = 0.8 / max(len(names), 1)
+        for i, n in enumerate(names):
+            vals = [max(rows[n]["latency_us"][q], 1) / 1000 for q in qs]
+            ax.bar([x + i * width for x in range(len(qs))], vals, width, label=NAMES[n], color=colors.get(n))
+        ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(qs))], qs)
+        ax.set_yscale("log")
+        ax.set_ylabel("publish -> delivery latency (ms, log)")
+        ax.set_title(f"{sc}: latency percentiles ({rows[names[0]]['clients']} clients)")
+        ax.legend(fontsize=8)
+        ax = axes[row][1]
+        cpu = [rows[n].get("server_cpu_us_per_delivery") or 0 for n in names]
+        ax.bar([NAMES[n] for n in names], cpu, color=[colors.get(n) for n in names])
+        for i, v in enumerate(cpu):
+            ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+        if "shardcast" not in rows:
+            ax.text(0.98, 0.95, "shardcast: not measured yet", transform=ax.transAxes, ha="right", va="top",
+                    fontsize=9, color=colors["shardcast"])
+        ax.set_ylabel("server CPU us per delivery")
+        ax.set_title(f"{sc}: server CPU per delivery (lower is better)")
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"(plot written to {path})", file=sys.stderr)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("jsonl")
+    p.add_argument("--plot")
+    a = p.parse_args()
+    runs = load(a.jsonl)
+    print(table(runs))
+    if a.plot:
+        plot(runs, a.plot)
+
+
+if __name__ == "__main__":
+    main()
