@@ -25,7 +25,7 @@ jsonl="$RESULTS/results.jsonl"
 : >"$jsonl"
 
 # ---------------------------------------------------------------------------------------------------------------
-# >>> The shardcast command line (the serve CLI is being written; adjust here when its flags change).
+# >>> The shardcast command line (`shardcast serve`; adjust here when its flags change).
 #     $PORT, $SECRET and $RESULTS are expanded when the server starts. The secret goes through the environment.
 SHARDCAST_CMD='env SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast serve --listen 127.0.0.1:$PORT --db-path $RESULTS/shardcast-$PORT.db'
 # shardcast's demo services only accept a channel's messages from callers whose token names the channel's company,
