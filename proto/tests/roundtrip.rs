@@ -1,6 +1,10 @@
 //! Property tests: arbitrary packets of every kind, both revisions, encode then decode to themselves.
 
+mod common;
+
 use std::borrow::Cow;
+
+use common::frames;
 
 use proptest::prelude::*;
 use shardcast_proto::engine::{self, Packet as E};
@@ -120,25 +124,6 @@ fn sio_packet(version: SioVersion) -> impl Strategy<Value = (S, Option<Vec<Value
         (nsp(), any::<String>())
             .prop_map(move |(nsp, msg)| (S::connect_error(version, &nsp, &msg), None)),
     ]
-}
-
-fn frames<'a>(packets: &'a [E<'a>], scratch: &'a mut Vec<String>) -> Vec<Frame<'a>> {
-    *scratch = packets
-        .iter()
-        .map(|p| {
-            let mut s = String::new();
-            p.write_text(&mut s);
-            s
-        })
-        .collect();
-    packets
-        .iter()
-        .zip(scratch.iter())
-        .map(|(p, s)| match p {
-            E::Binary(b) => Frame::Binary(b),
-            _ => Frame::Text(s),
-        })
-        .collect()
 }
 
 proptest! {

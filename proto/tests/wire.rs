@@ -2,7 +2,11 @@
 //! v4/v5 protocol documents and conformance suites, and the malformed inputs those suites send, each mapped to its
 //! precise error.
 
+mod common;
+
 use std::borrow::Cow;
+
+use common::frames;
 
 use shardcast_proto::engine::{self, Packet as E};
 use shardcast_proto::socket::{self, Packet as S};
@@ -116,32 +120,13 @@ fn check_sio_both(wire: &str, attachments: &[&[u8]], expected: S) {
     check_sio(SioVersion::V5, wire, attachments, expected);
 }
 
-fn frames_of<'a>(packets: &'a [E<'a>], scratch: &'a mut Vec<String>) -> Vec<Frame<'a>> {
-    *scratch = packets
-        .iter()
-        .map(|p| {
-            let mut s = String::new();
-            p.write_text(&mut s);
-            s
-        })
-        .collect();
-    packets
-        .iter()
-        .zip(scratch.iter())
-        .map(|(p, s)| match p {
-            E::Binary(b) => Frame::Binary(b),
-            _ => Frame::Text(s),
-        })
-        .collect()
-}
-
 /// A polling body decodes to `packets` and `packets` encode to exactly `body`.
 fn check_payload(version: EioVersion, form: PayloadForm, body: &[u8], packets: &[E<'_>]) {
     let got = decode_payload(version, form, body, &Limits::default())
         .unwrap_or_else(|e| panic!("{body:?}: {e}"));
     assert_eq!(got, packets, "decode {body:?}");
     let mut scratch = Vec::new();
-    let frames = frames_of(packets, &mut scratch);
+    let frames = frames(packets, &mut scratch);
     let mut out = Vec::new();
     encode_payload(version, form, &frames, &mut out);
     assert_eq!(out, body, "encode {:?}", String::from_utf8_lossy(body));
