@@ -27,6 +27,10 @@ stop_services() {
 }
 trap stop_services EXIT
 
+# CI builds once from scratch: incremental artefacts would only cost disk.
+if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
+log "disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free where the target directory lives"
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
