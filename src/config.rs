@@ -77,6 +77,7 @@ options! {
     "realtime.rooms_per_socket_max", "SHARDCAST_ROOMS_PER_SOCKET_MAX", "100", "rooms one socket may be in at once";
     "realtime.room_name_bytes_max", "SHARDCAST_ROOM_NAME_BYTES_MAX", "512", "longest room name, bytes";
     "realtime.list_limit_max", "SHARDCAST_LIST_LIMIT_MAX", "1000", "largest `limit` of a REST list";
+    "realtime.echo_event", "SHARDCAST_ECHO_EVENT", "false", "answer `echo` events of authenticated sockets with an ack carrying their arguments (the loadtest's echo scenario)";
 }
 
 /// The realtime layer's settings.
@@ -267,6 +268,7 @@ impl Config {
             "realtime.room_name_bytes_max" => {
                 r.session.room_name_bytes_max = parse::<usize>(key, value)?.max(1)
             }
+            "realtime.echo_event" => r.session.echo_event = parse_bool(key, value)?,
             "realtime.list_limit_max" => r.list_limit_max = parse::<usize>(key, value)?.max(1),
             _ => return Err(ConfigError(format!("unknown option `{key}`"))),
         }

@@ -61,6 +61,9 @@ struct ServeArgs {
     /// Lifetime of room tokens handed out by the REST API (seconds).
     #[arg(long)]
     room_token_ttl_s: Option<u64>,
+    /// Answer `echo` events of authenticated sockets with an ack carrying their arguments (round-trip measurements).
+    #[arg(long)]
+    echo_event: bool,
     /// Database backend: embedded, mongo or cql.
     #[arg(long)]
     db_backend: Option<String>,
@@ -159,6 +162,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.rooms_per_socket_max {
             cfg.realtime.session.rooms_per_socket_max = v;
+        }
+        if self.echo_event {
+            cfg.realtime.session.echo_event = true;
         }
         if let Some(v) = self.room_token_ttl_s {
             cfg.realtime.room_token_ttl_s = v.max(1);

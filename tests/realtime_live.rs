@@ -174,6 +174,7 @@ fn start_with(config: ServerConfig) -> ServerHandle {
             config: SessionConfig {
                 auth_timeout_ms: AUTH_TIMEOUT_MS,
                 rooms_per_socket_max: 3,
+                echo_event: true,
                 ..SessionConfig::default()
             },
         };
@@ -372,6 +373,26 @@ fn connect_auth_payload_authenticates_in_one_round_trip() {
     c.join("u1", "/r");
     // `authenticate` afterwards (Twake clients always send it) answers `authenticated` again.
     c.authenticate("u1");
+    srv.shutdown();
+    srv.join().unwrap();
+}
+
+#[test]
+fn echo_acks_carry_the_arguments_once_authenticated() {
+    let srv = start(2);
+    let mut c = Client::connect(srv.local_addr, None);
+    c.ws.send_text(r#"427["echo",{"pad":"x"}]"#);
+    assert_eq!(
+        c.next(),
+        json!(["unauthorized", {"err": "not authenticated"}])
+    );
+    c.authenticate("u1");
+    c.ws.send_text(r#"428["echo",{"pad":"x"},2]"#);
+    assert_eq!(c.ws.recv_text_skip_ping(), r#"438[{"pad":"x"},2]"#);
+    // Without an ack id there is nothing to answer; the next answer is the next ack.
+    c.emit("echo", json!(1));
+    c.ws.send_text(r#"429["echo",3]"#);
+    assert_eq!(c.ws.recv_text_skip_ping(), "439[3]");
     srv.shutdown();
     srv.join().unwrap();
 }

@@ -58,7 +58,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::proto::{EncodedMessage, RawJson};
-use crate::server::{MeshError, ShardCtx, Socket, SocketIo, TimerHandle};
+use crate::server::{Event, MeshError, ShardCtx, Socket, SocketIo, TimerHandle};
 
 use super::bus::{BusError, EventBus, ResourceEvent};
 use super::protocol::{self, Action, ServerEvent, Session, SessionContext};
@@ -173,7 +173,7 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
     }
     {
         let weak_live = weak_live.clone();
-        ns.on_any(move |socket, event| {
+        ns.on_any(move |socket, mut event| {
             let Some(live) = weak_live.upgrade() else {
                 return;
             };
@@ -185,7 +185,7 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
                 .session
                 .borrow_mut()
                 .on_event(&live.session, &event.name, &args);
-            execute(&live, socket, &state, actions, false);
+            execute_for_event(&live, socket, &state, actions, &mut event);
         });
     }
     ns.on_disconnect(move |socket, _reason| {
@@ -241,6 +241,26 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
     execute(live, socket, &state, actions, true);
 }
 
+/// Performs the actions a client event led to; [`Action::AckWithArguments`] answers that event's ack.
+fn execute_for_event(
+    live: &Rc<LiveShard>,
+    socket: &Socket,
+    state: &Rc<LiveSocket>,
+    mut actions: Vec<Action>,
+    event: &mut Event,
+) {
+    actions.retain(|action| {
+        if *action != Action::AckWithArguments {
+            return true;
+        }
+        if let Some(ack) = event.ack.take() {
+            ack.send(event.args.clone());
+        }
+        false
+    });
+    execute(live, socket, state, actions, false);
+}
+
 /// Performs a protocol session's actions in order. `connecting`: the socket's CONNECT is still being decided, so a
 /// disconnect must wait until the CONNECT reply (and the emits queued before it) are out.
 fn execute(
@@ -284,6 +304,10 @@ fn execute(
                 if let Some(t) = state.auth_timer.borrow_mut().take() {
                     t.cancel();
                 }
+            }
+            Action::AckWithArguments => {
+                // Only a client event has an ack to answer: see execute_for_event.
+                tracing::debug!(socket = socket.id(), "no event to acknowledge");
             }
             Action::Disconnect => {
                 if connecting {

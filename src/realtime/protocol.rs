@@ -55,6 +55,8 @@ pub const LEAVE_SUCCESS: &str = "realtime:leave:success";
 pub const LEAVE_ERROR: &str = "realtime:leave:error";
 /// Server -> room members: a CRUD change.
 pub const RESOURCE: &str = "realtime:resource";
+/// Client -> server, only when [`SessionConfig::echo_event`] is on: acknowledged with its own arguments.
+pub const ECHO: &str = "echo";
 
 /// Error text for events sent before authentication.
 pub const NOT_AUTHENTICATED: &str = "not authenticated";
@@ -324,6 +326,10 @@ pub struct SessionConfig {
     pub rooms_per_socket_max: usize,
     /// Longest room name, bytes. Default [`ROOM_NAME_BYTES_MAX_DEFAULT`].
     pub room_name_bytes_max: usize,
+    /// Answer [`ECHO`] events of authenticated sockets with an ack carrying the event's own arguments
+    /// ([`Action::AckWithArguments`]). Off by default: it exists for round-trip measurements (the loadtest's echo
+    /// scenario), not for applications.
+    pub echo_event: bool,
 }
 
 impl Default for SessionConfig {
@@ -332,6 +338,7 @@ impl Default for SessionConfig {
             auth_timeout_ms: AUTH_TIMEOUT_MS_DEFAULT,
             rooms_per_socket_max: ROOMS_PER_SOCKET_MAX_DEFAULT,
             room_name_bytes_max: ROOM_NAME_BYTES_MAX_DEFAULT,
+            echo_event: false,
         }
     }
 }
@@ -365,6 +372,8 @@ pub enum Action {
     CancelAuthTimeout,
     /// Close the connection (after flushing the emits before it).
     Disconnect,
+    /// Answer the event's acknowledgement request, if it made one, with the event's own arguments.
+    AckWithArguments,
 }
 
 /// One socket's state: who it is and which rooms it is in.
@@ -448,6 +457,7 @@ impl Session {
                     })]
                 }
             },
+            ECHO if ctx.config.echo_event => vec![Action::AckWithArguments],
             _ => Vec::new(),
         }
     }
@@ -594,6 +604,31 @@ mod tests {
                 emit(ServerEvent::Unauthorized { err: err.into() }),
                 Action::Disconnect
             ]
+        );
+    }
+
+    #[test]
+    fn echo_is_acknowledged_only_when_enabled_and_authenticated() {
+        let off = ctx();
+        let mut s = authed(&off, "u1");
+        assert_eq!(s.on_event(&off, ECHO, &[json!({"pad": "x"})]), vec![]);
+
+        let on = ctx_with(SessionConfig {
+            echo_event: true,
+            ..SessionConfig::default()
+        });
+        let mut anonymous = Session::new();
+        anonymous.on_connect(&on, None);
+        assert_eq!(
+            anonymous.on_event(&on, ECHO, &[json!(1)]),
+            vec![emit(ServerEvent::Unauthorized {
+                err: NOT_AUTHENTICATED.into()
+            })]
+        );
+        let mut s = authed(&on, "u1");
+        assert_eq!(
+            s.on_event(&on, ECHO, &[json!(1)]),
+            vec![Action::AckWithArguments]
         );
     }
 

@@ -151,6 +151,9 @@ pub struct Session {
     supports_binary: bool,
     st: RefCell<SessState>,
     pub(crate) changed: super::signal::Signal,
+    /// Notified once, when the session closes. The websocket reader waits on this one rather than on `changed`:
+    /// waking it for every queued packet would cancel and resubmit its pending read each time.
+    closed_signal: super::signal::Signal,
     handler: RefCell<Option<Rc<dyn EngineHandler>>>,
 }
 
@@ -191,6 +194,7 @@ impl Session {
                 last_heard: Instant::now(),
             }),
             changed: Default::default(),
+            closed_signal: Default::default(),
             handler: RefCell::new(Some(handler)),
         });
         shard.sessions.borrow_mut().insert(sid, s.clone());
@@ -325,6 +329,7 @@ impl Session {
             h.on_close(self, &reason);
         }
         self.changed.notify();
+        self.closed_signal.notify();
     }
 
     pub(crate) fn close_for_shutdown(self: &Rc<Self>) {
@@ -344,10 +349,17 @@ impl Session {
         }
     }
 
+    /// Heartbeat timers may fire this late, so that the heartbeats of many sessions share one wake-up of the shard:
+    /// an eighth of the interval, at most 100 ms (clients allow pingInterval + pingTimeout).
+    fn heartbeat_slack(d: Duration) -> Duration {
+        (d / 8).min(Duration::from_millis(100))
+    }
+
     fn schedule_ping(self: &Rc<Self>, delay: Duration) {
         let weak = Rc::downgrade(self);
         let gen_ = self.st.borrow().heartbeat_gen;
-        self.shard.schedule(delay, move || {
+        let timers = self.shard.timers();
+        timers.schedule_coalesced(delay, Self::heartbeat_slack(delay), move || {
             let Some(s) = weak.upgrade() else { return };
             {
                 let mut st = s.st.borrow_mut();
@@ -359,7 +371,8 @@ impl Session {
             s.send_items([OutItem::text("2")]);
             let timeout = Duration::from_millis(s.shard.config().ping_timeout_ms);
             let weak = Rc::downgrade(&s);
-            s.shard.schedule(timeout, move || {
+            let timers = s.shard.timers();
+            timers.schedule_coalesced(timeout, Self::heartbeat_slack(timeout), move || {
                 let Some(s) = weak.upgrade() else { return };
                 let expired = {
                     let st = s.st.borrow();
@@ -374,7 +387,8 @@ impl Session {
 
     fn schedule_v3_check(self: &Rc<Self>, delay: Duration) {
         let weak = Rc::downgrade(self);
-        self.shard.schedule(delay, move || {
+        let timers = self.shard.timers();
+        timers.schedule_coalesced(delay, Self::heartbeat_slack(delay), move || {
             let Some(s) = weak.upgrade() else { return };
             let cfg = s.shard.config();
             let window = Duration::from_millis(cfg.ping_interval_ms + cfg.ping_timeout_ms);
@@ -913,14 +927,15 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
             let out = std::mem::take(&mut reader.io.output);
             s.push_ws_raw(&out);
         }
-        let seen = s.changed.epoch();
+        let seen = s.closed_signal.epoch();
         if s.is_closed() || done.get() {
             break;
         }
+        // Only the session's end interrupts the read: outgoing packets are the writer's business.
         let read = futures_lite::future::or(
             async { Some(conn::read_some(&stream, &mut rbuf).await) },
             async {
-                s.changed.changed(seen).await;
+                s.closed_signal.changed(seen).await;
                 None
             },
         )

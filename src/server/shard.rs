@@ -25,6 +25,10 @@ use super::signal::Signal;
 use super::socketio::{RoomRegistry, SocketIo};
 use super::timer::{TimerHandle, TimerWheel};
 
+
+/// Longest sleep of a shard's timer driver: how soon a requested shutdown is noticed by an idle shard.
+const SHUTDOWN_POLL_MS: u64 = 50;
+
 /// A message for another shard: a closure run there with that shard's context.
 pub type ShardMessage = Box<dyn FnOnce(&Rc<ShardCtx>) + Send>;
 
@@ -403,11 +407,19 @@ async fn shard_main(
         }
     });
 
-    // The ticker drives the timer wheel and watches the shutdown flag.
-    let tick = ctx.timers.tick();
+    // The driver fires the timer wheel and watches the shutdown flag. It sleeps until the earliest timer (woken
+    // early when a nearer one is scheduled), and at most SHUTDOWN_POLL_MS, so an idle shard wakes a few times a
+    // second, not once per tick.
     let mut deadline: Option<Instant> = None;
     loop {
-        glommio::timer::sleep(tick).await;
+        let poll_by = Instant::now() + Duration::from_millis(SHUTDOWN_POLL_MS);
+        let wake_at = ctx.timers.next_deadline().map_or(poll_by, |t| t.min(poll_by));
+        let rearmed = ctx.timers.rearmed();
+        futures_lite::future::or(
+            glommio::timer::sleep(wake_at.saturating_duration_since(Instant::now())),
+            rearmed,
+        )
+        .await;
         ctx.timers.advance();
         if ctx.shutdown_flag.load(Ordering::Acquire) && !ctx.is_shutting_down() {
             ctx.begin_shutdown();

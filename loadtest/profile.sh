@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Profiles shardcast under one load-test scenario with perf: starts the release server, runs the scenario against it
+# while `perf record -g` samples the server process, then prints the hottest symbols (self and children).
+#
+#   bash loadtest/profile.sh fanout --clients 2000 --duration-s 15
+#
+# Output goes to target/loadtest/profile-<scenario>-<timestamp>/ (perf.data, report.txt, the loadtest's JSON line).
+# Needs `perf` (Debian: linux-perf) and kernel.perf_event_paranoid <= 1 (or root).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+scenario=${1:?usage: loadtest/profile.sh <scenario> [loadtest options]}
+shift
+SECRET=${SHARDCAST_JWT_SECRET:-shardcast-loadtest-secret-0123456789abcdef}
+out=target/loadtest/profile-$scenario-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$out"
+port=${PORT:-3190}
+cargo build --release -q -p shardcast -p shardcast-loadtest
+
+SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast serve --listen "127.0.0.1:$port" \
+  --db-path "$out/shardcast.db" --echo-event ${SHARDCAST_ARGS:-} >"$out/server.log" 2>&1 &
+server=$!
+perf_pid=""
+cleanup() {
+  [ -n "$perf_pid" ] && kill -INT "$perf_pid" 2>/dev/null && wait "$perf_pid" 2>/dev/null
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+
+perf record -F "${PERF_FREQ:-999}" -g --call-graph "${PERF_CALLGRAPH:-dwarf,16384}" -p "$server" -o "$out/perf.data" \
+  >"$out/perf.log" 2>&1 &
+perf_pid=$!
+SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast-loadtest "$scenario" --url "http://127.0.0.1:$port" \
+  --server-pid "$server" --label shardcast --json-out "$out/result.jsonl" \
+  --claim 'companies=["loadtest"]' --create-rooms-path /companies/loadtest/workspaces/loadtest/channels "$@"
+kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+perf_pid=""
+perf report -i "$out/perf.data" --no-children --percent-limit 0.7 --stdio -g none 2>/dev/null >"$out/report.txt" || true
+perf report -i "$out/perf.data" --children --percent-limit 2 --stdio -g none 2>/dev/null >"$out/report-children.txt" || true
+echo "== self time (top) =="; grep -v '^#' "$out/report.txt" | grep -v '^$' | head -40
+echo "== with children (top) =="; grep -v '^#' "$out/report-children.txt" | grep -v '^$' | head -40
+echo "profile: $out"
