@@ -570,6 +570,14 @@ pub fn shard_state(shard: &ShardCtx) -> Option<Rc<LiveShard>> {
     shard.state::<LiveShard>()
 }
 
+/// The frame a member shard queues for one event, `42["realtime:resource",{...}]`, built from the event's
+/// [`SharedPayload`] (the arguments of [`ResourceEvent::encode_args`]). A member shard builds it once per delivery and
+/// hands the same frame to [`ShardCtx::broadcast`] for all its local members; `benches/fanout.rs` measures that path.
+/// `None` if `payload` is not a `realtime:resource` argument list.
+pub fn resource_frame(payload: &str) -> Option<EncodedMessage> {
+    frame(payload)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1107,3 +1107,101 @@ impl EngineHandler for Echo {
         self
     }
 }
+
+// ---- the websocket transport without a socket (see `super::memory`) ----
+
+/// What one pass of the websocket writer left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriterPass {
+    /// More may be queued later.
+    Open,
+    /// The session ended; this pass wrote its last bytes (if any) and nothing follows.
+    Finished,
+}
+
+impl Session {
+    /// A new Socket.IO session already on the websocket transport, without a connection: what a websocket handshake
+    /// without `sid` creates (session in the websocket phase, its open packet queued, the handler's `on_open` run).
+    pub(crate) fn open_websocket_in_memory(
+        shard: &Rc<ShardCtx>,
+        version: EioVersion,
+    ) -> Rc<Session> {
+        let handler = make_handler(shard, Endpoint::SocketIo, version);
+        let s = Session::create(shard, version, Phase::WebSocket, true, handler.clone());
+        let open = OutItem::Text(Arc::from(s.handshake(false).to_packet_text()));
+        s.send_items([open]);
+        handler.on_open(&s);
+        s
+    }
+
+    /// One websocket text message from the client, handled as the websocket reader handles it: decoded as an
+    /// Engine.IO packet and dispatched. An invalid packet closes the session (close packet, then a close frame) and
+    /// `Err` carries the reason.
+    pub(crate) fn receive_websocket_text(self: &Rc<Self>, text: &str) -> Result<(), String> {
+        let result = Packet::decode_text(text)
+            .map_err(|e| format!("invalid Engine.IO packet: {e}"))
+            .and_then(|p| self.on_packet(p));
+        self.close_on_packet_error(result)
+    }
+
+    /// One websocket binary message from the client; see [`Session::receive_websocket_text`].
+    pub(crate) fn receive_websocket_binary(self: &Rc<Self>, data: &[u8]) -> Result<(), String> {
+        let result = Packet::decode_binary(self.version, data)
+            .map_err(|e| format!("invalid Engine.IO binary packet: {e}"))
+            .and_then(|p| self.on_packet(p));
+        self.close_on_packet_error(result)
+    }
+
+    fn close_on_packet_error(self: &Rc<Self>, result: Result<(), String>) -> Result<(), String> {
+        if let Err(reason) = &result {
+            self.shard
+                .metrics()
+                .protocol_error(ProtocolErrorKind::EngineIo);
+            self.close(reason.clone().into(), CloseHow::SendClose);
+        }
+        result
+    }
+
+    /// The websocket transport ended without a close frame (end of stream): the session closes with
+    /// `transport close` and nothing more is written to it.
+    pub(crate) fn websocket_transport_closed(self: &Rc<Self>) {
+        self.close("transport close".into(), CloseHow::Abort);
+    }
+
+    /// One pass of the websocket writer task (`ws_writer`), appending to `out` the bytes it would write now:
+    /// control frames first, then one frame per queued packet, then a normal close frame if the session has
+    /// closed and the peer did not close first. A session aborted (slow reader, transport gone) writes nothing.
+    pub(crate) fn websocket_writer_pass(&self, out: &mut Vec<u8>, peer_closed: bool) -> WriterPass {
+        let start = out.len();
+        let finished;
+        {
+            let mut st = self.st.borrow_mut();
+            if st.abort {
+                return WriterPass::Finished;
+            }
+            out.append(&mut st.ws_raw);
+            if st.phase == Phase::WebSocket {
+                let n = st.queue.len();
+                for item in st.queue.drain(..) {
+                    push_item_frame(out, self.version, &item);
+                }
+                st.queued_bytes = 0;
+                if n > 0 {
+                    ShardMetrics::add(&self.shard.metrics().packets_out, n as u64);
+                }
+            }
+            finished = peer_closed || st.closed.is_some();
+            if finished && !peer_closed && st.closed.is_some() {
+                close_frame(out, CloseCode::Normal, "");
+            }
+        }
+        if out.len() > start {
+            ShardMetrics::add(&self.shard.metrics().bytes_out, (out.len() - start) as u64);
+        }
+        if finished {
+            WriterPass::Finished
+        } else {
+            WriterPass::Open
+        }
+    }
+}

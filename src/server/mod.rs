@@ -7,6 +7,7 @@
 //! - [`http`]: request parsing with limits, responses, CORS, the [`Router`] trait for REST routes.
 //! - [`ws`]: the RFC 6455 handshake and tungstenite's frame layer over in-memory buffers.
 //! - `engine`: Engine.IO v3/v4 sessions (polling, websocket, upgrade, heartbeat, queue bound).
+//! - [`memory`]: [`InMemoryConnection`], a websocket session without a network (tests, benches).
 //! - [`socketio`]: namespaces, sockets, acks, rooms, the handler API ([`SocketIo`], [`Socket`]).
 //! - [`timer`]: the per-shard timer wheel. [`metrics`]: Prometheus counters.
 //! - [`conformance`]: the app of the conformance server.
@@ -22,6 +23,7 @@ pub mod conformance;
 mod conn;
 mod engine;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod shard;
 mod signal;
@@ -32,6 +34,7 @@ pub mod ws;
 pub use config::ServerConfig;
 pub use engine::{OutItem, Session};
 pub use http::{Request, Response, ResponseFuture, Router};
+pub use memory::{InMemoryConnection, InMemoryError};
 pub use shard::{AppFactory, MeshError, ServerHandle, ShardApp, ShardCtx, ShardMessage, start};
 pub use socketio::{
     AckError, AckFuture, AckReply, AckSender, ConnectFuture, ConnectRefusal, Event, Namespace,
