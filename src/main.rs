@@ -70,6 +70,9 @@ struct ServeArgs {
     /// Embedded database file.
     #[arg(long)]
     db_path: Option<std::path::PathBuf>,
+    /// Embedded store: 0 fsyncs every write before answering; N > 0 makes writes durable together every N ms.
+    #[arg(long)]
+    db_sync_interval_ms: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -174,6 +177,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.db_path {
             cfg.orm.embedded_path = v.clone();
+        }
+        if let Some(v) = self.db_sync_interval_ms {
+            cfg.orm.embedded_sync_interval_ms = v;
         }
         Ok(cfg)
     }

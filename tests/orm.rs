@@ -10,6 +10,7 @@
 //! from a glommio executor).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1165,63 +1166,66 @@ fn repository_works_from_a_glommio_executor() {
 }
 
 const CRASH_CHILD_ENV: &str = "SHARDCAST_TEST_ORM_CRASH_CHILD_DB";
+const CRASH_CHILD_SYNC_ENV: &str = "SHARDCAST_TEST_ORM_CRASH_CHILD_SYNC_MS";
 
-/// The embedded store killed with SIGKILL during writes keeps every acknowledged write. The test runs twice: as the
-/// parent (spawns this same test in a child process with `CRASH_CHILD_ENV` set, reads its acknowledgements, kills it
-/// with SIGKILL, reopens the file and checks) and as that child (writes forever, printing `ack <n>` after each write
-/// returns).
-#[test]
-fn embedded_store_keeps_acknowledged_writes_after_sigkill() {
-    use std::io::{BufRead, Write};
-    if let Ok(path) = std::env::var(CRASH_CHILD_ENV) {
-        let config = OrmConfig {
-            embedded_path: path.into(),
-            ..test_config()
-        };
-        let (_shard, orm) = shardcast::orm::start(&config).expect("child starts");
-        let repo = block_on(Repository::<Item>::open(&orm)).expect("open");
-        let mut out = std::io::stdout().lock();
-        for n in 0.. {
-            block_on(repo.save(Item {
-                p: "crash".into(),
-                n,
-                label: Some(format!("row {n}")),
-            }))
-            .expect("save");
-            writeln!(out, "ack {n}").expect("stdout");
-            out.flush().expect("flush");
-        }
-        return;
+/// The child side of the SIGKILL tests: writes forever to the store at `path`, printing `ack <n>` after each write
+/// returns.
+fn crash_child(path: String) {
+    use std::io::Write;
+    let sync_ms = std::env::var(CRASH_CHILD_SYNC_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let config = OrmConfig {
+        embedded_path: path.into(),
+        embedded_sync_interval_ms: sync_ms,
+        ..test_config()
+    };
+    let (_shard, orm) = shardcast::orm::start(&config).expect("child starts");
+    let repo = block_on(Repository::<Item>::open(&orm)).expect("open");
+    let mut out = std::io::stdout().lock();
+    for n in 0.. {
+        block_on(repo.save(Item {
+            p: "crash".into(),
+            n,
+            label: Some(format!("row {n}")),
+        }))
+        .expect("save");
+        writeln!(out, "ack {n}").expect("stdout");
+        out.flush().expect("flush");
     }
+}
+
+/// The parent side: runs `test` (this same test binary) as a child writing to a fresh store with
+/// `embedded_sync_interval_ms = sync_ms`, reads its acknowledgements for at least `run_for`, kills it with SIGKILL,
+/// reopens the file and checks that every write acknowledged more than `may_lose` before the kill is there.
+fn crash_and_check(test: &str, sync_ms: u64, run_for: Duration, may_lose: Duration) {
+    use std::io::BufRead;
     let path = test_dir("crash").join("db.redb");
     let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "embedded_store_keeps_acknowledged_writes_after_sigkill",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CRASH_CHILD_ENV, &path)
+        .env(CRASH_CHILD_SYNC_ENV, sync_ms.to_string())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("child starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = std::io::BufReader::new(stdout).lines();
-    let mut acked = BTreeSet::new();
-    while acked.len() < 200 {
+    // (ack, when the parent read it): a write acknowledged at time t was read at t or later.
+    let mut acked: Vec<(i64, std::time::Instant)> = Vec::new();
+    let mut first: Option<std::time::Instant> = None;
+    while acked.len() < 200 || first.is_some_and(|f| f.elapsed() < run_for) {
         let line = lines.next().expect("child alive").expect("line");
         if let Some(n) = line.strip_prefix("ack ") {
-            acked.insert(n.parse::<i64>().expect("number"));
+            let now = std::time::Instant::now();
+            first.get_or_insert(now);
+            acked.push((n.parse::<i64>().expect("number"), now));
         }
     }
+    let killed_at = std::time::Instant::now();
     child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
     let _ = child.wait();
-    for line in lines.map_while(Result::ok) {
-        if let Some(n) = line.strip_prefix("ack ") {
-            acked.insert(n.parse::<i64>().expect("number"));
-        }
-    }
     let config = OrmConfig {
         embedded_path: path,
         ..test_config()
@@ -1232,12 +1236,48 @@ fn embedded_store_keeps_acknowledged_writes_after_sigkill() {
         .into_iter()
         .map(|i| (i.n, i))
         .collect();
-    for n in &acked {
+    let must_survive: Vec<i64> = acked
+        .iter()
+        .filter(|(_, t)| killed_at.duration_since(*t) > may_lose)
+        .map(|(n, _)| *n)
+        .collect();
+    assert!(!must_survive.is_empty(), "no write old enough to check");
+    for n in &must_survive {
         let item = stored
             .get(n)
             .unwrap_or_else(|| panic!("acknowledged write {n} lost ({} acked)", acked.len()));
         assert_eq!(item.label.as_deref(), Some(format!("row {n}").as_str()));
     }
+}
+
+/// The embedded store killed with SIGKILL during writes keeps every acknowledged write (fsync per write, the
+/// default). The test runs twice: as the parent ([`crash_and_check`]) and as the child ([`crash_child`]).
+#[test]
+fn embedded_store_keeps_acknowledged_writes_after_sigkill() {
+    if let Ok(path) = std::env::var(CRASH_CHILD_ENV) {
+        return crash_child(path);
+    }
+    crash_and_check(
+        "embedded_store_keeps_acknowledged_writes_after_sigkill",
+        0,
+        Duration::ZERO,
+        Duration::ZERO,
+    );
+}
+
+/// With `embedded_sync_interval_ms = 50`, a SIGKILL loses at most the writes of the last interval: every write
+/// acknowledged well before the kill (2 s leaves room for a starved sync thread on a loaded machine) survives.
+#[test]
+fn embedded_store_with_a_sync_interval_keeps_writes_older_than_the_interval_after_sigkill() {
+    if let Ok(path) = std::env::var(CRASH_CHILD_ENV) {
+        return crash_child(path);
+    }
+    crash_and_check(
+        "embedded_store_with_a_sync_interval_keeps_writes_older_than_the_interval_after_sigkill",
+        50,
+        Duration::from_secs(3),
+        Duration::from_secs(2),
+    );
 }
 
 /// A SecantusDB (or nx-27017) instance of its own, for the stop/restart test.

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `SHARDCAST_DB_BACKEND` | `backend` (`embedded`, `mongo`, `cql`) | `embedded` |
 //! | `SHARDCAST_DB_PATH` | `embedded_path` | `shardcast-data/shardcast.redb` |
+//! | `SHARDCAST_DB_SYNC_INTERVAL_MS` | `embedded_sync_interval_ms` (0: fsync every write) | 0 |
 //! | `SHARDCAST_MONGO_URI` | `mongo_uri` | `mongodb://127.0.0.1:27017` |
 //! | `SHARDCAST_MONGO_DATABASE` | `mongo_database` | `shardcast` |
 //! | `SHARDCAST_CQL_NODES` | `cql_nodes` (comma-separated `host:port`) | `127.0.0.1:9042` |
@@ -61,6 +62,9 @@ pub struct OrmConfig {
     pub backend: BackendKind,
     /// Embedded database file.
     pub embedded_path: PathBuf,
+    /// 0: every embedded write is fsync'd before it returns. N > 0: writes return before their fsync and are made
+    /// durable together at most every N ms; a crash loses at most the last N ms of writes.
+    pub embedded_sync_interval_ms: u64,
     /// MongoDB connection string.
     pub mongo_uri: String,
     /// MongoDB database.
@@ -97,6 +101,7 @@ impl Default for OrmConfig {
         Self {
             backend: BackendKind::Embedded,
             embedded_path: PathBuf::from("shardcast-data/shardcast.redb"),
+            embedded_sync_interval_ms: 0,
             mongo_uri: "mongodb://127.0.0.1:27017".into(),
             mongo_database: "shardcast".into(),
             cql_nodes: vec!["127.0.0.1:9042".into()],
@@ -121,6 +126,7 @@ impl std::fmt::Debug for OrmConfig {
         f.debug_struct("OrmConfig")
             .field("backend", &self.backend)
             .field("embedded_path", &self.embedded_path)
+            .field("embedded_sync_interval_ms", &self.embedded_sync_interval_ms)
             .field("mongo_uri", &redact_uri(&self.mongo_uri))
             .field("mongo_database", &self.mongo_database)
             .field("cql_nodes", &self.cql_nodes)
@@ -165,6 +171,9 @@ impl OrmConfig {
         }
         if let Some(v) = get("SHARDCAST_DB_PATH") {
             self.embedded_path = v.into();
+        }
+        if let Some(v) = get("SHARDCAST_DB_SYNC_INTERVAL_MS") {
+            self.embedded_sync_interval_ms = num("SHARDCAST_DB_SYNC_INTERVAL_MS", v)?;
         }
         if let Some(v) = get("SHARDCAST_MONGO_URI") {
             self.mongo_uri = v;

@@ -1027,31 +1027,12 @@ async fn ws_writer(
     let mut out: Vec<u8> = Vec::new();
     loop {
         let seen = s.changed.epoch();
-        let finished;
-        {
-            let mut st = s.st.borrow_mut();
-            if st.abort {
-                return;
-            }
-            out.append(&mut st.ws_raw);
-            // Only the transport in charge drains the queue: during an upgrade, polling still is.
-            if st.phase == Phase::WebSocket {
-                let n = st.queue.len();
-                for item in st.queue.drain(..) {
-                    push_item_frame(&mut out, s.version, &item);
-                }
-                st.queued_bytes = 0;
-                if n > 0 {
-                    ShardMetrics::add(&s.shard.metrics().packets_out, n as u64);
-                }
-            }
-            finished = done.get() || st.closed.is_some();
-            if finished && !peer_closed.get() && st.closed.is_some() {
-                close_frame(&mut out, CloseCode::Normal, "");
-            }
-        }
+        let finished = match s.websocket_writer_pass(&mut out, done.get(), peer_closed.get()) {
+            WriterPass::Aborted => return,
+            WriterPass::Finished => true,
+            WriterPass::Open => false,
+        };
         if !out.is_empty() {
-            ShardMetrics::add(&s.shard.metrics().bytes_out, out.len() as u64);
             let written = futures_lite::future::or(
                 async { Some(conn::write_all(&stream, &out).await) },
                 async {
@@ -1117,6 +1098,8 @@ pub(crate) enum WriterPass {
     Open,
     /// The session ended; this pass wrote its last bytes (if any) and nothing follows.
     Finished,
+    /// The session was aborted (slow reader, transport gone): nothing was written and nothing may be.
+    Aborted,
 }
 
 impl Session {
@@ -1168,16 +1151,21 @@ impl Session {
         self.close("transport close".into(), CloseHow::Abort);
     }
 
-    /// One pass of the websocket writer task (`ws_writer`), appending to `out` the bytes it would write now:
-    /// control frames first, then one frame per queued packet, then a normal close frame if the session has
-    /// closed and the peer did not close first. A session aborted (slow reader, transport gone) writes nothing.
-    pub(crate) fn websocket_writer_pass(&self, out: &mut Vec<u8>, peer_closed: bool) -> WriterPass {
+    /// One pass of the websocket writer (`ws_writer`, and in-memory connections), appending to `out` the bytes
+    /// to write now: control frames first, then one frame per queued packet, then a normal close frame if the
+    /// session has closed and the peer did not close first. `done`: the transport's reader has ended.
+    pub(crate) fn websocket_writer_pass(
+        &self,
+        out: &mut Vec<u8>,
+        done: bool,
+        peer_closed: bool,
+    ) -> WriterPass {
         let start = out.len();
         let finished;
         {
             let mut st = self.st.borrow_mut();
             if st.abort {
-                return WriterPass::Finished;
+                return WriterPass::Aborted;
             }
             out.append(&mut st.ws_raw);
             if st.phase == Phase::WebSocket {
@@ -1190,7 +1178,7 @@ impl Session {
                     ShardMetrics::add(&self.shard.metrics().packets_out, n as u64);
                 }
             }
-            finished = peer_closed || st.closed.is_some();
+            finished = done || peer_closed || st.closed.is_some();
             if finished && !peer_closed && st.closed.is_some() {
                 close_frame(out, CloseCode::Normal, "");
             }

@@ -130,8 +130,8 @@ impl InMemoryConnection {
         let start = out.len();
         if self
             .session
-            .websocket_writer_pass(out, self.peer_closed.get())
-            == WriterPass::Finished
+            .websocket_writer_pass(out, false, self.peer_closed.get())
+            != WriterPass::Open
         {
             self.finished.set(true);
         }

@@ -15,8 +15,14 @@
 //! [`timeuuid_sort_key`].
 //!
 //! # Durability
-//! Every write is one redb write transaction committed with `Durability::Immediate` (fsync) before the call returns, so
-//! an acknowledged write survives a crash (`kill -9`) of the process.
+//! Every write is one redb write transaction. By default it is committed with `Durability::Immediate` (fsync) before
+//! the call returns, so an acknowledged write survives a crash (`kill -9`, power loss).
+//!
+//! With a sync interval ([`EmbeddedBackend::open_with_sync_interval`], `orm.embedded_sync_interval_ms`), writes are
+//! committed with `Durability::None` and a background thread makes them durable with one fsync'd commit at most
+//! every interval (and once more when the backend is dropped). A crash then loses at most the writes acknowledged
+//! during the last interval; the file itself stays consistent (redb reopens at the last durable commit). This is the
+//! trade MongoDB (journal commit interval) and Cassandra (periodic commit log sync) make by default.
 //!
 //! # Page tokens
 //! `[1, reversed as u8, last returned key...]`: the next page starts strictly after (before, when reversed) that key,
@@ -24,7 +30,9 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
@@ -44,11 +52,61 @@ type Bytes = Vec<u8>;
 pub struct EmbeddedBackend {
     db: Arc<Database>,
     path: PathBuf,
+    /// Set when a commit was made without fsync (only with a sync interval).
+    dirty: Arc<AtomicBool>,
+    sync_interval: Option<Duration>,
+}
+
+impl Drop for EmbeddedBackend {
+    fn drop(&mut self) {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            if let Err(e) = durable_commit(&self.db) {
+                tracing::error!(error = %e, "embedded store: final sync failed");
+            }
+        }
+    }
+}
+
+/// An empty `Durability::Immediate` commit: makes every earlier `Durability::None` commit durable.
+fn durable_commit(db: &Database) -> BackendResult<()> {
+    begin_write(db, Durability::Immediate)?
+        .commit()
+        .map_err(db_err)
+}
+
+/// The background thread of a sync interval: one durable commit per interval when something was written.
+fn spawn_syncer(db: Weak<Database>, dirty: Arc<AtomicBool>, interval: Duration) -> BackendResult<()> {
+    std::thread::Builder::new()
+        .name("shardcast-redb-sync".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(interval);
+                let Some(db) = db.upgrade() else { return };
+                if dirty.swap(false, Ordering::AcqRel) {
+                    if let Err(e) = durable_commit(&db) {
+                        dirty.store(true, Ordering::Release);
+                        tracing::error!(error = %e, "embedded store: periodic sync failed");
+                    }
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| BackendError::Unavailable(format!("cannot start the sync thread: {e}")))
 }
 
 impl EmbeddedBackend {
-    /// Opens (or creates) the database file at `path`; its parent directory is created if missing.
+    /// Opens (or creates) the database file at `path`; its parent directory is created if missing. Every write is
+    /// fsync'd before it returns.
     pub fn open(path: impl AsRef<Path>) -> BackendResult<Self> {
+        Self::open_with_sync_interval(path, None)
+    }
+
+    /// Like [`EmbeddedBackend::open`]; with `Some(interval)`, writes return before their fsync and are made durable
+    /// together at most every `interval` (see "Durability" in the module docs).
+    pub fn open_with_sync_interval(
+        path: impl AsRef<Path>,
+        sync_interval: Option<Duration>,
+    ) -> BackendResult<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -61,9 +119,17 @@ impl EmbeddedBackend {
                 path.display()
             ))
         })?;
+        let db = Arc::new(db);
+        let dirty = Arc::new(AtomicBool::new(false));
+        let sync_interval = sync_interval.filter(|d| !d.is_zero());
+        if let Some(interval) = sync_interval {
+            spawn_syncer(Arc::downgrade(&db), dirty.clone(), interval)?;
+        }
         Ok(Self {
-            db: Arc::new(db),
+            db,
             path,
+            dirty,
+            sync_interval,
         })
     }
 
@@ -95,6 +161,28 @@ impl EmbeddedBackend {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| BackendError::Database(format!("embedded store task failed: {e}")))?
+    }
+
+    /// Runs a write on the blocking pool with the durability this backend commits with.
+    async fn writing<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database, Durability) -> BackendResult<T> + Send + 'static,
+    ) -> BackendResult<T> {
+        let deferred = self.sync_interval.is_some();
+        let durability = if deferred {
+            Durability::None
+        } else {
+            Durability::Immediate
+        };
+        let dirty = self.dirty.clone();
+        self.blocking(move |db| {
+            let r = f(db, durability);
+            if deferred && r.is_ok() {
+                dirty.store(true, Ordering::Release);
+            }
+            r
+        })
+        .await
     }
 }
 
@@ -670,14 +758,14 @@ fn read_row(
     }
 }
 
-fn begin_write(db: &Database) -> BackendResult<redb::WriteTransaction> {
+fn begin_write(db: &Database, durability: Durability) -> BackendResult<redb::WriteTransaction> {
     let mut txn = db.begin_write().map_err(db_err)?;
-    txn.set_durability(Durability::Immediate).map_err(db_err)?;
+    txn.set_durability(durability).map_err(db_err)?;
     Ok(txn)
 }
 
 fn ensure_schema_sync(db: &Database, schema: &TableSchema) -> BackendResult<()> {
-    let txn = begin_write(db)?;
+    let txn = begin_write(db, Durability::Immediate)?;
     let stored: Option<TableSchema> = {
         let meta = txn.open_table(SCHEMA_TABLE).map_err(db_err)?;
         let s = meta.get(schema.name.as_str()).map_err(db_err)?;
@@ -843,8 +931,8 @@ impl Backend for EmbeddedBackend {
         rows: Vec<Row>,
     ) -> BoxFuture<'a, BackendResult<()>> {
         let schema = schema.clone();
-        Box::pin(self.blocking(move |db| {
-            let txn = begin_write(db)?;
+        Box::pin(self.writing(move |db, durability| {
+            let txn = begin_write(db, durability)?;
             for row in rows {
                 let pk = encode_primary_key(&schema, &row)?;
                 let old = read_row(&txn, &schema, &pk)?;
@@ -869,9 +957,9 @@ impl Backend for EmbeddedBackend {
     ) -> BoxFuture<'a, BackendResult<()>> {
         let schema = schema.clone();
         let key = key.clone();
-        Box::pin(self.blocking(move |db| {
+        Box::pin(self.writing(move |db, durability| {
             let pk = encode_primary_key(&schema, &key)?;
-            let txn = begin_write(db)?;
+            let txn = begin_write(db, durability)?;
             if let Some(old) = read_row(&txn, &schema, &pk)? {
                 {
                     let name = data_table_name(&schema.name);
@@ -900,14 +988,14 @@ impl Backend for EmbeddedBackend {
         let schema = schema.clone();
         let key = key.clone();
         let column = column.to_string();
-        Box::pin(self.blocking(move |db| {
+        Box::pin(self.writing(move |db, durability| {
             if schema.column_type(&column) != Some(ColumnType::Counter) {
                 return Err(BackendError::InvalidQuery(format!(
                     "`{column}` is not a counter column"
                 )));
             }
             let pk = encode_primary_key(&schema, &key)?;
-            let txn = begin_write(db)?;
+            let txn = begin_write(db, durability)?;
             let old = read_row(&txn, &schema, &pk)?;
             let mut new = match &old {
                 Some(r) => r.clone(),
