@@ -9,6 +9,7 @@
 #   LOADTEST_ARGS="--clients 1000"          extra shardcast-loadtest options for every run
 #   LOADTEST_ARGS_FANOUT=... (_HOTROOM, _CONNECT, _IDLE, _ECHO)   extra options for one scenario
 #   RESULTS=target/loadtest/<timestamp>     where the JSON lines, server logs and plot go
+#   SHARDCAST_ARGS="--db-sync-interval-ms 100"   extra `shardcast serve` options
 #
 # Everything listens on 127.0.0.1 only; each server is stopped (by its PID) before the next one starts.
 set -euo pipefail
@@ -17,6 +18,7 @@ cd "$root"
 
 SECRET=${SHARDCAST_JWT_SECRET:-shardcast-loadtest-secret-0123456789abcdef}
 SERVERS=${SERVERS:-"shardcast node socketioxide"}
+SHARDCAST_ARGS=${SHARDCAST_ARGS:-}
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout hotroom connect idle echo)
 RESULTS=${RESULTS:-target/loadtest/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -27,7 +29,7 @@ jsonl="$RESULTS/results.jsonl"
 # ---------------------------------------------------------------------------------------------------------------
 # >>> The shardcast command line (`shardcast serve`; adjust here when its flags change).
 #     $PORT, $SECRET and $RESULTS are expanded when the server starts. The secret goes through the environment.
-SHARDCAST_CMD='env SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast serve --listen 127.0.0.1:$PORT --db-path $RESULTS/shardcast-$PORT.db --echo-event'
+SHARDCAST_CMD='env SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast serve --listen 127.0.0.1:$PORT --db-path $RESULTS/shardcast-$PORT.db --echo-event $SHARDCAST_ARGS'
 # shardcast's demo services only accept a channel's messages from callers whose token names the channel's company,
 # and only for channels that exist: the load generator adds the claim and creates room-0..room-N first.
 SHARDCAST_LOADTEST_ARGS=(--claim 'companies=["loadtest"]' --create-rooms-path /companies/loadtest/workspaces/loadtest/channels)

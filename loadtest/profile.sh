@@ -29,8 +29,10 @@ cleanup() {
 trap cleanup EXIT
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 
-perf record -F "${PERF_FREQ:-999}" -g --call-graph "${PERF_CALLGRAPH:-dwarf,16384}" -p "$server" -o "$out/perf.data" \
-  >"$out/perf.log" 2>&1 &
+# PERF_CALLGRAPH=none: flat profile (cheapest, least distorted); default: DWARF call graphs.
+graph=(-g --call-graph "${PERF_CALLGRAPH:-dwarf,16384}")
+[ "${PERF_CALLGRAPH:-}" = none ] && graph=()
+perf record -F "${PERF_FREQ:-999}" "${graph[@]}" -p "$server" -o "$out/perf.data" >"$out/perf.log" 2>&1 &
 perf_pid=$!
 SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast-loadtest "$scenario" --url "http://127.0.0.1:$port" \
   --server-pid "$server" --label shardcast --json-out "$out/result.jsonl" \
