@@ -10,10 +10,10 @@
 //! from a glommio executor).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures_lite::future::block_on;
 use serde::{Deserialize, Serialize};

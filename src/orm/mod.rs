@@ -46,13 +46,13 @@ pub fn backend_factory(config: &OrmConfig) -> BackendFactory {
             let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
             let backend: Arc<dyn Backend> =
                 match config.backend {
-                    BackendKind::Embedded => Arc::new(
-                        backend::embedded::EmbeddedBackend::open_with_sync_interval(
+                    BackendKind::Embedded => {
+                        Arc::new(backend::embedded::EmbeddedBackend::open_with_sync_interval(
                             &config.embedded_path,
                             (config.embedded_sync_interval_ms > 0)
                                 .then(|| Duration::from_millis(config.embedded_sync_interval_ms)),
-                        )?,
-                    ),
+                        )?)
+                    }
                     BackendKind::Mongo => Arc::new(
                         backend::mongo::MongoBackend::connect(
                             &config.mongo_uri,

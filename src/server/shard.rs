@@ -25,7 +25,6 @@ use super::signal::Signal;
 use super::socketio::{RoomRegistry, SocketIo};
 use super::timer::{TimerHandle, TimerWheel};
 
-
 /// Submission-queue entries of each io_uring of a shard. Not for throughput: the kernel sizes a ring's cancel hash
 /// table from it (cq entries / 32 buckets, at most 256), and glommio cancels its preemption timers on every park,
 /// which walks one bucket chain among the pending socket polls (one per idle connection). glommio's default of 128
@@ -421,7 +420,10 @@ async fn shard_main(
     let mut deadline: Option<Instant> = None;
     loop {
         let poll_by = Instant::now() + Duration::from_millis(SHUTDOWN_POLL_MS);
-        let wake_at = ctx.timers.next_deadline().map_or(poll_by, |t| t.min(poll_by));
+        let wake_at = ctx
+            .timers
+            .next_deadline()
+            .map_or(poll_by, |t| t.min(poll_by));
         let rearmed = ctx.timers.rearmed();
         futures_lite::future::or(
             glommio::timer::sleep(wake_at.saturating_duration_since(Instant::now())),

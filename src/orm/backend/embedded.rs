@@ -75,7 +75,11 @@ fn durable_commit(db: &Database) -> BackendResult<()> {
 }
 
 /// The background thread of a sync interval: one durable commit per interval when something was written.
-fn spawn_syncer(db: Weak<Database>, dirty: Arc<AtomicBool>, interval: Duration) -> BackendResult<()> {
+fn spawn_syncer(
+    db: Weak<Database>,
+    dirty: Arc<AtomicBool>,
+    interval: Duration,
+) -> BackendResult<()> {
     std::thread::Builder::new()
         .name("shardcast-redb-sync".into())
         .spawn(move || {
