@@ -59,10 +59,10 @@ pub struct EmbeddedBackend {
 
 impl Drop for EmbeddedBackend {
     fn drop(&mut self) {
-        if self.dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = durable_commit(&self.db) {
-                tracing::error!(error = %e, "embedded store: final sync failed");
-            }
+        if self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = durable_commit(&self.db)
+        {
+            tracing::error!(error = %e, "embedded store: final sync failed");
         }
     }
 }
@@ -86,11 +86,11 @@ fn spawn_syncer(
             loop {
                 std::thread::sleep(interval);
                 let Some(db) = db.upgrade() else { return };
-                if dirty.swap(false, Ordering::AcqRel) {
-                    if let Err(e) = durable_commit(&db) {
-                        dirty.store(true, Ordering::Release);
-                        tracing::error!(error = %e, "embedded store: periodic sync failed");
-                    }
+                if dirty.swap(false, Ordering::AcqRel)
+                    && let Err(e) = durable_commit(&db)
+                {
+                    dirty.store(true, Ordering::Release);
+                    tracing::error!(error = %e, "embedded store: periodic sync failed");
                 }
             }
         })
