@@ -451,7 +451,12 @@ mod tests {
                 "server.socketio_paths" => "/a/,/b/",
                 "server.cors_allowed_origins" => "http://x",
                 "auth.jwt_algorithm" => "ES256",
-                k if k.ends_with("pin_shards") || k.ends_with("credentials") => "false",
+                k if k.ends_with("pin_shards")
+                    || k.ends_with("credentials")
+                    || k.ends_with("echo_event") =>
+                {
+                    "true"
+                }
                 k if k.contains("secret")
                     || k.contains("file")
                     || k.contains("issuer")
