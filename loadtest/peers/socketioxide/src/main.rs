@@ -185,23 +185,35 @@ struct ListQuery {
     websockets: Option<String>,
 }
 
+/// The caller's user id and the channel's room, or the 401/404 answer.
+fn authorize(
+    app: &AppState,
+    headers: &HeaderMap,
+    channel: &str,
+) -> Result<(String, String), Response> {
+    let Some(sub) = bearer_sub(&app.keys, headers) else {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            Json(json!({ "error": "invalid token" })),
+        )
+            .into_response());
+    };
+    if !valid_channel(channel) {
+        return Err((StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response());
+    }
+    Ok((sub, format!("/channels/{channel}/messages")))
+}
+
 async fn list(
     State(app): State<AppState>,
     Path(channel): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(sub) = bearer_sub(&app.keys, &headers) else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "invalid token" })),
-        )
-            .into_response();
+    let (sub, room) = match authorize(&app, &headers, &channel) {
+        Ok(ok) => ok,
+        Err(refused) => return refused,
     };
-    if !valid_channel(&channel) {
-        return (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response();
-    }
-    let room = format!("/channels/{channel}/messages");
     let mut body = json!({ "resources": [] });
     if q.websockets.as_deref() == Some("true") {
         body["websockets"] = json!([{ "room": room, "token": app.keys.room_token(&sub, &room) }]);
@@ -220,17 +232,10 @@ async fn create(
     headers: HeaderMap,
     Json(input): Json<CreateBody>,
 ) -> Response {
-    let Some(sub) = bearer_sub(&app.keys, &headers) else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "invalid token" })),
-        )
-            .into_response();
+    let (sub, room) = match authorize(&app, &headers, &channel) {
+        Ok(ok) => ok,
+        Err(refused) => return refused,
     };
-    if !valid_channel(&channel) {
-        return (StatusCode::NOT_FOUND, Json(json!({ "error": "not found" }))).into_response();
-    }
-    let room = format!("/channels/{channel}/messages");
     let id = uuid::Uuid::new_v4().to_string();
     let mut resource = input.resource;
     resource.insert("id".to_owned(), Value::String(id.clone()));
