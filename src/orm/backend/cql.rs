@@ -28,6 +28,24 @@
 //! (`USING 'sai'`) on Cassandra 5 and newer, the server's default index elsewhere (ScyllaDB, older Cassandra), see
 //! [`CqlIndexKind`].
 //!
+//! # TTL, patch, local indexes, prefix search
+//! - A write with a TTL is `INSERT ... USING TTL ?`; it also stores the expiry (ms since the epoch) in the hidden column
+//!   `shardcast_expires_ms`, which `patch` reads to keep the row's remaining TTL. Cassandra itself never returns an
+//!   expired cell.
+//! - `patch` reads that column (absent row: nothing written), then runs `UPDATE ... USING TTL <remaining> SET <the
+//!   named columns> WHERE <key>`. The read and the update are two statements: a delete between them is overwritten by
+//!   the update for the patched columns (documented limit; use a lightweight transaction if that matters).
+//! - A local index is a storage-attached index (SAI) on the column (the server's default index for blobs and on
+//!   servers without SAI), queried as `WHERE <partition key> AND column = ?`: SAI combines with the partition
+//!   restriction and reads only that partition. A materialised view would need `materialized_views_enabled` (off by
+//!   default in Cassandra 5, and marked experimental), and an ORM-maintained lookup table would need a read before
+//!   every write; SAI needs neither. Cassandra refuses `ORDER BY` on a query that uses an index, so local queries
+//!   cannot be reversed (the ORM refuses it on every backend).
+//! - Prefix search: Cassandra 5.0's SAI has no `LIKE` (that is SASI, disabled by default, or later SAI versions) and
+//!   no range on text, so each search column `c` gets a hidden `set<text>` column `c__pfx` holding the lowercase
+//!   value's prefixes of 1 to [`super::SEARCH_PREFIX_CHARS_MAX`] characters, with an SAI index; a search is
+//!   `WHERE <partition key> AND c__pfx CONTAINS ?`, and a longer prefix is checked in full on the rows read.
+//!
 //! # Queries and page tokens
 //! A query runs as a sequence of *steps*; each step is one prepared `SELECT` on one partition (or, for an index query,
 //! for one indexed value; for a scan, the whole table), paged by the driver:
@@ -85,6 +103,28 @@ const TOKEN_HEADER_BYTES: usize = 17;
 const NAME_BYTES_MAX: usize = 48;
 /// Request timeout of schema statements (they wait for schema agreement), at least.
 const DDL_TIMEOUT_MIN_MS: u64 = 60_000;
+/// Hidden column holding the expiry of a row written with a TTL (ms since the Unix epoch).
+const EXPIRES_COLUMN: &str = "shardcast_expires_ms";
+
+/// The hidden `set<text>` column holding the prefixes of search column `column`.
+fn prefix_column(column: &str) -> String {
+    format!("{column}__pfx")
+}
+
+/// The lowercase prefixes (1 to `SEARCH_PREFIX_CHARS_MAX` characters) stored for derived value `v`.
+fn prefixes_of(v: Option<&Value>) -> Option<CqlValue> {
+    let Some(Value::Text(s)) = v else {
+        return None;
+    };
+    let mut out = Vec::new();
+    for (i, (at, c)) in s.char_indices().enumerate() {
+        if i >= super::SEARCH_PREFIX_CHARS_MAX {
+            break;
+        }
+        out.push(CqlValue::Text(s[..at + c.len_utf8()].to_string()));
+    }
+    (!out.is_empty()).then_some(CqlValue::Set(out))
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Configuration.
@@ -555,6 +595,7 @@ impl CqlBackend {
                 }
             }
         }
+        self.ensure_extras(session, schema, &c).await?;
         let targets = self.stored_index_targets(session, &schema.name).await?;
         for column in &schema.indexes {
             if targets.iter().any(|t| t == column) {
@@ -578,6 +619,238 @@ impl CqlBackend {
             self.wait_until_queryable(session, schema, column).await?;
         }
         Ok(())
+    }
+
+    /// The hidden columns (expiry, prefix sets) and the indexes of local indexes and search columns.
+    async fn ensure_extras(
+        &self,
+        session: &Session,
+        schema: &TableSchema,
+        c: &Connected,
+    ) -> BackendResult<()> {
+        let stored = self.stored_columns(session, &schema.name).await?;
+        let mut hidden = vec![(EXPIRES_COLUMN.to_string(), "bigint")];
+        hidden.extend(schema.search.iter().map(|c| (prefix_column(c), "set<text>")));
+        for (name, typ) in &hidden {
+            if stored.iter().any(|s| s.name == *name) {
+                continue;
+            }
+            let ddl = format!("ALTER TABLE {} ADD {} {typ}", self.table(schema), q(name));
+            if let Err(e) = self.run_ddl(session, &ddl).await {
+                let again = self.stored_columns(session, &schema.name).await?;
+                if !again.iter().any(|s| s.name == *name) {
+                    return Err(schema_context(schema, e));
+                }
+            }
+        }
+        let mut wanted: Vec<(String, String, bool)> = Vec::new(); // (index name, column, sai)
+        for column in &schema.local_indexes {
+            let sai = c.sai && column_type(schema, column)? != ColumnType::Blob;
+            wanted.push((format!("{}_l", index_name(&schema.name, column)), column.clone(), sai));
+        }
+        for column in &schema.search {
+            let p = prefix_column(column);
+            wanted.push((format!("{}_p", index_name(&schema.name, &p)), p, c.sai));
+        }
+        for (name, column, sai) in &wanted {
+            let using = if *sai { " USING 'sai'" } else { "" };
+            let ddl = format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {} ({}){using}",
+                q(name),
+                self.table(schema),
+                q(column)
+            );
+            self.run_ddl(session, &ddl)
+                .await
+                .map_err(|e| schema_context(schema, e))?;
+        }
+        for column in &schema.local_indexes {
+            self.wait_until_queryable(session, schema, column).await?;
+        }
+        for column in &schema.search {
+            let cql = format!(
+                "SELECT {} FROM {} WHERE {} CONTAINS ? LIMIT 1",
+                q(&schema.partition_key[0]),
+                self.table(schema),
+                q(&prefix_column(column))
+            );
+            self.wait_until_answers(session, schema, &cql, vec![Some(CqlValue::Text("a".into()))])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `cql` until the index it needs answers (see [`CqlBackend::wait_until_queryable`]).
+    async fn wait_until_answers(
+        &self,
+        session: &Session,
+        schema: &TableSchema,
+        cql: &str,
+        probe: Vec<Option<CqlValue>>,
+    ) -> BackendResult<()> {
+        let stmt = self.prepared(session, cql).await?;
+        let deadline = Instant::now()
+            + Duration::from_millis(self.config.request_timeout_ms.max(DDL_TIMEOUT_MIN_MS));
+        loop {
+            match session.execute_unpaged(&stmt, &probe).await {
+                Ok(_) => return Ok(()),
+                Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                    DbError::ReadFailure { .. },
+                    msg,
+                ))) if Instant::now() < deadline => {
+                    tracing::debug!(table = %schema.name, "index not queryable yet: {msg}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(schema_context(schema, exec_err(e))),
+            }
+        }
+    }
+
+    /// The `INSERT ... USING TTL ?` of `row` with its expiry and prefix sets, and its bound values.
+    fn insert_ttl_statement(
+        &self,
+        schema: &TableSchema,
+        row: &Row,
+        ttl_seconds: Option<u32>,
+    ) -> BackendResult<(String, Vec<Option<CqlValue>>)> {
+        let (_, mut values) = self.insert_statement(schema, row)?;
+        let mut names: Vec<String> = row.keys().map(|n| q(n)).collect();
+        names.push(q(EXPIRES_COLUMN));
+        values.push(ttl_seconds.map(|s| {
+            CqlValue::BigInt(super::now_ms().saturating_add(i64::from(s) * 1000))
+        }));
+        for c in &schema.search {
+            let derived = super::search_column(c);
+            if row.contains_key(&derived) {
+                names.push(q(&prefix_column(c)));
+                values.push(prefixes_of(row.get(&derived)));
+            }
+        }
+        values.push(Some(CqlValue::Int(ttl_seconds.unwrap_or(0) as i32)));
+        let marks = vec!["?"; names.len()].join(", ");
+        let cql = format!(
+            "INSERT INTO {} ({}) VALUES ({marks}) USING TTL ?",
+            self.table(schema),
+            names.join(", ")
+        );
+        Ok((cql, values))
+    }
+
+    async fn upsert_ttl_impl(
+        &self,
+        schema: &TableSchema,
+        rows: Vec<Row>,
+        ttl_seconds: Option<u32>,
+    ) -> BackendResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let c = Arc::clone(self.conn().await?);
+        let mut tasks = tokio::task::JoinSet::new();
+        let in_flight_max = self.config.write_concurrency_max.max(1);
+        for row in rows {
+            let (cql, values) = self.insert_ttl_statement(schema, &row, ttl_seconds)?;
+            let mut stmt = self.prepared(&c.session, &cql).await?;
+            stmt.set_is_idempotent(true);
+            while tasks.len() >= in_flight_max {
+                join_one(&mut tasks).await?;
+            }
+            let c = Arc::clone(&c);
+            tasks.spawn(async move {
+                c.session
+                    .execute_unpaged(&stmt, values)
+                    .await
+                    .map(|_| ())
+                    .map_err(exec_err)
+            });
+        }
+        while !tasks.is_empty() {
+            join_one(&mut tasks).await?;
+        }
+        Ok(())
+    }
+
+    async fn patch_impl(&self, schema: &TableSchema, key: &Row, columns: Row) -> BackendResult<bool> {
+        if schema.is_counter_table() {
+            return Err(BackendError::InvalidQuery(format!(
+                "table `{}` is a counter table",
+                schema.name
+            )));
+        }
+        let c = Arc::clone(self.conn().await?);
+        let keys = key_values(schema, key)?;
+        let read = format!(
+            "SELECT {} FROM {} WHERE {}",
+            q(EXPIRES_COLUMN),
+            self.table(schema),
+            key_where(schema)
+        );
+        let mut stmt = self.prepared(&c.session, &read).await?;
+        stmt.set_is_idempotent(true);
+        let res = c
+            .session
+            .execute_unpaged(&stmt, keys.clone())
+            .await
+            .map_err(exec_err)?;
+        let rows = res
+            .into_rows_result()
+            .map_err(|e| BackendError::Database(e.to_string()))?;
+        let found = match rows
+            .rows::<(Option<i64>,)>()
+            .map_err(|e| BackendError::Data(e.to_string()))?
+            .next()
+        {
+            Some(r) => Some(r.map_err(|e| BackendError::Data(e.to_string()))?.0),
+            None => None,
+        };
+        let Some(expires) = found else {
+            return Ok(false);
+        };
+        let ttl = match expires {
+            None => 0,
+            Some(e) => {
+                let left = e - super::now_ms();
+                if left <= 0 {
+                    return Ok(false);
+                }
+                ((left + 999) / 1000).min(i64::from(super::TTL_SECONDS_MAX)) as i32
+            }
+        };
+        let mut sets = Vec::new();
+        let mut values = vec![Some(CqlValue::Int(ttl))];
+        for (name, v) in &columns {
+            if schema.is_key(name) {
+                return Err(BackendError::InvalidQuery(format!(
+                    "a patch cannot write key column `{name}`"
+                )));
+            }
+            let t = column_type(schema, name)?;
+            sets.push(format!("{} = ?", q(name)));
+            values.push(to_cql(name, t, v)?);
+        }
+        for s in &schema.search {
+            let derived = super::search_column(s);
+            if columns.contains_key(&derived) {
+                sets.push(format!("{} = ?", q(&prefix_column(s))));
+                values.push(prefixes_of(columns.get(&derived)));
+            }
+        }
+        if sets.is_empty() {
+            return Ok(false);
+        }
+        values.extend(keys);
+        let cql = format!(
+            "UPDATE {} USING TTL ? SET {} WHERE {}",
+            self.table(schema),
+            sets.join(", "),
+            key_where(schema)
+        );
+        let stmt = self.prepared(&c.session, &cql).await?;
+        c.session
+            .execute_unpaged(&stmt, values)
+            .await
+            .map_err(exec_err)?;
+        Ok(true)
     }
 
     /// Waits until the index on `column` answers queries: a new index is built in the background, and Cassandra
@@ -847,7 +1120,7 @@ impl CqlBackend {
                     let (res, paging) = page.await.map_err(|e| {
                         BackendError::Database(format!("CQL read task failed: {e}"))
                     })??;
-                    let got = decode_rows(schema, res)?;
+                    let got = long_prefix_filter(schema, query, decode_rows(schema, res)?);
                     if rows.len() + got.len() > limit {
                         // Does not fit: this step is fetched again with the room left (the rest are dropped).
                         break;
@@ -881,7 +1154,7 @@ impl CqlBackend {
                 }
                 Err(e) => return Err(e),
             };
-            rows.extend(decode_rows(schema, res)?);
+            rows.extend(long_prefix_filter(schema, query, decode_rows(schema, res)?));
             match paging.into_paging_control_flow() {
                 ControlFlow::Continue(next) => state = next,
                 ControlFlow::Break(()) => {
@@ -898,6 +1171,24 @@ impl CqlBackend {
 impl Backend for CqlBackend {
     fn name(&self) -> &'static str {
         "cql"
+    }
+
+    fn upsert_ttl<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        rows: Vec<Row>,
+        ttl_seconds: Option<u32>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.upsert_ttl_impl(schema, rows, ttl_seconds))
+    }
+
+    fn patch<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+        columns: Row,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(self.patch_impl(schema, key, columns))
     }
 
     fn ensure_schema<'a>(&'a self, schema: &'a TableSchema) -> BoxFuture<'a, BackendResult<()>> {
@@ -1380,6 +1671,8 @@ enum Plan {
         clustering_eq: Vec<(String, CqlValue)>,
         /// `In` on the next clustering column: its chunks, in the order they are visited (already reversed if needed).
         clustering_in: Option<(String, Vec<Vec<CqlValue>>)>,
+        /// A local-index or prefix restriction: its CQL condition and bound value.
+        local: Option<(String, CqlValue)>,
         /// Range restrictions on the next clustering column: (column, operator, value).
         ranges: Vec<(String, &'static str, CqlValue)>,
         /// `ORDER BY` clause (reversed queries only).
@@ -1525,10 +1818,33 @@ impl Plan {
                 .collect::<Vec<_>>()
                 .join(", ")
         });
+        let local = match query.local_filter(schema) {
+            None => None,
+            Some(f) => match &f.op {
+                FilterOp::Eq(v) => {
+                    let t = column_type(schema, &f.column)?;
+                    Some((format!("{} = ?", q(&f.column)), key_value(&f.column, t, v)?))
+                }
+                FilterOp::Prefix(p) => {
+                    let head: String = p.chars().take(super::SEARCH_PREFIX_CHARS_MAX).collect();
+                    Some((
+                        format!("{} CONTAINS ?", q(&prefix_column(&f.column))),
+                        CqlValue::Text(head),
+                    ))
+                }
+                _ => {
+                    return Err(BackendError::InvalidQuery(format!(
+                        "local filter on `{}` must be an equality or a prefix",
+                        f.column
+                    )));
+                }
+            },
+        };
         Ok(Plan::Key {
             partition,
             clustering_eq,
             clustering_in,
+            local,
             ranges,
             order_by,
             reversed: query.reversed,
@@ -1554,6 +1870,7 @@ impl PlanWithSteps {
                 clustering_in,
                 ranges,
                 order_by,
+                local,
                 ..
             } => {
                 let mut conds: Vec<String> = schema
@@ -1566,6 +1883,9 @@ impl PlanWithSteps {
                     conds.push(format!("{} IN ?", q(c)));
                 }
                 conds.extend(ranges.iter().map(|(c, op, _)| format!("{} {op} ?", q(c))));
+                if let Some((cond, _)) = local {
+                    conds.push(cond.clone());
+                }
                 cql.push_str(" WHERE ");
                 cql.push_str(&conds.join(" AND "));
                 if let Some(o) = order_by {
@@ -1594,6 +1914,7 @@ impl PlanWithSteps {
                 ranges,
                 reversed,
                 partitions,
+                local,
                 ..
             } => {
                 let chunks = clustering_in.as_ref().map_or(1, |(_, c)| c.len() as u64);
@@ -1622,10 +1943,29 @@ impl PlanWithSteps {
                     out.push(Some(CqlValue::List(chunks[chunk].clone())));
                 }
                 out.extend(ranges.iter().map(|(_, _, v)| Some(v.clone())));
+                if let Some((_, v)) = local {
+                    out.push(Some(v.clone()));
+                }
                 Ok(out)
             }
         }
     }
+}
+
+/// Keeps the rows whose derived value starts with the whole prefix, when the prefix is longer than the stored ones.
+fn long_prefix_filter(schema: &TableSchema, query: &Query, rows: Vec<Row>) -> Vec<Row> {
+    let Some(FilterOp::Prefix(p)) = query.local_filter(schema).map(|f| &f.op) else {
+        return rows;
+    };
+    if p.chars().count() <= super::SEARCH_PREFIX_CHARS_MAX {
+        return rows;
+    }
+    let Some(column) = query.local_filter(schema).map(|f| super::search_column(&f.column)) else {
+        return rows;
+    };
+    rows.into_iter()
+        .filter(|r| matches!(r.get(&column), Some(Value::Text(t)) if t.starts_with(p.as_str())))
+        .collect()
 }
 
 fn fingerprint(table: &str, cql: &str, plan: &PlanWithSteps) -> u64 {
@@ -1836,6 +2176,8 @@ mod tests {
             partition_key: vec!["room".into()],
             clustering: vec![("at".into(), Order::Desc)],
             indexes: vec![],
+            local_indexes: vec![],
+            search: vec![],
         }
     }
 
