@@ -62,9 +62,13 @@
 //! [`CqlConfig::query_concurrency_max`] at once) and used in order while they fit in the page; so a query over 1,000
 //! partitions costs about 1,000 / 16 round trips, not 1,000.
 //!
-//! A page token is `[1, fingerprint: 8 bytes, step: 8 bytes BE, the driver's paging state...]`; the fingerprint is a
-//! hash of the statement and the normalized query, so a token given to another query is refused with
-//! [`BackendError::InvalidPageToken`].
+//! A page token is `[2, fingerprint: 8 bytes, step: 8 bytes BE, flags, step of the last returned row: 8 bytes, that
+//! row's value of the free clustering column (u32 length + tagged bytes), the driver's paging state...]`; the
+//! fingerprint is a hash of the statement and the normalized forward query, so a token given to another query is
+//! refused with [`BackendError::InvalidPageToken`]. The same query in the other direction accepts the token: it
+//! resumes by keyset from the last returned row (`<free column> < value` or `>`, on that row's step, then the
+//! following steps), when the query leaves at most its last clustering column free and has no clustering `In`
+//! (other tokens are refused in the other direction).
 //!
 //! # Connection
 //! The session is opened on first use. While the cluster cannot be reached, calls fail at once with
@@ -96,9 +100,9 @@ use super::{
     PageToken, Query, QueryShape, Row, TableSchema, Uuid, Value,
 };
 
-const TOKEN_VERSION: u8 = 1;
+const TOKEN_VERSION: u8 = 2;
 /// Bytes before the paging state in a page token: version, fingerprint, step.
-const TOKEN_HEADER_BYTES: usize = 17;
+const TOKEN_HEADER_BYTES: usize = 30;
 /// Longest identifier Cassandra accepts for keyspaces (and what we use for generated index names).
 const NAME_BYTES_MAX: usize = 48;
 /// Request timeout of schema statements (they wait for schema agreement), at least.
@@ -628,6 +632,9 @@ impl CqlBackend {
         schema: &TableSchema,
         c: &Connected,
     ) -> BackendResult<()> {
+        if schema.is_counter_table() {
+            return Ok(()); // counters only: no TTL, no patch, no local indexes (the ORM refuses them)
+        }
         let stored = self.stored_columns(session, &schema.name).await?;
         let mut hidden = vec![(EXPIRES_COLUMN.to_string(), "bigint")];
         hidden.extend(schema.search.iter().map(|c| (prefix_column(c), "set<text>")));
@@ -1080,20 +1087,72 @@ impl CqlBackend {
     async fn query_impl(&self, schema: &TableSchema, query: &Query) -> BackendResult<Page> {
         let plan = Plan::build(schema, query, self.config.in_chunk_values_max)?;
         let cql = plan.cql(&self.table(schema), schema);
-        let fingerprint = fingerprint(&schema.name, &cql, &plan);
-        let (mut step, mut state, from_token) = match &query.page_token {
-            None => (0, PagingState::start(), false),
-            Some(t) => {
-                let (step, state) = decode_token(t, fingerprint, plan.steps)?;
-                (step, state, true)
-            }
+        // The fingerprint is that of the forward query, so a token is accepted in both directions.
+        let forward = Query {
+            reversed: false,
+            page_token: None,
+            ..query.clone()
         };
+        let fplan = Plan::build(schema, &forward, self.config.in_chunk_values_max)?;
+        let fingerprint = fingerprint(&schema.name, &fplan.cql(&self.table(schema), schema), &fplan);
         let limit = query.limit.max(1) as usize;
-        let mut rows = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
         if plan.steps == 0 {
             return Ok(Page::default());
         }
+        let free = match &plan.plan {
+            Plan::Key { .. } => free_column(schema, query, &plan.plan).ok().flatten(),
+            _ => None,
+        };
+        let value_of = |r: &Row| free.as_ref().and_then(|f| r.get(f).cloned());
+        let mut last: Option<(u64, Option<Value>)> = None;
         let c = Arc::clone(self.conn().await?);
+        let (mut step, mut state, from_token) = match &query.page_token {
+            None => (0, PagingState::start(), false),
+            Some(t) => {
+                let token = decode_token(t, fingerprint, plan.steps)?;
+                if token.reversed == query.reversed && !token.keyset {
+                    (token.step, token.state, true)
+                } else {
+                    // Resume from the last returned row, by keyset: the rest of its step, then the next steps.
+                    let free = free_column(schema, query, &plan.plan)?;
+                    let (last_step, value) = token.last.ok_or_else(|| {
+                        BackendError::InvalidPageToken("the token holds no row to resume from".into())
+                    })?;
+                    let s = if token.reversed == query.reversed {
+                        last_step
+                    } else {
+                        plan.steps - 1 - last_step
+                    };
+                    if let (Some(col), Some(v)) = (free, value) {
+                        let finished = self
+                            .keyset_step(&c, schema, query, &col, v, s, limit, &mut rows)
+                            .await?;
+                        if let Some(r) = rows.last() {
+                            last = Some((s, value_of(r)));
+                        }
+                        if !finished {
+                            let next = last.as_ref().map(|(st, v)| (*st, v.as_ref()));
+                            return Ok(Page {
+                                rows,
+                                next: Some(encode_token(
+                                    fingerprint,
+                                    s,
+                                    &PagingState::start(),
+                                    query.reversed,
+                                    true,
+                                    next,
+                                )),
+                            });
+                        }
+                    }
+                    if s + 1 >= plan.steps {
+                        return Ok(Page { rows, next: None });
+                    }
+                    (s + 1, PagingState::start(), false)
+                }
+            }
+        };
         let mut base = self.prepared(&c.session, &cql).await?;
         base.set_is_idempotent(true);
         let concurrency = self.config.query_concurrency_max.max(1) as u64;
@@ -1125,6 +1184,9 @@ impl CqlBackend {
                         // Does not fit: this step is fetched again with the room left (the rest are dropped).
                         break;
                     }
+                    if let Some(r) = got.last() {
+                        last = Some((step, value_of(r)));
+                    }
                     rows.extend(got);
                     match paging.into_paging_control_flow() {
                         ControlFlow::Continue(next) => {
@@ -1154,7 +1216,11 @@ impl CqlBackend {
                 }
                 Err(e) => return Err(e),
             };
-            rows.extend(long_prefix_filter(schema, query, decode_rows(schema, res)?));
+            let got = long_prefix_filter(schema, query, decode_rows(schema, res)?);
+            if let Some(r) = got.last() {
+                last = Some((step, value_of(r)));
+            }
+            rows.extend(got);
             match paging.into_paging_control_flow() {
                 ControlFlow::Continue(next) => state = next,
                 ControlFlow::Break(()) => {
@@ -1163,8 +1229,67 @@ impl CqlBackend {
                 }
             }
         }
-        let next = (step < plan.steps).then(|| encode_token(fingerprint, step, &state));
+        let next = (step < plan.steps).then(|| {
+            let l = last.as_ref().map(|(st, v)| (*st, v.as_ref()));
+            encode_token(fingerprint, step, &state, query.reversed, false, l)
+        });
         Ok(Page { rows, next })
+    }
+
+    /// Reads step `step` of `query` from just after the row whose free clustering column `column` holds `value` (in
+    /// the query's direction), appending up to `limit` rows in all to `rows`; returns whether the step is finished.
+    #[allow(clippy::too_many_arguments)]
+    async fn keyset_step(
+        &self,
+        c: &Arc<Connected>,
+        schema: &TableSchema,
+        query: &Query,
+        column: &str,
+        value: Value,
+        step: u64,
+        limit: usize,
+        rows: &mut Vec<Row>,
+    ) -> BackendResult<bool> {
+        // The last row satisfied the query's bounds, so "strictly after it" replaces the bound on that side.
+        let mut q = query.clone();
+        q.page_token = None;
+        q.filters.retain(|f| {
+            f.column != column
+                || !(if query.reversed {
+                    matches!(f.op, FilterOp::Lt(_) | FilterOp::Le(_))
+                } else {
+                    matches!(f.op, FilterOp::Gt(_) | FilterOp::Ge(_))
+                })
+        });
+        q.filters.push(super::Filter {
+            column: column.to_string(),
+            op: if query.reversed {
+                FilterOp::Lt(value)
+            } else {
+                FilterOp::Gt(value)
+            },
+        });
+        let plan = Plan::build(schema, &q, self.config.in_chunk_values_max)?;
+        let cql = plan.cql(&self.table(schema), schema);
+        let mut stmt = self.prepared(&c.session, &cql).await?;
+        stmt.set_is_idempotent(true);
+        let mut state = PagingState::start();
+        loop {
+            let (res, paging) = fetch_page(
+                Arc::clone(c),
+                stmt.clone(),
+                plan.values(step)?,
+                state,
+                limit - rows.len(),
+            )
+            .await?;
+            rows.extend(decode_rows(schema, res)?);
+            match paging.into_paging_control_flow() {
+                ControlFlow::Continue(next) if rows.len() < limit => state = next,
+                ControlFlow::Continue(_) => return Ok(false),
+                ControlFlow::Break(()) => return Ok(true),
+            }
+        }
     }
 }
 
@@ -1973,50 +2098,142 @@ fn fingerprint(table: &str, cql: &str, plan: &PlanWithSteps) -> u64 {
     fnv64(&[table.as_bytes(), cql.as_bytes(), described.as_bytes()])
 }
 
-fn encode_token(fingerprint: u64, step: u64, state: &PagingState) -> PageToken {
+/// A decoded page token.
+struct Token {
+    step: u64,
+    state: PagingState,
+    /// Direction of the query that made it.
+    reversed: bool,
+    /// Made by the keyset path (its paging state is empty; resume from `last`).
+    keyset: bool,
+    /// The step of the last returned row and that row's value of the free clustering column (if it has one).
+    last: Option<(u64, Option<Value>)>,
+}
+
+fn encode_value(v: Option<&Value>, out: &mut Vec<u8>) {
+    let mut b = Vec::new();
+    match v {
+        Some(Value::Text(t)) => {
+            b.push(1);
+            b.extend_from_slice(t.as_bytes());
+        }
+        Some(Value::Number(n)) => {
+            b.push(2);
+            b.extend_from_slice(&n.to_be_bytes());
+        }
+        Some(Value::Boolean(x)) => b.extend_from_slice(&[3, u8::from(*x)]),
+        Some(Value::Uuid(u)) => {
+            b.push(4);
+            b.extend_from_slice(u.as_bytes());
+        }
+        _ => {}
+    }
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(&b);
+}
+
+fn decode_value(b: &[u8]) -> Option<Option<Value>> {
+    Some(match b.split_first() {
+        None => None,
+        Some((1, t)) => Some(Value::Text(String::from_utf8(t.to_vec()).ok()?)),
+        Some((2, n)) => Some(Value::Number(i64::from_be_bytes(n.try_into().ok()?))),
+        Some((3, [x])) => Some(Value::Boolean(*x != 0)),
+        Some((4, u)) => Some(Value::Uuid(Uuid::from_slice(u).ok()?)),
+        _ => return None,
+    })
+}
+
+fn encode_token(
+    fingerprint: u64,
+    step: u64,
+    state: &PagingState,
+    reversed: bool,
+    keyset: bool,
+    last: Option<(u64, Option<&Value>)>,
+) -> PageToken {
     let mut t = Vec::with_capacity(TOKEN_HEADER_BYTES + 64);
     t.push(TOKEN_VERSION);
     t.extend_from_slice(&fingerprint.to_be_bytes());
     t.extend_from_slice(&step.to_be_bytes());
+    t.push(u8::from(reversed) | (u8::from(keyset) << 1) | (u8::from(last.is_some()) << 2));
+    let (last_step, value) = last.unwrap_or((0, None));
+    t.extend_from_slice(&last_step.to_be_bytes());
+    encode_value(value, &mut t);
     if let Some(s) = state.as_bytes_slice() {
         t.extend_from_slice(s);
     }
     PageToken(t)
 }
 
-fn decode_token(
-    token: &PageToken,
-    fingerprint: u64,
-    steps: u64,
-) -> BackendResult<(u64, PagingState)> {
+fn decode_token(token: &PageToken, fingerprint: u64, steps: u64) -> BackendResult<Token> {
+    let bad = |m: &str| BackendError::InvalidPageToken(m.into());
     let b = token.0.as_slice();
     if b.len() < TOKEN_HEADER_BYTES || b[0] != TOKEN_VERSION {
-        return Err(BackendError::InvalidPageToken(
-            "not a token of the CQL backend".into(),
-        ));
+        return Err(bad("not a token of the CQL backend"));
     }
-    let mut fp = [0u8; 8];
-    fp.copy_from_slice(&b[1..9]);
-    if u64::from_be_bytes(fp) != fingerprint {
-        return Err(BackendError::InvalidPageToken(
-            "the token belongs to another query".into(),
-        ));
+    let u64_at = |i: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[i..i + 8]);
+        u64::from_be_bytes(x)
+    };
+    if u64_at(1) != fingerprint {
+        return Err(bad("the token belongs to another query"));
     }
-    let mut st = [0u8; 8];
-    st.copy_from_slice(&b[9..17]);
-    let step = u64::from_be_bytes(st);
+    let step = u64_at(9);
     if step >= steps {
-        return Err(BackendError::InvalidPageToken(
-            "the token points past the end of the query".into(),
-        ));
+        return Err(bad("the token points past the end of the query"));
     }
-    let state = &b[TOKEN_HEADER_BYTES..];
+    let flags = b[17];
+    let last_step = u64_at(18);
+    let vlen = u32::from_be_bytes([b[26], b[27], b[28], b[29]]) as usize;
+    let rest = &b[TOKEN_HEADER_BYTES..];
+    if rest.len() < vlen || flags > 7 || last_step >= steps {
+        return Err(bad("not a token of the CQL backend"));
+    }
+    let value = decode_value(&rest[..vlen]).ok_or_else(|| bad("not a token of the CQL backend"))?;
+    let state = &rest[vlen..];
     let state = if state.is_empty() {
         PagingState::start()
     } else {
         PagingState::new_from_raw_bytes(state)
     };
-    Ok((step, state))
+    Ok(Token {
+        step,
+        state,
+        reversed: flags & 1 != 0,
+        keyset: flags & 2 != 0,
+        last: (flags & 4 != 0).then_some((last_step, value)),
+    })
+}
+
+/// The clustering column a key query leaves free (the first one without an equality filter), when it is the last
+/// clustering column: then "after the last returned row" is one bound on it. `Ok(None)`: no free column (at most one
+/// row per step). Other queries cannot switch direction.
+fn free_column(schema: &TableSchema, query: &Query, plan: &Plan) -> BackendResult<Option<String>> {
+    let refuse = || {
+        BackendError::InvalidPageToken(
+            "on Cassandra, a page token can change direction only for key queries that leave at most the last \
+             clustering column free and have no IN on a clustering column"
+                .into(),
+        )
+    };
+    let Plan::Key { clustering_in, local, .. } = plan else {
+        return Err(refuse());
+    };
+    if clustering_in.is_some() || local.is_some() {
+        return Err(refuse());
+    }
+    let free: Vec<&String> = schema
+        .clustering
+        .iter()
+        .map(|(c, _)| c)
+        .filter(|c| !query.filters_on(c).any(|op| matches!(op, FilterOp::Eq(_))))
+        .collect();
+    match free.as_slice() {
+        [] => Ok(None),
+        [c] if schema.clustering.last().is_some_and(|(l, _)| l == *c) => Ok(Some((*c).clone())),
+        _ => Err(refuse()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -2311,11 +2528,20 @@ mod tests {
 
     #[test]
     fn tokens_are_checked() {
-        let t = encode_token(7, 3, &PagingState::new_from_raw_bytes(vec![1u8, 2, 3]));
-        let (step, state) = decode_token(&t, 7, 4).unwrap();
-        assert_eq!(step, 3);
+        let v = Value::Text("last".into());
+        let t = encode_token(
+            7,
+            3,
+            &PagingState::new_from_raw_bytes(vec![1u8, 2, 3]),
+            true,
+            false,
+            Some((2, Some(&v))),
+        );
+        let tok = decode_token(&t, 7, 4).unwrap();
+        assert_eq!((tok.step, tok.reversed, tok.keyset), (3, true, false));
+        assert_eq!(tok.last, Some((2, Some(v))));
         assert_eq!(
-            state.as_bytes_slice().map(|s| s.to_vec()),
+            tok.state.as_bytes_slice().map(|s| s.to_vec()),
             Some(vec![1, 2, 3])
         );
         assert!(matches!(
@@ -2330,9 +2556,9 @@ mod tests {
             decode_token(&PageToken(vec![1, 2]), 7, 4),
             Err(BackendError::InvalidPageToken(_))
         ));
-        let fresh = encode_token(7, 0, &PagingState::start());
-        let (step, state) = decode_token(&fresh, 7, 1).unwrap();
-        assert_eq!(step, 0);
-        assert!(state.as_bytes_slice().is_none());
+        let fresh = encode_token(7, 0, &PagingState::start(), false, true, None);
+        let tok = decode_token(&fresh, 7, 1).unwrap();
+        assert_eq!((tok.step, tok.keyset, tok.last), (0, true, None));
+        assert!(tok.state.as_bytes_slice().is_none());
     }
 }
