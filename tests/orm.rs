@@ -938,7 +938,10 @@ impl Entity for File {
     }
 
     fn before_update(patch: &mut Patch, ctx: &HookContext) -> Result<(), HookError> {
-        if patch.get("name").is_some_and(|n| n.as_str().is_none_or(|s| s.trim().is_empty())) {
+        if patch
+            .get("name")
+            .is_some_and(|n| n.as_str().is_none_or(|s| s.trim().is_empty()))
+        {
             return Err(HookError::new("name must not be empty"));
         }
         patch.insert("updated_at_ms", ctx.now_ms);
@@ -1028,16 +1031,31 @@ mod parity {
         let before = shardcast::orm::backend::now_ms();
         let saved = repo.save(file(c, 1, "p", "a.txt")).await.expect("save");
         assert!(saved.created_at_ms >= before && saved.updated_at_ms == saved.created_at_ms);
-        let got = repo.get(file_key(&saved)).await.expect("get").expect("found");
+        let got = repo
+            .get(file_key(&saved))
+            .await
+            .expect("get")
+            .expect("found");
         assert_eq!(got, saved, "what the hook set is stored");
         // A refused upsert writes nothing.
         let (hook, message) = hook_error(repo.save(file(c, 2, "p", "  ")).await);
-        assert_eq!((hook, message.as_str()), ("before_upsert", "name must not be empty"));
-        assert_eq!(repo.get(file_key(&file(c, 2, "p", ""))).await.expect("get"), None);
+        assert_eq!(
+            (hook, message.as_str()),
+            ("before_upsert", "name must not be empty")
+        );
+        assert_eq!(
+            repo.get(file_key(&file(c, 2, "p", ""))).await.expect("get"),
+            None
+        );
         // save_all: one refused entity aborts the batch before anything is written.
-        let r = repo.save_all(vec![file(c, 3, "p", "ok"), file(c, 4, "p", "")]).await;
+        let r = repo
+            .save_all(vec![file(c, 3, "p", "ok"), file(c, 4, "p", "")])
+            .await;
         assert_eq!(hook_error(r).0, "before_upsert");
-        assert_eq!(repo.get(file_key(&file(c, 3, "p", ""))).await.expect("get"), None);
+        assert_eq!(
+            repo.get(file_key(&file(c, 3, "p", ""))).await.expect("get"),
+            None
+        );
         // Update hook: sets updated_at_ms, refuses an empty name (row unchanged).
         std::thread::sleep(Duration::from_millis(5));
         let patched = repo
@@ -1048,9 +1066,15 @@ mod parity {
         assert_eq!(patched.size, Some(99));
         assert!(patched.updated_at_ms > saved.updated_at_ms);
         assert_eq!(patched.created_at_ms, saved.created_at_ms);
-        let (hook, _) = hook_error(repo.patch(file_key(&saved), Patch::new().set("name", "")).await);
+        let (hook, _) = hook_error(
+            repo.patch(file_key(&saved), Patch::new().set("name", ""))
+                .await,
+        );
         assert_eq!(hook, "before_update");
-        assert_eq!(repo.get(file_key(&saved)).await.expect("get"), Some(patched));
+        assert_eq!(
+            repo.get(file_key(&saved)).await.expect("get"),
+            Some(patched)
+        );
         // A second save keeps created_at_ms (the entity carries it) and moves updated_at_ms.
         let again = repo.save(saved.clone()).await.expect("save");
         assert_eq!(again.created_at_ms, saved.created_at_ms);
@@ -1067,25 +1091,36 @@ mod parity {
             state: Some("on".into()),
         };
         repo.save(s(1, "d-default")).await.expect("default ttl");
-        repo.save_with_ttl(s(2, "d-never"), None).await.expect("no ttl");
+        repo.save_with_ttl(s(2, "d-never"), None)
+            .await
+            .expect("no ttl");
         repo.save_with_ttl(s(3, "d-long"), Some(Duration::from_secs(600)))
             .await
             .expect("long ttl");
         // Saved with the default TTL, then saved again without one: the expiry is removed.
         repo.save(s(4, "d-renewed")).await.expect("save");
-        repo.save_with_ttl(s(4, "d-renewed"), None).await.expect("save");
+        repo.save_with_ttl(s(4, "d-renewed"), None)
+            .await
+            .expect("save");
         // A patch keeps the row's expiry.
         repo.save(s(5, "d-patched")).await.expect("save");
         let p = repo
-            .patch(Key::new().with("user", &user).with("id", 5), Patch::new().set("state", "off"))
+            .patch(
+                Key::new().with("user", &user).with("id", 5),
+                Patch::new().set("state", "off"),
+            )
             .await
             .expect("patch");
         assert_eq!(p.expect("exists").state.as_deref(), Some("off"));
         let ids = |v: Vec<Session>| v.iter().map(|s| s.id).collect::<Vec<_>>();
-        assert_eq!(ids(all(&repo, Find::new().eq("user", &user), 2).await), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            ids(all(&repo, Find::new().eq("user", &user), 2).await),
+            vec![1, 2, 3, 4, 5]
+        );
         assert!(
             matches!(
-                repo.save_with_ttl(s(9, "x"), Some(Duration::from_secs(30 * 365 * 86_400))).await,
+                repo.save_with_ttl(s(9, "x"), Some(Duration::from_secs(30 * 365 * 86_400)))
+                    .await,
                 Err(OrmError::InvalidEntity { .. })
             ),
             "a TTL above 20 years is refused"
@@ -1093,19 +1128,51 @@ mod parity {
         std::thread::sleep(Duration::from_millis(3200));
         // Expired rows are never returned: get, key query, global index, local index, patch.
         let live = vec![2, 3, 4];
-        assert_eq!(ids(all(&repo, Find::new().eq("user", &user), 2).await), live);
-        assert_eq!(ids(all(&repo, Find::new().eq("user", &user).eq("state", "on"), 2).await), live);
-        assert_eq!(ids(all(&repo, Find::new().eq("state", "on").eq("user", &user), 10).await), live);
-        assert!(all(&repo, Find::new().eq("device", "d-default"), 10).await.is_empty());
-        assert_eq!(ids(all(&repo, Find::new().eq("device", "d-never"), 10).await), vec![2]);
-        assert_eq!(repo.get(Key::new().with("user", &user).with("id", 1)).await.expect("get"), None);
-        assert_eq!(repo.get(Key::new().with("user", &user).with("id", 5)).await.expect("get"), None);
+        assert_eq!(
+            ids(all(&repo, Find::new().eq("user", &user), 2).await),
+            live
+        );
+        assert_eq!(
+            ids(all(&repo, Find::new().eq("user", &user).eq("state", "on"), 2).await),
+            live
+        );
+        assert_eq!(
+            ids(all(&repo, Find::new().eq("state", "on").eq("user", &user), 10).await),
+            live
+        );
+        assert!(
+            all(&repo, Find::new().eq("device", "d-default"), 10)
+                .await
+                .is_empty()
+        );
+        assert_eq!(
+            ids(all(&repo, Find::new().eq("device", "d-never"), 10).await),
+            vec![2]
+        );
+        assert_eq!(
+            repo.get(Key::new().with("user", &user).with("id", 1))
+                .await
+                .expect("get"),
+            None
+        );
+        assert_eq!(
+            repo.get(Key::new().with("user", &user).with("id", 5))
+                .await
+                .expect("get"),
+            None
+        );
         let p = repo
-            .patch(Key::new().with("user", &user).with("id", 1), Patch::new().set("state", "x"))
+            .patch(
+                Key::new().with("user", &user).with("id", 1),
+                Patch::new().set("state", "x"),
+            )
             .await
             .expect("patch");
         assert_eq!(p, None, "an expired row cannot be patched back to life");
-        assert_eq!(ids(all(&repo, Find::new().eq("user", &user), 10).await), live);
+        assert_eq!(
+            ids(all(&repo, Find::new().eq("user", &user), 10).await),
+            live
+        );
     }
 
     pub async fn patch_and_save(env: TestEnv) {
@@ -1115,7 +1182,10 @@ mod parity {
         let p = repo
             .patch(
                 file_key(&f),
-                Patch::new().set("size", 1234).clear("note").set("secret", "new secret"),
+                Patch::new()
+                    .set("size", 1234)
+                    .clear("note")
+                    .set("secret", "new secret"),
             )
             .await
             .expect("patch")
@@ -1126,12 +1196,23 @@ mod parity {
         expected.secret = Some("new secret".into());
         expected.updated_at_ms = p.updated_at_ms;
         assert_eq!(p, expected, "only the named columns changed");
-        assert_eq!(repo.get(file_key(&f)).await.expect("get"), Some(expected.clone()));
+        assert_eq!(
+            repo.get(file_key(&f)).await.expect("get"),
+            Some(expected.clone())
+        );
         let raw = repo.raw_row(file_key(&f)).await.expect("raw").expect("row");
-        assert!(!raw.windows(10).any(|w| w == b"new secret"), "a patched encrypted column is encrypted");
+        assert!(
+            !raw.windows(10).any(|w| w == b"new secret"),
+            "a patched encrypted column is encrypted"
+        );
         // Absent row: nothing written.
         let ghost = file(c, 8, "p", "ghost");
-        assert_eq!(repo.patch(file_key(&ghost), Patch::new().set("size", 1)).await.expect("patch"), None);
+        assert_eq!(
+            repo.patch(file_key(&ghost), Patch::new().set("size", 1))
+                .await
+                .expect("patch"),
+            None
+        );
         assert_eq!(repo.get(file_key(&ghost)).await.expect("get"), None);
         // Bad patches.
         for bad in [
@@ -1141,7 +1222,10 @@ mod parity {
             Patch::new().set("created_at_ms", true),
         ] {
             assert!(
-                matches!(repo.patch(file_key(&f), bad).await, Err(OrmError::InvalidEntity { .. })),
+                matches!(
+                    repo.patch(file_key(&f), bad).await,
+                    Err(OrmError::InvalidEntity { .. })
+                ),
                 "refused"
             );
         }
@@ -1167,15 +1251,32 @@ mod parity {
         let got = all(&repo, Find::new().eq("company", a).eq("parent", "p1"), 3).await;
         let mut want: Vec<u128> = (0..30).filter(|i| i % 3 == 1).map(|i| 100 - i).collect();
         want.sort();
-        assert_eq!(ids(&got), want, "one partition, in clustering order, every page");
-        let both = all(&repo, Find::new().is_in("company", [a, b]).eq("parent", "p1"), 4).await;
+        assert_eq!(
+            ids(&got),
+            want,
+            "one partition, in clustering order, every page"
+        );
+        let both = all(
+            &repo,
+            Find::new().is_in("company", [a, b]).eq("parent", "p1"),
+            4,
+        )
+        .await;
         assert_eq!(both.len(), 20);
         assert!(both.iter().all(|f| f.parent.as_deref() == Some("p1")));
-        assert!(all(&repo, Find::new().eq("company", a).eq("parent", "none"), 5).await.is_empty());
+        assert!(
+            all(&repo, Find::new().eq("company", a).eq("parent", "none"), 5)
+                .await
+                .is_empty()
+        );
         // The index follows patches, saves and removes.
         let moved = &got[0];
-        repo.patch(file_key(moved), Patch::new().set("parent", "p2")).await.expect("patch");
-        repo.patch(file_key(&got[1]), Patch::new().clear("parent")).await.expect("patch");
+        repo.patch(file_key(moved), Patch::new().set("parent", "p2"))
+            .await
+            .expect("patch");
+        repo.patch(file_key(&got[1]), Patch::new().clear("parent"))
+            .await
+            .expect("patch");
         repo.remove(&got[2]).await.expect("remove");
         let after = all(&repo, Find::new().eq("company", a).eq("parent", "p1"), 100).await;
         assert_eq!(ids(&after), want[3..].to_vec());
@@ -1186,9 +1287,15 @@ mod parity {
         for find in [
             Find::new().eq("parent", "p1"),
             Find::new().eq("company", a).eq("parent", "p1").reversed(),
-            Find::new().eq("company", a).eq("parent", "p1").gt("id", Uuid::nil()),
+            Find::new()
+                .eq("company", a)
+                .eq("parent", "p1")
+                .gt("id", Uuid::nil()),
             Find::new().eq("company", a).is_in("parent", ["p1", "p2"]),
-            Find::new().eq("company", a).eq("parent", "p1").prefix("name", "f"),
+            Find::new()
+                .eq("company", a)
+                .eq("parent", "p1")
+                .prefix("name", "f"),
         ] {
             filter_error(repo.find(find).await);
         }
@@ -1203,16 +1310,27 @@ mod parity {
         assert_eq!(n(&page.entities), (0..8).collect::<Vec<_>>());
         let token = page.next_page_token.expect("more");
         // Forward from the token: 8.., reversed from the same token: the rows before the last returned one.
-        let fwd = repo.find(base.clone().limit(5).page_token(Some(token.clone()))).await.expect("find");
+        let fwd = repo
+            .find(base.clone().limit(5).page_token(Some(token.clone())))
+            .await
+            .expect("find");
         assert_eq!(n(&fwd.entities), (8..13).collect::<Vec<_>>());
         let back = repo
-            .find(base.clone().reversed().limit(100).page_token(Some(token.clone())))
+            .find(
+                base.clone()
+                    .reversed()
+                    .limit(100)
+                    .page_token(Some(token.clone())),
+            )
             .await
             .expect("a forward token is valid in reverse");
         assert_eq!(n(&back.entities), (0..7).rev().collect::<Vec<_>>());
         assert_eq!(back.next_page_token, None);
         // And a reversed token forwards.
-        let rpage = repo.find(base.clone().reversed().limit(4)).await.expect("find");
+        let rpage = repo
+            .find(base.clone().reversed().limit(4))
+            .await
+            .expect("find");
         assert_eq!(n(&rpage.entities), vec![19, 18, 17, 16]);
         let rtoken = rpage.next_page_token.expect("more");
         let ahead = repo
@@ -1253,8 +1371,14 @@ mod parity {
             found(all(&repo, search("rep"), 2).await),
             set(&["Report 2024", "report-final", "REPO", "rep"])
         );
-        assert_eq!(found(all(&repo, search("REPORT"), 1).await), set(&["Report 2024", "report-final"]));
-        assert_eq!(found(all(&repo, search("report "), 5).await), set(&["Report 2024"]));
+        assert_eq!(
+            found(all(&repo, search("REPORT"), 1).await),
+            set(&["Report 2024", "report-final"])
+        );
+        assert_eq!(
+            found(all(&repo, search("report "), 5).await),
+            set(&["Report 2024"])
+        );
         assert_eq!(found(all(&repo, search("rÉ"), 5).await), set(&["Résumé"]));
         assert_eq!(found(all(&repo, search("zzz"), 5).await), set(&[]));
         assert_eq!(
@@ -1262,9 +1386,21 @@ mod parity {
             set(&["abcdefghijklmnopqrstuvwxyz0123"]),
             "a prefix longer than the indexed prefixes is matched in full"
         );
-        assert_eq!(found(all(&repo, search("abcdefghijklmnopqrstuvwx"), 5).await).len(), 2);
         assert_eq!(
-            found(all(&repo, Find::new().is_in("company", [a, b]).prefix("name", "report"), 2).await),
+            found(all(&repo, search("abcdefghijklmnopqrstuvwx"), 5).await).len(),
+            2
+        );
+        assert_eq!(
+            found(
+                all(
+                    &repo,
+                    Find::new()
+                        .is_in("company", [a, b])
+                        .prefix("name", "report"),
+                    2
+                )
+                .await
+            ),
             set(&["Report 2024", "report-final", "Report elsewhere"])
         );
         // Bounded: one page holds at most `limit` rows.
@@ -1274,13 +1410,18 @@ mod parity {
         // A rename through patch moves the row in the search.
         let rep = all(&repo, search("rep"), 10).await;
         let target = rep.iter().find(|f| f.name == "rep").expect("rep");
-        repo.patch(file_key(target), Patch::new().set("name", "Zebra")).await.expect("patch");
+        repo.patch(file_key(target), Patch::new().set("name", "Zebra"))
+            .await
+            .expect("patch");
         assert_eq!(found(all(&repo, search("ze"), 5).await), set(&["Zebra"]));
         assert!(!found(all(&repo, search("rep"), 5).await).contains("rep"));
         // Refused.
         filter_error(repo.find(search("")).await);
         filter_error(repo.find(Find::new().prefix("name", "rep")).await);
-        filter_error(repo.find(Find::new().eq("company", a).prefix("note", "n")).await);
+        filter_error(
+            repo.find(Find::new().eq("company", a).prefix("note", "n"))
+                .await,
+        );
         filter_error(repo.find(search("rep").reversed()).await);
     }
 
@@ -1297,13 +1438,21 @@ mod parity {
         );
         // A patch: for each column, not named / set to a value / cleared.
         let change = |s: BoxedStrategy<serde_json::Value>| {
-            prop_oneof![Just(None), s.prop_map(Some), Just(Some(serde_json::Value::Null))]
+            prop_oneof![
+                Just(None),
+                s.prop_map(Some),
+                Just(Some(serde_json::Value::Null))
+            ]
         };
         let patch = (
             change("[a-z]{0,8}".prop_map(serde_json::Value::from).boxed()),
             change(any::<i64>().prop_map(serde_json::Value::from).boxed()),
             change(any::<bool>().prop_map(serde_json::Value::from).boxed()),
-            change(any::<i32>().prop_map(|n| serde_json::json!({ "n": n })).boxed()),
+            change(
+                any::<i32>()
+                    .prop_map(|n| serde_json::json!({ "n": n }))
+                    .boxed(),
+            ),
             change("[a-z]{0,8}".prop_map(serde_json::Value::from).boxed()),
         );
         let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {

@@ -347,9 +347,8 @@ impl SchemaBuilder {
             }
         }
         for i in &self.local_indexes {
-            let f = field(i).ok_or_else(|| {
-                err(format!("local index column `{i}` is not a declared column"))
-            })?;
+            let f = field(i)
+                .ok_or_else(|| err(format!("local index column `{i}` is not a declared column")))?;
             if keys.contains(&i.as_str()) {
                 return Err(err(format!(
                     "column `{i}` is a key column and needs no local index"
@@ -361,8 +360,7 @@ impl SchemaBuilder {
                     f.field_type
                 )));
             }
-            if self.local_indexes.iter().filter(|j| *j == i).count() > 1
-                || self.indexes.contains(i)
+            if self.local_indexes.iter().filter(|j| *j == i).count() > 1 || self.indexes.contains(i)
             {
                 return Err(err(format!(
                     "`{i}` has both or twice a global and a local index; declare one"
@@ -554,10 +552,7 @@ pub trait Entity: Serialize + DeserializeOwned + Send + Sync + 'static {
     }
 
     /// Runs before a `patch` with the fields about to be written (it may add, change or remove fields).
-    fn before_update(
-        patch: &mut crate::orm::Patch,
-        ctx: &HookContext,
-    ) -> Result<(), HookError> {
+    fn before_update(patch: &mut crate::orm::Patch, ctx: &HookContext) -> Result<(), HookError> {
         let _ = (patch, ctx);
         Ok(())
     }

@@ -35,8 +35,8 @@ use std::time::Duration;
 pub use backend::{Backend, BackendError, Order};
 pub use config::{BackendKind, OrmConfig};
 pub use entity::{Entity, EntitySchema, FieldType, SchemaBuilder, SchemaError};
-pub use io_shard::{BackendFactory, IoHandle, IoShard, IoShardLimits};
 pub use entity::{HookContext, HookError};
+pub use io_shard::{BackendFactory, IoHandle, IoShard, IoShardLimits};
 pub use repository::{Find, FoundPage, Key, Orm, OrmError, OrmResult, Patch, Repository};
 
 /// The factory that builds the backend `config` selects (run on the IO thread).

@@ -291,7 +291,10 @@ impl Patch {
 
     /// The value the patch gives `column`, if it names it.
     pub fn get(&self, column: &str) -> Option<&Json> {
-        self.values.iter().find(|(c, _)| c == column).map(|(_, v)| v)
+        self.values
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, v)| v)
     }
 
     /// The named columns, in order.
@@ -1006,7 +1009,10 @@ impl<E: Entity> Repository<E> {
                     f.column
                 )));
             }
-            if q.filters.iter().any(|g| t.clustering.iter().any(|(c, _)| *c == g.column)) {
+            if q.filters
+                .iter()
+                .any(|g| t.clustering.iter().any(|(c, _)| *c == g.column))
+            {
                 return Err(self.bad_filter(format!(
                     "a local index or prefix filter (`{}`) cannot be combined with clustering column filters",
                     f.column

@@ -637,7 +637,12 @@ impl CqlBackend {
         }
         let stored = self.stored_columns(session, &schema.name).await?;
         let mut hidden = vec![(EXPIRES_COLUMN.to_string(), "bigint")];
-        hidden.extend(schema.search.iter().map(|c| (prefix_column(c), "set<text>")));
+        hidden.extend(
+            schema
+                .search
+                .iter()
+                .map(|c| (prefix_column(c), "set<text>")),
+        );
         for (name, typ) in &hidden {
             if stored.iter().any(|s| s.name == *name) {
                 continue;
@@ -653,7 +658,11 @@ impl CqlBackend {
         let mut wanted: Vec<(String, String, bool)> = Vec::new(); // (index name, column, sai)
         for column in &schema.local_indexes {
             let sai = c.sai && column_type(schema, column)? != ColumnType::Blob;
-            wanted.push((format!("{}_l", index_name(&schema.name, column)), column.clone(), sai));
+            wanted.push((
+                format!("{}_l", index_name(&schema.name, column)),
+                column.clone(),
+                sai,
+            ));
         }
         for column in &schema.search {
             let p = prefix_column(column);
@@ -681,8 +690,13 @@ impl CqlBackend {
                 self.table(schema),
                 q(&prefix_column(column))
             );
-            self.wait_until_answers(session, schema, &cql, vec![Some(CqlValue::Text("a".into()))])
-                .await?;
+            self.wait_until_answers(
+                session,
+                schema,
+                &cql,
+                vec![Some(CqlValue::Text("a".into()))],
+            )
+            .await?;
         }
         Ok(())
     }
@@ -723,9 +737,10 @@ impl CqlBackend {
         let (_, mut values) = self.insert_statement(schema, row)?;
         let mut names: Vec<String> = row.keys().map(|n| q(n)).collect();
         names.push(q(EXPIRES_COLUMN));
-        values.push(ttl_seconds.map(|s| {
-            CqlValue::BigInt(super::now_ms().saturating_add(i64::from(s) * 1000))
-        }));
+        values.push(
+            ttl_seconds
+                .map(|s| CqlValue::BigInt(super::now_ms().saturating_add(i64::from(s) * 1000))),
+        );
         for c in &schema.search {
             let derived = super::search_column(c);
             if row.contains_key(&derived) {
@@ -777,7 +792,12 @@ impl CqlBackend {
         Ok(())
     }
 
-    async fn patch_impl(&self, schema: &TableSchema, key: &Row, columns: Row) -> BackendResult<bool> {
+    async fn patch_impl(
+        &self,
+        schema: &TableSchema,
+        key: &Row,
+        columns: Row,
+    ) -> BackendResult<bool> {
         if schema.is_counter_table() {
             return Err(BackendError::InvalidQuery(format!(
                 "table `{}` is a counter table",
@@ -1094,7 +1114,11 @@ impl CqlBackend {
             ..query.clone()
         };
         let fplan = Plan::build(schema, &forward, self.config.in_chunk_values_max)?;
-        let fingerprint = fingerprint(&schema.name, &fplan.cql(&self.table(schema), schema), &fplan);
+        let fingerprint = fingerprint(
+            &schema.name,
+            &fplan.cql(&self.table(schema), schema),
+            &fplan,
+        );
         let limit = query.limit.max(1) as usize;
         let mut rows: Vec<Row> = Vec::new();
         if plan.steps == 0 {
@@ -1117,7 +1141,9 @@ impl CqlBackend {
                     // Resume from the last returned row, by keyset: the rest of its step, then the next steps.
                     let free = free_column(schema, query, &plan.plan)?;
                     let (last_step, value) = token.last.ok_or_else(|| {
-                        BackendError::InvalidPageToken("the token holds no row to resume from".into())
+                        BackendError::InvalidPageToken(
+                            "the token holds no row to resume from".into(),
+                        )
                     })?;
                     let s = if token.reversed == query.reversed {
                         last_step
@@ -2085,7 +2111,10 @@ fn long_prefix_filter(schema: &TableSchema, query: &Query, rows: Vec<Row>) -> Ve
     if p.chars().count() <= super::SEARCH_PREFIX_CHARS_MAX {
         return rows;
     }
-    let Some(column) = query.local_filter(schema).map(|f| super::search_column(&f.column)) else {
+    let Some(column) = query
+        .local_filter(schema)
+        .map(|f| super::search_column(&f.column))
+    else {
         return rows;
     };
     rows.into_iter()
@@ -2217,7 +2246,12 @@ fn free_column(schema: &TableSchema, query: &Query, plan: &Plan) -> BackendResul
                 .into(),
         )
     };
-    let Plan::Key { clustering_in, local, .. } = plan else {
+    let Plan::Key {
+        clustering_in,
+        local,
+        ..
+    } = plan
+    else {
         return Err(refuse());
     };
     if clustering_in.is_some() || local.is_some() {

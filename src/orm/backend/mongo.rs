@@ -649,7 +649,8 @@ impl Backend for MongoBackend {
         key: &'a Row,
     ) -> BoxFuture<'a, BackendResult<Option<Row>>> {
         Box::pin(async move {
-            let filter = doc! { "$and": [key_filter(schema, key)?, live_condition(super::now_ms())] };
+            let filter =
+                doc! { "$and": [key_filter(schema, key)?, live_condition(super::now_ms())] };
             match self
                 .coll(schema)
                 .find_one(filter)
@@ -701,7 +702,8 @@ impl Backend for MongoBackend {
         columns: Row,
     ) -> BoxFuture<'a, BackendResult<bool>> {
         Box::pin(async move {
-            let filter = doc! { "$and": [key_filter(schema, key)?, live_condition(super::now_ms())] };
+            let filter =
+                doc! { "$and": [key_filter(schema, key)?, live_condition(super::now_ms())] };
             let mut set = Document::new();
             let mut unset = Document::new();
             for (c, v) in &columns {
