@@ -599,7 +599,7 @@ impl CqlBackend {
                 }
             }
         }
-        self.ensure_extras(session, schema, &c).await?;
+        self.ensure_extras(session, schema, c).await?;
         let targets = self.stored_index_targets(session, &schema.name).await?;
         for column in &schema.indexes {
             if targets.iter().any(|t| t == column) {
@@ -1809,6 +1809,7 @@ fn sorted_unique(
 // Query plans.
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one plan per query, never stored in bulk
 enum Plan {
     Scan,
     Index {
