@@ -951,28 +951,42 @@ fn sweep_expired_sync(db: &Database, rows_max: usize) -> BackendResult<usize> {
         out
     };
     let now = super::now_ms().max(0) as u64;
-    let txn = begin_write(db, Durability::Immediate)?;
-    let mut done = 0;
-    for schema in &schemas {
-        if done >= rows_max {
-            break;
-        }
-        let xname = expiry_table_name(&schema.name);
-        let due: Vec<Bytes> = {
-            let x = match txn.open_table(data_def(&xname)) {
+    // Find the due entries with a read transaction first, so an idle sweep never takes the write lock.
+    let mut due_per_table: Vec<(usize, Vec<Bytes>)> = Vec::new();
+    {
+        let txn = db.begin_read().map_err(db_err)?;
+        let mut found = 0;
+        for (i, schema) in schemas.iter().enumerate() {
+            if found >= rows_max {
+                break;
+            }
+            let x = match txn.open_table(data_def(&expiry_table_name(&schema.name))) {
                 Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => continue,
                 Err(e) => return Err(db_err(e)),
             };
             let end = (now + 1).to_be_bytes();
             let mut due = Vec::new();
             for item in x.range::<&[u8]>(..end.as_slice()).map_err(db_err)? {
-                if due.len() + done >= rows_max {
+                if found >= rows_max {
                     break;
                 }
                 due.push(item.map_err(db_err)?.0.value().to_vec());
+                found += 1;
             }
-            due
-        };
+            if !due.is_empty() {
+                due_per_table.push((i, due));
+            }
+        }
+    }
+    if due_per_table.is_empty() {
+        return Ok(0);
+    }
+    let txn = begin_write(db, Durability::Immediate)?;
+    let mut done = 0;
+    for (i, due) in due_per_table {
+        let schema = &schemas[i];
+        let xname = expiry_table_name(&schema.name);
         for k in due {
             let pk = &k[8.min(k.len())..];
             match read_row(&txn, schema, pk)? {
@@ -1385,6 +1399,77 @@ impl Backend for EmbeddedBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweep_deletes_expired_rows_in_bounded_batches() {
+        let dir = std::env::temp_dir().join(format!(
+            "shardcast-sweep-{}-{}",
+            std::process::id(),
+            super::super::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = Database::create(dir.join("db.redb")).expect("db");
+        let schema = TableSchema {
+            name: "s".into(),
+            columns: vec![
+                super::super::ColumnDef {
+                    name: "k".into(),
+                    column_type: ColumnType::Number,
+                },
+                super::super::ColumnDef {
+                    name: "v".into(),
+                    column_type: ColumnType::Text,
+                },
+            ],
+            partition_key: vec!["k".into()],
+            clustering: vec![],
+            indexes: vec!["v".into()],
+            local_indexes: vec![],
+            search: vec![],
+        };
+        ensure_schema_sync(&db, &schema).expect("schema");
+        let now = super::super::now_ms();
+        let txn = begin_write(&db, Durability::Immediate).expect("txn");
+        for k in 0..5i64 {
+            let mut row = Row::from([
+                ("k".to_string(), Value::Number(k)),
+                ("v".to_string(), Value::Text("x".into())),
+            ]);
+            if k < 3 {
+                row.insert(EXPIRES_FIELD.into(), Value::Number(now - 1000));
+            } else if k == 3 {
+                row.insert(EXPIRES_FIELD.into(), Value::Number(now + 600_000));
+            }
+            let pk = encode_primary_key(&schema, &row).expect("pk");
+            write_row(&txn, &schema, &pk, None, &row).expect("write");
+        }
+        txn.commit().expect("commit");
+        let count = |name: String| {
+            let txn = db.begin_read().expect("read");
+            let t = txn.open_table(data_def(&name)).expect("table");
+            t.iter().expect("iter").count()
+        };
+        assert_eq!(count(data_table_name("s")), 5);
+        assert_eq!(
+            sweep_expired_sync(&db, 2).expect("sweep"),
+            2,
+            "at most rows_max per sweep"
+        );
+        assert_eq!(sweep_expired_sync(&db, 2).expect("sweep"), 1);
+        assert_eq!(
+            sweep_expired_sync(&db, 2).expect("sweep"),
+            0,
+            "the live and unexpired rows stay"
+        );
+        assert_eq!(count(data_table_name("s")), 2);
+        assert_eq!(
+            count(index_table_name("s", "v")),
+            2,
+            "index entries go with the rows"
+        );
+        assert_eq!(count(expiry_table_name("s")), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn enc(t: ColumnType, v: Value, o: Order) -> Bytes {
         let mut b = Vec::new();
