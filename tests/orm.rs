@@ -1364,6 +1364,8 @@ mod parity {
             "re",
             "abcdefghijklmnopqrstuvwxyz0123",
             "abcdefghijklmnopqrstuvwxyzXYZ",
+            "a.b(c",
+            "axb(c",
         ];
         let rows: Vec<File> = names
             .iter()

@@ -589,6 +589,50 @@ mod tests {
     }
 
     #[test]
+    fn local_indexes_search_and_ttl_are_validated() {
+        let s = base()
+            .column("name", FieldType::Text)
+            .partition_key(&["a"])
+            .clustering("b", Order::Asc)
+            .local_index("c")
+            .search("name")
+            .ttl(std::time::Duration::from_millis(1500))
+            .build()
+            .expect("valid");
+        assert_eq!(s.ttl_seconds, Some(2), "rounded up to whole seconds");
+        assert_eq!(s.table.local_indexes, vec!["c".to_string()]);
+        assert_eq!(s.table.column_type("name__lc"), Some(ColumnType::Text));
+        assert!(
+            s.field("name__lc").is_none(),
+            "the derived column is not an entity field"
+        );
+        let keyed = base().partition_key(&["a"]);
+        assert!(message(keyed.clone().local_index("a")).contains("key column"));
+        assert!(message(keyed.clone().local_index("zz")).contains("not a declared column"));
+        assert!(message(keyed.clone().local_index("c").index("c")).contains("global and a local"));
+        assert!(message(keyed.clone().search("b")).contains("plain (not encrypted) text"));
+        assert!(message(keyed.clone().search("c").search("c")).contains("twice"));
+        assert!(message(keyed.clone().column("x__lc", FieldType::Text)).contains("reserved"));
+        assert!(message(keyed.clone().ttl(std::time::Duration::ZERO)).contains("ttl"));
+        assert!(
+            message(keyed.ttl(std::time::Duration::from_secs(
+                u64::from(TTL_SECONDS_MAX) + 1
+            )))
+            .contains("ttl")
+        );
+        assert!(
+            message(
+                EntitySchema::builder("n")
+                    .column("a", FieldType::Uuid)
+                    .column("n", FieldType::Counter)
+                    .partition_key(&["a"])
+                    .ttl(std::time::Duration::from_secs(5))
+            )
+            .contains("counters cannot have a TTL")
+        );
+    }
+
+    #[test]
     fn invalid_schemas_give_clear_errors() {
         assert!(message(base()).contains("partition key is empty"));
         assert!(message(base().partition_key(&["zz"])).contains("`zz` is not a declared column"));
