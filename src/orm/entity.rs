@@ -459,7 +459,8 @@ impl SchemaBuilder {
 }
 
 /// The short form of a declaration: expands to the [`SchemaBuilder`] calls (validated the same way at start-up).
-/// Column types are [`FieldType`] variants, orders are [`Order`] variants; `(generated)` marks a generated key.
+/// Column types are [`FieldType`] variants, orders are [`Order`] variants; `(generated)` marks a generated key;
+/// `local_indexes: [..]` and `search: [..]` (optional, after `indexes`) expand to `.local_index` and `.search`.
 ///
 /// ```
 /// use shardcast::orm::{EntitySchema, FieldType, Order};
@@ -488,6 +489,8 @@ macro_rules! entity_schema {
         partition_key: [$($pk:ident),+ $(,)?]
         $(, clustering: [$($ck:ident $ord:ident),* $(,)?])?
         $(, indexes: [$($ix:ident),* $(,)?])?
+        $(, local_indexes: [$($lx:ident),* $(,)?])?
+        $(, search: [$($sx:ident),* $(,)?])?
         $(,)?
     ) => {{
         let b = $crate::orm::EntitySchema::builder($table);
@@ -498,6 +501,8 @@ macro_rules! entity_schema {
         let b = b.partition_key(&[$(stringify!($pk)),+]);
         $($( let b = b.clustering(stringify!($ck), $crate::orm::Order::$ord); )*)?
         $($( let b = b.index(stringify!($ix)); )*)?
+        $($( let b = b.local_index(stringify!($lx)); )*)?
+        $($( let b = b.search(stringify!($sx)); )*)?
         b
     }};
 }
@@ -630,6 +635,28 @@ mod tests {
             )
             .contains("counters cannot have a TTL")
         );
+    }
+
+    #[test]
+    fn short_form_declares_local_indexes_and_search() {
+        let short = crate::entity_schema! {
+            table: "files",
+            columns: { company: Uuid, id: Uuid, parent: Text, name: Text },
+            partition_key: [company],
+            clustering: [id Asc],
+            local_indexes: [parent],
+            search: [name],
+        };
+        let long = EntitySchema::builder("files")
+            .column("company", FieldType::Uuid)
+            .column("id", FieldType::Uuid)
+            .column("parent", FieldType::Text)
+            .column("name", FieldType::Text)
+            .partition_key(&["company"])
+            .clustering("id", Order::Asc)
+            .local_index("parent")
+            .search("name");
+        assert_eq!(short.build(), long.build());
     }
 
     #[test]
