@@ -658,15 +658,13 @@ impl CqlBackend {
         let mut wanted: Vec<(String, String, bool)> = Vec::new(); // (index name, column, sai)
         for column in &schema.local_indexes {
             let sai = c.sai && column_type(schema, column)? != ColumnType::Blob;
-            wanted.push((
-                format!("{}_l", index_name(&schema.name, column)),
-                column.clone(),
-                sai,
-            ));
+            // Named apart from a global index on the same column; at most 48 bytes like every index name.
+            let name = index_name(&schema.name, &format!("{column}__local"));
+            wanted.push((name, column.clone(), sai));
         }
         for column in &schema.search {
             let p = prefix_column(column);
-            wanted.push((format!("{}_p", index_name(&schema.name, &p)), p, c.sai));
+            wanted.push((index_name(&schema.name, &p), p, c.sai));
         }
         for (name, column, sai) in &wanted {
             let using = if *sai { " USING 'sai'" } else { "" };
