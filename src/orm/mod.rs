@@ -4,8 +4,7 @@
 //!
 //! - [`entity`]: declaring an entity (schema builder, validated at start-up) and the serde mapping to rows.
 //! - [`repository`]: `Repository<E>` (find / find_one / get / save / save_all / save_with_ttl / patch / remove /
-//!   increment) and query
-//!   validation, so that every backend gets the same three query shapes.
+//!   increment), hooks, TTL and query validation, so that every backend gets the same query shapes.
 //! - [`crypto`]: encrypted columns (AES-256-GCM, deterministic AES-256-GCM-SIV for keys and indexes).
 //! - [`io_shard`]: the thread with the tokio runtime that owns the backend; bounded queue in, oneshot answers out.
 //! - [`backend`]: the `Backend` trait and its implementations (embedded redb, MongoDB, Cassandra/ScyllaDB).
