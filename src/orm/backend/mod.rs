@@ -340,7 +340,10 @@ pub enum QueryShape {
 /// exhausted. Passing `next` back as `page_token` with the same filters and `reversed` continues right after the last
 /// returned row: following tokens until `None` returns every matching row exactly once, provided the table is not
 /// written meanwhile (rows written during the iteration may or may not be returned, but no other row is lost or
-/// repeated).
+/// repeated). Passing it with the same filters and the opposite `reversed` continues from the same row the other way
+/// (the rows before it, in the new order); a backend that cannot do that for a query shape refuses the token with
+/// [`BackendError::InvalidPageToken`] (CQL: more than one free clustering column, or a clustering `In`; MongoDB: an
+/// `In` split in chunks).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Query {
     /// Conjunction of restrictions.
@@ -388,8 +391,9 @@ impl Query {
 
 /// An opaque continuation token: bytes chosen by the backend that produced it (the embedded and Mongo backends store the
 /// encoded key of the last returned row; the CQL backend stores the driver's paging state, plus its position in a chunked
-/// `In` list). The ORM hands it to users as URL-safe base64 without interpreting it. A token is only valid for the same
-/// table, filters and `reversed` flag; a malformed token gives [`BackendError::InvalidPageToken`], never a panic.
+/// `In` list, and the last returned row's step and free clustering value). The ORM hands it to users as URL-safe base64
+/// without interpreting it. A token is only valid for the same table and filters (in either direction, see [`Query`]);
+/// a malformed token gives [`BackendError::InvalidPageToken`], never a panic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PageToken(pub Vec<u8>);
 
