@@ -932,6 +932,37 @@ fn local_segments(schema: &TableSchema, query: &Query) -> BackendResult<(String,
     Ok((column, prefixes.into_iter().map(Segment::prefix).collect()))
 }
 
+/// Applies a patch (`Backend::patch`) to the row at `pk` inside `txn`: read, merge, write; `false` (nothing written) if
+/// the row is absent or expired. Re-runnable: it only reads its arguments.
+fn patch_in(
+    txn: &redb::WriteTransaction,
+    schema: &TableSchema,
+    pk: &[u8],
+    columns: &Row,
+) -> BackendResult<bool> {
+    let Some(old) = read_row(txn, schema, pk)? else {
+        return Ok(false);
+    };
+    if is_expired(&old, super::now_ms()) {
+        return Ok(false);
+    }
+    let mut new = old.clone();
+    for (c, v) in columns {
+        if schema.is_key(c) || c == EXPIRES_FIELD {
+            return Err(BackendError::InvalidQuery(format!(
+                "a patch cannot write `{c}`"
+            )));
+        }
+        if *v == Value::Null {
+            new.remove(c);
+        } else {
+            new.insert(c.clone(), v.clone());
+        }
+    }
+    write_row(txn, schema, pk, Some(&old), &new)?;
+    Ok(true)
+}
+
 /// Deletes up to `rows_max` expired rows (of every table) in one write transaction; returns how many it deleted.
 fn sweep_expired_sync(db: &Database, rows_max: usize) -> BackendResult<usize> {
     let schemas: Vec<TableSchema> = {
@@ -1302,26 +1333,9 @@ impl Backend for EmbeddedBackend {
         Box::pin(self.writing(move |db, durability| {
             let pk = encode_primary_key(&schema, &key)?;
             let txn = begin_write(db, durability)?;
-            let Some(old) = read_row(&txn, &schema, &pk)? else {
-                return Ok(false);
-            };
-            if is_expired(&old, super::now_ms()) {
+            if !patch_in(&txn, &schema, &pk, &columns)? {
                 return Ok(false);
             }
-            let mut new = old.clone();
-            for (c, v) in columns {
-                if schema.is_key(&c) || c == EXPIRES_FIELD {
-                    return Err(BackendError::InvalidQuery(format!(
-                        "a patch cannot write `{c}`"
-                    )));
-                }
-                if v == Value::Null {
-                    new.remove(&c);
-                } else {
-                    new.insert(c, v);
-                }
-            }
-            write_row(&txn, &schema, &pk, Some(&old), &new)?;
             txn.commit().map_err(db_err)?;
             Ok(true)
         }))
