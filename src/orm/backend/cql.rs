@@ -42,7 +42,7 @@
 //!   every write; SAI needs neither. Cassandra refuses `ORDER BY` on a query that uses an index, so local queries
 //!   cannot be reversed (the ORM refuses it on every backend).
 //! - Prefix search: Cassandra 5.0's SAI has no `LIKE` (that is SASI, disabled by default, or later SAI versions) and
-//!   no range on text, so each search column `c` gets a hidden `set<text>` column `c__pfx` holding the lowercase
+//!   no range on text (5.0.8 refuses `LIKE` on an SAI column and asks for `ALLOW FILTERING` for a text range), so each search column `c` gets a hidden `set<text>` column `c__pfx` holding the lowercase
 //!   value's prefixes of 1 to [`super::SEARCH_PREFIX_CHARS_MAX`] characters, with an SAI index; a search is
 //!   `WHERE <partition key> AND c__pfx CONTAINS ?`, and a longer prefix is checked in full on the rows read.
 //!
