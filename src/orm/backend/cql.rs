@@ -33,8 +33,8 @@
 //!   `shardcast_expires_ms`, which `patch` reads to keep the row's remaining TTL. Cassandra itself never returns an
 //!   expired cell.
 //! - `patch` reads that column (absent row: nothing written), then runs `UPDATE ... USING TTL <remaining> SET <the
-//!   named columns> WHERE <key>`. The read and the update are two statements: a delete between them is overwritten by
-//!   the update for the patched columns (documented limit; use a lightweight transaction if that matters).
+//!   named columns> WHERE <key> IF EXISTS`, a lightweight transaction, so a row deleted between the two statements is
+//!   not brought back with only the patched columns (`[applied]` false: nothing written).
 //! - A local index is a storage-attached index (SAI) on the column (the server's default index for blobs and on
 //!   servers without SAI), queried as `WHERE <partition key> AND column = ?`: SAI combines with the partition
 //!   restriction and reads only that partition. A materialised view would need `materialized_views_enabled` (off by
@@ -864,18 +864,40 @@ impl CqlBackend {
             return Ok(false);
         }
         values.extend(keys);
+        // `IF EXISTS` (a lightweight transaction): a row deleted (or expired) since the read above is not brought back
+        // with only the patched columns.
         let cql = format!(
-            "UPDATE {} USING TTL ? SET {} WHERE {}",
+            "UPDATE {} USING TTL ? SET {} WHERE {} IF EXISTS",
             self.table(schema),
             sets.join(", "),
             key_where(schema)
         );
         let stmt = self.prepared(&c.session, &cql).await?;
-        c.session
+        let res = c
+            .session
             .execute_unpaged(&stmt, values)
             .await
             .map_err(exec_err)?;
-        Ok(true)
+        let rows = res
+            .into_rows_result()
+            .map_err(|e| BackendError::Database(e.to_string()))?;
+        let mut iter = rows
+            .rows::<ColumnIterator<'_, '_>>()
+            .map_err(|e| BackendError::Database(e.to_string()))?;
+        let Some(row) = iter.next() else {
+            return Err(BackendError::Database(
+                "UPDATE IF EXISTS returned no [applied] row".into(),
+            ));
+        };
+        let mut cols = row.map_err(|e| BackendError::Data(e.to_string()))?;
+        let applied = cols
+            .next()
+            .transpose()
+            .map_err(|e| BackendError::Data(e.to_string()))?
+            .and_then(|c| c.slice.map(|s| s.as_slice().first().copied()))
+            .flatten()
+            .ok_or_else(|| BackendError::Data("[applied] has no value".into()))?;
+        Ok(applied != 0)
     }
 
     /// Waits until the index on `column` answers queries: a new index is built in the background, and Cassandra
