@@ -6,6 +6,9 @@
 //! Each operation is awaited from a plain thread with `futures_lite::future::block_on`, so a figure is the full
 //! round trip: caller -> queue -> IO thread -> database -> oneshot -> caller.
 //!
+//! `patch 1 column` is `Repository::patch` (the write plus the read of the patched row); `find 20, local index` is a
+//! partition-key plus local-index lookup (`(thread), folder`).
+//!
 //! Prints one line per backend and operation: count, throughput of that sequential loop, and latency percentiles.
 
 use std::time::{Duration, Instant};
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures_lite::future::block_on;
 use serde::{Deserialize, Serialize};
 use shardcast::orm::{
-    BackendKind, Entity, EntitySchema, FieldType, Find, Key, Order, OrmConfig, Repository,
+    BackendKind, Entity, EntitySchema, FieldType, Find, Key, Order, OrmConfig, Patch, Repository,
     SchemaBuilder,
 };
 
@@ -23,6 +26,7 @@ struct Post {
     seq: i64,
     author: String,
     body: String,
+    folder: String,
 }
 
 impl Entity for Post {
@@ -32,9 +36,11 @@ impl Entity for Post {
             .column("seq", FieldType::Number)
             .column("author", FieldType::Text)
             .column("body", FieldType::EncryptedText)
+            .column("folder", FieldType::Text)
             .partition_key(&["thread"])
             .clustering("seq", Order::Asc)
             .index("author")
+            .local_index("folder")
     }
 }
 
@@ -91,6 +97,7 @@ fn run(name: &str, config: OrmConfig, n: usize) {
         seq: i as i64,
         author: format!("a{}", i % 10),
         body: "a message body of a typical length, encrypted at rest".into(),
+        folder: format!("f{}", i % 8),
     };
     measure(name, "save (upsert)", n, |i| {
         block_on(posts.save(post(i))).expect("save");
@@ -115,6 +122,22 @@ fn run(name: &str, config: OrmConfig, n: usize) {
     measure(name, "find 20, index", n / 4, |i| {
         block_on(posts.find(Find::new().eq("author", format!("a{}", i % 10)).limit(20)))
             .expect("find");
+    });
+    measure(name, "patch 1 column", n, |i| {
+        let key = Key::new()
+            .with("thread", format!("t{}", i % 16))
+            .with("seq", i as i64);
+        let patch = Patch::new().set("author", format!("b{}", i % 10));
+        block_on(posts.patch(key, patch))
+            .expect("patch")
+            .expect("found");
+    });
+    measure(name, "find 20, local index", n / 4, |i| {
+        let find = Find::new()
+            .eq("thread", format!("t{}", i % 16))
+            .eq("folder", format!("f{}", i % 8))
+            .limit(20);
+        block_on(posts.find(find)).expect("find");
     });
     measure(name, "increment counter", n, |i| {
         block_on(hits.increment(Key::new().with("page", format!("p{}", i % 64)), "hits", 1))

@@ -226,6 +226,8 @@ fn table(order: shardcast::orm::Order) -> TableSchema {
         partition_key: vec!["p".into()],
         clustering: vec![("c".into(), order)],
         indexes: vec!["v".into()],
+        local_indexes: vec![],
+        search: vec![],
     }
 }
 

@@ -40,7 +40,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use super::backend::Order;
-use super::backend::{ColumnDef, ColumnType, TableSchema};
+use super::backend::{ColumnDef, ColumnType, TTL_SECONDS_MAX, TableSchema, search_column};
 
 /// Name length limit for tables and columns (CQL allows 48 characters for table names).
 pub const NAME_BYTES_MAX: usize = 48;
@@ -113,6 +113,8 @@ pub struct EntitySchema {
     pub fields: Vec<FieldDef>,
     /// The physical table.
     pub table: TableSchema,
+    /// Default TTL of a saved row, in seconds (`None`: rows never expire unless a write says so).
+    pub ttl_seconds: Option<u32>,
 }
 
 /// A schema declaration error, found when the schema is built (at repository start-up).
@@ -133,6 +135,9 @@ pub struct SchemaBuilder {
     partition_key: Vec<String>,
     clustering: Vec<(String, Order)>,
     indexes: Vec<String>,
+    local_indexes: Vec<String>,
+    search: Vec<String>,
+    ttl_seconds: Option<u32>,
     errors: Vec<String>,
 }
 
@@ -145,6 +150,9 @@ impl EntitySchema {
             partition_key: Vec::new(),
             clustering: Vec::new(),
             indexes: Vec::new(),
+            local_indexes: Vec::new(),
+            search: Vec::new(),
+            ttl_seconds: None,
             errors: Vec::new(),
         }
     }
@@ -212,6 +220,32 @@ impl SchemaBuilder {
     /// Declares a secondary index on `column`.
     pub fn index(mut self, column: &str) -> Self {
         self.indexes.push(column.to_string());
+        self
+    }
+
+    /// Declares a composite local index `(partition key..., column)`: key queries may add one equality filter on
+    /// `column` (`Find::new().eq("company_id", c).eq("parent_id", p)`).
+    pub fn local_index(mut self, column: &str) -> Self {
+        self.local_indexes.push(column.to_string());
+        self
+    }
+
+    /// Declares prefix search on text column `column`: key queries may add `Find::prefix(column, text)`, a
+    /// case-insensitive prefix match within the partition. The ORM maintains a derived lowercase column for it.
+    pub fn search(mut self, column: &str) -> Self {
+        self.search.push(column.to_string());
+        self
+    }
+
+    /// Saved rows of this entity expire `ttl` after their last `save` (rounded up to whole seconds, 1 s to 20 years);
+    /// `Repository::save_with_ttl` overrides it per write.
+    pub fn ttl(mut self, ttl: std::time::Duration) -> Self {
+        match ttl_seconds(ttl) {
+            Some(s) => self.ttl_seconds = Some(s),
+            None => self.errors.push(format!(
+                "ttl {ttl:?} must be between 1 second and {TTL_SECONDS_MAX} seconds"
+            )),
+        }
         self
     }
 
@@ -312,10 +346,63 @@ impl SchemaBuilder {
                 return Err(err(format!("index on `{i}` is declared twice")));
             }
         }
+        for i in &self.local_indexes {
+            let f = field(i)
+                .ok_or_else(|| err(format!("local index column `{i}` is not a declared column")))?;
+            if keys.contains(&i.as_str()) {
+                return Err(err(format!(
+                    "column `{i}` is a key column and needs no local index"
+                )));
+            }
+            if !f.field_type.column_type().is_key_type() {
+                return Err(err(format!(
+                    "column `{i}` has type {:?}, which cannot be indexed",
+                    f.field_type
+                )));
+            }
+            if self.local_indexes.iter().filter(|j| *j == i).count() > 1 || self.indexes.contains(i)
+            {
+                return Err(err(format!(
+                    "`{i}` has both or twice a global and a local index; declare one"
+                )));
+            }
+        }
+        for c in &self.search {
+            let f = field(c)
+                .ok_or_else(|| err(format!("search column `{c}` is not a declared column")))?;
+            if f.field_type != FieldType::Text || keys.contains(&c.as_str()) {
+                return Err(err(format!(
+                    "search column `{c}` must be a plain (not encrypted) text column outside the primary key"
+                )));
+            }
+            if self.search.iter().filter(|j| *j == c).count() > 1 {
+                return Err(err(format!("search on `{c}` is declared twice")));
+            }
+            let derived = search_column(c);
+            if derived.len() > NAME_BYTES_MAX || field(&derived).is_some() {
+                return Err(err(format!(
+                    "search column `{c}` needs the derived column name `{derived}` (free, at most {NAME_BYTES_MAX}                      bytes)"
+                )));
+            }
+        }
+        if let Some(f) = self.fields.iter().find(|f| f.name.contains("__")) {
+            return Err(err(format!(
+                "column name `{}` contains `__`, which is reserved for the ORM's derived columns",
+                f.name
+            )));
+        }
         let has_counter = self
             .fields
             .iter()
             .any(|f| f.field_type == FieldType::Counter);
+        if has_counter && (!self.local_indexes.is_empty() || !self.search.is_empty()) {
+            return Err(err(
+                "a table with counters cannot have local indexes or search columns".into(),
+            ));
+        }
+        if has_counter && self.ttl_seconds.is_some() {
+            return Err(err("a table with counters cannot have a TTL".into()));
+        }
         if has_counter {
             if let Some(f) = self
                 .fields
@@ -337,27 +424,43 @@ impl SchemaBuilder {
         let mut fields = self.fields.clone();
         for f in &mut fields {
             f.deterministic = f.field_type.is_encrypted()
-                && (keys.contains(&f.name.as_str()) || self.indexes.contains(&f.name));
+                && (keys.contains(&f.name.as_str())
+                    || self.indexes.contains(&f.name)
+                    || self.local_indexes.contains(&f.name));
+        }
+        let mut columns: Vec<ColumnDef> = fields
+            .iter()
+            .map(|f| ColumnDef {
+                name: f.name.clone(),
+                column_type: f.field_type.column_type(),
+            })
+            .collect();
+        for c in &self.search {
+            columns.push(ColumnDef {
+                name: search_column(c),
+                column_type: ColumnType::Text,
+            });
         }
         let table = TableSchema {
             name: self.name.clone(),
-            columns: fields
-                .iter()
-                .map(|f| ColumnDef {
-                    name: f.name.clone(),
-                    column_type: f.field_type.column_type(),
-                })
-                .collect(),
+            columns,
             partition_key: self.partition_key.clone(),
             clustering: self.clustering.clone(),
             indexes: self.indexes.clone(),
+            local_indexes: self.local_indexes.clone(),
+            search: self.search.clone(),
         };
-        Ok(EntitySchema { fields, table })
+        Ok(EntitySchema {
+            fields,
+            table,
+            ttl_seconds: self.ttl_seconds,
+        })
     }
 }
 
 /// The short form of a declaration: expands to the [`SchemaBuilder`] calls (validated the same way at start-up).
-/// Column types are [`FieldType`] variants, orders are [`Order`] variants; `(generated)` marks a generated key.
+/// Column types are [`FieldType`] variants, orders are [`Order`] variants; `(generated)` marks a generated key;
+/// `local_indexes: [..]` and `search: [..]` (optional, after `indexes`) expand to `.local_index` and `.search`.
 ///
 /// ```
 /// use shardcast::orm::{EntitySchema, FieldType, Order};
@@ -386,6 +489,8 @@ macro_rules! entity_schema {
         partition_key: [$($pk:ident),+ $(,)?]
         $(, clustering: [$($ck:ident $ord:ident),* $(,)?])?
         $(, indexes: [$($ix:ident),* $(,)?])?
+        $(, local_indexes: [$($lx:ident),* $(,)?])?
+        $(, search: [$($sx:ident),* $(,)?])?
         $(,)?
     ) => {{
         let b = $crate::orm::EntitySchema::builder($table);
@@ -396,14 +501,66 @@ macro_rules! entity_schema {
         let b = b.partition_key(&[$(stringify!($pk)),+]);
         $($( let b = b.clustering(stringify!($ck), $crate::orm::Order::$ord); )*)?
         $($( let b = b.index(stringify!($ix)); )*)?
+        $($( let b = b.local_index(stringify!($lx)); )*)?
+        $($( let b = b.search(stringify!($sx)); )*)?
         b
     }};
 }
 
+/// A TTL as whole seconds (rounded up), if it is within 1 s ..= [`TTL_SECONDS_MAX`].
+pub fn ttl_seconds(ttl: std::time::Duration) -> Option<u32> {
+    let ms = ttl.as_millis();
+    let s = ms.div_ceil(1000);
+    (1..=u128::from(TTL_SECONDS_MAX))
+        .contains(&s)
+        .then_some(s as u32)
+}
+
+/// What a hook knows about the write it runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookContext {
+    /// The IO shard's clock when the write started, in milliseconds since the Unix epoch (use it for timestamps).
+    pub now_ms: i64,
+}
+
+/// The error a hook returns to abort its write; the caller gets [`crate::orm::OrmError::Hook`] with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HookError(pub String);
+
+impl HookError {
+    /// A hook error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
 /// A type stored by a [`crate::orm::Repository`]: a serde struct whose fields are the declared columns.
+///
+/// The hooks run on the IO shard, inside the write, right before the entity is turned into a row (so what they set is
+/// validated, encrypted and stored like the rest); an `Err` aborts the write with [`crate::orm::OrmError::Hook`] and
+/// nothing is written. They behave the same on every backend.
 pub trait Entity: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The declaration (validated when a repository opens).
     fn schema() -> SchemaBuilder;
+
+    /// Runs before an insert (a create-if-absent write) of `self`.
+    fn before_insert(&mut self, ctx: &HookContext) -> Result<(), HookError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Runs before an upsert (`save`, `save_all`, `save_with_ttl`) of `self`.
+    fn before_upsert(&mut self, ctx: &HookContext) -> Result<(), HookError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Runs before a `patch` with the fields about to be written (it may add, change or remove fields).
+    fn before_update(patch: &mut crate::orm::Patch, ctx: &HookContext) -> Result<(), HookError> {
+        let _ = (patch, ctx);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -434,6 +591,72 @@ mod tests {
         assert!(!s.field("secret").expect("field").deterministic);
         assert!(s.field("email").expect("field").deterministic);
         assert_eq!(s.table.column_type("email"), Some(ColumnType::Blob));
+    }
+
+    #[test]
+    fn local_indexes_search_and_ttl_are_validated() {
+        let s = base()
+            .column("name", FieldType::Text)
+            .partition_key(&["a"])
+            .clustering("b", Order::Asc)
+            .local_index("c")
+            .search("name")
+            .ttl(std::time::Duration::from_millis(1500))
+            .build()
+            .expect("valid");
+        assert_eq!(s.ttl_seconds, Some(2), "rounded up to whole seconds");
+        assert_eq!(s.table.local_indexes, vec!["c".to_string()]);
+        assert_eq!(s.table.column_type("name__lc"), Some(ColumnType::Text));
+        assert!(
+            s.field("name__lc").is_none(),
+            "the derived column is not an entity field"
+        );
+        let keyed = base().partition_key(&["a"]);
+        assert!(message(keyed.clone().local_index("a")).contains("key column"));
+        assert!(message(keyed.clone().local_index("zz")).contains("not a declared column"));
+        assert!(message(keyed.clone().local_index("c").index("c")).contains("global and a local"));
+        assert!(message(keyed.clone().search("b")).contains("plain (not encrypted) text"));
+        assert!(message(keyed.clone().search("c").search("c")).contains("twice"));
+        assert!(message(keyed.clone().column("x__lc", FieldType::Text)).contains("reserved"));
+        assert!(message(keyed.clone().ttl(std::time::Duration::ZERO)).contains("ttl"));
+        assert!(
+            message(keyed.ttl(std::time::Duration::from_secs(
+                u64::from(TTL_SECONDS_MAX) + 1
+            )))
+            .contains("ttl")
+        );
+        assert!(
+            message(
+                EntitySchema::builder("n")
+                    .column("a", FieldType::Uuid)
+                    .column("n", FieldType::Counter)
+                    .partition_key(&["a"])
+                    .ttl(std::time::Duration::from_secs(5))
+            )
+            .contains("counters cannot have a TTL")
+        );
+    }
+
+    #[test]
+    fn short_form_declares_local_indexes_and_search() {
+        let short = crate::entity_schema! {
+            table: "files",
+            columns: { company: Uuid, id: Uuid, parent: Text, name: Text },
+            partition_key: [company],
+            clustering: [id Asc],
+            local_indexes: [parent],
+            search: [name],
+        };
+        let long = EntitySchema::builder("files")
+            .column("company", FieldType::Uuid)
+            .column("id", FieldType::Uuid)
+            .column("parent", FieldType::Text)
+            .column("name", FieldType::Text)
+            .partition_key(&["company"])
+            .clustering("id", Order::Asc)
+            .local_index("parent")
+            .search("name");
+        assert_eq!(short.build(), long.build());
     }
 
     #[test]

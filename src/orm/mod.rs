@@ -3,8 +3,8 @@
 //! Entities, repositories, encryption at rest, the IO shard and its three backends (README.md, "The ORM").
 //!
 //! - [`entity`]: declaring an entity (schema builder, validated at start-up) and the serde mapping to rows.
-//! - [`repository`]: `Repository<E>` (find / find_one / get / save / save_all / remove / increment) and query
-//!   validation, so that every backend gets the same three query shapes.
+//! - [`repository`]: `Repository<E>` (find / find_one / get / save / save_all / save_with_ttl / patch / remove /
+//!   increment), hooks, TTL and query validation, so that every backend gets the same query shapes.
 //! - [`crypto`]: encrypted columns (AES-256-GCM, deterministic AES-256-GCM-SIV for keys and indexes).
 //! - [`io_shard`]: the thread with the tokio runtime that owns the backend; bounded queue in, oneshot answers out.
 //! - [`backend`]: the `Backend` trait and its implementations (embedded redb, MongoDB, Cassandra/ScyllaDB).
@@ -35,8 +35,9 @@ use std::time::Duration;
 pub use backend::{Backend, BackendError, Order};
 pub use config::{BackendKind, OrmConfig};
 pub use entity::{Entity, EntitySchema, FieldType, SchemaBuilder, SchemaError};
+pub use entity::{HookContext, HookError};
 pub use io_shard::{BackendFactory, IoHandle, IoShard, IoShardLimits};
-pub use repository::{Find, FoundPage, Key, Orm, OrmError, OrmResult, Repository};
+pub use repository::{Find, FoundPage, Key, Orm, OrmError, OrmResult, Patch, Repository};
 
 /// The factory that builds the backend `config` selects (run on the IO thread).
 pub fn backend_factory(config: &OrmConfig) -> BackendFactory {

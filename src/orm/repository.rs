@@ -14,10 +14,14 @@ use base64::Engine;
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
-use super::backend::{BackendError, Filter, FilterOp, PageToken, Query, Row, Value};
+use super::backend::{
+    BackendError, Filter, FilterOp, PageToken, Query, Row, Value, now_ms, search_column,
+};
 use super::config::OrmConfig;
 use super::crypto::{Cipher, CryptoError};
-use super::entity::{Entity, EntitySchema, FieldDef, FieldType, SchemaError};
+use super::entity::{
+    Entity, EntitySchema, FieldDef, FieldType, HookContext, HookError, SchemaError, ttl_seconds,
+};
 use super::io_shard::IoHandle;
 
 const TOKEN_ENGINE: base64::engine::GeneralPurpose =
@@ -55,6 +59,16 @@ pub enum OrmError {
     /// The backend failed (including [`BackendError::Unavailable`]).
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// A hook of the entity refused the write (nothing was written).
+    #[error("{hook} hook of `{table}` refused the write: {message}")]
+    Hook {
+        /// Table name.
+        table: String,
+        /// `before_insert`, `before_upsert` or `before_update`.
+        hook: &'static str,
+        /// The hook's message.
+        message: String,
+    },
 }
 
 impl OrmError {
@@ -115,6 +129,7 @@ enum Op {
     Le(Json),
     Gt(Json),
     Ge(Json),
+    Prefix(String),
 }
 
 /// A query: filters, order, page size and page token. Built with chained calls:
@@ -180,6 +195,13 @@ impl Find {
         self.push(column, |s| Op::Ge(s.json(column, value)))
     }
 
+    /// Case-insensitive prefix match on search column `column` (declared with `.search(column)`), within the
+    /// partition(s) the query restricts. The text must not be empty.
+    pub fn prefix(self, column: &str, text: &str) -> Self {
+        let text = text.to_string();
+        self.push(column, |_| Op::Prefix(text))
+    }
+
     /// Reverse the clustering order (needs the partition key restricted).
     pub fn reversed(mut self) -> Self {
         self.reversed = true;
@@ -221,6 +243,71 @@ impl Key {
                 .push(format!("value for `{column}` does not serialize: {e}")),
         }
         self
+    }
+}
+
+/// The columns a [`Repository::patch`] writes: `set` gives a column a value, `clear` removes its value. Columns not
+/// named keep theirs.
+#[derive(Debug, Clone, Default)]
+pub struct Patch {
+    values: Vec<(String, Json)>,
+    errors: Vec<String>,
+}
+
+impl Patch {
+    /// An empty patch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets column `column` to `value` (a later `set` of the same column wins).
+    pub fn set(mut self, column: &str, value: impl Serialize) -> Self {
+        self.insert(column, value);
+        self
+    }
+
+    /// Clears column `column` (it reads as `None` afterwards).
+    pub fn clear(self, column: &str) -> Self {
+        self.set(column, Json::Null)
+    }
+
+    /// Sets `column` in place (for hooks); a value that does not serialize is an error of the patch.
+    pub fn insert(&mut self, column: &str, value: impl Serialize) {
+        match serde_json::to_value(value) {
+            Ok(v) => {
+                self.values.retain(|(c, _)| c != column);
+                self.values.push((column.to_string(), v));
+            }
+            Err(e) => self
+                .errors
+                .push(format!("value for `{column}` does not serialize: {e}")),
+        }
+    }
+
+    /// Removes `column` from the patch (for hooks).
+    pub fn remove(&mut self, column: &str) {
+        self.values.retain(|(c, _)| c != column);
+    }
+
+    /// The value the patch gives `column`, if it names it.
+    pub fn get(&self, column: &str) -> Option<&Json> {
+        self.values
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, v)| v)
+    }
+
+    /// The named columns, in order.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.values.iter().map(|(c, _)| c.as_str())
+    }
+
+    /// Builds a patch from a JSON object (every member is a column; `null` clears it).
+    pub fn from_json(object: Map<String, Json>) -> Self {
+        Patch {
+            values: object.into_iter().collect(),
+            errors: Vec::new(),
+        }
     }
 }
 
@@ -319,8 +406,10 @@ impl<E: Entity> Repository<E> {
         row.map(|r| self.entity_of(r)).transpose()
     }
 
-    /// Inserts or replaces `entity` (every declared column is written; `None` fields clear their column). Generated
-    /// keys that are absent are filled in; the saved entity is returned.
+    /// Inserts or replaces `entity`: **full replace**, every declared column is written and `None` fields clear their
+    /// column (use [`Repository::patch`] to write only some columns). Generated keys that are absent are filled in,
+    /// the entity's `before_upsert` hook runs (on the IO shard, inside the write), and the saved entity is returned.
+    /// The row expires after the entity's default TTL, if it declares one; an earlier expiry is replaced.
     pub async fn save(&self, entity: E) -> OrmResult<E> {
         let mut saved = self.save_all(vec![entity]).await?;
         saved
@@ -328,33 +417,149 @@ impl<E: Entity> Repository<E> {
             .ok_or_else(|| self.invalid("save returned nothing".into()))
     }
 
-    /// Saves several entities (one batch; not atomic: on error some may be written).
+    /// Saves several entities (one batch; not atomic: on error some may be written), like [`Repository::save`].
     pub async fn save_all(&self, entities: Vec<E>) -> OrmResult<Vec<E>> {
+        self.save_rows(entities, self.schema.ttl_seconds).await
+    }
+
+    /// Like [`Repository::save`], with this write's TTL instead of the entity's default: `Some(ttl)` expires the row
+    /// `ttl` from now (rounded up to whole seconds, 1 s to 20 years), `None` makes it never expire.
+    pub async fn save_with_ttl(&self, entity: E, ttl: Option<std::time::Duration>) -> OrmResult<E> {
+        let ttl = match ttl {
+            None => None,
+            Some(d) => Some(ttl_seconds(d).ok_or_else(|| {
+                self.invalid(format!(
+                    "ttl {d:?} must be between 1 second and {} seconds",
+                    super::backend::TTL_SECONDS_MAX
+                ))
+            })?),
+        };
+        let mut saved = self.save_rows(vec![entity], ttl).await?;
+        saved
+            .pop()
+            .ok_or_else(|| self.invalid("save returned nothing".into()))
+    }
+
+    async fn save_rows(&self, entities: Vec<E>, ttl: Option<u32>) -> OrmResult<Vec<E>> {
         if self.schema.table.is_counter_table() {
             return Err(self.invalid(
                 "this entity has counters: change them with `increment`, not `save`".into(),
             ));
         }
-        let mut rows = Vec::with_capacity(entities.len());
-        let mut saved = Vec::with_capacity(entities.len());
-        for e in entities {
-            let (row, obj) = self.to_row(&e, true)?;
-            rows.push(row);
-            saved.push(serde_json::from_value(Json::Object(obj)).map_err(|err| {
-                self.invalid(format!(
-                    "entity does not deserialize after key generation: {err}"
-                ))
-            })?);
+        if entities.is_empty() {
+            return Ok(Vec::new());
         }
-        if rows.is_empty() {
-            return Ok(saved);
-        }
-        let s = self.schema.clone();
+        let repo = self.clone();
         self.orm
             .io
-            .call(move |b| Box::pin(async move { b.upsert_all(&s.table, rows).await }))
-            .await?;
-        Ok(saved)
+            .call(move |b| {
+                Box::pin(async move {
+                    let ctx = HookContext { now_ms: now_ms() };
+                    let mut rows = Vec::with_capacity(entities.len());
+                    let mut saved = Vec::with_capacity(entities.len());
+                    for mut e in entities {
+                        if let Err(err) = e.before_upsert(&ctx) {
+                            return Ok(Err(repo.hook_error("before_upsert", err)));
+                        }
+                        match repo.saved_row(&e) {
+                            Ok((row, entity)) => {
+                                rows.push(row);
+                                saved.push(entity);
+                            }
+                            Err(err) => return Ok(Err(err)),
+                        }
+                    }
+                    b.upsert_ttl(&repo.schema.table, rows, ttl).await?;
+                    Ok(Ok(saved))
+                })
+            })
+            .await?
+    }
+
+    fn saved_row(&self, e: &E) -> OrmResult<(Row, E)> {
+        let (row, obj) = self.to_row(e, true)?;
+        let entity = serde_json::from_value(Json::Object(obj)).map_err(|err| {
+            self.invalid(format!(
+                "entity does not deserialize after key generation: {err}"
+            ))
+        })?;
+        Ok((row, entity))
+    }
+
+    fn hook_error(&self, hook: &'static str, e: HookError) -> OrmError {
+        OrmError::Hook {
+            table: self.schema.name().to_string(),
+            hook,
+            message: e.0,
+        }
+    }
+
+    /// Writes only the columns named in `patch` of the row with primary key `key` (Cassandra: an `UPDATE` of those
+    /// columns; MongoDB: `$set`/`$unset`; embedded: read-modify-write in one transaction). The entity's
+    /// `before_update` hook runs first (on the IO shard) and may change the patch. Columns not named keep their
+    /// value, and the row keeps its expiry. Returns the entity as read right after the write, or `None` (nothing
+    /// written) when no such row exists.
+    pub async fn patch(&self, key: Key, patch: Patch) -> OrmResult<Option<E>> {
+        if self.schema.table.is_counter_table() {
+            return Err(self.invalid(
+                "this entity has counters: change them with `increment`, not `patch`".into(),
+            ));
+        }
+        let key = self.key_row(key)?;
+        let repo = self.clone();
+        let found = self
+            .orm
+            .io
+            .call(move |b| {
+                Box::pin(async move {
+                    let mut patch = patch;
+                    let ctx = HookContext { now_ms: now_ms() };
+                    if let Err(err) = E::before_update(&mut patch, &ctx) {
+                        return Ok(Err(repo.hook_error("before_update", err)));
+                    }
+                    let columns = match repo.patch_row(&patch) {
+                        Ok(c) => c,
+                        Err(err) => return Ok(Err(err)),
+                    };
+                    let t = &repo.schema.table;
+                    if !b.patch(t, &key, columns).await? {
+                        return Ok(Ok(None));
+                    }
+                    Ok(Ok(b.get(t, &key).await?))
+                })
+            })
+            .await??;
+        found.map(|r| self.entity_of(r)).transpose()
+    }
+
+    fn patch_row(&self, patch: &Patch) -> OrmResult<Row> {
+        if let Some(e) = patch.errors.first() {
+            return Err(self.invalid(e.clone()));
+        }
+        if patch.values.is_empty() {
+            return Err(self.invalid("a patch must name at least one column".into()));
+        }
+        let mut row = Row::new();
+        for (c, j) in &patch.values {
+            let f = self
+                .schema
+                .field(c)
+                .ok_or_else(|| self.invalid(format!("field `{c}` is not a declared column")))?;
+            if self.schema.table.is_key(c) {
+                return Err(self.invalid(format!(
+                    "`{c}` is a primary key column; a patch cannot change keys"
+                )));
+            }
+            if f.field_type == FieldType::Counter {
+                return Err(self.invalid(format!("`{c}` is a counter: use `increment`")));
+            }
+            let v = self.to_value(f, j)?;
+            if self.schema.table.search.contains(c) {
+                row.insert(search_column(c), lowercase_of(&v));
+            }
+            row.insert(c.clone(), v);
+        }
+        Ok(row)
     }
 
     /// Removes the row of `entity` (by its primary key). Removing an absent row is not an error.
@@ -575,6 +780,9 @@ impl<E: Entity> Repository<E> {
             if v == Value::Null && self.schema.table.is_key(&f.name) {
                 return Err(self.invalid(format!("key column `{}` has no value", f.name)));
             }
+            if self.schema.table.search.contains(&f.name) {
+                row.insert(search_column(&f.name), lowercase_of(&v));
+            }
             row.insert(f.name.clone(), v);
         }
         Ok((row, obj))
@@ -682,6 +890,22 @@ impl<E: Entity> Repository<E> {
                 Op::Le(j) => FilterOp::Le(self.filter_value(column, j)?),
                 Op::Gt(j) => FilterOp::Gt(self.filter_value(column, j)?),
                 Op::Ge(j) => FilterOp::Ge(self.filter_value(column, j)?),
+                Op::Prefix(p) => {
+                    if !t.search.contains(column) {
+                        return Err(self.bad_filter(format!(
+                            "`{column}` is not a search column (declare it with `.search(\"{column}\")`)"
+                        )));
+                    }
+                    if p.is_empty() {
+                        return Err(self.bad_filter(format!("the prefix for `{column}` is empty")));
+                    }
+                    if p.len() > PREFIX_BYTES_MAX {
+                        return Err(self.bad_filter(format!(
+                            "the prefix for `{column}` is longer than {PREFIX_BYTES_MAX} bytes (prefix_bytes_max)"
+                        )));
+                    }
+                    FilterOp::Prefix(p.to_lowercase())
+                }
             };
             filters.push(Filter {
                 column: column.clone(),
@@ -707,7 +931,8 @@ impl<E: Entity> Repository<E> {
             )
         };
         for f in &q.filters {
-            if !t.is_key(&f.column) && !t.indexes.contains(&f.column) {
+            let local = t.local_indexes.contains(&f.column) || t.search.contains(&f.column);
+            if !t.is_key(&f.column) && !t.indexes.contains(&f.column) && !local {
                 return Err(self.bad_filter(format!(
                     "column `{}` is neither a key column nor indexed; filtering on it would scan the table (declare \
                      an index on it, or filter on the partition key {:?})",
@@ -735,6 +960,14 @@ impl<E: Entity> Repository<E> {
             if q.filters.is_empty() {
                 return Ok(());
             }
+            if let Some(f) = q.filters.iter().find(|f| !t.indexes.contains(&f.column)) {
+                return Err(self.bad_filter(format!(
+                    "`{}` has a local index or prefix search, which needs every partition key column ({}) \
+                     restricted by equality or IN",
+                    f.column,
+                    t.partition_key.join(", ")
+                )));
+            }
             return match q.filters.as_slice() {
                 [f] if t.indexes.contains(&f.column) && matches!(f.op, FilterOp::Eq(_) | FilterOp::In(_)) => Ok(()),
                 [f] if t.indexes.contains(&f.column) => {
@@ -759,11 +992,40 @@ impl<E: Entity> Repository<E> {
                 )));
             }
         }
-        if let Some(f) = q.filters.iter().find(|f| !t.is_key(&f.column)) {
-            return Err(self.bad_filter(format!(
-                "an indexed column (`{}`) cannot be combined with partition key filters",
-                f.column
-            )));
+        let others: Vec<&Filter> = q.filters.iter().filter(|f| !t.is_key(&f.column)).collect();
+        if let Some(f) = others.first() {
+            let ok = match &f.op {
+                FilterOp::Eq(_) => t.local_indexes.contains(&f.column),
+                FilterOp::Prefix(_) => t.search.contains(&f.column),
+                _ => false,
+            };
+            if !ok || others.len() > 1 {
+                return Err(self.bad_filter(format!(
+                    "besides the partition key, a query may filter on one column with a local index ({}) by \
+                     equality, or on one search column ({}) by prefix; a global index (`{}`) cannot be combined with \
+                     partition key filters",
+                    t.local_indexes.join(", "),
+                    t.search.join(", "),
+                    f.column
+                )));
+            }
+            if q.filters
+                .iter()
+                .any(|g| t.clustering.iter().any(|(c, _)| *c == g.column))
+            {
+                return Err(self.bad_filter(format!(
+                    "a local index or prefix filter (`{}`) cannot be combined with clustering column filters",
+                    f.column
+                )));
+            }
+            if q.reversed {
+                return Err(self.bad_filter(format!(
+                    "a local index or prefix filter (`{}`) cannot be reversed (Cassandra refuses ORDER BY with \
+                     secondary indexes)",
+                    f.column
+                )));
+            }
+            return Ok(());
         }
         let mut open = true; // still in the equality prefix
         for (c, _) in &t.clustering {
@@ -803,6 +1065,17 @@ impl<E: Entity> Repository<E> {
             }
         }
         Ok(())
+    }
+}
+
+/// Longest prefix of a [`Find::prefix`] search, in bytes.
+pub const PREFIX_BYTES_MAX: usize = 256;
+
+/// The derived value of a search column: its lowercase text (`Null` stays `Null`).
+fn lowercase_of(v: &Value) -> Value {
+    match v {
+        Value::Text(s) => Value::Text(s.to_lowercase()),
+        _ => Value::Null,
     }
 }
 

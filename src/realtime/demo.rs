@@ -34,8 +34,8 @@ use super::crud::{
 };
 use super::rest::{Collection, RestApi};
 use crate::orm::{
-    BackendError, Entity, EntitySchema, FieldType, Find, Order, Orm, OrmError, Repository,
-    SchemaBuilder,
+    BackendError, Entity, EntitySchema, FieldType, Find, HookContext, HookError, Key, Order, Orm,
+    OrmError, Patch, Repository, SchemaBuilder,
 };
 
 /// Longest client-chosen channel id, bytes.
@@ -71,6 +71,18 @@ pub struct Channel {
     /// Creation time, milliseconds since the epoch (set by the server).
     #[serde(default)]
     pub created_at_ms: i64,
+    /// Time of the last change, milliseconds since the epoch (set by the server).
+    #[serde(default)]
+    pub updated_at_ms: i64,
+}
+
+/// The timestamps of the demo entities, set by their ORM hooks on the IO shard: `created_at_ms` when the entity
+/// has none (the services clear what a client sent), `updated_at_ms` on every write.
+fn stamp(created_at_ms: &mut i64, updated_at_ms: &mut i64, ctx: &HookContext) {
+    if *created_at_ms <= 0 {
+        *created_at_ms = ctx.now_ms;
+    }
+    *updated_at_ms = ctx.now_ms;
 }
 
 impl Entity for Channel {
@@ -83,9 +95,20 @@ impl Entity for Channel {
             .column("description", FieldType::Text)
             .column("owner", FieldType::Text)
             .column("created_at_ms", FieldType::Number)
+            .column("updated_at_ms", FieldType::Number)
             .partition_key(&["company_id", "workspace_id"])
             .clustering("id", Order::Asc)
             .index("id")
+    }
+
+    fn before_upsert(&mut self, ctx: &HookContext) -> Result<(), HookError> {
+        stamp(&mut self.created_at_ms, &mut self.updated_at_ms, ctx);
+        Ok(())
+    }
+
+    fn before_update(patch: &mut Patch, ctx: &HookContext) -> Result<(), HookError> {
+        patch.insert("updated_at_ms", ctx.now_ms);
+        Ok(())
     }
 }
 
@@ -117,6 +140,9 @@ pub struct Message {
     /// Creation time, milliseconds since the epoch (set by the server).
     #[serde(default)]
     pub created_at_ms: i64,
+    /// Time of the last change, milliseconds since the epoch (set by the server).
+    #[serde(default)]
+    pub updated_at_ms: i64,
     /// Any other fields, kept as sent.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -130,6 +156,8 @@ struct MessageRow {
     user_id: String,
     text: String,
     created_at_ms: i64,
+    #[serde(default)]
+    updated_at_ms: i64,
     extra: Option<Value>,
 }
 
@@ -143,9 +171,20 @@ impl Entity for MessageRow {
             .column("text", FieldType::Text)
             .column("created_at_ms", FieldType::Number)
             .column("extra", FieldType::Json)
+            .column("updated_at_ms", FieldType::Number)
             .partition_key(&["channel_id"])
             .clustering("id", Order::Desc)
             .index("id")
+    }
+
+    fn before_upsert(&mut self, ctx: &HookContext) -> Result<(), HookError> {
+        stamp(&mut self.created_at_ms, &mut self.updated_at_ms, ctx);
+        Ok(())
+    }
+
+    fn before_update(patch: &mut Patch, ctx: &HookContext) -> Result<(), HookError> {
+        patch.insert("updated_at_ms", ctx.now_ms);
+        Ok(())
     }
 }
 
@@ -157,6 +196,7 @@ impl From<MessageRow> for Message {
             user_id: r.user_id,
             text: r.text,
             created_at_ms: r.created_at_ms,
+            updated_at_ms: r.updated_at_ms,
             extra: match r.extra {
                 Some(Value::Object(m)) => m,
                 _ => Map::new(),
@@ -173,6 +213,7 @@ impl From<Message> for MessageRow {
             user_id: m.user_id,
             text: m.text,
             created_at_ms: m.created_at_ms,
+            updated_at_ms: m.updated_at_ms,
             extra: (!m.extra.is_empty()).then_some(Value::Object(m.extra)),
         }
     }
@@ -216,6 +257,7 @@ fn store_error(e: OrmError) -> CrudError {
     }
 }
 
+#[allow(dead_code)] // the timestamps moved to the entities' ORM hooks; kept for other demo code
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -346,7 +388,7 @@ impl CrudService<Channel> for ChannelService {
             )));
         }
         item.owner = user.id.clone();
-        item.created_at_ms = now_ms();
+        (item.created_at_ms, item.updated_at_ms) = (0, 0); // set by the hook
         let entity = self.repos.channels.save(item).await.map_err(store_error)?;
         Ok(CreateResult {
             type_name: "channel",
@@ -368,21 +410,28 @@ impl CrudService<Channel> for ChannelService {
         id: &str,
         patch: ChannelPatch,
     ) -> Result<UpdateResult<Channel>, CrudError> {
-        let mut channel = accessible_channel(&self.repos.channels, ctx, id).await?;
+        let channel = accessible_channel(&self.repos.channels, ctx, id).await?;
+        let mut fields = Patch::new();
         if let Some(name) = patch.name {
             check_len("name", &name, NAME_BYTES_MAX, true)?;
-            channel.name = name;
+            fields = fields.set("name", name);
         }
         if let Some(d) = patch.description {
             check_len("description", &d, TEXT_BYTES_MAX, false)?;
-            channel.description = d;
+            fields = fields.set("description", d);
         }
+        // Only the named columns are written (a concurrent change of another column is kept).
+        let key = Key::new()
+            .with("company_id", &channel.company_id)
+            .with("workspace_id", &channel.workspace_id)
+            .with("id", &channel.id);
         let entity = self
             .repos
             .channels
-            .save(channel)
+            .patch(key, fields)
             .await
-            .map_err(store_error)?;
+            .map_err(store_error)?
+            .ok_or(CrudError::NotFound)?;
         Ok(UpdateResult {
             type_name: "channel",
             entity,
@@ -509,7 +558,7 @@ impl CrudService<Message> for MessageService {
             }
         }
         item.user_id = user_id;
-        item.created_at_ms = now_ms();
+        (item.created_at_ms, item.updated_at_ms) = (0, 0); // set by the hook
         let row = self
             .repos
             .messages
@@ -532,12 +581,22 @@ impl CrudService<Message> for MessageService {
         id: &str,
         patch: MessagePatch,
     ) -> Result<UpdateResult<Message>, CrudError> {
-        let mut row = self.find(ctx, id).await?.ok_or(CrudError::NotFound)?;
+        let row = self.find(ctx, id).await?.ok_or(CrudError::NotFound)?;
+        let mut fields = Patch::new();
         if let Some(text) = patch.text {
             check_len("text", &text, TEXT_BYTES_MAX, false)?;
-            row.text = text;
+            fields = fields.set("text", text);
         }
-        let row = self.repos.messages.save(row).await.map_err(store_error)?;
+        let key = Key::new()
+            .with("channel_id", &row.channel_id)
+            .with("id", row.id);
+        let row = self
+            .repos
+            .messages
+            .patch(key, fields)
+            .await
+            .map_err(store_error)?
+            .ok_or(CrudError::NotFound)?;
         Ok(UpdateResult {
             type_name: "message",
             entity: row.into(),

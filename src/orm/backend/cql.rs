@@ -28,6 +28,24 @@
 //! (`USING 'sai'`) on Cassandra 5 and newer, the server's default index elsewhere (ScyllaDB, older Cassandra), see
 //! [`CqlIndexKind`].
 //!
+//! # TTL, patch, local indexes, prefix search
+//! - A write with a TTL is `INSERT ... USING TTL ?`; it also stores the expiry (ms since the epoch) in the hidden column
+//!   `shardcast_expires_ms`, which `patch` reads to keep the row's remaining TTL. Cassandra itself never returns an
+//!   expired cell.
+//! - `patch` reads that column (absent row: nothing written), then runs `UPDATE ... USING TTL <remaining> SET <the
+//!   named columns> WHERE <key> IF EXISTS`, a lightweight transaction, so a row deleted between the two statements is
+//!   not brought back with only the patched columns (`[applied]` false: nothing written).
+//! - A local index is a storage-attached index (SAI) on the column (the server's default index for blobs and on
+//!   servers without SAI), queried as `WHERE <partition key> AND column = ?`: SAI combines with the partition
+//!   restriction and reads only that partition. A materialised view would need `materialized_views_enabled` (off by
+//!   default in Cassandra 5, and marked experimental), and an ORM-maintained lookup table would need a read before
+//!   every write; SAI needs neither. Cassandra refuses `ORDER BY` on a query that uses an index, so local queries
+//!   cannot be reversed (the ORM refuses it on every backend).
+//! - Prefix search: Cassandra 5.0's SAI has no `LIKE` (that is SASI, disabled by default, or later SAI versions) and
+//!   no range on text (5.0.8 refuses `LIKE` on an SAI column and asks for `ALLOW FILTERING` for a text range), so each search column `c` gets a hidden `set<text>` column `c__pfx` holding the lowercase
+//!   value's prefixes of 1 to [`super::SEARCH_PREFIX_CHARS_MAX`] characters, with an SAI index; a search is
+//!   `WHERE <partition key> AND c__pfx CONTAINS ?`, and a longer prefix is checked in full on the rows read.
+//!
 //! # Queries and page tokens
 //! A query runs as a sequence of *steps*; each step is one prepared `SELECT` on one partition (or, for an index query,
 //! for one indexed value; for a scan, the whole table), paged by the driver:
@@ -44,9 +62,13 @@
 //! [`CqlConfig::query_concurrency_max`] at once) and used in order while they fit in the page; so a query over 1,000
 //! partitions costs about 1,000 / 16 round trips, not 1,000.
 //!
-//! A page token is `[1, fingerprint: 8 bytes, step: 8 bytes BE, the driver's paging state...]`; the fingerprint is a
-//! hash of the statement and the normalized query, so a token given to another query is refused with
-//! [`BackendError::InvalidPageToken`].
+//! A page token is `[2, fingerprint: 8 bytes, step: 8 bytes BE, flags, step of the last returned row: 8 bytes, that
+//! row's value of the free clustering column (u32 length + tagged bytes), the driver's paging state...]`; the
+//! fingerprint is a hash of the statement and the normalized forward query, so a token given to another query is
+//! refused with [`BackendError::InvalidPageToken`]. The same query in the other direction accepts the token: it
+//! resumes by keyset from the last returned row (`<free column> < value` or `>`, on that row's step, then the
+//! following steps), when the query leaves at most its last clustering column free and has no clustering `In`
+//! (other tokens are refused in the other direction).
 //!
 //! # Connection
 //! The session is opened on first use. While the cluster cannot be reached, calls fail at once with
@@ -78,13 +100,35 @@ use super::{
     PageToken, Query, QueryShape, Row, TableSchema, Uuid, Value,
 };
 
-const TOKEN_VERSION: u8 = 1;
+const TOKEN_VERSION: u8 = 2;
 /// Bytes before the paging state in a page token: version, fingerprint, step.
-const TOKEN_HEADER_BYTES: usize = 17;
+const TOKEN_HEADER_BYTES: usize = 30;
 /// Longest identifier Cassandra accepts for keyspaces (and what we use for generated index names).
 const NAME_BYTES_MAX: usize = 48;
 /// Request timeout of schema statements (they wait for schema agreement), at least.
 const DDL_TIMEOUT_MIN_MS: u64 = 60_000;
+/// Hidden column holding the expiry of a row written with a TTL (ms since the Unix epoch).
+const EXPIRES_COLUMN: &str = "shardcast_expires_ms";
+
+/// The hidden `set<text>` column holding the prefixes of search column `column`.
+fn prefix_column(column: &str) -> String {
+    format!("{column}__pfx")
+}
+
+/// The lowercase prefixes (1 to `SEARCH_PREFIX_CHARS_MAX` characters) stored for derived value `v`.
+fn prefixes_of(v: Option<&Value>) -> Option<CqlValue> {
+    let Some(Value::Text(s)) = v else {
+        return None;
+    };
+    let mut out = Vec::new();
+    for (i, (at, c)) in s.char_indices().enumerate() {
+        if i >= super::SEARCH_PREFIX_CHARS_MAX {
+            break;
+        }
+        out.push(CqlValue::Text(s[..at + c.len_utf8()].to_string()));
+    }
+    (!out.is_empty()).then_some(CqlValue::Set(out))
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Configuration.
@@ -555,6 +599,7 @@ impl CqlBackend {
                 }
             }
         }
+        self.ensure_extras(session, schema, c).await?;
         let targets = self.stored_index_targets(session, &schema.name).await?;
         for column in &schema.indexes {
             if targets.iter().any(|t| t == column) {
@@ -578,6 +623,281 @@ impl CqlBackend {
             self.wait_until_queryable(session, schema, column).await?;
         }
         Ok(())
+    }
+
+    /// The hidden columns (expiry, prefix sets) and the indexes of local indexes and search columns.
+    async fn ensure_extras(
+        &self,
+        session: &Session,
+        schema: &TableSchema,
+        c: &Connected,
+    ) -> BackendResult<()> {
+        if schema.is_counter_table() {
+            return Ok(()); // counters only: no TTL, no patch, no local indexes (the ORM refuses them)
+        }
+        let stored = self.stored_columns(session, &schema.name).await?;
+        let mut hidden = vec![(EXPIRES_COLUMN.to_string(), "bigint")];
+        hidden.extend(
+            schema
+                .search
+                .iter()
+                .map(|c| (prefix_column(c), "set<text>")),
+        );
+        for (name, typ) in &hidden {
+            if stored.iter().any(|s| s.name == *name) {
+                continue;
+            }
+            let ddl = format!("ALTER TABLE {} ADD {} {typ}", self.table(schema), q(name));
+            if let Err(e) = self.run_ddl(session, &ddl).await {
+                let again = self.stored_columns(session, &schema.name).await?;
+                if !again.iter().any(|s| s.name == *name) {
+                    return Err(schema_context(schema, e));
+                }
+            }
+        }
+        let mut wanted: Vec<(String, String, bool)> = Vec::new(); // (index name, column, sai)
+        for column in &schema.local_indexes {
+            let sai = c.sai && column_type(schema, column)? != ColumnType::Blob;
+            // Named apart from a global index on the same column; at most 48 bytes like every index name.
+            let name = index_name(&schema.name, &format!("{column}__local"));
+            wanted.push((name, column.clone(), sai));
+        }
+        for column in &schema.search {
+            let p = prefix_column(column);
+            wanted.push((index_name(&schema.name, &p), p, c.sai));
+        }
+        for (name, column, sai) in &wanted {
+            let using = if *sai { " USING 'sai'" } else { "" };
+            let ddl = format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {} ({}){using}",
+                q(name),
+                self.table(schema),
+                q(column)
+            );
+            self.run_ddl(session, &ddl)
+                .await
+                .map_err(|e| schema_context(schema, e))?;
+        }
+        for column in &schema.local_indexes {
+            self.wait_until_queryable(session, schema, column).await?;
+        }
+        for column in &schema.search {
+            let cql = format!(
+                "SELECT {} FROM {} WHERE {} CONTAINS ? LIMIT 1",
+                q(&schema.partition_key[0]),
+                self.table(schema),
+                q(&prefix_column(column))
+            );
+            self.wait_until_answers(
+                session,
+                schema,
+                &cql,
+                vec![Some(CqlValue::Text("a".into()))],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs `cql` until the index it needs answers (see [`CqlBackend::wait_until_queryable`]).
+    async fn wait_until_answers(
+        &self,
+        session: &Session,
+        schema: &TableSchema,
+        cql: &str,
+        probe: Vec<Option<CqlValue>>,
+    ) -> BackendResult<()> {
+        let stmt = self.prepared(session, cql).await?;
+        let deadline = Instant::now()
+            + Duration::from_millis(self.config.request_timeout_ms.max(DDL_TIMEOUT_MIN_MS));
+        loop {
+            match session.execute_unpaged(&stmt, &probe).await {
+                Ok(_) => return Ok(()),
+                Err(ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                    DbError::ReadFailure { .. },
+                    msg,
+                ))) if Instant::now() < deadline => {
+                    tracing::debug!(table = %schema.name, "index not queryable yet: {msg}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(schema_context(schema, exec_err(e))),
+            }
+        }
+    }
+
+    /// The `INSERT ... USING TTL ?` of `row` with its expiry and prefix sets, and its bound values.
+    fn insert_ttl_statement(
+        &self,
+        schema: &TableSchema,
+        row: &Row,
+        ttl_seconds: Option<u32>,
+    ) -> BackendResult<(String, Vec<Option<CqlValue>>)> {
+        let (_, mut values) = self.insert_statement(schema, row)?;
+        let mut names: Vec<String> = row.keys().map(|n| q(n)).collect();
+        names.push(q(EXPIRES_COLUMN));
+        values.push(
+            ttl_seconds
+                .map(|s| CqlValue::BigInt(super::now_ms().saturating_add(i64::from(s) * 1000))),
+        );
+        for c in &schema.search {
+            let derived = super::search_column(c);
+            if row.contains_key(&derived) {
+                names.push(q(&prefix_column(c)));
+                values.push(prefixes_of(row.get(&derived)));
+            }
+        }
+        values.push(Some(CqlValue::Int(ttl_seconds.unwrap_or(0) as i32)));
+        let marks = vec!["?"; names.len()].join(", ");
+        let cql = format!(
+            "INSERT INTO {} ({}) VALUES ({marks}) USING TTL ?",
+            self.table(schema),
+            names.join(", ")
+        );
+        Ok((cql, values))
+    }
+
+    async fn upsert_ttl_impl(
+        &self,
+        schema: &TableSchema,
+        rows: Vec<Row>,
+        ttl_seconds: Option<u32>,
+    ) -> BackendResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let c = Arc::clone(self.conn().await?);
+        let mut tasks = tokio::task::JoinSet::new();
+        let in_flight_max = self.config.write_concurrency_max.max(1);
+        for row in rows {
+            let (cql, values) = self.insert_ttl_statement(schema, &row, ttl_seconds)?;
+            let mut stmt = self.prepared(&c.session, &cql).await?;
+            stmt.set_is_idempotent(true);
+            while tasks.len() >= in_flight_max {
+                join_one(&mut tasks).await?;
+            }
+            let c = Arc::clone(&c);
+            tasks.spawn(async move {
+                c.session
+                    .execute_unpaged(&stmt, values)
+                    .await
+                    .map(|_| ())
+                    .map_err(exec_err)
+            });
+        }
+        while !tasks.is_empty() {
+            join_one(&mut tasks).await?;
+        }
+        Ok(())
+    }
+
+    async fn patch_impl(
+        &self,
+        schema: &TableSchema,
+        key: &Row,
+        columns: Row,
+    ) -> BackendResult<bool> {
+        if schema.is_counter_table() {
+            return Err(BackendError::InvalidQuery(format!(
+                "table `{}` is a counter table",
+                schema.name
+            )));
+        }
+        let c = Arc::clone(self.conn().await?);
+        let keys = key_values(schema, key)?;
+        let read = format!(
+            "SELECT {} FROM {} WHERE {}",
+            q(EXPIRES_COLUMN),
+            self.table(schema),
+            key_where(schema)
+        );
+        let mut stmt = self.prepared(&c.session, &read).await?;
+        stmt.set_is_idempotent(true);
+        let res = c
+            .session
+            .execute_unpaged(&stmt, keys.clone())
+            .await
+            .map_err(exec_err)?;
+        let rows = res
+            .into_rows_result()
+            .map_err(|e| BackendError::Database(e.to_string()))?;
+        let found = match rows
+            .rows::<(Option<i64>,)>()
+            .map_err(|e| BackendError::Data(e.to_string()))?
+            .next()
+        {
+            Some(r) => Some(r.map_err(|e| BackendError::Data(e.to_string()))?.0),
+            None => None,
+        };
+        let Some(expires) = found else {
+            return Ok(false);
+        };
+        let ttl = match expires {
+            None => 0,
+            Some(e) => {
+                let left = e - super::now_ms();
+                if left <= 0 {
+                    return Ok(false);
+                }
+                ((left + 999) / 1000).min(i64::from(super::TTL_SECONDS_MAX)) as i32
+            }
+        };
+        let mut sets = Vec::new();
+        let mut values = vec![Some(CqlValue::Int(ttl))];
+        for (name, v) in &columns {
+            if schema.is_key(name) {
+                return Err(BackendError::InvalidQuery(format!(
+                    "a patch cannot write key column `{name}`"
+                )));
+            }
+            let t = column_type(schema, name)?;
+            sets.push(format!("{} = ?", q(name)));
+            values.push(to_cql(name, t, v)?);
+        }
+        for s in &schema.search {
+            let derived = super::search_column(s);
+            if columns.contains_key(&derived) {
+                sets.push(format!("{} = ?", q(&prefix_column(s))));
+                values.push(prefixes_of(columns.get(&derived)));
+            }
+        }
+        if sets.is_empty() {
+            return Ok(false);
+        }
+        values.extend(keys);
+        // `IF EXISTS` (a lightweight transaction): a row deleted (or expired) since the read above is not brought back
+        // with only the patched columns.
+        let cql = format!(
+            "UPDATE {} USING TTL ? SET {} WHERE {} IF EXISTS",
+            self.table(schema),
+            sets.join(", "),
+            key_where(schema)
+        );
+        let stmt = self.prepared(&c.session, &cql).await?;
+        let res = c
+            .session
+            .execute_unpaged(&stmt, values)
+            .await
+            .map_err(exec_err)?;
+        let rows = res
+            .into_rows_result()
+            .map_err(|e| BackendError::Database(e.to_string()))?;
+        let mut iter = rows
+            .rows::<ColumnIterator<'_, '_>>()
+            .map_err(|e| BackendError::Database(e.to_string()))?;
+        let Some(row) = iter.next() else {
+            return Err(BackendError::Database(
+                "UPDATE IF EXISTS returned no [applied] row".into(),
+            ));
+        };
+        let mut cols = row.map_err(|e| BackendError::Data(e.to_string()))?;
+        let applied = cols
+            .next()
+            .transpose()
+            .map_err(|e| BackendError::Data(e.to_string()))?
+            .and_then(|c| c.slice.map(|s| s.as_slice().first().copied()))
+            .flatten()
+            .ok_or_else(|| BackendError::Data("[applied] has no value".into()))?;
+        Ok(applied != 0)
     }
 
     /// Waits until the index on `column` answers queries: a new index is built in the background, and Cassandra
@@ -807,20 +1127,78 @@ impl CqlBackend {
     async fn query_impl(&self, schema: &TableSchema, query: &Query) -> BackendResult<Page> {
         let plan = Plan::build(schema, query, self.config.in_chunk_values_max)?;
         let cql = plan.cql(&self.table(schema), schema);
-        let fingerprint = fingerprint(&schema.name, &cql, &plan);
-        let (mut step, mut state, from_token) = match &query.page_token {
-            None => (0, PagingState::start(), false),
-            Some(t) => {
-                let (step, state) = decode_token(t, fingerprint, plan.steps)?;
-                (step, state, true)
-            }
+        // The fingerprint is that of the forward query, so a token is accepted in both directions.
+        let forward = Query {
+            reversed: false,
+            page_token: None,
+            ..query.clone()
         };
+        let fplan = Plan::build(schema, &forward, self.config.in_chunk_values_max)?;
+        let fingerprint = fingerprint(
+            &schema.name,
+            &fplan.cql(&self.table(schema), schema),
+            &fplan,
+        );
         let limit = query.limit.max(1) as usize;
-        let mut rows = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
         if plan.steps == 0 {
             return Ok(Page::default());
         }
+        let free = match &plan.plan {
+            Plan::Key { .. } => free_column(schema, query, &plan.plan).ok().flatten(),
+            _ => None,
+        };
+        let value_of = |r: &Row| free.as_ref().and_then(|f| r.get(f).cloned());
+        let mut last: Option<(u64, Option<Value>)> = None;
         let c = Arc::clone(self.conn().await?);
+        let (mut step, mut state, from_token) = match &query.page_token {
+            None => (0, PagingState::start(), false),
+            Some(t) => {
+                let token = decode_token(t, fingerprint, plan.steps)?;
+                if token.reversed == query.reversed && !token.keyset {
+                    (token.step, token.state, true)
+                } else {
+                    // Resume from the last returned row, by keyset: the rest of its step, then the next steps.
+                    let free = free_column(schema, query, &plan.plan)?;
+                    let (last_step, value) = token.last.ok_or_else(|| {
+                        BackendError::InvalidPageToken(
+                            "the token holds no row to resume from".into(),
+                        )
+                    })?;
+                    let s = if token.reversed == query.reversed {
+                        last_step
+                    } else {
+                        plan.steps - 1 - last_step
+                    };
+                    if let (Some(col), Some(v)) = (free, value) {
+                        let finished = self
+                            .keyset_step(&c, schema, query, &col, v, s, limit, &mut rows)
+                            .await?;
+                        if let Some(r) = rows.last() {
+                            last = Some((s, value_of(r)));
+                        }
+                        if !finished {
+                            let next = last.as_ref().map(|(st, v)| (*st, v.as_ref()));
+                            return Ok(Page {
+                                rows,
+                                next: Some(encode_token(
+                                    fingerprint,
+                                    s,
+                                    &PagingState::start(),
+                                    query.reversed,
+                                    true,
+                                    next,
+                                )),
+                            });
+                        }
+                    }
+                    if s + 1 >= plan.steps {
+                        return Ok(Page { rows, next: None });
+                    }
+                    (s + 1, PagingState::start(), false)
+                }
+            }
+        };
         let mut base = self.prepared(&c.session, &cql).await?;
         base.set_is_idempotent(true);
         let concurrency = self.config.query_concurrency_max.max(1) as u64;
@@ -847,10 +1225,13 @@ impl CqlBackend {
                     let (res, paging) = page.await.map_err(|e| {
                         BackendError::Database(format!("CQL read task failed: {e}"))
                     })??;
-                    let got = decode_rows(schema, res)?;
+                    let got = long_prefix_filter(schema, query, decode_rows(schema, res)?);
                     if rows.len() + got.len() > limit {
                         // Does not fit: this step is fetched again with the room left (the rest are dropped).
                         break;
+                    }
+                    if let Some(r) = got.last() {
+                        last = Some((step, value_of(r)));
                     }
                     rows.extend(got);
                     match paging.into_paging_control_flow() {
@@ -881,7 +1262,11 @@ impl CqlBackend {
                 }
                 Err(e) => return Err(e),
             };
-            rows.extend(decode_rows(schema, res)?);
+            let got = long_prefix_filter(schema, query, decode_rows(schema, res)?);
+            if let Some(r) = got.last() {
+                last = Some((step, value_of(r)));
+            }
+            rows.extend(got);
             match paging.into_paging_control_flow() {
                 ControlFlow::Continue(next) => state = next,
                 ControlFlow::Break(()) => {
@@ -890,14 +1275,91 @@ impl CqlBackend {
                 }
             }
         }
-        let next = (step < plan.steps).then(|| encode_token(fingerprint, step, &state));
+        let next = (step < plan.steps).then(|| {
+            let l = last.as_ref().map(|(st, v)| (*st, v.as_ref()));
+            encode_token(fingerprint, step, &state, query.reversed, false, l)
+        });
         Ok(Page { rows, next })
+    }
+
+    /// Reads step `step` of `query` from just after the row whose free clustering column `column` holds `value` (in
+    /// the query's direction), appending up to `limit` rows in all to `rows`; returns whether the step is finished.
+    #[allow(clippy::too_many_arguments)]
+    async fn keyset_step(
+        &self,
+        c: &Arc<Connected>,
+        schema: &TableSchema,
+        query: &Query,
+        column: &str,
+        value: Value,
+        step: u64,
+        limit: usize,
+        rows: &mut Vec<Row>,
+    ) -> BackendResult<bool> {
+        // The last row satisfied the query's bounds, so "strictly after it" replaces the bound on that side.
+        let mut q = query.clone();
+        q.page_token = None;
+        q.filters.retain(|f| {
+            f.column != column
+                || !(if query.reversed {
+                    matches!(f.op, FilterOp::Lt(_) | FilterOp::Le(_))
+                } else {
+                    matches!(f.op, FilterOp::Gt(_) | FilterOp::Ge(_))
+                })
+        });
+        q.filters.push(super::Filter {
+            column: column.to_string(),
+            op: if query.reversed {
+                FilterOp::Lt(value)
+            } else {
+                FilterOp::Gt(value)
+            },
+        });
+        let plan = Plan::build(schema, &q, self.config.in_chunk_values_max)?;
+        let cql = plan.cql(&self.table(schema), schema);
+        let mut stmt = self.prepared(&c.session, &cql).await?;
+        stmt.set_is_idempotent(true);
+        let mut state = PagingState::start();
+        loop {
+            let (res, paging) = fetch_page(
+                Arc::clone(c),
+                stmt.clone(),
+                plan.values(step)?,
+                state,
+                limit - rows.len(),
+            )
+            .await?;
+            rows.extend(decode_rows(schema, res)?);
+            match paging.into_paging_control_flow() {
+                ControlFlow::Continue(next) if rows.len() < limit => state = next,
+                ControlFlow::Continue(_) => return Ok(false),
+                ControlFlow::Break(()) => return Ok(true),
+            }
+        }
     }
 }
 
 impl Backend for CqlBackend {
     fn name(&self) -> &'static str {
         "cql"
+    }
+
+    fn upsert_ttl<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        rows: Vec<Row>,
+        ttl_seconds: Option<u32>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.upsert_ttl_impl(schema, rows, ttl_seconds))
+    }
+
+    fn patch<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+        columns: Row,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(self.patch_impl(schema, key, columns))
     }
 
     fn ensure_schema<'a>(&'a self, schema: &'a TableSchema) -> BoxFuture<'a, BackendResult<()>> {
@@ -1367,6 +1829,7 @@ fn sorted_unique(
 // Query plans.
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one plan per query, never stored in bulk
 enum Plan {
     Scan,
     Index {
@@ -1380,6 +1843,8 @@ enum Plan {
         clustering_eq: Vec<(String, CqlValue)>,
         /// `In` on the next clustering column: its chunks, in the order they are visited (already reversed if needed).
         clustering_in: Option<(String, Vec<Vec<CqlValue>>)>,
+        /// A local-index or prefix restriction: its CQL condition and bound value.
+        local: Option<(String, CqlValue)>,
         /// Range restrictions on the next clustering column: (column, operator, value).
         ranges: Vec<(String, &'static str, CqlValue)>,
         /// `ORDER BY` clause (reversed queries only).
@@ -1525,10 +1990,33 @@ impl Plan {
                 .collect::<Vec<_>>()
                 .join(", ")
         });
+        let local = match query.local_filter(schema) {
+            None => None,
+            Some(f) => match &f.op {
+                FilterOp::Eq(v) => {
+                    let t = column_type(schema, &f.column)?;
+                    Some((format!("{} = ?", q(&f.column)), key_value(&f.column, t, v)?))
+                }
+                FilterOp::Prefix(p) => {
+                    let head: String = p.chars().take(super::SEARCH_PREFIX_CHARS_MAX).collect();
+                    Some((
+                        format!("{} CONTAINS ?", q(&prefix_column(&f.column))),
+                        CqlValue::Text(head),
+                    ))
+                }
+                _ => {
+                    return Err(BackendError::InvalidQuery(format!(
+                        "local filter on `{}` must be an equality or a prefix",
+                        f.column
+                    )));
+                }
+            },
+        };
         Ok(Plan::Key {
             partition,
             clustering_eq,
             clustering_in,
+            local,
             ranges,
             order_by,
             reversed: query.reversed,
@@ -1554,6 +2042,7 @@ impl PlanWithSteps {
                 clustering_in,
                 ranges,
                 order_by,
+                local,
                 ..
             } => {
                 let mut conds: Vec<String> = schema
@@ -1566,6 +2055,9 @@ impl PlanWithSteps {
                     conds.push(format!("{} IN ?", q(c)));
                 }
                 conds.extend(ranges.iter().map(|(c, op, _)| format!("{} {op} ?", q(c))));
+                if let Some((cond, _)) = local {
+                    conds.push(cond.clone());
+                }
                 cql.push_str(" WHERE ");
                 cql.push_str(&conds.join(" AND "));
                 if let Some(o) = order_by {
@@ -1594,6 +2086,7 @@ impl PlanWithSteps {
                 ranges,
                 reversed,
                 partitions,
+                local,
                 ..
             } => {
                 let chunks = clustering_in.as_ref().map_or(1, |(_, c)| c.len() as u64);
@@ -1622,10 +2115,32 @@ impl PlanWithSteps {
                     out.push(Some(CqlValue::List(chunks[chunk].clone())));
                 }
                 out.extend(ranges.iter().map(|(_, _, v)| Some(v.clone())));
+                if let Some((_, v)) = local {
+                    out.push(Some(v.clone()));
+                }
                 Ok(out)
             }
         }
     }
+}
+
+/// Keeps the rows whose derived value starts with the whole prefix, when the prefix is longer than the stored ones.
+fn long_prefix_filter(schema: &TableSchema, query: &Query, rows: Vec<Row>) -> Vec<Row> {
+    let Some(FilterOp::Prefix(p)) = query.local_filter(schema).map(|f| &f.op) else {
+        return rows;
+    };
+    if p.chars().count() <= super::SEARCH_PREFIX_CHARS_MAX {
+        return rows;
+    }
+    let Some(column) = query
+        .local_filter(schema)
+        .map(|f| super::search_column(&f.column))
+    else {
+        return rows;
+    };
+    rows.into_iter()
+        .filter(|r| matches!(r.get(&column), Some(Value::Text(t)) if t.starts_with(p.as_str())))
+        .collect()
 }
 
 fn fingerprint(table: &str, cql: &str, plan: &PlanWithSteps) -> u64 {
@@ -1633,50 +2148,147 @@ fn fingerprint(table: &str, cql: &str, plan: &PlanWithSteps) -> u64 {
     fnv64(&[table.as_bytes(), cql.as_bytes(), described.as_bytes()])
 }
 
-fn encode_token(fingerprint: u64, step: u64, state: &PagingState) -> PageToken {
+/// A decoded page token.
+struct Token {
+    step: u64,
+    state: PagingState,
+    /// Direction of the query that made it.
+    reversed: bool,
+    /// Made by the keyset path (its paging state is empty; resume from `last`).
+    keyset: bool,
+    /// The step of the last returned row and that row's value of the free clustering column (if it has one).
+    last: Option<(u64, Option<Value>)>,
+}
+
+fn encode_value(v: Option<&Value>, out: &mut Vec<u8>) {
+    let mut b = Vec::new();
+    match v {
+        Some(Value::Text(t)) => {
+            b.push(1);
+            b.extend_from_slice(t.as_bytes());
+        }
+        Some(Value::Number(n)) => {
+            b.push(2);
+            b.extend_from_slice(&n.to_be_bytes());
+        }
+        Some(Value::Boolean(x)) => b.extend_from_slice(&[3, u8::from(*x)]),
+        Some(Value::Uuid(u)) => {
+            b.push(4);
+            b.extend_from_slice(u.as_bytes());
+        }
+        _ => {}
+    }
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(&b);
+}
+
+fn decode_value(b: &[u8]) -> Option<Option<Value>> {
+    Some(match b.split_first() {
+        None => None,
+        Some((1, t)) => Some(Value::Text(String::from_utf8(t.to_vec()).ok()?)),
+        Some((2, n)) => Some(Value::Number(i64::from_be_bytes(n.try_into().ok()?))),
+        Some((3, [x])) => Some(Value::Boolean(*x != 0)),
+        Some((4, u)) => Some(Value::Uuid(Uuid::from_slice(u).ok()?)),
+        _ => return None,
+    })
+}
+
+fn encode_token(
+    fingerprint: u64,
+    step: u64,
+    state: &PagingState,
+    reversed: bool,
+    keyset: bool,
+    last: Option<(u64, Option<&Value>)>,
+) -> PageToken {
     let mut t = Vec::with_capacity(TOKEN_HEADER_BYTES + 64);
     t.push(TOKEN_VERSION);
     t.extend_from_slice(&fingerprint.to_be_bytes());
     t.extend_from_slice(&step.to_be_bytes());
+    t.push(u8::from(reversed) | (u8::from(keyset) << 1) | (u8::from(last.is_some()) << 2));
+    let (last_step, value) = last.unwrap_or((0, None));
+    t.extend_from_slice(&last_step.to_be_bytes());
+    encode_value(value, &mut t);
     if let Some(s) = state.as_bytes_slice() {
         t.extend_from_slice(s);
     }
     PageToken(t)
 }
 
-fn decode_token(
-    token: &PageToken,
-    fingerprint: u64,
-    steps: u64,
-) -> BackendResult<(u64, PagingState)> {
+fn decode_token(token: &PageToken, fingerprint: u64, steps: u64) -> BackendResult<Token> {
+    let bad = |m: &str| BackendError::InvalidPageToken(m.into());
     let b = token.0.as_slice();
     if b.len() < TOKEN_HEADER_BYTES || b[0] != TOKEN_VERSION {
-        return Err(BackendError::InvalidPageToken(
-            "not a token of the CQL backend".into(),
-        ));
+        return Err(bad("not a token of the CQL backend"));
     }
-    let mut fp = [0u8; 8];
-    fp.copy_from_slice(&b[1..9]);
-    if u64::from_be_bytes(fp) != fingerprint {
-        return Err(BackendError::InvalidPageToken(
-            "the token belongs to another query".into(),
-        ));
+    let u64_at = |i: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[i..i + 8]);
+        u64::from_be_bytes(x)
+    };
+    if u64_at(1) != fingerprint {
+        return Err(bad("the token belongs to another query"));
     }
-    let mut st = [0u8; 8];
-    st.copy_from_slice(&b[9..17]);
-    let step = u64::from_be_bytes(st);
+    let step = u64_at(9);
     if step >= steps {
-        return Err(BackendError::InvalidPageToken(
-            "the token points past the end of the query".into(),
-        ));
+        return Err(bad("the token points past the end of the query"));
     }
-    let state = &b[TOKEN_HEADER_BYTES..];
+    let flags = b[17];
+    let last_step = u64_at(18);
+    let vlen = u32::from_be_bytes([b[26], b[27], b[28], b[29]]) as usize;
+    let rest = &b[TOKEN_HEADER_BYTES..];
+    if rest.len() < vlen || flags > 7 || last_step >= steps {
+        return Err(bad("not a token of the CQL backend"));
+    }
+    let value = decode_value(&rest[..vlen]).ok_or_else(|| bad("not a token of the CQL backend"))?;
+    let state = &rest[vlen..];
     let state = if state.is_empty() {
         PagingState::start()
     } else {
         PagingState::new_from_raw_bytes(state)
     };
-    Ok((step, state))
+    Ok(Token {
+        step,
+        state,
+        reversed: flags & 1 != 0,
+        keyset: flags & 2 != 0,
+        last: (flags & 4 != 0).then_some((last_step, value)),
+    })
+}
+
+/// The clustering column a key query leaves free (the first one without an equality filter), when it is the last
+/// clustering column: then "after the last returned row" is one bound on it. `Ok(None)`: no free column (at most one
+/// row per step). Other queries cannot switch direction.
+fn free_column(schema: &TableSchema, query: &Query, plan: &Plan) -> BackendResult<Option<String>> {
+    let refuse = || {
+        BackendError::InvalidPageToken(
+            "on Cassandra, a page token can change direction only for key queries that leave at most the last \
+             clustering column free and have no IN on a clustering column"
+                .into(),
+        )
+    };
+    let Plan::Key {
+        clustering_in,
+        local,
+        ..
+    } = plan
+    else {
+        return Err(refuse());
+    };
+    if clustering_in.is_some() || local.is_some() {
+        return Err(refuse());
+    }
+    let free: Vec<&String> = schema
+        .clustering
+        .iter()
+        .map(|(c, _)| c)
+        .filter(|c| !query.filters_on(c).any(|op| matches!(op, FilterOp::Eq(_))))
+        .collect();
+    match free.as_slice() {
+        [] => Ok(None),
+        [c] if schema.clustering.last().is_some_and(|(l, _)| l == *c) => Ok(Some((*c).clone())),
+        _ => Err(refuse()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1836,6 +2448,8 @@ mod tests {
             partition_key: vec!["room".into()],
             clustering: vec![("at".into(), Order::Desc)],
             indexes: vec![],
+            local_indexes: vec![],
+            search: vec![],
         }
     }
 
@@ -1969,11 +2583,20 @@ mod tests {
 
     #[test]
     fn tokens_are_checked() {
-        let t = encode_token(7, 3, &PagingState::new_from_raw_bytes(vec![1u8, 2, 3]));
-        let (step, state) = decode_token(&t, 7, 4).unwrap();
-        assert_eq!(step, 3);
+        let v = Value::Text("last".into());
+        let t = encode_token(
+            7,
+            3,
+            &PagingState::new_from_raw_bytes(vec![1u8, 2, 3]),
+            true,
+            false,
+            Some((2, Some(&v))),
+        );
+        let tok = decode_token(&t, 7, 4).unwrap();
+        assert_eq!((tok.step, tok.reversed, tok.keyset), (3, true, false));
+        assert_eq!(tok.last, Some((2, Some(v))));
         assert_eq!(
-            state.as_bytes_slice().map(|s| s.to_vec()),
+            tok.state.as_bytes_slice().map(|s| s.to_vec()),
             Some(vec![1, 2, 3])
         );
         assert!(matches!(
@@ -1988,9 +2611,9 @@ mod tests {
             decode_token(&PageToken(vec![1, 2]), 7, 4),
             Err(BackendError::InvalidPageToken(_))
         ));
-        let fresh = encode_token(7, 0, &PagingState::start());
-        let (step, state) = decode_token(&fresh, 7, 1).unwrap();
-        assert_eq!(step, 0);
-        assert!(state.as_bytes_slice().is_none());
+        let fresh = encode_token(7, 0, &PagingState::start(), false, true, None);
+        let tok = decode_token(&fresh, 7, 1).unwrap();
+        assert_eq!((tok.step, tok.keyset, tok.last), (0, true, None));
+        assert!(tok.state.as_bytes_slice().is_none());
     }
 }

@@ -5,6 +5,13 @@
 //!   [`Backend::ensure_schema`]).
 //! - Table `t:<name>`: encoded primary key -> encoded row (every column with a value, keys included).
 //! - Table `i:<name>:<column>` per secondary index: encoded column value ++ encoded primary key -> empty.
+//! - Table `l:<name>:<column>` per local index and per search column (its derived lowercase column): encoded partition
+//!   key ++ encoded column value ++ encoded primary key -> empty. An equality lookup is a prefix scan of
+//!   `partition ++ value` (rows come in clustering order); a prefix search is a prefix scan of `partition ++ escaped
+//!   prefix bytes` (the text encoding without its terminator is a byte prefix of every longer text).
+//! - Table `x:<name>`: expiry (ms since the epoch, big-endian) ++ encoded primary key -> empty, for rows with a TTL.
+//!   The row itself holds its expiry under the reserved name `_expires_ms`; reads skip a row whose expiry has passed,
+//!   and a background thread deletes expired rows, at most [`SWEEP_ROWS_MAX`] per [`SWEEP_INTERVAL`].
 //!
 //! # Key encoding
 //! A primary key is the concatenation of the encoded partition-key columns (ascending) and the encoded clustering
@@ -26,7 +33,9 @@
 //!
 //! # Page tokens
 //! `[1, reversed as u8, last returned key...]`: the next page starts strictly after (before, when reversed) that key,
-//! in the data table (key and scan queries) or the index table (index queries).
+//! in the data table (key and scan queries) or the index table (index and local queries). A token is a position, so
+//! it is also valid for the same query in the other direction: a reversed query given a token of a forward page
+//! continues with the rows before that position (the `reversed` byte only records where the token came from).
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -44,6 +53,12 @@ use super::{
 const SCHEMA_TABLE: TableDefinition<'static, &str, &str> =
     TableDefinition::new("__shardcast_schema");
 const TOKEN_VERSION: u8 = 1;
+/// Reserved row field holding the expiry of a row with a TTL (ms since the Unix epoch).
+const EXPIRES_FIELD: &str = "_expires_ms";
+/// Most expired rows one background sweep deletes (its bounded cost: one write transaction of that size).
+pub const SWEEP_ROWS_MAX: usize = 1000;
+/// Time between two background sweeps of expired rows.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 type Bytes = Vec<u8>;
 
@@ -129,12 +144,19 @@ impl EmbeddedBackend {
         if let Some(interval) = sync_interval {
             spawn_syncer(Arc::downgrade(&db), dirty.clone(), interval)?;
         }
+        spawn_sweeper(Arc::downgrade(&db))?;
         Ok(Self {
             db,
             path,
             dirty,
             sync_interval,
         })
+    }
+
+    /// Deletes up to `rows_max` expired rows now (the background sweep does this every [`SWEEP_INTERVAL`]);
+    /// returns how many expiry entries it processed.
+    pub fn sweep_expired(&self, rows_max: usize) -> BackendResult<usize> {
+        sweep_expired_sync(&self.db, rows_max)
     }
 
     /// The database file.
@@ -543,12 +565,9 @@ fn encode_token(reversed: bool, key: &[u8]) -> PageToken {
     PageToken(t)
 }
 
-fn decode_token(token: &PageToken, reversed: bool) -> BackendResult<Bytes> {
+fn decode_token(token: &PageToken) -> BackendResult<Bytes> {
     match token.0.as_slice() {
-        [TOKEN_VERSION, r, key @ ..] if *r == u8::from(reversed) => Ok(key.to_vec()),
-        [TOKEN_VERSION, _, ..] => Err(BackendError::InvalidPageToken(
-            "the token was made for the opposite order".into(),
-        )),
+        [TOKEN_VERSION, 0 | 1, key @ ..] => Ok(key.to_vec()),
         _ => Err(BackendError::InvalidPageToken(
             "not a token of the embedded store".into(),
         )),
@@ -617,7 +636,7 @@ fn scan_segments<T: ReadableTable<&'static [u8], &'static [u8]>>(
 
 fn run_query(db: &Database, schema: &TableSchema, query: &Query) -> BackendResult<Page> {
     let after = match &query.page_token {
-        Some(t) => Some(decode_token(t, query.reversed)?),
+        Some(t) => Some(decode_token(t)?),
         None => None,
     };
     let limit = query.limit.max(1) as usize;
@@ -636,6 +655,17 @@ fn run_query(db: &Database, schema: &TableSchema, query: &Query) -> BackendResul
             }];
             let (e, m) = scan_segments(&data, &segs, query.reversed, after.as_deref(), limit)?;
             (e, m, false)
+        }
+        QueryShape::Key if query.local_filter(schema).is_some() => {
+            let (column, segs) = local_segments(schema, query)?;
+            let lname = local_table_name(&schema.name, &column);
+            let local = match txn.open_table(data_def(&lname)) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Page::default()),
+                Err(e) => return Err(db_err(e)),
+            };
+            let (e, m) = scan_segments(&local, &segs, query.reversed, after.as_deref(), limit)?;
+            (e, m, true)
         }
         QueryShape::Key => {
             let segs = key_segments(schema, query)?;
@@ -656,17 +686,23 @@ fn run_query(db: &Database, schema: &TableSchema, query: &Query) -> BackendResul
     };
     let mut rows = Vec::with_capacity(entries.len());
     let mut last = None;
+    let now = super::now_ms();
     for (k, v) in entries {
-        if from_index {
+        let row = if from_index {
             let (_, pk) = split_index_key(&k)?;
-            if let Some(row) = data.get(pk).map_err(db_err)? {
-                rows.push(decode_row(row.value())?);
+            match data.get(pk).map_err(db_err)? {
+                Some(row) => Some(decode_row(row.value())?),
+                None => None,
             }
         } else {
-            rows.push(decode_row(&v)?);
+            Some(decode_row(&v)?)
+        };
+        if let Some(row) = row.and_then(|r| live_row(r, now)) {
+            rows.push(row);
         }
         last = Some(k);
     }
+
     let next = match (more, last) {
         (true, Some(k)) => Some(encode_token(query.reversed, &k)),
         _ => None,
@@ -745,7 +781,290 @@ fn write_row(
             index.insert(a.as_slice(), [].as_slice()).map_err(db_err)?;
         }
     }
+    write_aux(txn, schema, pk, old, Some(new))
+}
+
+fn local_table_name(table: &str, column: &str) -> String {
+    format!("l:{table}:{column}")
+}
+
+fn expiry_table_name(table: &str) -> String {
+    format!("x:{table}")
+}
+
+/// The columns with a local table: local indexes, then the derived columns of search columns.
+fn local_columns(schema: &TableSchema) -> Vec<String> {
+    schema
+        .local_indexes
+        .iter()
+        .cloned()
+        .chain(schema.search.iter().map(|c| super::search_column(c)))
+        .collect()
+}
+
+fn expires_of(row: &Row) -> Option<i64> {
+    match row.get(EXPIRES_FIELD) {
+        Some(Value::Number(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+fn is_expired(row: &Row, now_ms: i64) -> bool {
+    expires_of(row).is_some_and(|e| e <= now_ms)
+}
+
+/// `row` without its reserved fields, or `None` if it has expired.
+fn live_row(mut row: Row, now_ms: i64) -> Option<Row> {
+    if is_expired(&row, now_ms) {
+        return None;
+    }
+    row.remove(EXPIRES_FIELD);
+    Some(row)
+}
+
+/// The local-table key of `row` for `column`: partition ++ value ++ primary key ++ u32 length of the primary key.
+fn local_entry(
+    schema: &TableSchema,
+    column: &str,
+    row: &Row,
+    pk: &[u8],
+) -> BackendResult<Option<Bytes>> {
+    match row.get(column) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            let t = schema.column_type(column).unwrap_or(ColumnType::Blob);
+            let mut e = encode_partition_key(schema, row)?;
+            encode_key_value(&mut e, column, t, v, Order::Asc)?;
+            Ok(Some(index_key(&e, pk)))
+        }
+    }
+}
+
+fn expiry_entry(row: &Row, pk: &[u8]) -> Option<Bytes> {
+    expires_of(row).map(|e| {
+        let mut k = (e.max(0) as u64).to_be_bytes().to_vec();
+        k.extend_from_slice(pk);
+        k
+    })
+}
+
+/// Keeps the local tables and the expiry table in step with a change of the row at `pk` from `old` to `new`
+/// (`None`: absent).
+fn write_aux(
+    txn: &redb::WriteTransaction,
+    schema: &TableSchema,
+    pk: &[u8],
+    old: Option<&Row>,
+    new: Option<&Row>,
+) -> BackendResult<()> {
+    for column in local_columns(schema) {
+        let before = match old {
+            Some(o) => local_entry(schema, &column, o, pk)?,
+            None => None,
+        };
+        let after = match new {
+            Some(n) => local_entry(schema, &column, n, pk)?,
+            None => None,
+        };
+        if before == after {
+            continue;
+        }
+        let lname = local_table_name(&schema.name, &column);
+        let mut local = txn.open_table(data_def(&lname)).map_err(db_err)?;
+        if let Some(b) = before {
+            local.remove(b.as_slice()).map_err(db_err)?;
+        }
+        if let Some(a) = after {
+            local.insert(a.as_slice(), [].as_slice()).map_err(db_err)?;
+        }
+    }
+    let before = old.and_then(|o| expiry_entry(o, pk));
+    let after = new.and_then(|n| expiry_entry(n, pk));
+    if before != after {
+        let xname = expiry_table_name(&schema.name);
+        let mut x = txn.open_table(data_def(&xname)).map_err(db_err)?;
+        if let Some(b) = before {
+            x.remove(b.as_slice()).map_err(db_err)?;
+        }
+        if let Some(a) = after {
+            x.insert(a.as_slice(), [].as_slice()).map_err(db_err)?;
+        }
+    }
     Ok(())
+}
+
+/// The segments of the local table that a local query covers (one per partition).
+fn local_segments(schema: &TableSchema, query: &Query) -> BackendResult<(String, Vec<Segment>)> {
+    let f = query
+        .local_filter(schema)
+        .ok_or_else(|| BackendError::InvalidQuery("not a local query".into()))?;
+    let mut lists = Vec::new();
+    for c in &schema.partition_key {
+        let t = schema.column_type(c).unwrap_or(ColumnType::Blob);
+        let op = query.filters_on(c).next().ok_or_else(|| {
+            BackendError::InvalidQuery(format!("partition key column `{c}` is not restricted"))
+        })?;
+        lists.push(encode_values(c, t, op, Order::Asc)?);
+    }
+    let (column, tail) = match &f.op {
+        FilterOp::Eq(v) => {
+            let t = schema.column_type(&f.column).unwrap_or(ColumnType::Blob);
+            let mut e = Vec::new();
+            encode_key_value(&mut e, &f.column, t, v, Order::Asc)?;
+            (f.column.clone(), e)
+        }
+        FilterOp::Prefix(p) => {
+            let mut e = Vec::new();
+            encode_escaped(&mut e, p.as_bytes());
+            e.truncate(e.len() - 2); // no terminator: a byte prefix of every text starting with `p`
+            (super::search_column(&f.column), e)
+        }
+        _ => {
+            return Err(BackendError::InvalidQuery(format!(
+                "local filter on `{}` must be an equality or a prefix",
+                f.column
+            )));
+        }
+    };
+    let mut prefixes = cartesian(&[cartesian(&lists), vec![tail]]);
+    prefixes.sort();
+    prefixes.dedup();
+    Ok((column, prefixes.into_iter().map(Segment::prefix).collect()))
+}
+
+/// Applies a patch (`Backend::patch`) to the row at `pk` inside `txn`: read, merge, write; `false` (nothing written) if
+/// the row is absent or expired. Re-runnable: it only reads its arguments.
+fn patch_in(
+    txn: &redb::WriteTransaction,
+    schema: &TableSchema,
+    pk: &[u8],
+    columns: &Row,
+) -> BackendResult<bool> {
+    let Some(old) = read_row(txn, schema, pk)? else {
+        return Ok(false);
+    };
+    if is_expired(&old, super::now_ms()) {
+        return Ok(false);
+    }
+    let mut new = old.clone();
+    for (c, v) in columns {
+        if schema.is_key(c) || c == EXPIRES_FIELD {
+            return Err(BackendError::InvalidQuery(format!(
+                "a patch cannot write `{c}`"
+            )));
+        }
+        if *v == Value::Null {
+            new.remove(c);
+        } else {
+            new.insert(c.clone(), v.clone());
+        }
+    }
+    write_row(txn, schema, pk, Some(&old), &new)?;
+    Ok(true)
+}
+
+/// Deletes up to `rows_max` expired rows (of every table) in one write transaction; returns how many it deleted.
+fn sweep_expired_sync(db: &Database, rows_max: usize) -> BackendResult<usize> {
+    let schemas: Vec<TableSchema> = {
+        let txn = db.begin_read().map_err(db_err)?;
+        let meta = match txn.open_table(SCHEMA_TABLE) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(db_err(e)),
+        };
+        let mut out = Vec::new();
+        for item in meta.iter().map_err(db_err)? {
+            let (_, json) = item.map_err(db_err)?;
+            if let Ok(s) = serde_json::from_str::<TableSchema>(json.value()) {
+                out.push(s);
+            }
+        }
+        out
+    };
+    let now = super::now_ms().max(0) as u64;
+    // Find the due entries with a read transaction first, so an idle sweep never takes the write lock.
+    let mut due_per_table: Vec<(usize, Vec<Bytes>)> = Vec::new();
+    {
+        let txn = db.begin_read().map_err(db_err)?;
+        let mut found = 0;
+        for (i, schema) in schemas.iter().enumerate() {
+            if found >= rows_max {
+                break;
+            }
+            let x = match txn.open_table(data_def(&expiry_table_name(&schema.name))) {
+                Ok(t) => t,
+                Err(TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(db_err(e)),
+            };
+            let end = (now + 1).to_be_bytes();
+            let mut due = Vec::new();
+            for item in x.range::<&[u8]>(..end.as_slice()).map_err(db_err)? {
+                if found >= rows_max {
+                    break;
+                }
+                due.push(item.map_err(db_err)?.0.value().to_vec());
+                found += 1;
+            }
+            if !due.is_empty() {
+                due_per_table.push((i, due));
+            }
+        }
+    }
+    if due_per_table.is_empty() {
+        return Ok(0);
+    }
+    let txn = begin_write(db, Durability::Immediate)?;
+    let mut done = 0;
+    for (i, due) in due_per_table {
+        let schema = &schemas[i];
+        let xname = expiry_table_name(&schema.name);
+        for k in due {
+            let pk = &k[8.min(k.len())..];
+            match read_row(&txn, schema, pk)? {
+                Some(old) if expiry_entry(&old, pk).as_deref() == Some(k.as_slice()) => {
+                    {
+                        let name = data_table_name(&schema.name);
+                        let mut data = txn.open_table(data_def(&name)).map_err(db_err)?;
+                        data.remove(pk).map_err(db_err)?;
+                    }
+                    for column in &schema.indexes {
+                        if let Some(e) = index_entry(schema, column, &old, pk)? {
+                            let iname = index_table_name(&schema.name, column);
+                            let mut index = txn.open_table(data_def(&iname)).map_err(db_err)?;
+                            index.remove(e.as_slice()).map_err(db_err)?;
+                        }
+                    }
+                    write_aux(&txn, schema, pk, Some(&old), None)?;
+                }
+                _ => {
+                    let mut x = txn.open_table(data_def(&xname)).map_err(db_err)?;
+                    x.remove(k.as_slice()).map_err(db_err)?;
+                }
+            }
+            done += 1;
+        }
+    }
+    if done > 0 {
+        txn.commit().map_err(db_err)?;
+    }
+    Ok(done)
+}
+
+/// The background thread that deletes expired rows, [`SWEEP_ROWS_MAX`] at most per [`SWEEP_INTERVAL`].
+fn spawn_sweeper(db: Weak<Database>) -> BackendResult<()> {
+    std::thread::Builder::new()
+        .name("shardcast-redb-sweep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(SWEEP_INTERVAL);
+                let Some(db) = db.upgrade() else { return };
+                if let Err(e) = sweep_expired_sync(&db, SWEEP_ROWS_MAX) {
+                    tracing::warn!(error = %e, "embedded store: sweeping expired rows failed");
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| BackendError::Unavailable(format!("cannot start the sweep thread: {e}")))
 }
 
 fn read_row(
@@ -802,6 +1121,37 @@ fn ensure_schema_sync(db: &Database, schema: &TableSchema) -> BackendResult<()> 
         .cloned()
         .collect();
     merged.indexes.extend(new_indexes.iter().cloned());
+    // New local indexes and search columns: build their local tables from the existing rows.
+    let old_locals = local_columns(&merged);
+    for c in &schema.local_indexes {
+        if !merged.local_indexes.contains(c) {
+            merged.local_indexes.push(c.clone());
+        }
+    }
+    for c in &schema.search {
+        if !merged.search.contains(c) {
+            merged.search.push(c.clone());
+        }
+    }
+    let new_locals: Vec<String> = local_columns(&merged)
+        .into_iter()
+        .filter(|c| !old_locals.contains(c))
+        .collect();
+    if !new_locals.is_empty() {
+        let data_name = data_table_name(&schema.name);
+        let data = txn.open_table(data_def(&data_name)).map_err(db_err)?;
+        for column in &new_locals {
+            let lname = local_table_name(&schema.name, column);
+            let mut local = txn.open_table(data_def(&lname)).map_err(db_err)?;
+            for item in data.iter().map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                let row = decode_row(v.value())?;
+                if let Some(e) = local_entry(&merged, column, &row, k.value())? {
+                    local.insert(e.as_slice(), [].as_slice()).map_err(db_err)?;
+                }
+            }
+        }
+    }
     {
         let data_name = data_table_name(&schema.name);
         let data = txn.open_table(data_def(&data_name)).map_err(db_err)?;
@@ -909,7 +1259,7 @@ impl Backend for EmbeddedBackend {
             };
             let v = table.get(pk.as_slice()).map_err(db_err)?;
             match v {
-                Some(v) => Ok(Some(decode_row(v.value())?)),
+                Some(v) => Ok(live_row(decode_row(v.value())?, super::now_ms())),
                 None => Ok(None),
             }
         }))
@@ -954,6 +1304,43 @@ impl Backend for EmbeddedBackend {
         }))
     }
 
+    fn upsert_ttl<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        mut rows: Vec<Row>,
+        ttl_seconds: Option<u32>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        // The expiry is one more field of the row, so the ordinary upsert path writes (or, as Null, removes) it and
+        // `write_row` keeps the expiry table in step.
+        let expires = match ttl_seconds {
+            Some(s) => Value::Number(super::now_ms().saturating_add(i64::from(s) * 1000)),
+            None => Value::Null,
+        };
+        for row in &mut rows {
+            row.insert(EXPIRES_FIELD.to_string(), expires.clone());
+        }
+        self.upsert_all(schema, rows)
+    }
+
+    fn patch<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+        columns: Row,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        let schema = schema.clone();
+        let key = key.clone();
+        Box::pin(self.writing(move |db, durability| {
+            let pk = encode_primary_key(&schema, &key)?;
+            let txn = begin_write(db, durability)?;
+            if !patch_in(&txn, &schema, &pk, &columns)? {
+                return Ok(false);
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(true)
+        }))
+    }
+
     fn delete<'a>(
         &'a self,
         schema: &'a TableSchema,
@@ -977,6 +1364,7 @@ impl Backend for EmbeddedBackend {
                         index.remove(e.as_slice()).map_err(db_err)?;
                     }
                 }
+                write_aux(&txn, &schema, &pk, Some(&old), None)?;
             }
             txn.commit().map_err(db_err)
         }))
@@ -1025,6 +1413,77 @@ impl Backend for EmbeddedBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweep_deletes_expired_rows_in_bounded_batches() {
+        let dir = std::env::temp_dir().join(format!(
+            "shardcast-sweep-{}-{}",
+            std::process::id(),
+            super::super::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let db = Database::create(dir.join("db.redb")).expect("db");
+        let schema = TableSchema {
+            name: "s".into(),
+            columns: vec![
+                super::super::ColumnDef {
+                    name: "k".into(),
+                    column_type: ColumnType::Number,
+                },
+                super::super::ColumnDef {
+                    name: "v".into(),
+                    column_type: ColumnType::Text,
+                },
+            ],
+            partition_key: vec!["k".into()],
+            clustering: vec![],
+            indexes: vec!["v".into()],
+            local_indexes: vec![],
+            search: vec![],
+        };
+        ensure_schema_sync(&db, &schema).expect("schema");
+        let now = super::super::now_ms();
+        let txn = begin_write(&db, Durability::Immediate).expect("txn");
+        for k in 0..5i64 {
+            let mut row = Row::from([
+                ("k".to_string(), Value::Number(k)),
+                ("v".to_string(), Value::Text("x".into())),
+            ]);
+            if k < 3 {
+                row.insert(EXPIRES_FIELD.into(), Value::Number(now - 1000));
+            } else if k == 3 {
+                row.insert(EXPIRES_FIELD.into(), Value::Number(now + 600_000));
+            }
+            let pk = encode_primary_key(&schema, &row).expect("pk");
+            write_row(&txn, &schema, &pk, None, &row).expect("write");
+        }
+        txn.commit().expect("commit");
+        let count = |name: String| {
+            let txn = db.begin_read().expect("read");
+            let t = txn.open_table(data_def(&name)).expect("table");
+            t.iter().expect("iter").count()
+        };
+        assert_eq!(count(data_table_name("s")), 5);
+        assert_eq!(
+            sweep_expired_sync(&db, 2).expect("sweep"),
+            2,
+            "at most rows_max per sweep"
+        );
+        assert_eq!(sweep_expired_sync(&db, 2).expect("sweep"), 1);
+        assert_eq!(
+            sweep_expired_sync(&db, 2).expect("sweep"),
+            0,
+            "the live and unexpired rows stay"
+        );
+        assert_eq!(count(data_table_name("s")), 2);
+        assert_eq!(
+            count(index_table_name("s", "v")),
+            2,
+            "index entries go with the rows"
+        );
+        assert_eq!(count(expiry_table_name("s")), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn enc(t: ColumnType, v: Value, o: Order) -> Bytes {
         let mut b = Vec::new();

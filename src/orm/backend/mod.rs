@@ -211,6 +211,34 @@ pub struct TableSchema {
     pub clustering: Vec<(String, Order)>,
     /// Columns with a secondary (global) index: never partition-key columns, never `Json`/`Counter` columns.
     pub indexes: Vec<String>,
+    /// Columns with a composite local index `(partition key..., column)`: never key columns, never `Json`/`Counter`.
+    /// They answer key queries with one `Eq` filter on the column (see [`Query`]).
+    #[serde(default)]
+    pub local_indexes: Vec<String>,
+    /// Text columns with prefix search. Each has a derived column [`search_column`] in [`TableSchema::columns`] (type
+    /// `Text`, written by the ORM with the lowercase value) that the backends index within the partition.
+    #[serde(default)]
+    pub search: Vec<String>,
+}
+
+/// The derived column holding the lowercase value of search column `column` (written by the ORM, never by users).
+pub fn search_column(column: &str) -> String {
+    format!("{column}__lc")
+}
+
+/// Prefixes longer than this many characters are matched on their first `SEARCH_PREFIX_CHARS_MAX` characters by the
+/// index, then checked in full on the rows read (the CQL backend stores one index entry per prefix length).
+pub const SEARCH_PREFIX_CHARS_MAX: usize = 24;
+
+/// Longest TTL of a write, in seconds (Cassandra's maximum, 20 years).
+pub const TTL_SECONDS_MAX: u32 = 630_720_000;
+
+/// Milliseconds since the Unix epoch, by the system clock (the expiry clock of the embedded and MongoDB backends).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl TableSchema {
@@ -261,6 +289,9 @@ pub enum FilterOp {
     Gt(Value),
     /// `column >= value` (clustering columns only).
     Ge(Value),
+    /// The lowercase value of search column `column` starts with this (already lowercase, non-empty) text. Only in a key
+    /// query, see [`Query`].
+    Prefix(String),
 }
 
 /// One restriction of a [`Query`]; a query's filters are a conjunction (AND).
@@ -293,6 +324,11 @@ pub enum QueryShape {
 /// 2. **Index query** ([`QueryShape::Index`]): exactly one filter, `Eq` or `In`, on a column listed in
 ///    [`TableSchema::indexes`]; `reversed` is false.
 /// 3. **Scan** ([`QueryShape::Scan`]): no filters; `reversed` is false.
+/// 4. **Local query** (a key query, [`QueryShape::Key`], with [`Query::local_filter`] `Some`): every partition-key column
+///    restricted as in a key query, no clustering filter, `reversed` false, and exactly one more filter: `Eq` on a column
+///    of [`TableSchema::local_indexes`], or `Prefix` on a column of [`TableSchema::search`]. Within a partition, rows of an
+///    `Eq` local query come in clustering order; rows of a `Prefix` query in an order chosen by the backend (embedded and
+///    MongoDB: by lowercase value, then clustering order; CQL: clustering order), stable as for the other shapes.
 ///
 /// **Order of results.** Rows come grouped by partition. Within a partition rows are in clustering order (each column in
 /// its declared `Asc`/`Desc` order, lexicographically by column), or exactly the reverse when `reversed` is true. The
@@ -304,7 +340,10 @@ pub enum QueryShape {
 /// exhausted. Passing `next` back as `page_token` with the same filters and `reversed` continues right after the last
 /// returned row: following tokens until `None` returns every matching row exactly once, provided the table is not
 /// written meanwhile (rows written during the iteration may or may not be returned, but no other row is lost or
-/// repeated).
+/// repeated). Passing it with the same filters and the opposite `reversed` continues from the same row the other way
+/// (the rows before it, in the new order); a backend that cannot do that for a query shape refuses the token with
+/// [`BackendError::InvalidPageToken`] (CQL: more than one free clustering column, or a clustering `In`; MongoDB: an
+/// `In` split in chunks).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Query {
     /// Conjunction of restrictions.
@@ -333,6 +372,14 @@ impl Query {
         }
     }
 
+    /// The filter of a local query (on a local-index or search column), if this is one.
+    pub fn local_filter<'a>(&'a self, schema: &TableSchema) -> Option<&'a Filter> {
+        if self.shape(schema) != QueryShape::Key {
+            return None;
+        }
+        self.filters.iter().find(|f| !schema.is_key(&f.column))
+    }
+
     /// The filters on column `name`.
     pub fn filters_on<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a FilterOp> + 'a {
         self.filters
@@ -344,8 +391,9 @@ impl Query {
 
 /// An opaque continuation token: bytes chosen by the backend that produced it (the embedded and Mongo backends store the
 /// encoded key of the last returned row; the CQL backend stores the driver's paging state, plus its position in a chunked
-/// `In` list). The ORM hands it to users as URL-safe base64 without interpreting it. A token is only valid for the same
-/// table, filters and `reversed` flag; a malformed token gives [`BackendError::InvalidPageToken`], never a panic.
+/// `In` list, and the last returned row's step and free clustering value). The ORM hands it to users as URL-safe base64
+/// without interpreting it. A token is only valid for the same table and filters (in either direction, see [`Query`]);
+/// a malformed token gives [`BackendError::InvalidPageToken`], never a panic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PageToken(pub Vec<u8>);
 
@@ -451,6 +499,45 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         column: &'a str,
         delta: i64,
     ) -> BoxFuture<'a, BackendResult<()>>;
+
+    /// Upserts `rows` like [`Backend::upsert_all`] and sets their expiry: with `Some(ttl)` each row expires `ttl`
+    /// seconds from now (1..=[`TTL_SECONDS_MAX`]); with `None` it never expires (an earlier expiry is removed). An
+    /// expired row is never returned by `get` or `query`, and is removed later. The ORM's `save` calls this, never
+    /// `upsert_all` directly. The default supports only `None` (for test wrappers).
+    fn upsert_ttl<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        rows: Vec<Row>,
+        ttl_seconds: Option<u32>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        match ttl_seconds {
+            None => self.upsert_all(schema, rows),
+            Some(_) => Box::pin(async move {
+                Err(BackendError::InvalidQuery(format!(
+                    "the {} backend does not support TTL",
+                    self.name()
+                )))
+            }),
+        }
+    }
+
+    /// Writes only `columns` (non-key columns; `Value::Null` clears one) of the row with primary key `key`, if the row
+    /// exists and has not expired; returns whether it did. Columns not named keep their value, and the row keeps its
+    /// expiry. The default refuses (for test wrappers).
+    fn patch<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+        columns: Row,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        let _ = (schema, key, columns);
+        Box::pin(async move {
+            Err(BackendError::InvalidQuery(format!(
+                "the {} backend does not support patch",
+                self.name()
+            )))
+        })
+    }
 
     /// The row with primary key `key` exactly as the database stores it, as bytes (embedded: the encoded record; Mongo:
     /// the BSON document; CQL: every cell's serialized bytes concatenated), or `None` if absent. Used by the tests that

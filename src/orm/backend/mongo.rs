@@ -6,6 +6,13 @@
 //! - A unique compound index `shardcast_pk` on the primary key (partition columns ascending, clustering columns in their
 //!   declared order), so rows are unique per key and key queries are index scans; one index `shardcast_idx_<column>`
 //!   per secondary index.
+//! - Per local index a compound index `shardcast_local_<column>` on (partition columns, column, clustering columns);
+//!   per search column one on (partition columns, derived lowercase column, clustering columns): a prefix search is
+//!   an anchored regex `^<escaped lowercase prefix>` on the derived column, which the index answers as a range (a
+//!   case-insensitive regex `/^abc/i` on the original column could not use the index bounds).
+//! - Rows with a TTL hold their expiry in the date field `_expires_at`, with a TTL index `shardcast_ttl`
+//!   (`expireAfterSeconds: 0`) on it; the server deletes them in the background (about once a minute), and until then
+//!   every read adds `_expires_at` absent or in the future to its filter, so an expired row is never returned.
 //! - Collection `__shardcast_schema`: `{ _id: <table>, schema: <TableSchema as JSON> }`, checked and extended by
 //!   [`Backend::ensure_schema`].
 //!
@@ -18,7 +25,9 @@
 //! Keyset pagination, never skip: results are sorted on the primary key (index queries: the indexed column, then the
 //! primary key), and the page token is the chunk index (see below) and the BSON document of the sort-key values of the
 //! last returned row. The next page
-//! adds `(k1 > v1) or (k1 = v1 and k2 > v2) or ...` (with `<` for descending fields) to the filter.
+//! adds `(k1 > v1) or (k1 = v1 and k2 > v2) or ...` (with `<` for descending fields) to the filter. The token is a
+//! position, so the same query in the other direction accepts it and continues before it (unless the query is split in
+//! chunks, whose order depends on the direction).
 //! An `In` list longer than [`IN_CHUNK_VALUES`] on the leading sort field is split into sorted chunks queried in
 //! order, so no single `$in` is huge.
 //!
@@ -44,6 +53,8 @@ const TIMEUUID_SUBTYPE: u8 = 0x80;
 pub const UPSERT_BATCH_ROWS: usize = 500;
 /// Longest `$in` list sent in one query; longer `In` filters on the leading sort field are split (see `query_impl`).
 pub const IN_CHUNK_VALUES: usize = 100;
+/// The field holding the expiry of a row with a TTL.
+const EXPIRES_FIELD: &str = "_expires_at";
 
 /// The MongoDB backend: a driver client and one database.
 #[derive(Debug, Clone)]
@@ -190,6 +201,9 @@ fn sort_fields(schema: &TableSchema, shape: QueryShape, query: &Query) -> Vec<(S
     for p in &schema.partition_key {
         fields.push((p.clone(), 1));
     }
+    if let Some(f) = query.local_filter(schema) {
+        fields.push((local_field(f), 1));
+    }
     for (c, o) in &schema.clustering {
         if !fields.iter().any(|(n, _)| n == c) {
             fields.push((c.clone(), if *o == Order::Desc { -1 } else { 1 }));
@@ -198,9 +212,41 @@ fn sort_fields(schema: &TableSchema, shape: QueryShape, query: &Query) -> Vec<(S
     fields
 }
 
+/// The field a local filter reads: the column, or the derived lowercase column of a prefix search.
+fn local_field(f: &super::Filter) -> String {
+    match f.op {
+        FilterOp::Prefix(_) => super::search_column(&f.column),
+        _ => f.column.clone(),
+    }
+}
+
+/// `^` and `text` with every regex metacharacter escaped.
+fn anchored_regex(text: &str) -> String {
+    let mut r = String::with_capacity(text.len() + 8);
+    r.push('^');
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}-/#&~ ".contains(c) {
+            r.push('\\');
+        }
+        r.push(c);
+    }
+    r
+}
+
+/// Rows that have not expired at `now_ms`.
+fn live_condition(now_ms: i64) -> Document {
+    let now = bson::DateTime::from_millis(now_ms);
+    doc! { "$or": [ { EXPIRES_FIELD: { "$exists": false } }, { EXPIRES_FIELD: { "$gt": now } } ] }
+}
+
 fn filter_doc(schema: &TableSchema, query: &Query) -> BackendResult<Document> {
-    let mut conds = Vec::new();
+    let mut conds = vec![live_condition(super::now_ms())];
     for f in &query.filters {
+        if let FilterOp::Prefix(p) = &f.op {
+            let field = super::search_column(&f.column);
+            conds.push(doc! { field: { "$regex": anchored_regex(p) } });
+            continue;
+        }
         let t = col_type(schema, &f.column)?;
         let cond = match &f.op {
             FilterOp::Eq(v) => doc! { f.column.as_str(): to_bson(t, v) },
@@ -212,6 +258,7 @@ fn filter_doc(schema: &TableSchema, query: &Query) -> BackendResult<Document> {
             FilterOp::Le(v) => doc! { f.column.as_str(): { "$lte": to_bson(t, v) } },
             FilterOp::Gt(v) => doc! { f.column.as_str(): { "$gt": to_bson(t, v) } },
             FilterOp::Ge(v) => doc! { f.column.as_str(): { "$gte": to_bson(t, v) } },
+            FilterOp::Prefix(_) => continue,
         };
         conds.push(cond);
     }
@@ -224,12 +271,15 @@ fn filter_doc(schema: &TableSchema, query: &Query) -> BackendResult<Document> {
 fn decode_token(
     token: &PageToken,
     reversed: bool,
+    chunked: bool,
     fields: &[(String, i32)],
 ) -> BackendResult<(usize, Document)> {
     let bad = |m: &str| BackendError::InvalidPageToken(m.into());
     let (flag, rest) = token.0.split_first().ok_or_else(|| bad("empty token"))?;
-    if *flag != u8::from(reversed) {
-        return Err(bad("the token was made for the opposite order"));
+    if *flag > 1 || (chunked && *flag != u8::from(reversed)) {
+        return Err(bad(
+            "the token was made for the opposite order of a query split in IN chunks",
+        ));
     }
     if rest.len() < 4 {
         return Err(bad("not a token of the MongoDB backend"));
@@ -328,6 +378,16 @@ impl MongoBackend {
                         m.indexes.push(i.clone());
                     }
                 }
+                for i in &schema.local_indexes {
+                    if !m.local_indexes.contains(i) {
+                        m.local_indexes.push(i.clone());
+                    }
+                }
+                for i in &schema.search {
+                    if !m.search.contains(i) {
+                        m.search.push(i.clone());
+                    }
+                }
                 m
             }
         };
@@ -358,6 +418,45 @@ impl MongoBackend {
                 .build();
             coll.create_index(model).await.map_err(mongo_err)?;
         }
+        let locals = merged
+            .local_indexes
+            .iter()
+            .map(|c| (c.clone(), c.clone()))
+            .chain(
+                merged
+                    .search
+                    .iter()
+                    .map(|c| (c.clone(), super::search_column(c))),
+            );
+        for (name, field) in locals {
+            let mut keys = Document::new();
+            for p in &merged.partition_key {
+                keys.insert(p.as_str(), 1);
+            }
+            keys.insert(field.as_str(), 1);
+            for (c, o) in &merged.clustering {
+                keys.insert(c.as_str(), if *o == Order::Desc { -1 } else { 1 });
+            }
+            let model = IndexModel::builder()
+                .keys(keys)
+                .options(
+                    IndexOptions::builder()
+                        .name(format!("shardcast_local_{name}"))
+                        .build(),
+                )
+                .build();
+            coll.create_index(model).await.map_err(mongo_err)?;
+        }
+        let ttl = IndexModel::builder()
+            .keys(doc! { EXPIRES_FIELD: 1 })
+            .options(
+                IndexOptions::builder()
+                    .name("shardcast_ttl".to_string())
+                    .expire_after(Duration::from_secs(0))
+                    .build(),
+            )
+            .build();
+        coll.create_index(ttl).await.map_err(mongo_err)?;
         let json = serde_json::to_string(&merged).map_err(|e| BackendError::Data(e.to_string()))?;
         meta.update_one(
             doc! { "_id": schema.name.as_str() },
@@ -384,7 +483,7 @@ impl MongoBackend {
         let chunks = chunked_queries(schema, query, &fields)?;
         let (first_chunk, mut after) = match &query.page_token {
             Some(token) => {
-                let (i, last) = decode_token(token, query.reversed, &fields)?;
+                let (i, last) = decode_token(token, query.reversed, chunks.len() > 1, &fields)?;
                 if i >= chunks.len() {
                     return Err(BackendError::InvalidPageToken(
                         "the token belongs to another query".into(),
@@ -453,10 +552,34 @@ impl MongoBackend {
     /// Upserts in batches of [`UPSERT_BATCH_ROWS`] statements per `update` command (one round trip per batch),
     /// ordered, stopping at the first write error, which is returned.
     async fn upsert_all_impl(&self, schema: &TableSchema, rows: Vec<Row>) -> BackendResult<()> {
+        self.upsert_expiring(schema, rows, None).await
+    }
+
+    /// Upserts like [`MongoBackend::upsert_all_impl`]; with `Some(expiry)` (`Some(None)`: none) also sets (removes)
+    /// the row's `_expires_at`.
+    async fn upsert_expiring(
+        &self,
+        schema: &TableSchema,
+        rows: Vec<Row>,
+        expiry: Option<Option<bson::DateTime>>,
+    ) -> BackendResult<()> {
         for chunk in rows.chunks(UPSERT_BATCH_ROWS) {
             let mut updates = Vec::with_capacity(chunk.len());
             for row in chunk {
-                let (q, u) = upsert_statement(schema, row)?;
+                let (q, mut u) = upsert_statement(schema, row)?;
+                match expiry {
+                    Some(Some(at)) => {
+                        if let Ok(set) = u.get_document_mut("$set") {
+                            set.insert(EXPIRES_FIELD, at);
+                        }
+                    }
+                    Some(None) => {
+                        let mut unset = u.get_document("$unset").cloned().unwrap_or_default();
+                        unset.insert(EXPIRES_FIELD, "");
+                        u.insert("$unset", unset);
+                    }
+                    None => {}
+                }
                 updates.push(doc! { "q": q, "u": u, "upsert": true, "multi": false });
             }
             let command =
@@ -526,7 +649,8 @@ impl Backend for MongoBackend {
         key: &'a Row,
     ) -> BoxFuture<'a, BackendResult<Option<Row>>> {
         Box::pin(async move {
-            let filter = key_filter(schema, key)?;
+            let filter =
+                doc! { "$and": [key_filter(schema, key)?, live_condition(super::now_ms())] };
             match self
                 .coll(schema)
                 .find_one(filter)
@@ -557,6 +681,61 @@ impl Backend for MongoBackend {
         rows: Vec<Row>,
     ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(self.upsert_all_impl(schema, rows))
+    }
+
+    fn upsert_ttl<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        rows: Vec<Row>,
+        ttl_seconds: Option<u32>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        let expiry = ttl_seconds.map(|s| {
+            bson::DateTime::from_millis(super::now_ms().saturating_add(i64::from(s) * 1000))
+        });
+        Box::pin(self.upsert_expiring(schema, rows, Some(expiry)))
+    }
+
+    fn patch<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        key: &'a Row,
+        columns: Row,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(async move {
+            let filter =
+                doc! { "$and": [key_filter(schema, key)?, live_condition(super::now_ms())] };
+            let mut set = Document::new();
+            let mut unset = Document::new();
+            for (c, v) in &columns {
+                if schema.is_key(c) {
+                    return Err(BackendError::InvalidQuery(format!(
+                        "a patch cannot write key column `{c}`"
+                    )));
+                }
+                let t = col_type(schema, c)?;
+                if *v == Value::Null {
+                    unset.insert(c.as_str(), "");
+                } else {
+                    set.insert(c.as_str(), to_bson(t, v));
+                }
+            }
+            let mut update = Document::new();
+            if !set.is_empty() {
+                update.insert("$set", set);
+            }
+            if !unset.is_empty() {
+                update.insert("$unset", unset);
+            }
+            if update.is_empty() {
+                return Ok(false);
+            }
+            let r = self
+                .coll(schema)
+                .update_one(filter, update)
+                .await
+                .map_err(mongo_err)?;
+            Ok(r.matched_count > 0)
+        })
     }
 
     fn delete<'a>(
