@@ -1,0 +1,768 @@
+//! The adapter: one thread per process with its own single-threaded tokio runtime and the Redis connection
+//! ([`super::redis`]). It publishes what the shards hand it, reads the cluster's channels, drops its own messages by
+//! uid, answers every request (gathering the shards' parts), and reconnects with backoff.
+//!
+//! Queues: one bounded queue from all shards to this thread ([`ClusterConfig::queue_len`]) and one bounded queue to
+//! each shard. A full queue is counted and the message dropped; no shard ever waits for this thread or for Redis.
+//!
+//! **Invariant:** while Redis is unreachable, shards keep delivering locally; what they hand this thread is dropped
+//! and counted (`publish_dropped`), and the node resubscribes as soon as Redis answers again.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{self, Channels, RequestKind, Selector, SocketEvent, SocketInfo};
+use super::config::ClusterConfig;
+use super::msgpack::Value;
+use super::redis::{self, ChannelMessage, Publisher, Subscriber};
+
+/// The namespace shardcast serves (the wire contract's).
+pub const NAMESPACE: &str = "/";
+/// First wait after a failed connection attempt, ms; it doubles up to `reconnect_backoff_max_ms`.
+pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
+
+/// Where the adapter stands with Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterState {
+    /// First attempt under way.
+    Connecting,
+    /// Subscribed: remote deliveries flow.
+    Up,
+    /// Unreachable: local delivery only, retrying with backoff.
+    Down,
+}
+
+impl AdapterState {
+    /// `connecting`, `up` or `down`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdapterState::Connecting => "connecting",
+            AdapterState::Up => "up",
+            AdapterState::Down => "down",
+        }
+    }
+}
+
+/// Counters of the adapter (each written by one thread, read by anyone).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    state: AtomicU8,
+    /// Successful connections (the first one and every reconnection).
+    pub connections: AtomicU64,
+    /// Broadcasts published to Redis.
+    pub published: AtomicU64,
+    /// Messages from the shards dropped because Redis was unreachable or PUBLISH failed.
+    pub publish_dropped: AtomicU64,
+    /// Messages from the shards dropped because the queue to this thread was full.
+    pub outbound_full: AtomicU64,
+    /// Broadcasts read from Redis and handed to the shards.
+    pub broadcasts_received: AtomicU64,
+    /// This node's own broadcasts read back (dropped by uid).
+    pub own_dropped: AtomicU64,
+    /// Channel messages that were not MessagePack/JSON or had the wrong shape (dropped).
+    pub malformed: AtomicU64,
+    /// Channel messages larger than `message_bytes_max` (dropped).
+    pub oversized: AtomicU64,
+    /// Messages to a shard dropped because its queue was full.
+    pub inbound_full: AtomicU64,
+    /// Requests handled (answered, or applied when they expect no answer).
+    pub requests_handled: AtomicU64,
+}
+
+fn add(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl ClusterStats {
+    /// The current state.
+    pub fn state(&self) -> AdapterState {
+        match self.state.load(Ordering::Acquire) {
+            1 => AdapterState::Up,
+            2 => AdapterState::Down,
+            _ => AdapterState::Connecting,
+        }
+    }
+    fn set_state(&self, s: AdapterState) {
+        let v = match s {
+            AdapterState::Connecting => 0,
+            AdapterState::Up => 1,
+            AdapterState::Down => 2,
+        };
+        self.state.store(v, Ordering::Release);
+    }
+    /// The counters and the state as JSON (the body of `GET /readyz/cluster`).
+    pub fn to_json(&self) -> Json {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "state": self.state().name(),
+            "connections": g(&self.connections),
+            "published": g(&self.published),
+            "publish_dropped": g(&self.publish_dropped),
+            "outbound_full": g(&self.outbound_full),
+            "broadcasts_received": g(&self.broadcasts_received),
+            "own_dropped": g(&self.own_dropped),
+            "malformed": g(&self.malformed),
+            "oversized": g(&self.oversized),
+            "inbound_full": g(&self.inbound_full),
+            "requests_handled": g(&self.requests_handled),
+        })
+    }
+}
+
+/// A listener of serverSideEmit: gets the arguments after the event name; what it returns is the acknowledgement
+/// sent back when the emitting server asked for one (`None`: no answer, as a Node listener that never calls back).
+pub type ServerSideHandler = Box<dyn Fn(&[Json]) -> Option<Json> + Send + Sync>;
+
+/// What a shard hands the adapter.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A broadcast of `[event, ...args]` (JSON text, binary placeholders refer to `attachments`) to `selector`.
+    Broadcast {
+        /// Target rooms and exceptions.
+        selector: Selector,
+        /// `[event, ...args]`, a JSON array.
+        data: Arc<str>,
+        /// Binary attachments.
+        attachments: Vec<Vec<u8>>,
+    },
+}
+
+/// A broadcast from another node, decoded once on the adapter's thread and shared by all shards.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Target sockets.
+    pub selector: Selector,
+    /// The event.
+    pub event: SocketEvent,
+}
+
+/// One shard's part of a request.
+#[derive(Debug)]
+pub enum ShardOp {
+    /// Socket ids of the selected sockets (SOCKETS).
+    Ids(Selector),
+    /// Every room with members here, socket-id rooms included (ALL_ROOMS).
+    Rooms,
+    /// The selected sockets (REMOTE_FETCH).
+    Fetch(Selector),
+    /// The selected sockets join the rooms.
+    Join(Selector, Vec<String>),
+    /// The selected sockets leave the rooms.
+    Leave(Selector, Vec<String>),
+    /// The selected sockets are disconnected (`true`: the whole connection).
+    Disconnect(Selector, bool),
+    /// One socket by id joins (`Some(room)`) / leaves / disconnects.
+    One {
+        /// Socket id.
+        sid: String,
+        /// What to do.
+        action: OneAction,
+    },
+    /// Emit with an ack to the selected sockets; each acknowledgement's first argument goes to `acks`.
+    BroadcastAck {
+        /// Target sockets.
+        selector: Selector,
+        /// The event.
+        event: SocketEvent,
+        /// Ack timeout.
+        timeout: Duration,
+        /// Where acknowledgements go.
+        acks: mpsc::UnboundedSender<Value>,
+    },
+}
+
+/// The one-socket operations of the older request form.
+#[derive(Debug, Clone)]
+pub enum OneAction {
+    /// Join a room.
+    Join(String),
+    /// Leave a room.
+    Leave(String),
+    /// Disconnect (`true`: the whole connection).
+    Disconnect(bool),
+}
+
+/// One shard's answer.
+#[derive(Debug)]
+pub enum ShardAnswer {
+    /// Socket ids.
+    Ids(Vec<String>),
+    /// Room names.
+    Rooms(Vec<String>),
+    /// Sockets.
+    Sockets(Vec<SocketInfo>),
+    /// How many sockets the operation applied to.
+    Count(usize),
+}
+
+/// What the adapter hands a shard.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Deliver to the selected local sockets (encoded once on the shard).
+    Broadcast(Arc<Delivery>),
+    /// Do a part of a request and answer.
+    Op {
+        /// The part.
+        op: Arc<ShardOp>,
+        /// The answer.
+        reply: oneshot::Sender<ShardAnswer>,
+    },
+}
+
+/// The adapter of one process. Shared by all shards (`Arc`).
+pub struct Cluster {
+    uid: String,
+    config: ClusterConfig,
+    channels: Channels,
+    outbound: mpsc::Sender<Outbound>,
+    inbound: Vec<Mutex<Option<mpsc::Receiver<Inbound>>>>,
+    stats: ClusterStats,
+    handlers: HashMap<String, ServerSideHandler>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("uid", &self.uid)
+            .field("prefix", &self.config.prefix)
+            .field("state", &self.stats.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The adapter's uid: 6 characters, like `uid2(6)`, from the CSPRNG.
+fn new_uid() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let bytes: [u8; 6] = rand::random();
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
+}
+
+impl Cluster {
+    /// Starts the adapter's thread for `nr_shards` shards. Returns at once: the connection is made (and retried) in
+    /// the background, so the node serves its local clients whether Redis is up or not.
+    pub fn start(
+        config: ClusterConfig,
+        nr_shards: usize,
+        handlers: HashMap<String, ServerSideHandler>,
+    ) -> Result<Arc<Cluster>, String> {
+        let url = config
+            .redis_url
+            .clone()
+            .ok_or_else(|| "cluster.redis_url is not set".to_owned())?;
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err("cluster.redis_url must start with redis://".into());
+        }
+        let queue_len = config.queue_len.max(1);
+        let uid = new_uid();
+        let channels = Channels::new(&config.prefix, NAMESPACE, &uid);
+        let (out_tx, out_rx) = mpsc::channel(queue_len);
+        let mut in_txs = Vec::with_capacity(nr_shards);
+        let mut in_rxs = Vec::with_capacity(nr_shards);
+        for _ in 0..nr_shards {
+            let (tx, rx) = mpsc::channel(queue_len);
+            in_txs.push(tx);
+            in_rxs.push(Mutex::new(Some(rx)));
+        }
+        let cluster = Arc::new(Cluster {
+            uid,
+            config,
+            channels,
+            outbound: out_tx,
+            inbound: in_rxs,
+            stats: ClusterStats::default(),
+            handlers,
+        });
+        let c = cluster.clone();
+        std::thread::Builder::new()
+            .name("shardcast-cluster".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cluster: cannot build the runtime; remote delivery is off");
+                        c.stats.set_state(AdapterState::Down);
+                        return;
+                    }
+                };
+                rt.block_on(run(c, url, out_rx, in_txs));
+            })
+            .map_err(|e| format!("cannot start the cluster thread: {e}"))?;
+        Ok(cluster)
+    }
+
+    /// This node's uid in the cluster.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// The channels of the main namespace.
+    pub fn channels(&self) -> &Channels {
+        &self.channels
+    }
+
+    /// The counters and state.
+    pub fn stats(&self) -> &ClusterStats {
+        &self.stats
+    }
+
+    /// The queue to shard `shard`, once (the shard's task takes it at start-up).
+    pub(crate) fn take_inbound(&self, shard: usize) -> Option<mpsc::Receiver<Inbound>> {
+        self.inbound.get(shard)?.lock().ok()?.take()
+    }
+
+    /// Hands a message to the adapter's thread without waiting; false (and counted) if the queue is full or
+    /// Redis is known to be unreachable.
+    pub fn send(&self, msg: Outbound) -> bool {
+        if self.stats.state() != AdapterState::Up {
+            add(&self.stats.publish_dropped);
+            return false;
+        }
+        match self.outbound.try_send(msg) {
+            Ok(()) => true,
+            Err(_) => {
+                add(&self.stats.outbound_full);
+                false
+            }
+        }
+    }
+}
+
+async fn run(
+    cluster: Arc<Cluster>,
+    url: String,
+    mut out_rx: mpsc::Receiver<Outbound>,
+    in_txs: Vec<mpsc::Sender<Inbound>>,
+) {
+    let patterns = [cluster.channels.broadcast_pattern()];
+    let channels = [
+        cluster.channels.request.clone(),
+        cluster.channels.response.clone(),
+        cluster.channels.specific_response.clone(),
+    ];
+    let backoff_max = cluster
+        .config
+        .reconnect_backoff_max_ms
+        .max(RECONNECT_BACKOFF_MIN_MS);
+    let mut backoff = RECONNECT_BACKOFF_MIN_MS;
+    let in_txs = Arc::new(in_txs);
+    loop {
+        match redis::connect(&url, &patterns, &channels).await {
+            Ok((sub, publisher)) => {
+                backoff = RECONNECT_BACKOFF_MIN_MS;
+                add(&cluster.stats.connections);
+                cluster.stats.set_state(AdapterState::Up);
+                tracing::info!(uid = %cluster.uid, prefix = %cluster.config.prefix, "cluster: subscribed to Redis");
+                let closed = serve(&cluster, sub, publisher, &mut out_rx, &in_txs).await;
+                cluster.stats.set_state(AdapterState::Down);
+                if closed {
+                    return;
+                }
+                tracing::warn!(
+                    "cluster: lost the Redis connection; local delivery continues, retrying"
+                );
+            }
+            Err(e) => {
+                cluster.stats.set_state(AdapterState::Down);
+                tracing::warn!(error = %e, retry_in_ms = backoff, "cluster: Redis unreachable; local delivery continues");
+            }
+        }
+        // Wait, dropping (and counting) what the shards hand over meanwhile.
+        let sleep = tokio::time::sleep(Duration::from_millis(backoff));
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                msg = out_rx.recv() => match msg {
+                    Some(_) => add(&cluster.stats.publish_dropped),
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(backoff_max);
+    }
+}
+
+/// Serves one connection until it is lost (false) or every shard is gone (true).
+async fn serve(
+    cluster: &Arc<Cluster>,
+    mut sub: Subscriber,
+    publisher: Publisher,
+    out_rx: &mut mpsc::Receiver<Outbound>,
+    in_txs: &Arc<Vec<mpsc::Sender<Inbound>>>,
+) -> bool {
+    loop {
+        tokio::select! {
+            msg = sub.next() => match msg {
+                Some(m) => on_message(cluster, &publisher, in_txs, m),
+                None => return false,
+            },
+            out = out_rx.recv() => match out {
+                Some(Outbound::Broadcast { selector, data, attachments }) => {
+                    let Ok(json) = serde_json::from_str::<Json>(&data) else {
+                        add(&cluster.stats.publish_dropped);
+                        continue;
+                    };
+                    let Value::Array(items) = codec::json_to_msgpack(&json, &attachments) else {
+                        add(&cluster.stats.publish_dropped);
+                        continue;
+                    };
+                    let bytes = codec::encode_broadcast(&cluster.uid, NAMESPACE, items, &selector);
+                    let channel = cluster.channels.broadcast_channel(&selector.rooms);
+                    match publisher.publish(&channel, &bytes).await {
+                        Ok(_) => add(&cluster.stats.published),
+                        Err(e) => {
+                            add(&cluster.stats.publish_dropped);
+                            tracing::warn!(error = %e, "cluster: PUBLISH failed");
+                            return false;
+                        }
+                    }
+                }
+                None => return true,
+            },
+        }
+    }
+}
+
+fn on_message(
+    cluster: &Arc<Cluster>,
+    publisher: &Publisher,
+    in_txs: &Arc<Vec<mpsc::Sender<Inbound>>>,
+    m: ChannelMessage,
+) {
+    let stats = &cluster.stats;
+    if m.payload.len() > cluster.config.message_bytes_max {
+        add(&stats.oversized);
+        tracing::warn!(channel = %m.channel, bytes = m.payload.len(), limit = cluster.config.message_bytes_max, "cluster: channel message too large, dropped");
+        return;
+    }
+    if m.from_pattern || m.channel.starts_with(&cluster.channels.broadcast) {
+        let b = match codec::decode_broadcast(&m.payload) {
+            Ok(b) => b,
+            Err(e) => {
+                add(&stats.malformed);
+                tracing::warn!(channel = %m.channel, error = %e, "cluster: malformed broadcast dropped");
+                return;
+            }
+        };
+        if b.uid == cluster.uid {
+            add(&stats.own_dropped);
+            return;
+        }
+        if b.nsp != NAMESPACE {
+            return;
+        }
+        let event = match codec::socket_event(&b.data) {
+            Ok(e) => e,
+            Err(e) => {
+                add(&stats.malformed);
+                tracing::warn!(error = %e, "cluster: malformed broadcast dropped");
+                return;
+            }
+        };
+        add(&stats.broadcasts_received);
+        let delivery = Arc::new(Delivery {
+            selector: b.selector,
+            event,
+        });
+        for tx in in_txs.iter() {
+            if tx.try_send(Inbound::Broadcast(delivery.clone())).is_err() {
+                add(&stats.inbound_full);
+            }
+        }
+        return;
+    }
+    if m.channel != cluster.channels.request {
+        // Responses: this node sends no requests of its own, so none is for it.
+        return;
+    }
+    let request = match codec::decode_request(&m.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            add(&stats.malformed);
+            tracing::warn!(error = %e, "cluster: malformed request dropped");
+            return;
+        }
+    };
+    let cluster = cluster.clone();
+    let publisher = publisher.clone();
+    let in_txs = in_txs.clone();
+    tokio::spawn(async move {
+        handle_request(&cluster, &publisher, &in_txs, request).await;
+        add(&cluster.stats.requests_handled);
+    });
+}
+
+/// Asks every shard for its part of `op`; answers that do not come within the request timeout are left out.
+async fn gather(
+    cluster: &Cluster,
+    in_txs: &[mpsc::Sender<Inbound>],
+    op: ShardOp,
+) -> Vec<ShardAnswer> {
+    let op = Arc::new(op);
+    let mut waiting = Vec::with_capacity(in_txs.len());
+    for tx in in_txs {
+        let (reply, rx) = oneshot::channel();
+        match tx.try_send(Inbound::Op {
+            op: op.clone(),
+            reply,
+        }) {
+            Ok(()) => waiting.push(rx),
+            Err(_) => add(&cluster.stats.inbound_full),
+        }
+    }
+    let timeout = Duration::from_millis(cluster.config.request_timeout_ms);
+    let all = futures_lite::future::or(
+        async {
+            let mut out = Vec::with_capacity(waiting.len());
+            for rx in waiting.iter_mut() {
+                if let Ok(a) = rx.await {
+                    out.push(a);
+                }
+            }
+            Some(out)
+        },
+        async {
+            tokio::time::sleep(timeout).await;
+            None
+        },
+    )
+    .await;
+    all.unwrap_or_default()
+}
+
+async fn respond(publisher: &Publisher, channel: &str, payload: &[u8]) {
+    if let Err(e) = publisher.publish(channel, payload).await {
+        tracing::warn!(error = %e, "cluster: response not published");
+    }
+}
+
+async fn handle_request(
+    cluster: &Arc<Cluster>,
+    publisher: &Publisher,
+    in_txs: &[mpsc::Sender<Inbound>],
+    req: codec::Request,
+) {
+    let own = req.uid.as_deref() == Some(cluster.uid.as_str());
+    let response = cluster.channels.response.as_str();
+    match req.kind {
+        RequestKind::Sockets { rooms } => {
+            let (Some(id), false) = (req.request_id, own) else {
+                return;
+            };
+            let sel = Selector {
+                rooms,
+                except: Vec::new(),
+            };
+            let mut ids = Vec::new();
+            for a in gather(cluster, in_txs, ShardOp::Ids(sel)).await {
+                if let ShardAnswer::Ids(v) = a {
+                    ids.extend(v);
+                }
+            }
+            respond(
+                publisher,
+                response,
+                codec::encode_sockets_response(&id, &ids).as_bytes(),
+            )
+            .await;
+        }
+        RequestKind::AllRooms => {
+            let (Some(id), false) = (req.request_id, own) else {
+                return;
+            };
+            let mut rooms = BTreeSet::new();
+            for a in gather(cluster, in_txs, ShardOp::Rooms).await {
+                if let ShardAnswer::Rooms(v) = a {
+                    rooms.extend(v);
+                }
+            }
+            let rooms: Vec<String> = rooms.into_iter().collect();
+            respond(
+                publisher,
+                response,
+                codec::encode_rooms_response(&id, &rooms).as_bytes(),
+            )
+            .await;
+        }
+        RequestKind::Fetch { selector } => {
+            let (Some(id), false) = (req.request_id, own) else {
+                return;
+            };
+            let mut sockets = Vec::new();
+            for a in gather(cluster, in_txs, ShardOp::Fetch(selector)).await {
+                if let ShardAnswer::Sockets(v) = a {
+                    sockets.extend(v);
+                }
+            }
+            respond(
+                publisher,
+                response,
+                codec::encode_fetch_response(&id, &sockets).as_bytes(),
+            )
+            .await;
+        }
+        RequestKind::Join { selector, rooms } => {
+            gather(cluster, in_txs, ShardOp::Join(selector, rooms)).await;
+        }
+        RequestKind::Leave { selector, rooms } => {
+            gather(cluster, in_txs, ShardOp::Leave(selector, rooms)).await;
+        }
+        RequestKind::Disconnect { selector, close } => {
+            gather(cluster, in_txs, ShardOp::Disconnect(selector, close)).await;
+        }
+        RequestKind::JoinOne { sid, room } => {
+            one(
+                cluster,
+                publisher,
+                in_txs,
+                req.request_id,
+                sid,
+                OneAction::Join(room),
+            )
+            .await
+        }
+        RequestKind::LeaveOne { sid, room } => {
+            one(
+                cluster,
+                publisher,
+                in_txs,
+                req.request_id,
+                sid,
+                OneAction::Leave(room),
+            )
+            .await
+        }
+        RequestKind::DisconnectOne { sid, close } => {
+            one(
+                cluster,
+                publisher,
+                in_txs,
+                req.request_id,
+                sid,
+                OneAction::Disconnect(close),
+            )
+            .await
+        }
+        RequestKind::ServerSideEmit { data } => {
+            if own {
+                return;
+            }
+            let Some(name) = data.first().and_then(Json::as_str) else {
+                return;
+            };
+            let Some(handler) = cluster.handlers.get(name) else {
+                tracing::debug!(
+                    event = name,
+                    "cluster: serverSideEmit without a listener here"
+                );
+                return;
+            };
+            let answer = handler(&data[1..]);
+            if let (Some(id), Some(answer)) = (req.request_id, answer) {
+                respond(
+                    publisher,
+                    response,
+                    codec::encode_server_side_ack(&id, &answer).as_bytes(),
+                )
+                .await;
+            }
+        }
+        RequestKind::Broadcast {
+            data,
+            selector,
+            flags,
+        } => {
+            let (Some(id), false) = (req.request_id, own) else {
+                return;
+            };
+            let event = match codec::socket_event(&data) {
+                Ok(e) => e,
+                Err(_) => {
+                    add(&cluster.stats.malformed);
+                    return;
+                }
+            };
+            let timeout_ms = flags
+                .get("timeout")
+                .and_then(Value::as_i64)
+                .and_then(|t| u64::try_from(t).ok())
+                .unwrap_or(cluster.config.request_timeout_ms);
+            let timeout = Duration::from_millis(timeout_ms);
+            let (acks_tx, mut acks_rx) = mpsc::unbounded_channel();
+            let op = ShardOp::BroadcastAck {
+                selector,
+                event,
+                timeout,
+                acks: acks_tx,
+            };
+            let mut count = 0;
+            for a in gather(cluster, in_txs, op).await {
+                if let ShardAnswer::Count(n) = a {
+                    count += n;
+                }
+            }
+            respond(
+                publisher,
+                response,
+                codec::encode_client_count(&id, count).as_bytes(),
+            )
+            .await;
+            let deadline = tokio::time::Instant::now() + timeout + Duration::from_millis(100);
+            let mut left = count;
+            while left > 0 {
+                match tokio::time::timeout_at(deadline, acks_rx.recv()).await {
+                    Ok(Some(packet)) => {
+                        left -= 1;
+                        respond(
+                            publisher,
+                            response,
+                            &codec::encode_broadcast_ack(&id, packet),
+                        )
+                        .await;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}
+
+async fn one(
+    cluster: &Arc<Cluster>,
+    publisher: &Publisher,
+    in_txs: &[mpsc::Sender<Inbound>],
+    request_id: Option<String>,
+    sid: String,
+    action: OneAction,
+) {
+    let mut found = 0;
+    for a in gather(cluster, in_txs, ShardOp::One { sid, action }).await {
+        if let ShardAnswer::Count(n) = a {
+            found += n;
+        }
+    }
+    if let (Some(id), true) = (request_id, found > 0) {
+        respond(
+            publisher,
+            &cluster.channels.response,
+            codec::encode_done_response(&id).as_bytes(),
+        )
+        .await;
+    }
+}
