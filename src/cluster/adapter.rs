@@ -23,6 +23,9 @@ use super::redis::{self, ChannelMessage, Publisher, Subscriber};
 
 /// The namespace shardcast serves (the wire contract's).
 pub const NAMESPACE: &str = "/";
+/// The serverSideEmit event every shardcast node answers (when asked for an acknowledgement) with
+/// `{"uid", "version", "state"}`: a way for any node to list the shardcast nodes of the cluster.
+pub const INFO_EVENT: &str = "shardcast:info";
 /// First wait after a failed connection attempt, ms; it doubles up to `reconnect_backoff_max_ms`.
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
 
@@ -499,21 +502,23 @@ fn on_message(
             return;
         }
     };
+    // The shards' parts are queued now, in channel order (a socketsJoin then a broadcast to that room reach each
+    // shard in that order); only waiting for the answers happens in a task of its own.
+    let pending = dispatch_request(cluster, in_txs, request);
     let cluster = cluster.clone();
     let publisher = publisher.clone();
-    let in_txs = in_txs.clone();
     tokio::spawn(async move {
-        handle_request(&cluster, &publisher, &in_txs, request).await;
+        finish_request(&cluster, &publisher, pending).await;
         add(&cluster.stats.requests_handled);
     });
 }
 
-/// Asks every shard for its part of `op`; answers that do not come within the request timeout are left out.
-async fn gather(
+/// Queues `op` on every shard; the receivers of their answers.
+fn dispatch(
     cluster: &Cluster,
     in_txs: &[mpsc::Sender<Inbound>],
     op: ShardOp,
-) -> Vec<ShardAnswer> {
+) -> Vec<oneshot::Receiver<ShardAnswer>> {
     let op = Arc::new(op);
     let mut waiting = Vec::with_capacity(in_txs.len());
     for tx in in_txs {
@@ -526,24 +531,23 @@ async fn gather(
             Err(_) => add(&cluster.stats.inbound_full),
         }
     }
+    waiting
+}
+
+/// The shards' answers; those that do not come within the request timeout are left out.
+async fn collect(
+    cluster: &Cluster,
+    waiting: Vec<oneshot::Receiver<ShardAnswer>>,
+) -> Vec<ShardAnswer> {
     let timeout = Duration::from_millis(cluster.config.request_timeout_ms);
-    let all = futures_lite::future::or(
-        async {
-            let mut out = Vec::with_capacity(waiting.len());
-            for rx in waiting.iter_mut() {
-                if let Ok(a) = rx.await {
-                    out.push(a);
-                }
-            }
-            Some(out)
-        },
-        async {
-            tokio::time::sleep(timeout).await;
-            None
-        },
-    )
-    .await;
-    all.unwrap_or_default()
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::with_capacity(waiting.len());
+    for rx in waiting {
+        if let Ok(Ok(a)) = tokio::time::timeout_at(deadline, rx).await {
+            out.push(a);
+        }
+    }
+    out
 }
 
 async fn respond(publisher: &Publisher, channel: &str, payload: &[u8]) {
@@ -552,135 +556,147 @@ async fn respond(publisher: &Publisher, channel: &str, payload: &[u8]) {
     }
 }
 
-async fn handle_request(
+/// What is left to do for a request once the shards' parts are queued.
+enum Pending {
+    /// Nothing (fire-and-forget requests, requests of this node, requests without a listener).
+    Nothing,
+    /// Collect the answers, then publish the response `make` builds from them.
+    Answer {
+        waiting: Vec<oneshot::Receiver<ShardAnswer>>,
+        make: fn(&str, Vec<ShardAnswer>) -> Option<Vec<u8>>,
+        request_id: String,
+    },
+    /// Publish this now.
+    Publish(Vec<u8>),
+    /// A BROADCAST with acks: the client count, then each acknowledgement.
+    Acks {
+        waiting: Vec<oneshot::Receiver<ShardAnswer>>,
+        acks: mpsc::UnboundedReceiver<Value>,
+        timeout: Duration,
+        request_id: String,
+    },
+}
+
+fn make_ids(id: &str, answers: Vec<ShardAnswer>) -> Option<Vec<u8>> {
+    let mut ids = Vec::new();
+    for a in answers {
+        if let ShardAnswer::Ids(v) = a {
+            ids.extend(v);
+        }
+    }
+    Some(codec::encode_sockets_response(id, &ids).into_bytes())
+}
+
+fn make_rooms(id: &str, answers: Vec<ShardAnswer>) -> Option<Vec<u8>> {
+    let mut rooms = BTreeSet::new();
+    for a in answers {
+        if let ShardAnswer::Rooms(v) = a {
+            rooms.extend(v);
+        }
+    }
+    let rooms: Vec<String> = rooms.into_iter().collect();
+    Some(codec::encode_rooms_response(id, &rooms).into_bytes())
+}
+
+fn make_fetch(id: &str, answers: Vec<ShardAnswer>) -> Option<Vec<u8>> {
+    let mut sockets = Vec::new();
+    for a in answers {
+        if let ShardAnswer::Sockets(v) = a {
+            sockets.extend(v);
+        }
+    }
+    Some(codec::encode_fetch_response(id, &sockets).into_bytes())
+}
+
+fn make_done(id: &str, answers: Vec<ShardAnswer>) -> Option<Vec<u8>> {
+    let found: usize = answers
+        .iter()
+        .map(|a| match a {
+            ShardAnswer::Count(n) => *n,
+            _ => 0,
+        })
+        .sum();
+    (found > 0).then(|| codec::encode_done_response(id).into_bytes())
+}
+
+fn dispatch_request(
     cluster: &Arc<Cluster>,
-    publisher: &Publisher,
     in_txs: &[mpsc::Sender<Inbound>],
     req: codec::Request,
-) {
+) -> Pending {
     let own = req.uid.as_deref() == Some(cluster.uid.as_str());
-    let response = cluster.channels.response.as_str();
+    let answer =
+        |op: ShardOp, make: fn(&str, Vec<ShardAnswer>) -> Option<Vec<u8>>, id: Option<String>| {
+            match (id, own) {
+                (Some(request_id), false) => Pending::Answer {
+                    waiting: dispatch(cluster, in_txs, op),
+                    make,
+                    request_id,
+                },
+                _ => Pending::Nothing,
+            }
+        };
+    let apply = |op: ShardOp| {
+        // Applied by every node, the requesting one included (it reads its own request back, as Node's adapter).
+        drop(dispatch(cluster, in_txs, op));
+        Pending::Nothing
+    };
     match req.kind {
-        RequestKind::Sockets { rooms } => {
-            let (Some(id), false) = (req.request_id, own) else {
-                return;
-            };
-            let sel = Selector {
+        RequestKind::Sockets { rooms } => answer(
+            ShardOp::Ids(Selector {
                 rooms,
                 except: Vec::new(),
-            };
-            let mut ids = Vec::new();
-            for a in gather(cluster, in_txs, ShardOp::Ids(sel)).await {
-                if let ShardAnswer::Ids(v) = a {
-                    ids.extend(v);
-                }
-            }
-            respond(
-                publisher,
-                response,
-                codec::encode_sockets_response(&id, &ids).as_bytes(),
-            )
-            .await;
-        }
-        RequestKind::AllRooms => {
-            let (Some(id), false) = (req.request_id, own) else {
-                return;
-            };
-            let mut rooms = BTreeSet::new();
-            for a in gather(cluster, in_txs, ShardOp::Rooms).await {
-                if let ShardAnswer::Rooms(v) = a {
-                    rooms.extend(v);
-                }
-            }
-            let rooms: Vec<String> = rooms.into_iter().collect();
-            respond(
-                publisher,
-                response,
-                codec::encode_rooms_response(&id, &rooms).as_bytes(),
-            )
-            .await;
-        }
+            }),
+            make_ids,
+            req.request_id,
+        ),
+        RequestKind::AllRooms => answer(ShardOp::Rooms, make_rooms, req.request_id),
         RequestKind::Fetch { selector } => {
-            let (Some(id), false) = (req.request_id, own) else {
-                return;
-            };
-            let mut sockets = Vec::new();
-            for a in gather(cluster, in_txs, ShardOp::Fetch(selector)).await {
-                if let ShardAnswer::Sockets(v) = a {
-                    sockets.extend(v);
-                }
-            }
-            respond(
-                publisher,
-                response,
-                codec::encode_fetch_response(&id, &sockets).as_bytes(),
-            )
-            .await;
+            answer(ShardOp::Fetch(selector), make_fetch, req.request_id)
         }
-        RequestKind::Join { selector, rooms } => {
-            gather(cluster, in_txs, ShardOp::Join(selector, rooms)).await;
-        }
-        RequestKind::Leave { selector, rooms } => {
-            gather(cluster, in_txs, ShardOp::Leave(selector, rooms)).await;
-        }
-        RequestKind::Disconnect { selector, close } => {
-            gather(cluster, in_txs, ShardOp::Disconnect(selector, close)).await;
-        }
+        RequestKind::Join { selector, rooms } => apply(ShardOp::Join(selector, rooms)),
+        RequestKind::Leave { selector, rooms } => apply(ShardOp::Leave(selector, rooms)),
+        RequestKind::Disconnect { selector, close } => apply(ShardOp::Disconnect(selector, close)),
         RequestKind::JoinOne { sid, room } => {
-            one(
-                cluster,
-                publisher,
-                in_txs,
-                req.request_id,
-                sid,
-                OneAction::Join(room),
-            )
-            .await
+            one(cluster, in_txs, req.request_id, sid, OneAction::Join(room))
         }
         RequestKind::LeaveOne { sid, room } => {
-            one(
-                cluster,
-                publisher,
-                in_txs,
-                req.request_id,
-                sid,
-                OneAction::Leave(room),
-            )
-            .await
+            one(cluster, in_txs, req.request_id, sid, OneAction::Leave(room))
         }
-        RequestKind::DisconnectOne { sid, close } => {
-            one(
-                cluster,
-                publisher,
-                in_txs,
-                req.request_id,
-                sid,
-                OneAction::Disconnect(close),
-            )
-            .await
-        }
+        RequestKind::DisconnectOne { sid, close } => one(
+            cluster,
+            in_txs,
+            req.request_id,
+            sid,
+            OneAction::Disconnect(close),
+        ),
         RequestKind::ServerSideEmit { data } => {
             if own {
-                return;
+                return Pending::Nothing;
             }
             let Some(name) = data.first().and_then(Json::as_str) else {
-                return;
+                return Pending::Nothing;
             };
-            let Some(handler) = cluster.handlers.get(name) else {
+            let answer = if name == INFO_EVENT {
+                Some(serde_json::json!({
+                    "uid": cluster.uid,
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "state": cluster.stats.state().name(),
+                }))
+            } else if let Some(handler) = cluster.handlers.get(name) {
+                handler(&data[1..])
+            } else {
                 tracing::debug!(
                     event = name,
                     "cluster: serverSideEmit without a listener here"
                 );
-                return;
+                None
             };
-            let answer = handler(&data[1..]);
-            if let (Some(id), Some(answer)) = (req.request_id, answer) {
-                respond(
-                    publisher,
-                    response,
-                    codec::encode_server_side_ack(&id, &answer).as_bytes(),
-                )
-                .await;
+            match (req.request_id, answer) {
+                (Some(id), Some(answer)) => {
+                    Pending::Publish(codec::encode_server_side_ack(&id, &answer).into_bytes())
+                }
+                _ => Pending::Nothing,
             }
         }
         RequestKind::Broadcast {
@@ -688,14 +704,14 @@ async fn handle_request(
             selector,
             flags,
         } => {
-            let (Some(id), false) = (req.request_id, own) else {
-                return;
+            let (Some(request_id), false) = (req.request_id, own) else {
+                return Pending::Nothing;
             };
             let event = match codec::socket_event(&data) {
                 Ok(e) => e,
                 Err(_) => {
                     add(&cluster.stats.malformed);
-                    return;
+                    return Pending::Nothing;
                 }
             };
             let timeout_ms = flags
@@ -704,15 +720,64 @@ async fn handle_request(
                 .and_then(|t| u64::try_from(t).ok())
                 .unwrap_or(cluster.config.request_timeout_ms);
             let timeout = Duration::from_millis(timeout_ms);
-            let (acks_tx, mut acks_rx) = mpsc::unbounded_channel();
+            let (acks_tx, acks) = mpsc::unbounded_channel();
             let op = ShardOp::BroadcastAck {
                 selector,
                 event,
                 timeout,
                 acks: acks_tx,
             };
+            Pending::Acks {
+                waiting: dispatch(cluster, in_txs, op),
+                acks,
+                timeout,
+                request_id,
+            }
+        }
+    }
+}
+
+fn one(
+    cluster: &Arc<Cluster>,
+    in_txs: &[mpsc::Sender<Inbound>],
+    request_id: Option<String>,
+    sid: String,
+    action: OneAction,
+) -> Pending {
+    let waiting = dispatch(cluster, in_txs, ShardOp::One { sid, action });
+    match request_id {
+        Some(request_id) => Pending::Answer {
+            waiting,
+            make: make_done,
+            request_id,
+        },
+        None => Pending::Nothing,
+    }
+}
+
+async fn finish_request(cluster: &Arc<Cluster>, publisher: &Publisher, pending: Pending) {
+    let response = cluster.channels.response.as_str();
+    match pending {
+        Pending::Nothing => {}
+        Pending::Publish(bytes) => respond(publisher, response, &bytes).await,
+        Pending::Answer {
+            waiting,
+            make,
+            request_id,
+        } => {
+            let answers = collect(cluster, waiting).await;
+            if let Some(bytes) = make(&request_id, answers) {
+                respond(publisher, response, &bytes).await;
+            }
+        }
+        Pending::Acks {
+            waiting,
+            mut acks,
+            timeout,
+            request_id,
+        } => {
             let mut count = 0;
-            for a in gather(cluster, in_txs, op).await {
+            for a in collect(cluster, waiting).await {
                 if let ShardAnswer::Count(n) = a {
                     count += n;
                 }
@@ -720,19 +785,19 @@ async fn handle_request(
             respond(
                 publisher,
                 response,
-                codec::encode_client_count(&id, count).as_bytes(),
+                codec::encode_client_count(&request_id, count).as_bytes(),
             )
             .await;
             let deadline = tokio::time::Instant::now() + timeout + Duration::from_millis(100);
             let mut left = count;
             while left > 0 {
-                match tokio::time::timeout_at(deadline, acks_rx.recv()).await {
+                match tokio::time::timeout_at(deadline, acks.recv()).await {
                     Ok(Some(packet)) => {
                         left -= 1;
                         respond(
                             publisher,
                             response,
-                            &codec::encode_broadcast_ack(&id, packet),
+                            &codec::encode_broadcast_ack(&request_id, packet),
                         )
                         .await;
                     }
@@ -740,29 +805,5 @@ async fn handle_request(
                 }
             }
         }
-    }
-}
-
-async fn one(
-    cluster: &Arc<Cluster>,
-    publisher: &Publisher,
-    in_txs: &[mpsc::Sender<Inbound>],
-    request_id: Option<String>,
-    sid: String,
-    action: OneAction,
-) {
-    let mut found = 0;
-    for a in gather(cluster, in_txs, ShardOp::One { sid, action }).await {
-        if let ShardAnswer::Count(n) = a {
-            found += n;
-        }
-    }
-    if let (Some(id), true) = (request_id, found > 0) {
-        respond(
-            publisher,
-            &cluster.channels.response,
-            codec::encode_done_response(&id).as_bytes(),
-        )
-        .await;
     }
 }
