@@ -1,5 +1,5 @@
 //! The adapter: one thread per process with its own single-threaded tokio runtime and the Redis connection
-//! ([`super::redis`]). It publishes what the shards hand it, reads the cluster's channels, drops its own messages by
+//! ([`super::connection`]). It publishes what the shards hand it, reads the cluster's channels, drops its own messages by
 //! uid, answers every request (gathering the shards' parts), and reconnects with backoff.
 //!
 //! Queues: one bounded queue from all shards to this thread ([`ClusterConfig::queue_len`]) and one bounded queue to
@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{self, Channels, RequestKind, Selector, SocketEvent, SocketInfo};
 use super::config::ClusterConfig;
+use super::connection::{self, ChannelMessage, Publisher, Subscriber};
 use super::msgpack::Value;
-use super::redis::{self, ChannelMessage, Publisher, Subscriber};
 
 /// The namespace shardcast serves (the wire contract's).
 pub const NAMESPACE: &str = "/";
@@ -365,7 +365,7 @@ async fn run(
     let mut backoff = RECONNECT_BACKOFF_MIN_MS;
     let in_txs = Arc::new(in_txs);
     loop {
-        match redis::connect(&url, &patterns, &channels).await {
+        match connection::connect(&url, &patterns, &channels).await {
             Ok((sub, publisher)) => {
                 backoff = RECONNECT_BACKOFF_MIN_MS;
                 add(&cluster.stats.connections);

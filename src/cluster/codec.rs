@@ -610,14 +610,14 @@ pub fn json_to_msgpack(j: &Json, attachments: &[Vec<u8>]) -> Value {
                 .collect(),
         ),
         Json::Object(m) => {
-            if m.len() == 2 && m.get("_placeholder") == Some(&Json::Bool(true)) {
-                if let Some(b) = m
+            if m.len() == 2
+                && m.get("_placeholder") == Some(&Json::Bool(true))
+                && let Some(b) = m
                     .get("num")
                     .and_then(Json::as_u64)
                     .and_then(|n| attachments.get(n as usize))
-                {
-                    return Value::Bin(b.clone());
-                }
+            {
+                return Value::Bin(b.clone());
             }
             Value::Map(
                 m.iter()

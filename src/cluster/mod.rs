@@ -5,10 +5,10 @@
 //! # Layout (one noun per file)
 //! - [`msgpack`]: MessagePack as notepack.io writes it (sans-IO, bounded).
 //! - [`codec`]: the protocol's channels, broadcasts, requests and responses (sans-IO).
-//! - [`redis`]: the Redis connection (the only file that names the `redis` crate).
+//! - [`connection`]: the Redis connection (the only file that names the `redis` crate).
 //! - [`adapter`]: [`adapter::Cluster`], the process's one Redis pipeline on a thread of its own.
 //! - [`node`]: the shard side: socket registry, the task applying remote broadcasts and requests, readiness route.
-//! - [`config`]: [`config::ClusterConfig`].
+//! - [`config`]: the settings, [`config::ClusterConfig`].
 //!
 //! # The cluster path of one event
 //! 1. A CRUD change on node A is published on the shard that ran it ([`crate::realtime::live::ShardBus`]): the
@@ -24,9 +24,9 @@
 pub mod adapter;
 pub mod codec;
 pub mod config;
+pub mod connection;
 pub mod msgpack;
 pub mod node;
-pub mod redis;
 
 pub use adapter::{AdapterState, Cluster, ClusterStats};
 pub use config::ClusterConfig;
