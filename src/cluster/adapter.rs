@@ -26,6 +26,9 @@ pub const NAMESPACE: &str = "/";
 /// The serverSideEmit event every shardcast node answers (when asked for an acknowledgement) with
 /// `{"uid", "version", "state"}`: a way for any node to list the shardcast nodes of the cluster.
 pub const INFO_EVENT: &str = "shardcast:info";
+/// Most requests answered at once (each waits for its shards' answers or its acks); more are counted in
+/// `requests_dropped` and ignored, so a flood on the request channel cannot grow this thread's memory without bound.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 /// First wait after a failed connection attempt, ms; it doubles up to `reconnect_backoff_max_ms`.
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
 
@@ -75,6 +78,9 @@ pub struct ClusterStats {
     pub inbound_full: AtomicU64,
     /// Requests handled (answered, or applied when they expect no answer).
     pub requests_handled: AtomicU64,
+    /// Requests ignored because [`REQUESTS_IN_FLIGHT_MAX`] were being answered.
+    pub requests_dropped: AtomicU64,
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 fn add(c: &AtomicU64) {
@@ -113,6 +119,7 @@ impl ClusterStats {
             "oversized": g(&self.oversized),
             "inbound_full": g(&self.inbound_full),
             "requests_handled": g(&self.requests_handled),
+            "requests_dropped": g(&self.requests_dropped),
         })
     }
 }
@@ -502,14 +509,27 @@ fn on_message(
             return;
         }
     };
+    if stats.in_flight.load(Ordering::Relaxed) >= REQUESTS_IN_FLIGHT_MAX {
+        add(&stats.requests_dropped);
+        tracing::warn!(
+            limit = REQUESTS_IN_FLIGHT_MAX,
+            "cluster: too many requests in flight, one ignored"
+        );
+        return;
+    }
     // The shards' parts are queued now, in channel order (a socketsJoin then a broadcast to that room reach each
     // shard in that order); only waiting for the answers happens in a task of its own.
     let pending = dispatch_request(cluster, in_txs, request);
+    add(&stats.requests_handled);
+    if matches!(pending, Pending::Nothing) {
+        return;
+    }
+    stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let cluster = cluster.clone();
     let publisher = publisher.clone();
     tokio::spawn(async move {
         finish_request(&cluster, &publisher, pending).await;
-        add(&cluster.stats.requests_handled);
+        cluster.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     });
 }
 
