@@ -100,21 +100,24 @@ impl Redis {
             let _ = c.wait();
         }
     }
-    /// PUBLISH raw bytes (RESP written by hand: the payload is binary-safe).
-    fn publish(&self, channel: &str, payload: &[u8]) -> i64 {
+    /// One command (RESP written by hand: arguments are binary-safe); the first line of the answer.
+    fn command(&self, args: &[&[u8]]) -> String {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let mut cmd = Vec::new();
-        for part in [b"PUBLISH".as_slice(), channel.as_bytes(), payload] {
+        let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
+        for part in args {
             cmd.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
             cmd.extend_from_slice(part);
             cmd.extend_from_slice(b"\r\n");
         }
-        let mut all = b"*3\r\n".to_vec();
-        all.extend(cmd);
-        s.write_all(&all).unwrap();
+        s.write_all(&cmd).unwrap();
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).unwrap();
-        line.trim().trim_start_matches(':').parse().unwrap_or(-1)
+        line.trim().to_owned()
+    }
+    /// PUBLISH; the number of subscribers that received it.
+    fn publish(&self, channel: &str, payload: &[u8]) -> i64 {
+        let answer = self.command(&[b"PUBLISH", channel.as_bytes(), payload]);
+        answer.trim_start_matches(':').parse().unwrap_or(-1)
     }
 }
 
@@ -657,4 +660,29 @@ fn redis_faults_and_malformed_messages() {
         1
     );
     assert_eq!(ws.recv_text_skip_ping(), r#"42["e3","z"]"#);
+
+    // Only the subscriber connection dropped (Redis keeps running): the node notices and resubscribes.
+    let before = ready(a.addr).1["connections"].as_u64().unwrap();
+    assert!(
+        redis
+            .command(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"])
+            .starts_with(':')
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, v) = ready(a.addr);
+        if status == 200 && v["connections"].as_u64().unwrap() > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no resubscription after CLIENT KILL: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        redis.publish("socket.io#/#", &emitter_broadcast("e4", "w")),
+        1
+    );
+    assert_eq!(ws.recv_text_skip_ping(), r#"42["e4","w"]"#);
 }
