@@ -434,11 +434,18 @@ async fn serve(
                     };
                     let bytes = codec::encode_broadcast(&cluster.uid, NAMESPACE, items, &selector);
                     let channel = cluster.channels.broadcast_channel(&selector.rooms);
-                    match publisher.publish(&channel, &bytes).await {
-                        Ok(_) => add(&cluster.stats.published),
-                        Err(e) => {
+                    // A Redis that accepts the connection but stops answering is treated as lost.
+                    let timeout = Duration::from_millis(cluster.config.request_timeout_ms);
+                    match tokio::time::timeout(timeout, publisher.publish(&channel, &bytes)).await {
+                        Ok(Ok(_)) => add(&cluster.stats.published),
+                        Ok(Err(e)) => {
                             add(&cluster.stats.publish_dropped);
                             tracing::warn!(error = %e, "cluster: PUBLISH failed");
+                            return false;
+                        }
+                        Err(_) => {
+                            add(&cluster.stats.publish_dropped);
+                            tracing::warn!(timeout_ms = timeout.as_millis() as u64, "cluster: PUBLISH not answered");
                             return false;
                         }
                     }
@@ -571,8 +578,11 @@ async fn collect(
 }
 
 async fn respond(publisher: &Publisher, channel: &str, payload: &[u8]) {
-    if let Err(e) = publisher.publish(channel, payload).await {
-        tracing::warn!(error = %e, "cluster: response not published");
+    let timeout = Duration::from_millis(connection::CONNECT_TIMEOUT_MS);
+    match tokio::time::timeout(timeout, publisher.publish(channel, payload)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cluster: response not published"),
+        Err(_) => tracing::warn!("cluster: response not answered by Redis"),
     }
 }
 
