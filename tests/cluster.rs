@@ -686,3 +686,29 @@ fn redis_faults_and_malformed_messages() {
     );
     assert_eq!(ws.recv_text_skip_ping(), r#"42["e4","w"]"#);
 }
+
+/// Clustered without a shared room-token secret, room tokens of one node would fail on the others: refused loudly.
+#[test]
+fn a_clustered_node_needs_the_shared_room_token_secret() {
+    let dir = scratch("no-room-secret");
+    let cfg = dir.join("shardcast.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\n[cluster]\nredis_url = \"redis://127.0.0.1:1\"\n[orm]\nembedded_path = \"{}\"\n",
+            dir.join("data.redb").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(["serve", "--no-pin", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run shardcast");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("realtime.room_token_secret must be set"),
+        "{err}"
+    );
+}
