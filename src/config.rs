@@ -78,6 +78,12 @@ options! {
     "realtime.room_name_bytes_max", "SHARDCAST_ROOM_NAME_BYTES_MAX", "512", "longest room name, bytes";
     "realtime.list_limit_max", "SHARDCAST_LIST_LIMIT_MAX", "1000", "largest `limit` of a REST list";
     "realtime.echo_event", "SHARDCAST_ECHO_EVENT", "false", "answer `echo` events of authenticated sockets with an ack carrying their arguments (the loadtest's echo scenario)";
+    "cluster.redis_url", "SHARDCAST_CLUSTER_REDIS_URL", "none (a single process)", "`redis://host:port[/db]`: join a socket.io cluster (Node servers with @socket.io/redis-adapter 8, the emitter, other shardcast nodes); every node needs the same auth.jwt_secret and realtime.room_token_secret";
+    "cluster.prefix", "SHARDCAST_CLUSTER_PREFIX", "socket.io", "channel prefix, the adapter's and emitter's `key`";
+    "cluster.request_timeout_ms", "SHARDCAST_CLUSTER_REQUEST_TIMEOUT_MS", "5000", "longest wait for this node's shards when answering a cluster request";
+    "cluster.queue_len", "SHARDCAST_CLUSTER_QUEUE_LEN", "4096", "capacity of the queue from the shards to the Redis thread and of each queue back, messages; a full queue drops and counts";
+    "cluster.message_bytes_max", "SHARDCAST_CLUSTER_MESSAGE_BYTES_MAX", "1048576", "largest channel message read from Redis; larger ones are counted and dropped";
+    "cluster.reconnect_backoff_max_ms", "SHARDCAST_CLUSTER_RECONNECT_BACKOFF_MAX_MS", "5000", "longest wait between two attempts to reach Redis (from 100 ms, doubling)";
 }
 
 /// The realtime layer's settings.
@@ -136,6 +142,8 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     /// The ORM (`[orm]`).
     pub orm: OrmConfig,
+    /// The `[cluster]` section (Redis scale-out; off by default).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for Config {
@@ -151,6 +159,7 @@ impl Default for Config {
             auth: AuthSettings::default(),
             realtime: RealtimeConfig::default(),
             orm: OrmConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -270,6 +279,26 @@ impl Config {
             }
             "realtime.echo_event" => r.session.echo_event = parse_bool(key, value)?,
             "realtime.list_limit_max" => r.list_limit_max = parse::<usize>(key, value)?.max(1),
+            "cluster.redis_url" => self.cluster.redis_url = opt_string(value),
+            "cluster.prefix" => {
+                let p = value.trim();
+                if p.is_empty() || p.contains('#') {
+                    return Err(ConfigError(format!(
+                        "{key} = {value:?}: give a non-empty prefix without `#`"
+                    )));
+                }
+                self.cluster.prefix = p.to_owned();
+            }
+            "cluster.request_timeout_ms" => {
+                self.cluster.request_timeout_ms = parse::<u64>(key, value)?.max(1)
+            }
+            "cluster.queue_len" => self.cluster.queue_len = parse::<usize>(key, value)?.max(1),
+            "cluster.message_bytes_max" => {
+                self.cluster.message_bytes_max = parse::<usize>(key, value)?.max(1)
+            }
+            "cluster.reconnect_backoff_max_ms" => {
+                self.cluster.reconnect_backoff_max_ms = parse::<u64>(key, value)?.max(1)
+            }
             _ => return Err(ConfigError(format!("unknown option `{key}`"))),
         }
         Ok(())
@@ -292,9 +321,9 @@ impl Config {
                     .map_err(|e| ConfigError(format!("{origin}: [orm]: {e}")))?;
                 continue;
             }
-            if !matches!(section.as_str(), "server" | "auth" | "realtime") {
+            if !matches!(section.as_str(), "server" | "auth" | "realtime" | "cluster") {
                 return Err(ConfigError(format!(
-                    "{origin}: unknown section [{section}] (expected server, auth, realtime, orm)"
+                    "{origin}: unknown section [{section}] (expected server, auth, realtime, cluster, orm)"
                 )));
             }
             for (name, value) in body {

@@ -73,6 +73,12 @@ struct ServeArgs {
     /// Embedded store: 0 fsyncs every write before answering; N > 0 makes writes durable together every N ms.
     #[arg(long)]
     db_sync_interval_ms: Option<u64>,
+    /// Join a socket.io cluster through this Redis (`redis://host:port`); overrides cluster.redis_url.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Channel prefix of the cluster (the adapter's `key`); overrides cluster.prefix.
+    #[arg(long)]
+    cluster_prefix: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +187,12 @@ impl ServeArgs {
         if let Some(v) = self.db_sync_interval_ms {
             cfg.orm.embedded_sync_interval_ms = v;
         }
+        if let Some(v) = &self.redis_url {
+            cfg.set("cluster.redis_url", v).map_err(|e| e.to_string())?;
+        }
+        if let Some(v) = &self.cluster_prefix {
+            cfg.set("cluster.prefix", v).map_err(|e| e.to_string())?;
+        }
         Ok(cfg)
     }
 }
@@ -251,10 +263,33 @@ fn serve_app(cfg: &Config) -> Result<(AppFactory, shardcast::orm::IoShard), (u8,
         socketio_paths = ?cfg.server.socketio_paths,
         "realtime server: REST under /api/v1, demo services channels and messages"
     );
+    let cluster = if cfg.cluster.redis_url.is_some() {
+        if cfg.realtime.room_token_secret.is_none() {
+            return Err((
+                2,
+                "shardcast: cluster.redis_url is set, so realtime.room_token_secret must be set too, the same on \
+                 every node (room tokens handed out by one node are checked by the others)"
+                    .into(),
+            ));
+        }
+        let c = shardcast::cluster::Cluster::start(
+            cfg.cluster.clone(),
+            cfg.server.shards,
+            Default::default(),
+        )
+        .map_err(|e| (2, format!("shardcast: {e}")))?;
+        tracing::info!(uid = c.uid(), prefix = %cfg.cluster.prefix, "cluster: this node's uid");
+        Some(c)
+    } else {
+        None
+    };
     let session = cfg.realtime.session.clone();
     let list_limit_max = cfg.realtime.list_limit_max;
     let factory: AppFactory = Arc::new(move |shard: &std::rc::Rc<server::ShardCtx>| {
         let mut io = SocketIo::new();
+        if let Some(c) = &cluster {
+            shardcast::cluster::node::install(shard, c);
+        }
         let bus = live::install(
             shard,
             &mut io,
@@ -267,9 +302,16 @@ fn serve_app(cfg: &Config) -> Result<(AppFactory, shardcast::orm::IoShard), (u8,
         let api =
             RestApi::new(verifier.clone(), room_tokens.clone()).with_list_limit_max(list_limit_max);
         let api = demo::register(api, &repos, bus);
+        let mut router: std::rc::Rc<dyn server::Router> = std::rc::Rc::new(api.into_router());
+        if let Some(c) = &cluster {
+            router = std::rc::Rc::new(shardcast::cluster::node::ReadyRouter::new(
+                c.clone(),
+                Some(router),
+            ));
+        }
         ShardApp {
             socketio: Some(io),
-            router: Some(std::rc::Rc::new(api.into_router())),
+            router: Some(router),
         }
     });
     Ok((factory, io_shard))

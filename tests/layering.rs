@@ -138,3 +138,38 @@ fn the_checks_see_an_offending_line() {
         "checker missed redb imports: {found:?}"
     );
 }
+
+#[test]
+fn only_the_cluster_connection_names_the_redis_crate_and_its_codec_is_sans_io() {
+    let found = offenders("src", &["src/cluster/connection.rs"], &["redis"]);
+    assert!(
+        found.is_empty(),
+        "the redis crate used outside src/cluster/connection.rs:\n{}",
+        found.join("\n")
+    );
+    // Everything in src/cluster/ but the codec (codec.rs, msgpack.rs) may do I/O.
+    let io_files = [
+        "src/cluster/adapter.rs",
+        "src/cluster/connection.rs",
+        "src/cluster/node.rs",
+        "src/cluster/config.rs",
+        "src/cluster/mod.rs",
+    ];
+    let found = offenders(
+        "src/cluster",
+        &io_files,
+        &[
+            "glommio",
+            "tokio",
+            "std::net",
+            "std::fs",
+            "std::thread",
+            "redis",
+        ],
+    );
+    assert!(
+        found.is_empty(),
+        "the cluster codec must not do I/O:\n{}",
+        found.join("\n")
+    );
+}

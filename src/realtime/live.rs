@@ -189,6 +189,7 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
         });
     }
     ns.on_disconnect(move |socket, _reason| {
+        crate::cluster::node::socket_disconnected(socket);
         let Some(live) = weak_live.upgrade() else {
             return;
         };
@@ -225,6 +226,7 @@ fn auth_value(auth: Option<RawJson>) -> Option<Value> {
 }
 
 fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
+    crate::cluster::node::socket_connected(socket);
     let key = live.next_key.get();
     live.next_key.set(key.wrapping_add(1));
     let state = socket.insert_data(LiveSocket {
@@ -544,6 +546,8 @@ impl ShardBus {
         let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
         bump(&live.stats.events_published, 1);
         let payload: SharedPayload = Arc::from(event.encode_args());
+        // Other nodes of the cluster (no-op in a single process); a drop there does not fail local delivery.
+        crate::cluster::node::publish_to_room(&shard, &event.room, &payload);
         let routes = live.rooms.borrow_mut().publish(&event.room, payload);
         let mut ok = true;
         for route in routes {

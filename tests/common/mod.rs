@@ -387,9 +387,22 @@ pub fn ensure_node_modules() {
     static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     READY.get_or_init(|| {
         let dir = interop_dir();
-        if dir.join("node_modules/sioc4/package.json").exists()
-            && dir.join("node_modules/sioc2/package.json").exists()
-        {
+        let installed = [
+            "sioc4",
+            "sioc2",
+            "socket.io",
+            "@socket.io/redis-adapter",
+            "@socket.io/redis-emitter",
+            "redis",
+        ]
+        .iter()
+        .all(|p| {
+            dir.join("node_modules")
+                .join(p)
+                .join("package.json")
+                .exists()
+        });
+        if installed {
             return;
         }
         let cache = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/npm-cache");

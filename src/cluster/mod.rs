@@ -1,0 +1,32 @@
+//! Scale-out through Redis: shardcast as a node of a socket.io cluster, speaking the classic
+//! `@socket.io/redis-adapter` 8.x protocol (the one `@socket.io/redis-emitter` 5.x speaks) byte for byte, so Node
+//! socket.io servers, the emitter and shardcast processes share rooms.
+//!
+//! # Layout (one noun per file)
+//! - [`msgpack`]: MessagePack as notepack.io writes it (sans-IO, bounded).
+//! - [`codec`]: the protocol's channels, broadcasts, requests and responses (sans-IO).
+//! - [`connection`]: the Redis connection (the only file that names the `redis` crate).
+//! - [`adapter`]: [`adapter::Cluster`], the process's one Redis pipeline on a thread of its own.
+//! - [`node`]: the shard side: socket registry, the task applying remote broadcasts and requests, readiness route.
+//! - [`config`]: the settings, [`config::ClusterConfig`].
+//!
+//! # The cluster path of one event
+//! 1. A CRUD change on node A is published on the shard that ran it ([`crate::realtime::live::ShardBus`]): the
+//!    local owner -> member shard path runs as in a single process, and the same `[event, ...args]` JSON is handed
+//!    to the adapter's bounded queue ([`node::publish_to_room`]); a full queue drops and counts, never waits.
+//! 2. The adapter's thread encodes `[uid, {type: 2, data, nsp: "/"}, {rooms: [room], except: [], flags: {}}]` as
+//!    MessagePack and PUBLISHes it on `<prefix>#/#<room>#`.
+//! 3. Every node's pattern subscription `<prefix>#/#*` receives it; node A drops it (its own uid); node B decodes it
+//!    once and hands the same decoded event to each of its shards' bounded queues; a Node server delivers it to its
+//!    sockets in the room.
+//! 4. Each of node B's shards encodes the Socket.IO frame once and queues it on its selected local sockets.
+
+pub mod adapter;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod msgpack;
+pub mod node;
+
+pub use adapter::{AdapterState, Cluster, ClusterStats};
+pub use config::ClusterConfig;

@@ -1,0 +1,714 @@
+//! Scale-out through Redis (issue 13), with real parts only: a real `redis-server` (Debian's package, installed and
+//! started by `tests/services/redis.sh`; each test here starts its own instance of that binary on a free port so
+//! it can stop it), two real `shardcast serve` processes, and a real Node socket.io 4.8 server with
+//! `@socket.io/redis-adapter` 8, the real `@socket.io/redis-emitter` 5 and real socket.io-client 4.x clients
+//! (`tests/interop/cluster_node.js`).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use shardcast::cluster::codec::{self, Selector};
+use shardcast::cluster::msgpack::Value as Mp;
+use shardcast::realtime::auth::{AccessSigner, AuthConfig};
+
+const SECRET: &str = "cluster-access-secret-0123456789abcdef";
+const ROOM_SECRET: &str = "cluster-room-secret-0123456789abcdef!!";
+/// Safety net for waits on events that must come; never a timing assertion.
+const WAIT: Duration = Duration::from_secs(15);
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server of our own (stopped on drop).
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn bin() -> String {
+        std::env::var("SHARDCAST_TEST_REDIS_BIN").unwrap_or_else(|_| "redis-server".into())
+    }
+    fn new(name: &str) -> Redis {
+        Redis {
+            child: None,
+            port: free_port(),
+            dir: scratch(&format!("redis-{name}")),
+        }
+    }
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+    fn start(&mut self) {
+        let port = self.port.to_string();
+        let child = Command::new(Self::bin())
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (bash tests/services/redis.sh start installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let _ = s.write_all(b"PING\r\n");
+                let mut b = [0u8; 7];
+                if std::io::Read::read_exact(&mut s, &mut b).is_ok() && &b == b"+PONG\r\n" {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    /// One command (RESP written by hand: arguments are binary-safe); the first line of the answer.
+    fn command(&self, args: &[&[u8]]) -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
+        for part in args {
+            cmd.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+            cmd.extend_from_slice(part);
+            cmd.extend_from_slice(b"\r\n");
+        }
+        s.write_all(&cmd).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+    /// PUBLISH; the number of subscribers that received it.
+    fn publish(&self, channel: &str, payload: &[u8]) -> i64 {
+        let answer = self.command(&[b"PUBLISH", channel.as_bytes(), payload]);
+        answer.trim_start_matches(':').parse().unwrap_or(-1)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn token(sub: &str) -> String {
+    let mut extra = serde_json::Map::new();
+    extra.insert("companies".into(), json!(["acme"]));
+    AccessSigner::new(&AuthConfig::hs256(SECRET))
+        .unwrap()
+        .sign(sub, 3600, &extra)
+        .unwrap()
+}
+
+/// `shardcast serve` joined to the cluster at `redis_url`.
+fn serve(name: &str, shards: usize, redis_url: &str, cluster_extra: &str) -> Server {
+    let dir = scratch(name);
+    let cfg = dir.join("shardcast.toml");
+    let text = format!(
+        "[server]\nping_interval_ms = 2000\nping_timeout_ms = 60000\n[auth]\njwt_secret = \"{SECRET}\"\n\
+         [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\n[cluster]\nredis_url = \"{redis_url}\"\n\
+         reconnect_backoff_max_ms = 300\n{cluster_extra}\n[orm]\nembedded_path = \"{}\"\n",
+        dir.join("data.redb").display()
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let n = shards.to_string();
+    Server::start(&["serve", "--shards", &n, "--config", cfg.to_str().unwrap()])
+}
+
+fn ready(addr: SocketAddr) -> (u16, Value) {
+    let r = request(addr, "GET", "/readyz/cluster", b"");
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+fn wait_ready(addr: SocketAddr, want: u16) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, v) = ready(addr);
+        if status == want {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz/cluster stayed {status} {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn rest(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let auth = format!("Bearer {}", token("alice"));
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let r = request_with(
+        addr,
+        method,
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    );
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+/// The Node process: socket.io server + adapter, emitter, socket.io-client 4.x clients.
+struct NodeSide {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<Value>,
+    events: Vec<Value>,
+    next_id: u64,
+    port: u16,
+}
+
+impl NodeSide {
+    fn start(redis_url: &str) -> NodeSide {
+        ensure_node_modules();
+        let mut child = Command::new("node")
+            .arg(interop_dir().join("cluster_node.js"))
+            .arg(redis_url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let first = rx.recv_timeout(WAIT).expect("node harness started");
+        assert_eq!(first["ready"], json!(true), "{first}");
+        let port = first["port"].as_u64().unwrap() as u16;
+        NodeSide {
+            child,
+            stdin,
+            lines: rx,
+            events: Vec::new(),
+            next_id: 0,
+            port,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn call(&mut self, mut cmd: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        cmd["id"] = json!(id);
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no answer to {cmd}"));
+            if v["id"] == json!(id) {
+                assert_eq!(v["ok"], json!(true), "{cmd} -> {v}");
+                return v;
+            }
+            self.events.push(v);
+        }
+    }
+
+    /// Waits until `pred` holds for the events seen so far; returns them.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&[Value]) -> bool) -> &[Value] {
+        let deadline = Instant::now() + WAIT;
+        while !pred(&self.events) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => self.events.push(v),
+                Err(_) => panic!("timed out waiting for {what}; events: {:#?}", self.events),
+            }
+        }
+        &self.events
+    }
+
+    /// Events `event` received by `client`.
+    fn received(&self, client: &str, event: &str) -> Vec<Value> {
+        self.events
+            .iter()
+            .filter(|e| e["ev"] == "recv" && e["client"] == client && e["event"] == event)
+            .map(|e| e["args"].clone())
+            .collect()
+    }
+
+    /// Broadcasts a marker to everyone from the Node server and waits until `clients` all saw it: everything
+    /// published before it on the same path has been delivered.
+    fn barrier(&mut self, clients: &[&str], n: u64) {
+        self.call(json!({"cmd": "emit", "event": "marker", "args": [n]}));
+        let names: Vec<String> = clients.iter().map(|c| c.to_string()).collect();
+        self.wait_for("the marker", |evs| {
+            names.iter().all(|c| {
+                evs.iter().any(|e| {
+                    e["ev"] == "recv"
+                        && e["client"] == json!(c)
+                        && e["event"] == "marker"
+                        && e["args"] == json!([n])
+                })
+            })
+        });
+    }
+}
+
+impl Drop for NodeSide {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until fetchSockets sees `n` sockets in r1.
+fn wait_members(node: &mut NodeSide, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = node.call(json!({"cmd": "fetchSockets", "in": ["r1"]}));
+        if v["sockets"].as_array().unwrap().len() == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "r1 never had {n} members: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn count(node: &NodeSide, client: &str, event: &str) -> usize {
+    node.received(client, event).len()
+}
+
+/// A Node socket.io server and two shardcast processes (2 shards and 1 shard) in one cluster, with clients on each.
+#[test]
+fn node_server_emitter_and_two_shardcast_nodes_share_one_cluster() {
+    let mut redis = Redis::new("interop");
+    redis.start();
+    let a = serve("a", 2, &redis.url(), "");
+    let b = serve("b", 1, &redis.url(), "");
+    let uid_a = wait_ready(a.addr, 200)["uid"].as_str().unwrap().to_owned();
+    let uid_b = wait_ready(b.addr, 200)["uid"].as_str().unwrap().to_owned();
+    let mut node = NodeSide::start(&redis.url());
+    // The harness's adapter subscribes asynchronously: wait until PUBSUB NUMSUB sees it too.
+    let deadline = Instant::now() + WAIT;
+    let mut count_now = node.call(json!({"cmd": "serverCount"}));
+    while count_now["count"] != json!(3) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        count_now = node.call(json!({"cmd": "serverCount"}));
+    }
+    assert_eq!(
+        count_now["count"],
+        json!(3),
+        "PUBSUB NUMSUB counts the three nodes"
+    );
+
+    let tok = token("alice");
+    let a1 = node.call(json!({"cmd": "client", "name": "a1", "url": a.url(), "token": tok}))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b1 = node.call(json!({"cmd": "client", "name": "b1", "url": b.url(), "token": tok}))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let n1 = node.call(json!({"cmd": "client", "name": "n1", "url": node.url()}))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let all = ["a1", "b1", "n1"];
+
+    // Node -> everyone: binary stays binary, a Date arrives as its ISO text, nested values exactly.
+    node.call(json!({"cmd": "emit", "event": "hello", "args": [1, {"x": [true, null, -2.5]}, {"$bin": "0102ff"}, {"$date": 1500}]}));
+    node.barrier(&all, 1);
+    for c in ["a1", "b1"] {
+        assert_eq!(
+            node.received(c, "hello"),
+            vec![
+                json!([1, {"x": [true, null, -2.5]}, {"$bin": "0102ff"}, "1970-01-01T00:00:01.500Z"])
+            ],
+            "{c}"
+        );
+    }
+
+    // socketsJoin from the Node server applies to shardcast sockets; room and except broadcasts select them.
+    node.call(json!({"cmd": "socketsJoin", "rooms": ["r1"]}));
+    // The requesting Node server applies a socketsJoin to its own sockets when it reads its request back from
+    // Redis, after a local emit that follows it: wait until the join shows everywhere.
+    wait_members(&mut node, 3);
+    node.call(
+        json!({"cmd": "emit", "rooms": ["r1"], "except": [b1], "event": "to-r1", "args": ["x"]}),
+    );
+    node.call(json!({"cmd": "emit", "rooms": [a1], "event": "to-a1", "args": []}));
+    node.barrier(&all, 2);
+    assert_eq!(
+        (
+            count(&node, "a1", "to-r1"),
+            count(&node, "b1", "to-r1"),
+            count(&node, "n1", "to-r1")
+        ),
+        (1, 0, 1)
+    );
+    assert_eq!(
+        (count(&node, "a1", "to-a1"), count(&node, "b1", "to-a1")),
+        (1, 0)
+    );
+
+    // fetchSockets across the three nodes, with the rooms the join gave.
+    let fetched = node.call(json!({"cmd": "fetchSockets", "in": ["r1"]}));
+    let mut ids: Vec<String> = fetched["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut want = vec![a1.clone(), b1.clone(), n1.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    for s in fetched["sockets"].as_array().unwrap() {
+        let rooms = s["rooms"].as_array().unwrap();
+        assert!(
+            rooms.contains(&json!("r1")) && rooms.contains(&s["id"]),
+            "{s}"
+        );
+    }
+    let rooms = node.call(json!({"cmd": "allRooms"}));
+    for r in [&a1, &b1, &n1, &"r1".to_owned()] {
+        assert!(
+            rooms["rooms"].as_array().unwrap().contains(&json!(r)),
+            "{rooms}"
+        );
+    }
+
+    // serverSideEmit with an ack: both shardcast nodes answer (each with its uid).
+    let sse = node.call(json!({"cmd": "serverSideEmitWithAck", "event": "shardcast:info"}));
+    let mut uids: Vec<String> = sse["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["uid"].as_str().unwrap().to_owned())
+        .collect();
+    uids.sort();
+    let mut want = vec![uid_a.clone(), uid_b.clone()];
+    want.sort();
+    assert_eq!(uids, want, "{sse}");
+
+    // A broadcast with acks from the Node server: every client in r1 acknowledges, on whichever node it is.
+    let acked =
+        node.call(json!({"cmd": "emitWithAck", "rooms": ["r1"], "event": "ask", "args": [7]}));
+    let mut froms: Vec<String> = acked["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["from"].as_str().unwrap().to_owned())
+        .collect();
+    froms.sort();
+    assert_eq!(froms, ["a1", "b1", "n1"], "{acked}");
+
+    // The emitter reaches shardcast clients in a room.
+    node.call(json!({"cmd": "emitter", "rooms": ["r1"], "event": "from-emitter", "args": ["e", {"$bin": "00"}]}));
+    node.barrier(&all, 3);
+    for c in all {
+        assert_eq!(
+            node.received(c, "from-emitter"),
+            vec![json!(["e", {"$bin": "00"}])],
+            "{c}"
+        );
+    }
+
+    // socketsLeave: nobody is in r1 any more.
+    node.call(json!({"cmd": "socketsLeave", "rooms": ["r1"]}));
+    wait_members(&mut node, 0);
+    let deadline = Instant::now() + WAIT;
+    while !node.call(json!({"cmd": "fetchSockets", "in": ["r1"]}))["sockets"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "socketsLeave did not apply everywhere"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.call(json!({"cmd": "emit", "rooms": ["r1"], "event": "after-leave", "args": []}));
+    node.barrier(&all, 4);
+    for c in all {
+        assert_eq!(count(&node, c, "after-leave"), 0, "{c}");
+    }
+
+    // A REST create on shardcast node A reaches the room's members on node A, node B and the Node server once.
+    let (status, v) = rest(
+        a.addr,
+        "POST",
+        "/api/v1/companies/acme/workspaces/w1/channels",
+        Some(json!({"resource": {"id": "c0", "name": "C0"}})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = rest(
+        a.addr,
+        "GET",
+        "/api/v1/channels/c0/messages?websockets=true",
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    let room = v["websockets"][0]["room"].as_str().unwrap().to_owned();
+    let room_token = v["websockets"][0]["token"].as_str().unwrap().to_owned();
+    for c in ["a1", "b1"] {
+        // The room token node A issued is checked by node B too (shared room_token_secret).
+        node.call(json!({"cmd": "clientSend", "name": c, "event": "realtime:join", "args": [{"name": room, "token": room_token}]}));
+    }
+    node.wait_for("both join successes", |evs| {
+        ["a1", "b1"].iter().all(|c| {
+            evs.iter()
+                .any(|e| e["client"] == json!(c) && e["event"] == "realtime:join:success")
+        })
+    });
+    node.call(json!({"cmd": "clientEmit", "name": "n1", "event": "join", "args": [room]}));
+    let (status, created) = rest(
+        a.addr,
+        "POST",
+        "/api/v1/channels/c0/messages",
+        Some(json!({"resource": {"text": "hi all"}})),
+    );
+    assert_eq!(status, 201, "{created}");
+    node.wait_for("the resource event everywhere", |evs| {
+        all.iter().all(|c| {
+            evs.iter()
+                .any(|e| e["client"] == json!(c) && e["event"] == "realtime:resource")
+        })
+    });
+    node.barrier(&all, 5);
+    let mut payloads = Vec::new();
+    for c in all {
+        let got = node.received(c, "realtime:resource");
+        assert_eq!(got.len(), 1, "{c} got {got:?}");
+        payloads.push(got[0].clone());
+    }
+    assert_eq!(payloads[0], payloads[1]);
+    assert_eq!(payloads[0], payloads[2]);
+    assert_eq!(payloads[0][0]["action"], json!("created"));
+    assert_eq!(payloads[0][0]["room"], json!(room));
+    assert_eq!(payloads[0][0]["resource"]["text"], json!("hi all"));
+
+    // disconnectSockets from the Node server disconnects a shardcast socket ("io server disconnect").
+    node.call(json!({"cmd": "disconnectSockets", "in": [b1]}));
+    node.wait_for("b1's disconnect", |evs| {
+        evs.iter().any(|e| {
+            e["ev"] == "disconnect" && e["client"] == "b1" && e["reason"] == "io server disconnect"
+        })
+    });
+    let (_, stats_a) = ready(a.addr);
+    assert!(
+        stats_a["own_dropped"].as_u64().unwrap() >= 1,
+        "A read its own broadcast back and dropped it: {stats_a}"
+    );
+    assert_eq!(stats_a["malformed"], json!(0));
+}
+
+/// Raw websocket client of a shardcast node: authenticates in the CONNECT.
+fn ws_client(addr: SocketAddr) -> Ws {
+    let mut ws = Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket");
+    assert!(ws.recv_text_skip_ping().starts_with('0'));
+    ws.send_text(&format!("40{}", json!({"token": token("alice")})));
+    assert!(ws.recv_text_skip_ping().starts_with("40"));
+    assert_eq!(ws.recv_text_skip_ping(), r#"42["authenticated"]"#);
+    ws
+}
+
+fn emitter_broadcast(event: &str, arg: &str) -> Vec<u8> {
+    codec::encode_broadcast(
+        codec::EMITTER_UID,
+        "/",
+        vec![Mp::str(event), Mp::str(arg)],
+        &Selector::default(),
+    )
+}
+
+/// Redis down at start, then up, then stopped and restarted mid-stream: local clients are served throughout,
+/// remote deliveries resume after each (re)connection; malformed channel messages are counted and dropped.
+#[test]
+fn redis_faults_and_malformed_messages() {
+    let mut redis = Redis::new("faults");
+    // Down at start: the node starts, serves local clients, reports 503 and keeps retrying.
+    let a = serve("faults", 1, &redis.url(), "message_bytes_max = 4096");
+    let (status, v) = ready(a.addr);
+    assert_eq!(status, 503, "{v}");
+    let mut ws = ws_client(a.addr);
+    redis.start();
+    wait_ready(a.addr, 200);
+    assert_eq!(
+        redis.publish("socket.io#/#", &emitter_broadcast("e1", "x")),
+        1
+    );
+    assert_eq!(ws.recv_text_skip_ping(), r#"42["e1","x"]"#);
+
+    // Malformed: not MessagePack, wrong shape, too large; then a good one still arrives.
+    redis.publish("socket.io#/#", b"\xc1 not msgpack");
+    redis.publish(
+        "socket.io#/#",
+        &shardcast::cluster::msgpack::encode(&Mp::Array(vec![Mp::str("u")])),
+    );
+    redis.publish("socket.io#/#", &vec![0x90u8; 5000]);
+    redis.publish("socket.io-request#/#", b"{\"type\":\"nope\"}");
+    redis.publish("socket.io#/#", &emitter_broadcast("e2", "y"));
+    assert_eq!(ws.recv_text_skip_ping(), r#"42["e2","y"]"#);
+    let (_, stats) = ready(a.addr);
+    assert_eq!(
+        (stats["malformed"].as_u64(), stats["oversized"].as_u64()),
+        (Some(3), Some(1)),
+        "{stats}"
+    );
+
+    // Stopped mid-stream: local delivery continues, the remote copy is dropped and counted, /readyz says so.
+    let (status, v) = rest(
+        a.addr,
+        "POST",
+        "/api/v1/companies/acme/workspaces/w1/channels",
+        Some(json!({"resource": {"id": "f0", "name": "F"}})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (_, v) = rest(
+        a.addr,
+        "GET",
+        "/api/v1/channels/f0/messages?websockets=true",
+        None,
+    );
+    let room = v["websockets"][0]["room"].as_str().unwrap().to_owned();
+    let room_token = v["websockets"][0]["token"].as_str().unwrap().to_owned();
+    ws.send_text(&format!(
+        "42{}",
+        json!(["realtime:join", {"name": room, "token": room_token}])
+    ));
+    assert_eq!(
+        ws.recv_text_skip_ping(),
+        format!("42{}", json!(["realtime:join:success", {"name": room}]))
+    );
+    redis.stop();
+    wait_ready(a.addr, 503);
+    let (status, _) = rest(
+        a.addr,
+        "POST",
+        "/api/v1/channels/f0/messages",
+        Some(json!({"resource": {"text": "while down"}})),
+    );
+    assert_eq!(status, 201);
+    let frame = ws.recv_text_skip_ping();
+    assert!(
+        frame.starts_with(r#"42["realtime:resource""#) && frame.contains("while down"),
+        "{frame}"
+    );
+    let (_, stats) = ready(a.addr);
+    assert!(stats["publish_dropped"].as_u64().unwrap() >= 1, "{stats}");
+
+    // Restarted on the same port: the node resubscribes by itself and remote deliveries flow again.
+    redis.start();
+    let v = wait_ready(a.addr, 200);
+    assert!(v["connections"].as_u64().unwrap() >= 2, "{v}");
+    assert_eq!(
+        redis.publish("socket.io#/#", &emitter_broadcast("e3", "z")),
+        1
+    );
+    assert_eq!(ws.recv_text_skip_ping(), r#"42["e3","z"]"#);
+
+    // Only the subscriber connection dropped (Redis keeps running): the node notices and resubscribes.
+    let before = ready(a.addr).1["connections"].as_u64().unwrap();
+    assert!(
+        redis
+            .command(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"])
+            .starts_with(':')
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, v) = ready(a.addr);
+        if status == 200 && v["connections"].as_u64().unwrap() > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no resubscription after CLIENT KILL: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        redis.publish("socket.io#/#", &emitter_broadcast("e4", "w")),
+        1
+    );
+    assert_eq!(ws.recv_text_skip_ping(), r#"42["e4","w"]"#);
+}
+
+/// Clustered without a shared room-token secret, room tokens of one node would fail on the others: refused loudly.
+#[test]
+fn a_clustered_node_needs_the_shared_room_token_secret() {
+    let dir = scratch("no-room-secret");
+    let cfg = dir.join("shardcast.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\n[cluster]\nredis_url = \"redis://127.0.0.1:1\"\n[orm]\nembedded_path = \"{}\"\n",
+            dir.join("data.redb").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+        .args(["serve", "--no-pin", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run shardcast");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("realtime.room_token_secret must be set"),
+        "{err}"
+    );
+}
