@@ -357,6 +357,31 @@ impl<E: Entity> Repository<E> {
         Ok(saved)
     }
 
+    /// Creates `entity` only if no row has its primary key, atomically on every backend (embedded: one write
+    /// transaction; MongoDB: the unique primary-key index; CQL: `INSERT ... IF NOT EXISTS`): of concurrent inserts of
+    /// one key exactly one gets `Some`. Generated keys that are absent are filled in. `Some(entity as stored)` if this
+    /// call created the row, `None` if the key was taken (nothing written). `None` fields are not written.
+    pub async fn insert(&self, entity: E) -> OrmResult<Option<E>> {
+        if self.schema.table.is_counter_table() {
+            return Err(self.invalid(
+                "this entity has counters: change them with `increment`, not `insert`".into(),
+            ));
+        }
+        let (row, obj) = self.to_row(&entity, true)?;
+        let saved: E = serde_json::from_value(Json::Object(obj)).map_err(|err| {
+            self.invalid(format!(
+                "entity does not deserialize after key generation: {err}"
+            ))
+        })?;
+        let s = self.schema.clone();
+        let created = self
+            .orm
+            .io
+            .call(move |b| Box::pin(async move { b.insert(&s.table, row).await }))
+            .await?;
+        Ok(created.then_some(saved))
+    }
+
     /// Removes the row of `entity` (by its primary key). Removing an absent row is not an error.
     pub async fn remove(&self, entity: &E) -> OrmResult<()> {
         let (row, _) = self.to_row(entity, false)?;
