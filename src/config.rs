@@ -78,6 +78,12 @@ options! {
     "realtime.room_name_bytes_max", "SHARDCAST_ROOM_NAME_BYTES_MAX", "512", "longest room name, bytes";
     "realtime.list_limit_max", "SHARDCAST_LIST_LIMIT_MAX", "1000", "largest `limit` of a REST list";
     "realtime.echo_event", "SHARDCAST_ECHO_EVENT", "false", "answer `echo` events of authenticated sockets with an ack carrying their arguments (the loadtest's echo scenario)";
+    "server.metrics_token", "SHARDCAST_METRICS_TOKEN", "none (loopback clients only)", "bearer token `/metrics` requires; unset, `/metrics` answers loopback clients only (403 to others)";
+    "realtime.page_bytes_max", "SHARDCAST_PAGE_BYTES_MAX", "1048576", "most bytes of resources in one REST list answer (at least one row); a cut page has a next_page_token";
+    "realtime.user_writes_per_s", "SHARDCAST_USER_WRITES_PER_S", "100", "REST POST/PATCH requests per second per user (token sub); over it 429 with Retry-After; 0 = off";
+    "realtime.user_write_bytes_per_s", "SHARDCAST_USER_WRITE_BYTES_PER_S", "4194304", "REST POST/PATCH body bytes per second per user; over it 429 with Retry-After; 0 = off";
+    "realtime.company_storage_bytes_max", "SHARDCAST_COMPANY_STORAGE_BYTES_MAX", "0 (off)", "bytes of message text and extra fields one company may store; over it 403 quota_exceeded";
+    "realtime.join_leave_per_s_max", "SHARDCAST_JOIN_LEAVE_PER_S_MAX", "50", "realtime:join plus realtime:leave per second per socket; over it the socket gets join/leave errors";
 }
 
 /// The realtime layer's settings.
@@ -91,6 +97,10 @@ pub struct RealtimeConfig {
     pub session: SessionConfig,
     /// Largest `limit` of a REST list.
     pub list_limit_max: usize,
+    /// Page bytes and company storage quota of the demo services.
+    pub demo: crate::realtime::demo::DemoLimits,
+    /// Per-user REST write limits.
+    pub writes: crate::realtime::rest::WriteLimits,
 }
 
 impl Default for RealtimeConfig {
@@ -100,6 +110,8 @@ impl Default for RealtimeConfig {
             room_token_ttl_s: ROOM_TOKEN_TTL_S_DEFAULT,
             session: SessionConfig::default(),
             list_limit_max: crate::realtime::rest::LIST_LIMIT_MAX_DEFAULT,
+            demo: crate::realtime::demo::DemoLimits::default(),
+            writes: crate::realtime::rest::WriteLimits::default(),
         }
     }
 }
@@ -270,6 +282,16 @@ impl Config {
             }
             "realtime.echo_event" => r.session.echo_event = parse_bool(key, value)?,
             "realtime.list_limit_max" => r.list_limit_max = parse::<usize>(key, value)?.max(1),
+            "server.metrics_token" => s.metrics_token = opt_string(value),
+            "realtime.page_bytes_max" => r.demo.page_bytes_max = parse::<usize>(key, value)?.max(1),
+            "realtime.user_writes_per_s" => r.writes.writes_per_s = parse(key, value)?,
+            "realtime.user_write_bytes_per_s" => r.writes.write_bytes_per_s = parse(key, value)?,
+            "realtime.company_storage_bytes_max" => {
+                r.demo.company_storage_bytes_max = parse(key, value)?
+            }
+            "realtime.join_leave_per_s_max" => {
+                r.session.join_leave_per_s_max = parse::<u32>(key, value)?.max(1)
+            }
             _ => return Err(ConfigError(format!("unknown option `{key}`"))),
         }
         Ok(())

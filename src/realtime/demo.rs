@@ -33,7 +33,7 @@
 //! [`MESSAGE_EXTRA_BYTES_MAX`] bytes of JSON), so clients can attach their own metadata. Text is bounded by its
 //! **JSON-encoded** size ([`TEXT_BYTES_MAX`]: a control character counts as the six bytes of `\u0001`).
 //!
-//! **Bounded lists:** a list answer holds at most `limit` rows and at most [`PageLimits::page_bytes_max`] bytes of
+//! **Bounded lists:** a list answer holds at most `limit` rows and at most [`DemoLimits::page_bytes_max`] bytes of
 //! resources (at least one row); when it is cut, `next_page_token` continues after its last row. Rows are read from the
 //! database in chunks of at most [`LIST_CHUNK_ROWS`] so one request never holds more than one chunk besides its page.
 
@@ -65,7 +65,7 @@ pub const TEXT_BYTES_MAX: usize = 64 * 1024;
 pub const MESSAGE_EXTRA_BYTES_MAX: usize = 16 * 1024;
 /// Page size of a list without `limit`.
 pub const LIST_LIMIT_DEFAULT: usize = 50;
-/// Default of [`PageLimits::page_bytes_max`]: bytes of resources in one list answer.
+/// Default of [`DemoLimits::page_bytes_max`]: bytes of resources in one list answer.
 pub const PAGE_BYTES_MAX_DEFAULT: usize = 1024 * 1024;
 /// Rows read from the database per chunk of a list.
 pub const LIST_CHUNK_ROWS: u32 = 100;
@@ -75,18 +75,23 @@ pub const ADMIN_CLAIM: &str = "admin_companies";
 /// Rows deleted per database round trip when a channel's messages are deleted.
 pub const DELETE_CHUNK_ROWS: u32 = 200;
 
-/// The byte bound of list answers.
+/// The bounds of the demo services.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PageLimits {
+pub struct DemoLimits {
     /// Most bytes of JSON resources in one list answer (at least one row is always returned). Default
     /// [`PAGE_BYTES_MAX_DEFAULT`].
     pub page_bytes_max: usize,
+    /// Per-company storage quota: bytes of message text and extra fields (JSON-encoded) a company may store; a create
+    /// that would go over it is 403 `quota_exceeded`. `0` (the default) turns it off. Counted in table
+    /// `company_usage` while the quota is on; concurrent creates may overshoot it by what they add.
+    pub company_storage_bytes_max: u64,
 }
 
-impl Default for PageLimits {
+impl Default for DemoLimits {
     fn default() -> Self {
         Self {
             page_bytes_max: PAGE_BYTES_MAX_DEFAULT,
+            company_storage_bytes_max: 0,
         }
     }
 }
@@ -162,6 +167,22 @@ impl Entity for ChannelClaim {
             .column("deleted", FieldType::Boolean)
             .partition_key(&["id"])
             .clustering("generation", Order::Desc)
+    }
+}
+
+/// Bytes stored per company (table `company_usage`, a counter), kept while a storage quota is on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct CompanyUsage {
+    company_id: String,
+    bytes: i64,
+}
+
+impl Entity for CompanyUsage {
+    fn schema() -> SchemaBuilder {
+        EntitySchema::builder("company_usage")
+            .column("company_id", FieldType::Text)
+            .column("bytes", FieldType::Counter)
+            .partition_key(&["company_id"])
     }
 }
 
@@ -258,6 +279,7 @@ pub struct DemoRepositories {
     channels: Repository<Channel>,
     claims: Repository<ChannelClaim>,
     messages: Repository<MessageRow>,
+    usage: Repository<CompanyUsage>,
 }
 
 impl DemoRepositories {
@@ -267,7 +289,57 @@ impl DemoRepositories {
             channels: Repository::open(orm).await?,
             claims: Repository::open(orm).await?,
             messages: Repository::open(orm).await?,
+            usage: Repository::open(orm).await?,
         })
+    }
+}
+
+/// What a message counts against its company's storage quota: its text and extra fields as JSON.
+fn stored_bytes(m: &MessageRow) -> i64 {
+    let extra = m
+        .extra
+        .as_ref()
+        .and_then(|e| serde_json::to_vec(e).ok())
+        .map_or(0, |v| v.len());
+    (json_string_len(&m.text) + extra) as i64
+}
+
+impl DemoRepositories {
+    /// Adds `delta` bytes to `company`'s usage (when a quota is on).
+    async fn count_usage(&self, limits: &DemoLimits, company: &str, delta: i64) {
+        if limits.company_storage_bytes_max == 0 || delta == 0 {
+            return;
+        }
+        let key = crate::orm::Key::new().with("company_id", company);
+        if let Err(e) = self.usage.increment(key, "bytes", delta).await {
+            tracing::warn!(company, error = %e, "company storage usage not counted");
+        }
+    }
+
+    /// 403 `quota_exceeded` if `company` storing `adding` more bytes goes over its quota.
+    async fn check_quota(
+        &self,
+        limits: &DemoLimits,
+        company: &str,
+        adding: i64,
+    ) -> Result<(), CrudError> {
+        let max = limits.company_storage_bytes_max;
+        if max == 0 || adding <= 0 {
+            return Ok(());
+        }
+        let key = crate::orm::Key::new().with("company_id", company);
+        let used = self
+            .usage
+            .get(key)
+            .await
+            .map_err(store_error)?
+            .map_or(0, |u| u.bytes.max(0));
+        if used.saturating_add(adding) as u64 > max {
+            return Err(CrudError::QuotaExceeded(format!(
+                "company {company:?} stores {used} bytes; {adding} more would pass its quota of {max}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -464,7 +536,7 @@ pub type RoomEvictor = Rc<dyn Fn(&str)>;
 /// The `channels` service.
 pub struct ChannelService {
     repos: DemoRepositories,
-    limits: PageLimits,
+    limits: DemoLimits,
     evict: RoomEvictor,
 }
 
@@ -482,13 +554,13 @@ impl ChannelService {
     pub fn new(repos: DemoRepositories) -> Self {
         Self {
             repos,
-            limits: PageLimits::default(),
+            limits: DemoLimits::default(),
             evict: Rc::new(|_: &str| {}),
         }
     }
 
     /// Bounds list answers by `limits`.
-    pub fn with_limits(mut self, limits: PageLimits) -> Self {
+    pub fn with_limits(mut self, limits: DemoLimits) -> Self {
         self.limits = limits;
         self
     }
@@ -537,7 +609,7 @@ impl ChannelService {
     }
 
     /// Deletes every message of `channel_id`, a chunk per round trip.
-    async fn delete_messages(&self, channel_id: &str) -> Result<(), CrudError> {
+    async fn delete_messages(&self, channel_id: &str, company: &str) -> Result<(), CrudError> {
         loop {
             let page = self
                 .repos
@@ -552,9 +624,12 @@ impl ChannelService {
             if page.entities.is_empty() && page.next_page_token.is_none() {
                 return Ok(());
             }
+            let mut freed = 0;
             for m in &page.entities {
                 self.repos.messages.remove(m).await.map_err(store_error)?;
+                freed += stored_bytes(m);
             }
+            self.repos.count_usage(&self.limits, company, -freed).await;
         }
     }
 }
@@ -663,7 +738,8 @@ impl CrudService<Channel> for ChannelService {
             .await
             .map_err(store_error)?;
         (self.evict)(&messages_room(&channel.id));
-        self.delete_messages(&channel.id).await?;
+        self.delete_messages(&channel.id, &channel.company_id)
+            .await?;
         if let Some(claim) = self.current_claim(&channel.id).await?
             && claim.company_id == channel.company_id
             && !claim.deleted
@@ -753,7 +829,7 @@ impl CrudService<Channel> for ChannelService {
 #[derive(Debug)]
 pub struct MessageService {
     repos: DemoRepositories,
-    limits: PageLimits,
+    limits: DemoLimits,
 }
 
 impl MessageService {
@@ -761,12 +837,12 @@ impl MessageService {
     pub fn new(repos: DemoRepositories) -> Self {
         Self {
             repos,
-            limits: PageLimits::default(),
+            limits: DemoLimits::default(),
         }
     }
 
     /// Bounds list answers by `limits`.
-    pub fn with_limits(mut self, limits: PageLimits) -> Self {
+    pub fn with_limits(mut self, limits: DemoLimits) -> Self {
         self.limits = limits;
         self
     }
@@ -792,7 +868,11 @@ impl MessageService {
     }
 
     /// The message `id` if the caller may change it: its author, or an administrator of its company.
-    async fn find_own(&self, ctx: &ExecutionContext, id: &str) -> Result<MessageRow, CrudError> {
+    async fn find_own(
+        &self,
+        ctx: &ExecutionContext,
+        id: &str,
+    ) -> Result<(MessageRow, Channel), CrudError> {
         let (row, channel) = self.find(ctx, id).await?.ok_or(CrudError::NotFound)?;
         let user = ctx.require_user()?;
         if row.user_id != user.id && !is_company_admin(user, &channel.company_id) {
@@ -801,7 +881,7 @@ impl MessageService {
                 channel.company_id
             )));
         }
-        Ok(row)
+        Ok((row, channel))
     }
 }
 
@@ -814,7 +894,7 @@ impl CrudService<Message> for MessageService {
         mut item: Message,
     ) -> Result<CreateResult<Message>, CrudError> {
         let user_id = ctx.require_user()?.id.clone();
-        accessible_channel(&self.repos.channels, ctx, &item.channel_id).await?;
+        let channel = accessible_channel(&self.repos.channels, ctx, &item.channel_id).await?;
         if item.id.is_some() {
             return Err(CrudError::InvalidInput(
                 "`id` is assigned by the server".into(),
@@ -833,12 +913,15 @@ impl CrudService<Message> for MessageService {
         }
         item.user_id = user_id;
         item.created_at_ms = now_ms();
-        let row = self
-            .repos
-            .messages
-            .save(item.into())
-            .await
-            .map_err(store_error)?;
+        let row = MessageRow::from(item);
+        let size = stored_bytes(&row);
+        self.repos
+            .check_quota(&self.limits, &channel.company_id, size)
+            .await?;
+        let row = self.repos.messages.save(row).await.map_err(store_error)?;
+        self.repos
+            .count_usage(&self.limits, &channel.company_id, size)
+            .await;
         Ok(CreateResult {
             type_name: "message",
             entity: row.into(),
@@ -855,12 +938,20 @@ impl CrudService<Message> for MessageService {
         id: &str,
         patch: MessagePatch,
     ) -> Result<UpdateResult<Message>, CrudError> {
-        let mut row = self.find_own(ctx, id).await?;
+        let (mut row, channel) = self.find_own(ctx, id).await?;
+        let before = stored_bytes(&row);
         if let Some(text) = patch.text {
             check_encoded_len("text", &text, TEXT_BYTES_MAX)?;
             row.text = text;
         }
+        let delta = stored_bytes(&row) - before;
+        self.repos
+            .check_quota(&self.limits, &channel.company_id, delta)
+            .await?;
         let row = self.repos.messages.save(row).await.map_err(store_error)?;
+        self.repos
+            .count_usage(&self.limits, &channel.company_id, delta)
+            .await;
         Ok(UpdateResult {
             type_name: "message",
             entity: row.into(),
@@ -872,12 +963,15 @@ impl CrudService<Message> for MessageService {
         ctx: &ExecutionContext,
         id: &str,
     ) -> Result<DeleteResult<Message>, CrudError> {
-        let row = self.find_own(ctx, id).await?;
+        let (row, channel) = self.find_own(ctx, id).await?;
         self.repos
             .messages
             .remove(&row)
             .await
             .map_err(store_error)?;
+        self.repos
+            .count_usage(&self.limits, &channel.company_id, -stored_bytes(&row))
+            .await;
         Ok(DeleteResult {
             type_name: "message",
             entity: row.into(),
@@ -980,13 +1074,13 @@ fn param<'a>(p: &'a super::rest::Params, name: &str) -> &'a str {
     p.get(name).map(String::as_str).unwrap_or_default()
 }
 
-/// Registers both services, publishing to `bus`, on `api`, with the default [`PageLimits`].
+/// Registers both services, publishing to `bus`, on `api`, with the default [`DemoLimits`].
 pub fn register<B: EventBus + Clone + 'static>(
     api: RestApi,
     repos: &DemoRepositories,
     bus: B,
 ) -> RestApi {
-    register_with(api, repos, bus, PageLimits::default())
+    register_with(api, repos, bus, DemoLimits::default())
 }
 
 /// Registers both services, publishing to `bus`, on `api`; lists bounded by `limits`. Deleting a channel evicts the
@@ -995,7 +1089,7 @@ pub fn register_with<B: EventBus + Clone + 'static>(
     api: RestApi,
     repos: &DemoRepositories,
     bus: B,
-    limits: PageLimits,
+    limits: DemoLimits,
 ) -> RestApi {
     let evict_bus = bus.clone();
     let channels = Rc::new(Realtime::new(
