@@ -318,9 +318,8 @@ fn refuse_join_leave(
     if !is_join && event != protocol::LEAVE {
         return None;
     }
-    if state.session.borrow().user().is_none() {
-        return None;
-    }
+    // before authentication the session answers joins and leaves itself
+    state.session.borrow().user()?;
     let name = || {
         let max = live.session.config.room_name_bytes_max;
         args.first()
