@@ -587,7 +587,7 @@ impl ChannelService {
         company: &str,
         workspace: &str,
     ) -> Result<ChannelClaim, CrudError> {
-        let taken = || CrudError::Conflict(format!("channel id {id:?} is taken"));
+        let taken = || CrudError::Conflict(format!("a channel with id {id:?} exists"));
         let generation = match self.current_claim(id).await? {
             None => 0,
             Some(c) if c.deleted && c.company_id == company => c.generation + 1,
