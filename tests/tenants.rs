@@ -805,3 +805,81 @@ fn non_loopback_ip() -> Option<std::net::IpAddr> {
             (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
         })
 }
+
+/// `Repository::insert`, the create-if-absent the channel ids rest on: of 16 concurrent inserts of one key exactly one
+/// creates the row, the others get `None` and change nothing.
+fn orm_insert_is_atomic(backend: Backend) {
+    use serde::{Deserialize, Serialize};
+    use shardcast::orm::{
+        BackendKind, Entity, EntitySchema, FieldType, Key, OrmConfig, Repository,
+    };
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    struct Claim {
+        id: String,
+        owner: String,
+    }
+    impl Entity for Claim {
+        fn schema() -> shardcast::orm::SchemaBuilder {
+            EntitySchema::builder("claims")
+                .column("id", FieldType::Text)
+                .column("owner", FieldType::Text)
+                .partition_key(&["id"])
+        }
+    }
+
+    let dir = scratch(&format!("insert-{backend:?}"));
+    let mut config = OrmConfig::default();
+    match backend {
+        Backend::Embedded => config.embedded_path = dir.join("data.redb"),
+        Backend::Mongo => {
+            config.backend = BackendKind::Mongo;
+            config.mongo_uri = std::env::var("SHARDCAST_TEST_MONGO_URI")
+                .expect("SHARDCAST_TEST_MONGO_URI (tests/services/mongo.sh)");
+            config.mongo_database = unique_name("insert");
+        }
+        Backend::Cql => {
+            config.backend = BackendKind::Cql;
+            config.cql_nodes = std::env::var("SHARDCAST_TEST_CQL_NODES")
+                .expect("SHARDCAST_TEST_CQL_NODES (tests/services/cassandra.sh)")
+                .split(',')
+                .map(str::to_owned)
+                .collect();
+            config.cql_keyspace = unique_name("insert");
+            config.request_timeout_ms = 20_000;
+        }
+    }
+    let (_io, orm) = shardcast::orm::start(&config).expect("ORM starts");
+    let repo: Repository<Claim> =
+        futures_lite::future::block_on(Repository::open(&orm)).expect("open");
+    for round in 0..5 {
+        let id = format!("k{round}");
+        let barrier = std::sync::Barrier::new(16);
+        let winners: Vec<Claim> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..16)
+                .map(|i| {
+                    let (repo, id, barrier) = (&repo, &id, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        futures_lite::future::block_on(repo.insert(Claim {
+                            id: id.clone(),
+                            owner: format!("o{i}"),
+                        }))
+                        .expect("insert")
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect()
+        });
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        let stored = futures_lite::future::block_on(repo.get(Key::new().with("id", id.as_str())))
+            .expect("get")
+            .expect("stored");
+        assert_eq!(stored, winners[0]);
+    }
+}
+
+on_every_backend!(orm_insert_is_atomic);

@@ -1124,3 +1124,70 @@ pub fn register_with<B: EventBus + Clone + 'static>(
         messages,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_string_len_is_the_encoded_size() {
+        for s in [
+            "",
+            "plain",
+            "é\"\\",
+            "\u{1}\n\t\u{1f}\u{7f}",
+            "\u{8}\u{c}\r",
+        ] {
+            let encoded = serde_json::to_string(s).unwrap();
+            assert_eq!(json_string_len(s), encoded.len() - 2, "{s:?}");
+        }
+        assert_eq!(json_string_len(&"\u{1}".repeat(1000)), 6000);
+        assert!(check_encoded_len("text", &"\u{1}".repeat(11_000), TEXT_BYTES_MAX).is_err());
+        assert!(check_encoded_len("text", &"a".repeat(TEXT_BYTES_MAX), TEXT_BYTES_MAX).is_ok());
+    }
+
+    #[test]
+    fn page_fill_cuts_by_rows_and_bytes_but_keeps_one_row() {
+        let mut fill = PageFill::new(10, 26);
+        assert!(fill.push("0123456789")); // 12 bytes + 1
+        assert!(fill.push("0123456789"));
+        assert!(!fill.push("x"));
+        assert!(fill.cut && fill.full());
+        assert_eq!(fill.rows.len(), 2);
+        let mut big = PageFill::new(10, 5);
+        assert!(big.push("far more than five bytes"));
+        assert!(!big.push("a"));
+        let mut rows = PageFill::new(2, 1 << 20);
+        assert!(rows.push(1) && rows.push(2) && !rows.push(3));
+        assert_eq!(rows.chunk(), 1);
+        assert_eq!(PageFill::<u8>::new(1000, 1).chunk(), LIST_CHUNK_ROWS);
+    }
+
+    #[test]
+    fn cursor_tokens_round_trip_and_refuse_other_kinds() {
+        let t = cursor_token('m', "abc");
+        assert_eq!(cursor_of('m', Some(&t)).unwrap().as_deref(), Some("abc"));
+        assert!(cursor_of('c', Some(&t)).is_err());
+        assert!(cursor_of('m', Some(&"!!".to_string())).is_err());
+        assert_eq!(cursor_of('m', None).unwrap(), None);
+    }
+
+    #[test]
+    fn admin_claim_names_companies_the_user_belongs_to() {
+        let mut user = AuthenticatedUser {
+            id: "carol".into(),
+            companies: vec!["acme".into()],
+            expires_at_s: u64::MAX,
+            claims: Map::new(),
+        };
+        assert!(!is_company_admin(&user, "acme"));
+        user.claims
+            .insert(ADMIN_CLAIM.into(), serde_json::json!(["acme", "other"]));
+        assert!(is_company_admin(&user, "acme"));
+        // an admin claim for a company the token is not a member of grants nothing
+        assert!(!is_company_admin(&user, "other"));
+        user.claims
+            .insert(ADMIN_CLAIM.into(), serde_json::json!(true));
+        assert!(!is_company_admin(&user, "acme"));
+    }
+}

@@ -834,6 +834,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn write_limiter_admits_a_second_of_writes_then_says_when() {
+        let l = UserWriteLimiter::new(WriteLimits {
+            writes_per_s: 3,
+            write_bytes_per_s: 0,
+        });
+        for _ in 0..3 {
+            assert_eq!(l.admit("u", 10), Ok(()));
+        }
+        assert_eq!(l.admit("u", 10), Err(1));
+        // other users have their own buckets
+        assert_eq!(l.admit("v", 10), Ok(()));
+        let bytes = UserWriteLimiter::new(WriteLimits {
+            writes_per_s: 0,
+            write_bytes_per_s: 1000,
+        });
+        // a body larger than the budget passes once, then its debt is paid first
+        assert_eq!(bytes.admit("u", 3500), Ok(()));
+        assert_eq!(bytes.admit("u", 1), Err(3));
+        let off = UserWriteLimiter::new(WriteLimits::off());
+        for _ in 0..10_000 {
+            assert_eq!(off.admit("u", 1 << 20), Ok(()));
+        }
+    }
+
+    #[test]
     fn patterns_match_and_capture() {
         let p = Pattern::parse("/companies/{company_id}/workspaces/{workspace_id}/channels");
         let segs: Vec<String> = ["companies", "acme", "workspaces", "w1", "channels"]
