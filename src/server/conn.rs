@@ -25,6 +25,8 @@ pub type Stream = Rc<RefCell<TcpStream>>;
 
 /// Bytes taken from the kernel per read.
 const READ_CHUNK: usize = 64 * 1024;
+/// Response bodies larger than this are written in place after their head instead of being copied into one buffer.
+const LARGE_BODY_BYTES: usize = 64 * 1024;
 
 thread_local! {
     /// One receive buffer per shard: glommio's `poll_read` copies in the poll that completes, so the buffer is
@@ -155,10 +157,25 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
             Next::RespondClose(r) => (r, false),
             Next::Done => return,
         };
-        let mut out = Vec::with_capacity(resp.body.len() + 256);
-        http::write_response(&mut out, &resp, keep, origin.as_deref(), &cfg);
-        ShardMetrics::add(&shard.metrics().bytes_out, out.len() as u64);
-        if write_all(&stream, &out).await.is_err() || !keep {
+        let written = if resp.body.len() > LARGE_BODY_BYTES {
+            // A large body is written from the response itself, not copied behind its head.
+            let mut head = Vec::with_capacity(256);
+            http::write_head(&mut head, &resp, keep, origin.as_deref(), &cfg);
+            ShardMetrics::add(
+                &shard.metrics().bytes_out,
+                (head.len() + resp.body.len()) as u64,
+            );
+            let ok = write_all(&stream, &head).await.is_ok()
+                && write_all(&stream, &resp.body).await.is_ok();
+            drop(resp);
+            ok
+        } else {
+            let mut out = Vec::with_capacity(resp.body.len() + 256);
+            http::write_response(&mut out, &resp, keep, origin.as_deref(), &cfg);
+            ShardMetrics::add(&shard.metrics().bytes_out, out.len() as u64);
+            write_all(&stream, &out).await.is_ok()
+        };
+        if !written || !keep {
             return;
         }
         if buf.is_empty() && buf.capacity() > 0 {

@@ -166,6 +166,19 @@ pub fn write_response(
     origin: Option<&str>,
     cfg: &ServerConfig,
 ) {
+    write_head(out, resp, keep_alive, origin, cfg);
+    out.extend_from_slice(&resp.body);
+}
+
+/// What [`write_response`] writes before the body (status line and headers), so that a large body can be written
+/// from the response itself instead of being copied behind its head.
+pub fn write_head(
+    out: &mut Vec<u8>,
+    resp: &Response,
+    keep_alive: bool,
+    origin: Option<&str>,
+    cfg: &ServerConfig,
+) {
     use std::io::Write;
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
     for (k, v) in &resp.headers {
@@ -186,7 +199,6 @@ pub fn write_response(
     } else {
         b"Connection: close\r\n\r\n"
     });
-    out.extend_from_slice(&resp.body);
 }
 
 /// Is `origin` allowed by the CORS configuration?
