@@ -589,7 +589,31 @@ impl ChannelService {
     ) -> Result<ChannelClaim, CrudError> {
         let taken = || CrudError::Conflict(format!("a channel with id {id:?} exists"));
         let generation = match self.current_claim(id).await? {
-            None => 0,
+            None => {
+                // A channel stored before ids were claimed: claim its id for its company, then refuse.
+                let legacy = self
+                    .repos
+                    .channels
+                    .find_one(Find::new().eq("id", id))
+                    .await
+                    .map_err(store_error)?;
+                if let Some(c) = legacy {
+                    let backfill = ChannelClaim {
+                        id: id.to_owned(),
+                        generation: 0,
+                        company_id: c.company_id,
+                        workspace_id: c.workspace_id,
+                        deleted: false,
+                    };
+                    self.repos
+                        .claims
+                        .insert(backfill)
+                        .await
+                        .map_err(store_error)?;
+                    return Err(taken());
+                }
+                0
+            }
             Some(c) if c.deleted && c.company_id == company => c.generation + 1,
             Some(_) => return Err(taken()),
         };
