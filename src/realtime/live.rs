@@ -44,8 +44,10 @@
 //! - A socket is a delivery target (in the shard's [`crate::server::RoomRegistry`]) exactly from the moment it is
 //!   sent `realtime:join:success` until it leaves or disconnects; `realtime:join:success` is sent only once the
 //!   room's owner has registered the socket's shard, so every event published after a client saw it reaches it.
-//! - Data messages (`Publish`, `Deliver`) are never waited for: a full cross-shard queue drops the event, logs it
-//!   and counts it (`shardcast_mesh_full_total`, [`LiveStats::events_dropped`]). Control messages (`MemberJoined`,
+//! - Data messages (`Publish`, `Deliver`) are never waited for: an event that finds a full cross-shard queue waits in
+//!   a per-peer FIFO data backlog (bounded by [`DATA_BACKLOG_LEN_MAX`]) that the retry timer flushes in order; only
+//!   when that is full too is the event dropped, logged and counted (`shardcast_mesh_full_total` counts every full
+//!   queue, [`LiveStats::events_dropped`] the drops). Control messages (`MemberJoined`,
 //!   `MemberLeft`, `JoinConfirmed`, `Evict`) must not be lost, so they wait in a per-peer FIFO backlog (bounded by
 //!   [`CONTROL_BACKLOG_LEN_MAX`]) that a timer retries in order; the shard itself never blocks.
 //! - **Membership has its own lane and cannot crowd events out.** At most [`control_in_flight_max`] (a quarter of
@@ -83,6 +85,9 @@ pub const NAMESPACE: &str = "/";
 pub const CONTROL_BACKLOG_LEN_MAX: usize = 65_536;
 /// Delay between two attempts to flush a control backlog.
 pub const CONTROL_RETRY_MS: u64 = 5;
+/// Most data messages (`Publish`, `Deliver`) that may wait for room on the queue to one peer shard when it is full.
+/// Beyond it an event is dropped for that shard, logged and counted; the shard never waits.
+pub const DATA_BACKLOG_LEN_MAX: usize = 16_384;
 /// Longest control backlog to a peer at which joins are still accepted; beyond it a join that would add to it gets
 /// `realtime:join:error {error: "server busy, retry later"}`.
 pub const JOIN_BACKLOG_LEN_MAX: usize = 4096;
@@ -107,8 +112,10 @@ pub struct LiveStats {
     pub frames_encoded: Cell<u64>,
     /// Frames queued to sockets on this shard (one per member per event).
     pub frames_queued: Cell<u64>,
-    /// Events dropped because a cross-shard queue was full.
+    /// Events dropped because a cross-shard queue and its data backlog were full.
     pub events_dropped: Cell<u64>,
+    /// Events that waited in a data backlog because a cross-shard queue was full.
+    pub events_deferred: Cell<u64>,
     /// Control messages that had to wait in the backlog.
     pub control_deferred: Cell<u64>,
     /// Joins and leaves refused by the per-socket rate bound.
@@ -130,6 +137,8 @@ pub struct LiveShard {
     sockets: RefCell<HashMap<SocketKey, Socket>>,
     next_key: Cell<SocketKey>,
     backlog: RefCell<Vec<VecDeque<rooms::ShardMessage>>>,
+    /// Per peer: events waiting for room on a full queue, in order.
+    data_backlog: RefCell<Vec<VecDeque<rooms::ShardMessage>>>,
     /// Per peer: control messages sent and not yet run there (decremented by the peer).
     control_in_flight: Vec<Arc<AtomicUsize>>,
     control_in_flight_max: usize,
@@ -208,6 +217,7 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
         sockets: RefCell::new(HashMap::new()),
         next_key: Cell::new(0),
         backlog: RefCell::new((0..shard.nr_shards()).map(|_| VecDeque::new()).collect()),
+        data_backlog: RefCell::new((0..shard.nr_shards()).map(|_| VecDeque::new()).collect()),
         control_in_flight: (0..shard.nr_shards())
             .map(|_| Arc::new(AtomicUsize::new(0)))
             .collect(),
@@ -559,14 +569,53 @@ fn send(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, to: usize, msg: rooms::Shard
             }
         };
     }
-    match post(shard, to, msg) {
+    let waiting = live
+        .data_backlog
+        .borrow()
+        .get(to)
+        .is_some_and(|q| !q.is_empty());
+    if waiting {
+        return defer_data(live, shard, to, msg);
+    }
+    match post(shard, to, msg.clone()) {
         Ok(()) => true,
+        Err(MeshError::Full(_)) => defer_data(live, shard, to, msg),
         Err(e) => {
             bump(&live.stats.events_dropped, 1);
-            tracing::warn!(shard = shard.id(), to, error = %e, "realtime event dropped: cross-shard queue full");
+            tracing::warn!(shard = shard.id(), to, error = %e, "realtime event dropped");
             false
         }
     }
+}
+
+/// Queues an event behind the others waiting for shard `to`, or drops it (counted and logged) when
+/// [`DATA_BACKLOG_LEN_MAX`] are already waiting.
+fn defer_data(
+    live: &Rc<LiveShard>,
+    shard: &Rc<ShardCtx>,
+    to: usize,
+    msg: rooms::ShardMessage,
+) -> bool {
+    {
+        let mut backlog = live.data_backlog.borrow_mut();
+        let Some(q) = backlog.get_mut(to) else {
+            return false;
+        };
+        if q.len() >= DATA_BACKLOG_LEN_MAX {
+            bump(&live.stats.events_dropped, 1);
+            tracing::warn!(
+                shard = shard.id(),
+                to,
+                limit = DATA_BACKLOG_LEN_MAX,
+                "realtime event dropped: cross-shard queue full"
+            );
+            return false;
+        }
+        q.push_back(msg);
+    }
+    bump(&live.stats.events_deferred, 1);
+    arm_retry(live, shard);
+    true
 }
 
 fn post(shard: &Rc<ShardCtx>, to: usize, msg: rooms::ShardMessage) -> Result<(), MeshError> {
@@ -651,6 +700,22 @@ fn flush_backlog(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>) {
     let peers = live.backlog.borrow().len();
     let mut left = false;
     for to in 0..peers {
+        loop {
+            let next = live.data_backlog.borrow_mut()[to].pop_front();
+            let Some(msg) = next else { break };
+            match post(shard, to, msg.clone()) {
+                Ok(()) => {}
+                Err(MeshError::Full(_)) => {
+                    live.data_backlog.borrow_mut()[to].push_front(msg);
+                    left = true;
+                    break;
+                }
+                Err(e) => {
+                    bump(&live.stats.events_dropped, 1);
+                    tracing::warn!(shard = shard.id(), to, error = %e, "realtime event dropped");
+                }
+            }
+        }
         loop {
             if !live.backlog.borrow()[to].is_empty() && !control_lane_free(live, to) {
                 left = true;
