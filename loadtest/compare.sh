@@ -29,7 +29,7 @@ jsonl="$RESULTS/results.jsonl"
 # ---------------------------------------------------------------------------------------------------------------
 # >>> The shardcast command line (`shardcast serve`; adjust here when its flags change).
 #     $PORT, $SECRET and $RESULTS are expanded when the server starts. The secret goes through the environment.
-SHARDCAST_CMD='env SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast serve --listen 127.0.0.1:$PORT --db-path $RESULTS/shardcast-$PORT.db --echo-event $SHARDCAST_ARGS'
+SHARDCAST_CMD='env SHARDCAST_JWT_SECRET=$SECRET SHARDCAST_USER_WRITES_PER_S=0 SHARDCAST_USER_WRITE_BYTES_PER_S=0 target/release/shardcast serve --listen 127.0.0.1:$PORT --db-path $RESULTS/shardcast-$PORT.db --echo-event $SHARDCAST_ARGS'
 # shardcast's demo services only accept a channel's messages from callers whose token names the channel's company,
 # and only for channels that exist: the load generator adds the claim and creates room-0..room-N first.
 SHARDCAST_LOADTEST_ARGS=(--claim 'companies=["loadtest"]' --create-rooms-path /companies/loadtest/workspaces/loadtest/channels)

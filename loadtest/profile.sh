@@ -17,7 +17,7 @@ mkdir -p "$out"
 port=${PORT:-3190}
 cargo build --release -q -p shardcast -p shardcast-loadtest
 
-SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast serve --listen "127.0.0.1:$port" \
+SHARDCAST_JWT_SECRET=$SECRET SHARDCAST_USER_WRITES_PER_S=0 SHARDCAST_USER_WRITE_BYTES_PER_S=0 target/release/shardcast serve --listen "127.0.0.1:$port" \
   --db-path "$out/shardcast.db" --echo-event ${SHARDCAST_ARGS:-} >"$out/server.log" 2>&1 &
 server=$!
 perf_pid=""

@@ -84,6 +84,12 @@ options! {
     "cluster.queue_len", "SHARDCAST_CLUSTER_QUEUE_LEN", "4096", "capacity of the queue from the shards to the Redis thread and of each queue back, messages; a full queue drops and counts";
     "cluster.message_bytes_max", "SHARDCAST_CLUSTER_MESSAGE_BYTES_MAX", "1048576", "largest channel message read from Redis; larger ones are counted and dropped";
     "cluster.reconnect_backoff_max_ms", "SHARDCAST_CLUSTER_RECONNECT_BACKOFF_MAX_MS", "5000", "longest wait between two attempts to reach Redis (from 100 ms, doubling)";
+    "server.metrics_token", "SHARDCAST_METRICS_TOKEN", "none (loopback clients only)", "bearer token `/metrics` requires; unset, `/metrics` answers loopback clients only (403 to others)";
+    "realtime.page_bytes_max", "SHARDCAST_PAGE_BYTES_MAX", "1048576", "most bytes of resources in one REST list answer (at least one row); a cut page has a next_page_token";
+    "realtime.user_writes_per_s", "SHARDCAST_USER_WRITES_PER_S", "100", "REST POST/PATCH requests per second per user (token sub); over it 429 with Retry-After; 0 = off";
+    "realtime.user_write_bytes_per_s", "SHARDCAST_USER_WRITE_BYTES_PER_S", "4194304", "REST POST/PATCH body bytes per second per user; over it 429 with Retry-After; 0 = off";
+    "realtime.company_storage_bytes_max", "SHARDCAST_COMPANY_STORAGE_BYTES_MAX", "0 (off)", "bytes of message text and extra fields one company may store; over it 403 quota_exceeded";
+    "realtime.join_leave_per_s_max", "SHARDCAST_JOIN_LEAVE_PER_S_MAX", "50", "realtime:join plus realtime:leave per second per socket; over it the socket gets join/leave errors";
 }
 
 /// The realtime layer's settings.
@@ -97,6 +103,10 @@ pub struct RealtimeConfig {
     pub session: SessionConfig,
     /// Largest `limit` of a REST list.
     pub list_limit_max: usize,
+    /// Page bytes and company storage quota of the demo services.
+    pub demo: crate::realtime::demo::DemoLimits,
+    /// Per-user REST write limits.
+    pub writes: crate::realtime::rest::WriteLimits,
 }
 
 impl Default for RealtimeConfig {
@@ -106,6 +116,8 @@ impl Default for RealtimeConfig {
             room_token_ttl_s: ROOM_TOKEN_TTL_S_DEFAULT,
             session: SessionConfig::default(),
             list_limit_max: crate::realtime::rest::LIST_LIMIT_MAX_DEFAULT,
+            demo: crate::realtime::demo::DemoLimits::default(),
+            writes: crate::realtime::rest::WriteLimits::default(),
         }
     }
 }
@@ -298,6 +310,16 @@ impl Config {
             }
             "cluster.reconnect_backoff_max_ms" => {
                 self.cluster.reconnect_backoff_max_ms = parse::<u64>(key, value)?.max(1)
+            }
+            "server.metrics_token" => s.metrics_token = opt_string(value),
+            "realtime.page_bytes_max" => r.demo.page_bytes_max = parse::<usize>(key, value)?.max(1),
+            "realtime.user_writes_per_s" => r.writes.writes_per_s = parse(key, value)?,
+            "realtime.user_write_bytes_per_s" => r.writes.write_bytes_per_s = parse(key, value)?,
+            "realtime.company_storage_bytes_max" => {
+                r.demo.company_storage_bytes_max = parse(key, value)?
+            }
+            "realtime.join_leave_per_s_max" => {
+                r.session.join_leave_per_s_max = parse::<u32>(key, value)?.max(1)
             }
             _ => return Err(ConfigError(format!("unknown option `{key}`"))),
         }

@@ -14,6 +14,7 @@ use shardcast::realtime::demo::{self, DemoRepositories};
 use shardcast::realtime::live;
 use shardcast::realtime::protocol::SessionContext;
 use shardcast::realtime::rest::RestApi;
+use shardcast::realtime::rest::UserWriteLimiter as RestWriteLimiter;
 use shardcast::server::{self, AppFactory, ServerConfig, ShardApp, SocketIo};
 
 #[global_allocator]
@@ -285,6 +286,8 @@ fn serve_app(cfg: &Config) -> Result<(AppFactory, shardcast::orm::IoShard), (u8,
     };
     let session = cfg.realtime.session.clone();
     let list_limit_max = cfg.realtime.list_limit_max;
+    let demo_limits = cfg.realtime.demo;
+    let write_limiter = RestWriteLimiter::new(cfg.realtime.writes);
     let factory: AppFactory = Arc::new(move |shard: &std::rc::Rc<server::ShardCtx>| {
         let mut io = SocketIo::new();
         if let Some(c) = &cluster {
@@ -299,9 +302,10 @@ fn serve_app(cfg: &Config) -> Result<(AppFactory, shardcast::orm::IoShard), (u8,
                 config: session.clone(),
             },
         );
-        let api =
-            RestApi::new(verifier.clone(), room_tokens.clone()).with_list_limit_max(list_limit_max);
-        let api = demo::register(api, &repos, bus);
+        let api = RestApi::new(verifier.clone(), room_tokens.clone())
+            .with_list_limit_max(list_limit_max)
+            .with_write_limiter(write_limiter.clone());
+        let api = demo::register_with(api, &repos, bus, demo_limits);
         let mut router: std::rc::Rc<dyn server::Router> = std::rc::Rc::new(api.into_router());
         if let Some(c) = &cluster {
             router = std::rc::Rc::new(shardcast::cluster::node::ReadyRouter::new(

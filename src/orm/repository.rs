@@ -562,6 +562,37 @@ impl<E: Entity> Repository<E> {
         Ok(row)
     }
 
+    /// Creates `entity` only if no row has its primary key, atomically on every backend (embedded: one write
+    /// transaction; MongoDB: the unique primary-key index; CQL: `INSERT ... IF NOT EXISTS`): of concurrent inserts of
+    /// one key exactly one gets `Some`. Generated keys that are absent are filled in. `Some(entity as stored)` if this
+    /// call created the row, `None` if the key was taken (nothing written). `None` fields are not written.
+    pub async fn insert(&self, entity: E) -> OrmResult<Option<E>> {
+        if self.schema.table.is_counter_table() {
+            return Err(self.invalid(
+                "this entity has counters: change them with `increment`, not `insert`".into(),
+            ));
+        }
+        let repo = self.clone();
+        self.orm
+            .io
+            .call(move |b| {
+                Box::pin(async move {
+                    let mut e = entity;
+                    let ctx = HookContext { now_ms: now_ms() };
+                    if let Err(err) = e.before_insert(&ctx) {
+                        return Ok(Err(repo.hook_error("before_insert", err)));
+                    }
+                    let (row, saved) = match repo.saved_row(&e) {
+                        Ok(v) => v,
+                        Err(err) => return Ok(Err(err)),
+                    };
+                    let created = b.insert(&repo.schema.table, row).await?;
+                    Ok(Ok(created.then_some(saved)))
+                })
+            })
+            .await?
+    }
+
     /// Removes the row of `entity` (by its primary key). Removing an absent row is not an error.
     pub async fn remove(&self, entity: &E) -> OrmResult<()> {
         let (row, _) = self.to_row(entity, false)?;

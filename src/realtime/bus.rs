@@ -29,17 +29,29 @@ pub enum BusError {
 pub trait EventBus {
     /// Hands `event` to the bus.
     fn publish(&self, event: ResourceEvent) -> impl Future<Output = Result<(), BusError>>;
+
+    /// Removes every member of `room`, wherever it is (a deleted channel's room). Never waits. The default does nothing
+    /// (buses without members, like [`InMemoryBus`]).
+    fn evict_room(&self, room: &str) {
+        let _ = room;
+    }
 }
 
 impl<B: EventBus + ?Sized> EventBus for &B {
     fn publish(&self, event: ResourceEvent) -> impl Future<Output = Result<(), BusError>> {
         (**self).publish(event)
     }
+    fn evict_room(&self, room: &str) {
+        (**self).evict_room(room)
+    }
 }
 
 impl<B: EventBus + ?Sized> EventBus for Rc<B> {
     fn publish(&self, event: ResourceEvent) -> impl Future<Output = Result<(), BusError>> {
         (**self).publish(event)
+    }
+    fn evict_room(&self, room: &str) {
+        (**self).evict_room(room)
     }
 }
 

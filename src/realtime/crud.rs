@@ -107,6 +107,9 @@ pub enum CrudError {
     /// The service does not offer this operation.
     #[error("operation {0} is not supported by this service")]
     Unsupported(&'static str),
+    /// The change would take the caller's company over its storage quota.
+    #[error("storage quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// The store is unavailable or failed; retrying may help.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -125,6 +128,7 @@ impl CrudError {
             Self::InvalidInput(_) => "invalid_input",
             Self::Conflict(_) => "conflict",
             Self::Unsupported(_) => "unsupported",
+            Self::QuotaExceeded(_) => "quota_exceeded",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -139,6 +143,7 @@ impl CrudError {
             Self::InvalidInput(_) => 400,
             Self::Conflict(_) => 409,
             Self::Unsupported(_) => 405,
+            Self::QuotaExceeded(_) => 403,
             Self::Unavailable(_) => 503,
             Self::Internal(_) => 500,
         }

@@ -44,16 +44,30 @@
 //! - A socket is a delivery target (in the shard's [`crate::server::RoomRegistry`]) exactly from the moment it is
 //!   sent `realtime:join:success` until it leaves or disconnects; `realtime:join:success` is sent only once the
 //!   room's owner has registered the socket's shard, so every event published after a client saw it reaches it.
-//! - Data messages (`Publish`, `Deliver`) are never waited for: a full cross-shard queue drops the event, logs it
-//!   and counts it (`shardcast_mesh_full_total`, [`LiveStats::events_dropped`]). Control messages (`MemberJoined`,
-//!   `MemberLeft`, `JoinConfirmed`) must not be lost, so they wait in a per-peer FIFO backlog (bounded by
+//! - Data messages (`Publish`, `Deliver`) are never waited for: an event that finds a full cross-shard queue waits in
+//!   a per-peer FIFO data backlog (bounded by [`DATA_BACKLOG_LEN_MAX`]) that the retry timer flushes in order; only
+//!   when that is full too is the event dropped, logged and counted (`shardcast_mesh_full_total` counts every full
+//!   queue, [`LiveStats::events_dropped`] the drops). Control messages (`MemberJoined`,
+//!   `MemberLeft`, `JoinConfirmed`, `Evict`) must not be lost, so they wait in a per-peer FIFO backlog (bounded by
 //!   [`CONTROL_BACKLOG_LEN_MAX`]) that a timer retries in order; the shard itself never blocks.
+//! - **Membership has its own lane and cannot crowd events out.** At most [`control_in_flight_max`] (a quarter of
+//!   `mesh_queue_len`) control messages from one shard wait in the queue to a peer at any time; more wait in the
+//!   backlog. So join/leave churn leaves three quarters of every cross-shard queue to events. A socket whose joins
+//!   would need a backlog longer than [`JOIN_BACKLOG_LEN_MAX`] is refused (`realtime:join:error`, "server busy")
+//!   instead: back-pressure lands on the churning socket, not on other clients' events.
+//! - **Per-socket join/leave rate:** [`SessionConfig::join_leave_per_s_max`](super::protocol::SessionConfig) joins
+//!   plus leaves per second; over it the socket gets `realtime:join:error` / `realtime:leave:error` and nothing
+//!   crosses shards.
+//! - A join immediately followed by a leave still gets its `realtime:join:success` (then `realtime:leave:success`).
+//! - Deleting a channel evicts every member of its messages room on every shard ([`ShardBus::evict_room`]); each gets
+//!   `realtime:leave:success` for it.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -71,6 +85,20 @@ pub const NAMESPACE: &str = "/";
 pub const CONTROL_BACKLOG_LEN_MAX: usize = 65_536;
 /// Delay between two attempts to flush a control backlog.
 pub const CONTROL_RETRY_MS: u64 = 5;
+/// Most data messages (`Publish`, `Deliver`) that may wait for room on the queue to one peer shard when it is full.
+/// Beyond it an event is dropped for that shard, logged and counted; the shard never waits.
+pub const DATA_BACKLOG_LEN_MAX: usize = 16_384;
+/// Longest control backlog to a peer at which joins are still accepted; beyond it a join that would add to it gets
+/// `realtime:join:error {error: "server busy, retry later"}`.
+pub const JOIN_BACKLOG_LEN_MAX: usize = 4096;
+/// Error text of a join refused by [`JOIN_BACKLOG_LEN_MAX`].
+pub const SERVER_BUSY: &str = "server busy, retry later";
+
+/// Most control messages one shard keeps in flight in its queue to one peer: a quarter of `mesh_queue_len` (at
+/// least 1), so membership churn never fills a queue that events need.
+pub fn control_in_flight_max(mesh_queue_len: usize) -> usize {
+    (mesh_queue_len / 4).max(1)
+}
 
 /// Key of a socket in this shard's [`ShardRooms`].
 type SocketKey = u64;
@@ -84,10 +112,18 @@ pub struct LiveStats {
     pub frames_encoded: Cell<u64>,
     /// Frames queued to sockets on this shard (one per member per event).
     pub frames_queued: Cell<u64>,
-    /// Events dropped because a cross-shard queue was full.
+    /// Events dropped because a cross-shard queue and its data backlog were full.
     pub events_dropped: Cell<u64>,
+    /// Events that waited in a data backlog because a cross-shard queue was full.
+    pub events_deferred: Cell<u64>,
     /// Control messages that had to wait in the backlog.
     pub control_deferred: Cell<u64>,
+    /// Joins and leaves refused by the per-socket rate bound.
+    pub join_leave_refused: Cell<u64>,
+    /// Joins refused because the control backlog to the room's owner was over [`JOIN_BACKLOG_LEN_MAX`].
+    pub joins_busy: Cell<u64>,
+    /// Sockets removed from rooms by [`ShardBus::evict_room`].
+    pub sockets_evicted: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>, n: u64) {
@@ -101,6 +137,11 @@ pub struct LiveShard {
     sockets: RefCell<HashMap<SocketKey, Socket>>,
     next_key: Cell<SocketKey>,
     backlog: RefCell<Vec<VecDeque<rooms::ShardMessage>>>,
+    /// Per peer: events waiting for room on a full queue, in order.
+    data_backlog: RefCell<Vec<VecDeque<rooms::ShardMessage>>>,
+    /// Per peer: control messages sent and not yet run there (decremented by the peer).
+    control_in_flight: Vec<Arc<AtomicUsize>>,
+    control_in_flight_max: usize,
     retry_armed: Cell<bool>,
     stats: LiveStats,
 }
@@ -143,6 +184,28 @@ struct LiveSocket {
     auth_timer: RefCell<Option<TimerHandle>>,
     /// Rooms joined but not yet confirmed by their owner: their `realtime:join:success` waits.
     pending_joins: RefCell<Vec<String>>,
+    /// Join/leave token bucket: tokens left and when it was last refilled.
+    join_leave_tokens: Cell<f64>,
+    join_leave_refill: Cell<Instant>,
+}
+
+impl LiveSocket {
+    /// Takes one join/leave token; false when the socket is over `per_s` per second.
+    fn take_join_leave(&self, per_s: u32) -> bool {
+        let per_s = f64::from(per_s.max(1));
+        let now = Instant::now();
+        let elapsed = now
+            .duration_since(self.join_leave_refill.replace(now))
+            .as_secs_f64();
+        let tokens = (self.join_leave_tokens.get() + elapsed * per_s).min(per_s);
+        if tokens >= 1.0 {
+            self.join_leave_tokens.set(tokens - 1.0);
+            true
+        } else {
+            self.join_leave_tokens.set(tokens);
+            false
+        }
+    }
 }
 
 /// Sets up the realtime layer on `shard`: stores its [`LiveShard`] state and registers the wire contract's handlers
@@ -154,6 +217,11 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
         sockets: RefCell::new(HashMap::new()),
         next_key: Cell::new(0),
         backlog: RefCell::new((0..shard.nr_shards()).map(|_| VecDeque::new()).collect()),
+        data_backlog: RefCell::new((0..shard.nr_shards()).map(|_| VecDeque::new()).collect()),
+        control_in_flight: (0..shard.nr_shards())
+            .map(|_| Arc::new(AtomicUsize::new(0)))
+            .collect(),
+        control_in_flight_max: control_in_flight_max(shard.config().mesh_queue_len),
         retry_armed: Cell::new(false),
         stats: LiveStats::default(),
     });
@@ -181,6 +249,10 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
             let Some(state) = socket.data::<LiveSocket>() else {
                 return;
             };
+            if let Some(refusal) = refuse_join_leave(&live, socket, &state, &event.name, &args) {
+                emit(socket, &refusal);
+                return;
+            }
             let actions = state
                 .session
                 .borrow_mut()
@@ -234,6 +306,8 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
         session: RefCell::new(Session::new()),
         auth_timer: RefCell::new(None),
         pending_joins: RefCell::new(Vec::new()),
+        join_leave_tokens: Cell::new(f64::from(live.session.config.join_leave_per_s_max.max(1))),
+        join_leave_refill: Cell::new(Instant::now()),
     });
     let auth = auth_value(auth);
     let actions = state
@@ -241,6 +315,62 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
         .borrow_mut()
         .on_connect(&live.session, auth.as_ref());
     execute(live, socket, &state, actions, true);
+}
+
+/// The error a join or leave gets before the session sees it: over the socket's join/leave rate, or (joins) the
+/// control backlog to the room's owner is too long. `None`: let the session decide.
+fn refuse_join_leave(
+    live: &Rc<LiveShard>,
+    socket: &Socket,
+    state: &LiveSocket,
+    event: &str,
+    args: &[Value],
+) -> Option<ServerEvent> {
+    let is_join = event == protocol::JOIN;
+    if !is_join && event != protocol::LEAVE {
+        return None;
+    }
+    // before authentication the session answers joins and leaves itself
+    state.session.borrow().user()?;
+    let name = || {
+        let max = live.session.config.room_name_bytes_max;
+        args.first()
+            .and_then(|a| a.get("name"))
+            .and_then(Value::as_str)
+            .filter(|n| n.len() <= max)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let refusal = |name: String, error: String| {
+        if is_join {
+            ServerEvent::JoinError { name, error }
+        } else {
+            ServerEvent::LeaveError { name, error }
+        }
+    };
+    let per_s = live.session.config.join_leave_per_s_max;
+    if !state.take_join_leave(per_s) {
+        bump(&live.stats.join_leave_refused, 1);
+        tracing::debug!(
+            socket = socket.id(),
+            limit = per_s,
+            "join/leave over the per-socket rate"
+        );
+        return Some(refusal(
+            name(),
+            format!("too many joins and leaves (limit {per_s} per second)"),
+        ));
+    }
+    if is_join {
+        let room = name();
+        let owner = live.rooms.borrow().owner_of(&room);
+        let backlog = live.backlog.borrow().get(owner).map_or(0, VecDeque::len);
+        if backlog >= JOIN_BACKLOG_LEN_MAX && !state.session.borrow().rooms().contains(&room) {
+            bump(&live.stats.joins_busy, 1);
+            return Some(refusal(room, SERVER_BUSY.into()));
+        }
+    }
+    None
 }
 
 /// Performs the actions a client event led to; [`Action::AckWithArguments`] answers that event's ack.
@@ -282,7 +412,16 @@ fn execute(
             Action::Emit(event) => emit(socket, &event),
             Action::JoinRoom(room) => join(live, socket, state, room),
             Action::LeaveRoom(room) => {
-                state.pending_joins.borrow_mut().retain(|r| *r != room);
+                let was_pending = {
+                    let mut p = state.pending_joins.borrow_mut();
+                    let before = p.len();
+                    p.retain(|r| *r != room);
+                    p.len() != before
+                };
+                if was_pending {
+                    // The client asked to join, then to leave: it gets both answers, in order.
+                    emit(socket, &ServerEvent::JoinSuccess { name: room.clone() });
+                }
                 socket.leave(&room);
                 let routes = live.rooms.borrow_mut().leave(state.key, &room);
                 run_routes(live, socket.shard(), routes);
@@ -387,6 +526,20 @@ fn run_routes(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, routes: Vec<Route<Sock
                     }
                 }
             }
+            Route::Evicted { room, sockets } => {
+                for key in sockets {
+                    let socket = live.sockets.borrow().get(&key).cloned();
+                    let Some(socket) = socket else { continue };
+                    let Some(state) = socket.data::<LiveSocket>() else {
+                        continue;
+                    };
+                    state.pending_joins.borrow_mut().retain(|r| **r != *room);
+                    socket.leave(&room);
+                    bump(&live.stats.sockets_evicted, 1);
+                    let actions = state.session.borrow_mut().on_room_closed(&room);
+                    execute(live, &socket, &state, actions, false);
+                }
+            }
         }
     }
 }
@@ -397,6 +550,7 @@ fn is_control(msg: &rooms::ShardMessage) -> bool {
         rooms::ShardMessage::MemberJoined { .. }
             | rooms::ShardMessage::MemberLeft { .. }
             | rooms::ShardMessage::JoinConfirmed { .. }
+            | rooms::ShardMessage::Evict { .. }
     )
 }
 
@@ -405,10 +559,10 @@ fn is_control(msg: &rooms::ShardMessage) -> bool {
 fn send(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, to: usize, msg: rooms::ShardMessage) -> bool {
     if is_control(&msg) {
         let waiting = live.backlog.borrow().get(to).is_some_and(|q| !q.is_empty());
-        if waiting {
+        if waiting || !control_lane_free(live, to) {
             return defer(live, shard, to, msg);
         }
-        return match post(shard, to, msg.clone()) {
+        return match post_control(live, shard, to, msg.clone()) {
             Ok(()) => true,
             Err(MeshError::Full(_)) => defer(live, shard, to, msg),
             Err(e) => {
@@ -417,14 +571,53 @@ fn send(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, to: usize, msg: rooms::Shard
             }
         };
     }
-    match post(shard, to, msg) {
+    let waiting = live
+        .data_backlog
+        .borrow()
+        .get(to)
+        .is_some_and(|q| !q.is_empty());
+    if waiting {
+        return defer_data(live, shard, to, msg);
+    }
+    match post(shard, to, msg.clone()) {
         Ok(()) => true,
+        Err(MeshError::Full(_)) => defer_data(live, shard, to, msg),
         Err(e) => {
             bump(&live.stats.events_dropped, 1);
-            tracing::warn!(shard = shard.id(), to, error = %e, "realtime event dropped: cross-shard queue full");
+            tracing::warn!(shard = shard.id(), to, error = %e, "realtime event dropped");
             false
         }
     }
+}
+
+/// Queues an event behind the others waiting for shard `to`, or drops it (counted and logged) when
+/// [`DATA_BACKLOG_LEN_MAX`] are already waiting.
+fn defer_data(
+    live: &Rc<LiveShard>,
+    shard: &Rc<ShardCtx>,
+    to: usize,
+    msg: rooms::ShardMessage,
+) -> bool {
+    {
+        let mut backlog = live.data_backlog.borrow_mut();
+        let Some(q) = backlog.get_mut(to) else {
+            return false;
+        };
+        if q.len() >= DATA_BACKLOG_LEN_MAX {
+            bump(&live.stats.events_dropped, 1);
+            tracing::warn!(
+                shard = shard.id(),
+                to,
+                limit = DATA_BACKLOG_LEN_MAX,
+                "realtime event dropped: cross-shard queue full"
+            );
+            return false;
+        }
+        q.push_back(msg);
+    }
+    bump(&live.stats.events_deferred, 1);
+    arm_retry(live, shard);
+    true
 }
 
 fn post(shard: &Rc<ShardCtx>, to: usize, msg: rooms::ShardMessage) -> Result<(), MeshError> {
@@ -434,6 +627,38 @@ fn post(shard: &Rc<ShardCtx>, to: usize, msg: rooms::ShardMessage) -> Result<(),
             run_routes(&live, ctx, routes);
         }
     })
+}
+
+/// True while fewer than [`control_in_flight_max`] control messages from this shard wait in the queue to `to`.
+fn control_lane_free(live: &LiveShard, to: usize) -> bool {
+    live.control_in_flight
+        .get(to)
+        .is_some_and(|n| n.load(Ordering::Acquire) < live.control_in_flight_max)
+}
+
+/// [`post`] of a control message, counted in the lane to `to` until the peer has run it.
+fn post_control(
+    live: &LiveShard,
+    shard: &Rc<ShardCtx>,
+    to: usize,
+    msg: rooms::ShardMessage,
+) -> Result<(), MeshError> {
+    let Some(counter) = live.control_in_flight.get(to).cloned() else {
+        return Err(MeshError::NoSuchShard(to));
+    };
+    counter.fetch_add(1, Ordering::AcqRel);
+    let done = counter.clone();
+    let r = shard.send_to(to, move |ctx| {
+        done.fetch_sub(1, Ordering::AcqRel);
+        if let Some(live) = ctx.state::<LiveShard>() {
+            let routes = live.rooms.borrow_mut().on_message(msg);
+            run_routes(&live, ctx, routes);
+        }
+    });
+    if r.is_err() {
+        counter.fetch_sub(1, Ordering::AcqRel);
+    }
+    r
 }
 
 fn defer(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, to: usize, msg: rooms::ShardMessage) -> bool {
@@ -478,9 +703,29 @@ fn flush_backlog(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>) {
     let mut left = false;
     for to in 0..peers {
         loop {
+            let next = live.data_backlog.borrow_mut()[to].pop_front();
+            let Some(msg) = next else { break };
+            match post(shard, to, msg.clone()) {
+                Ok(()) => {}
+                Err(MeshError::Full(_)) => {
+                    live.data_backlog.borrow_mut()[to].push_front(msg);
+                    left = true;
+                    break;
+                }
+                Err(e) => {
+                    bump(&live.stats.events_dropped, 1);
+                    tracing::warn!(shard = shard.id(), to, error = %e, "realtime event dropped");
+                }
+            }
+        }
+        loop {
+            if !live.backlog.borrow()[to].is_empty() && !control_lane_free(live, to) {
+                left = true;
+                break;
+            }
             let next = live.backlog.borrow_mut()[to].pop_front();
             let Some(msg) = next else { break };
-            if let Err(e) = post(shard, to, msg.clone()) {
+            if let Err(e) = post_control(live, shard, to, msg.clone()) {
                 if matches!(e, MeshError::Full(_)) {
                     live.backlog.borrow_mut()[to].push_front(msg);
                     left = true;
@@ -566,6 +811,31 @@ impl EventBus for ShardBus {
         event: ResourceEvent,
     ) -> impl std::future::Future<Output = Result<(), BusError>> {
         std::future::ready(self.publish_now(&event))
+    }
+
+    /// Sends [`rooms::ShardMessage::Evict`] to every other shard (a control message: never dropped while the backlog
+    /// has room) and evicts this shard's members at once.
+    fn evict_room(&self, room: &str) {
+        let Some(shard) = self.shard.upgrade() else {
+            return;
+        };
+        let Some(live) = shard.state::<LiveShard>() else {
+            return;
+        };
+        let name: rooms::RoomName = Arc::from(room);
+        for to in 0..shard.nr_shards() {
+            if to == shard.id() {
+                let routes = live.rooms.borrow_mut().evict(name.clone());
+                run_routes(&live, &shard, routes);
+            } else {
+                send(
+                    &live,
+                    &shard,
+                    to,
+                    rooms::ShardMessage::Evict { room: name.clone() },
+                );
+            }
+        }
     }
 }
 

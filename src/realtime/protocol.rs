@@ -330,7 +330,14 @@ pub struct SessionConfig {
     /// ([`Action::AckWithArguments`]). Off by default: it exists for round-trip measurements (the loadtest's echo
     /// scenario), not for applications.
     pub echo_event: bool,
+    /// Joins plus leaves one socket may ask for per second (a token bucket holding one second's worth). Over it the
+    /// join or leave is refused with `realtime:join:error` / `realtime:leave:error {name, error: "too many joins and
+    /// leaves (limit N per second)"}` and nothing crosses shards. Default [`JOIN_LEAVE_PER_S_MAX_DEFAULT`].
+    pub join_leave_per_s_max: u32,
 }
+
+/// Default of [`SessionConfig::join_leave_per_s_max`].
+pub const JOIN_LEAVE_PER_S_MAX_DEFAULT: u32 = 50;
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -339,6 +346,7 @@ impl Default for SessionConfig {
             rooms_per_socket_max: ROOMS_PER_SOCKET_MAX_DEFAULT,
             room_name_bytes_max: ROOM_NAME_BYTES_MAX_DEFAULT,
             echo_event: false,
+            join_leave_per_s_max: JOIN_LEAVE_PER_S_MAX_DEFAULT,
         }
     }
 }
@@ -468,6 +476,19 @@ impl Session {
             return Vec::new();
         }
         unauthorized(AUTH_TIMEOUT.into())
+    }
+
+    /// The server removed this socket from `room` (its resource was deleted): forget it and tell the client it left.
+    pub fn on_room_closed(&mut self, room: &str) -> Vec<Action> {
+        match self.rooms.iter().position(|r| r == room) {
+            Some(i) => {
+                self.rooms.swap_remove(i);
+                vec![Action::Emit(ServerEvent::LeaveSuccess {
+                    name: room.to_owned(),
+                })]
+            }
+            None => Vec::new(),
+        }
     }
 
     /// The connection closed: leave every room.

@@ -25,17 +25,29 @@
 //! | 404 | `not_found` | no such entity, or no such route under the prefix |
 //! | 400 | `invalid_input` | body not JSON, not `{"resource": {...}}`, fields of the wrong type, bad `limit` |
 //! | 405 | `method_not_allowed` | a method the route does not serve |
-//! | 409 | `conflict` | the change conflicts with stored data |
+//! | 409 | `conflict` | the change conflicts with stored data (e.g. a channel id that is taken) |
+//! | 429 | `rate_limited` | the caller (token `sub`) is over its write rate or write byte budget ([`WriteLimits`]); `Retry-After` says when to retry, in seconds |
 //! | 503 | `unavailable` | the database is unavailable (retry later) |
 //! | 500 | `internal` | a bug |
 //!
 //! Services run on the shard that received the request; their [`Realtime`] wrapper publishes to that shard's bus.
+//!
+//! **Per-user fair use** ([`WriteLimits`], shared by every shard of the process): each user (token `sub`) has two
+//! token buckets refilled continuously, one of `writes_per_s` requests and one of `write_bytes_per_s` request-body
+//! bytes, each holding at most one second's worth. `POST` and `PATCH` take one write and their body's bytes; a request
+//! is admitted while both buckets are positive (a large body may take the byte bucket below zero: the debt is paid
+//! before the next write). Otherwise 429 `rate_limited` with `Retry-After`. A limit of 0 turns that bucket off.
+//!
+//! **Bounded answers:** a list answer is written straight from the entities into one buffer (no intermediate JSON
+//! tree), so a page is held once; services bound a page by bytes as well as rows.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -50,6 +62,121 @@ use crate::server::{Request, Response, ResponseFuture, Router, ShardCtx};
 pub const PREFIX_DEFAULT: &str = "/api/v1";
 /// Default largest `limit` a list request may ask for.
 pub const LIST_LIMIT_MAX_DEFAULT: usize = 1000;
+
+/// Default of [`WriteLimits::writes_per_s`].
+pub const USER_WRITES_PER_S_DEFAULT: u32 = 100;
+/// Default of [`WriteLimits::write_bytes_per_s`].
+pub const USER_WRITE_BYTES_PER_S_DEFAULT: u64 = 4 * 1024 * 1024;
+/// Users whose buckets one process tracks; beyond it, buckets that are full again (idle users) are forgotten first.
+pub const USERS_TRACKED_MAX: usize = 100_000;
+
+/// Per-user write limits of the REST API (see the module docs). `0` turns a limit off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteLimits {
+    /// `POST`/`PATCH` requests per second per user. Default [`USER_WRITES_PER_S_DEFAULT`].
+    pub writes_per_s: u32,
+    /// Request-body bytes of `POST`/`PATCH` per second per user. Default [`USER_WRITE_BYTES_PER_S_DEFAULT`].
+    pub write_bytes_per_s: u64,
+}
+
+impl Default for WriteLimits {
+    fn default() -> Self {
+        Self {
+            writes_per_s: USER_WRITES_PER_S_DEFAULT,
+            write_bytes_per_s: USER_WRITE_BYTES_PER_S_DEFAULT,
+        }
+    }
+}
+
+impl WriteLimits {
+    /// No limits.
+    pub fn off() -> Self {
+        Self {
+            writes_per_s: 0,
+            write_bytes_per_s: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Buckets {
+    writes: f64,
+    bytes: f64,
+    at: Instant,
+}
+
+/// The per-user buckets of [`WriteLimits`], shared by every shard (clone it into each shard's [`RestApi`]).
+#[derive(Debug, Clone)]
+pub struct UserWriteLimiter {
+    limits: WriteLimits,
+    users: Arc<Mutex<HashMap<String, Buckets>>>,
+}
+
+impl UserWriteLimiter {
+    /// Buckets for `limits`.
+    pub fn new(limits: WriteLimits) -> Self {
+        Self {
+            limits,
+            users: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> WriteLimits {
+        self.limits
+    }
+
+    /// Takes one write of `bytes` for `user`: `Ok` if admitted, else `Err(seconds to wait)`.
+    pub fn admit(&self, user: &str, bytes: usize) -> Result<(), u64> {
+        let WriteLimits {
+            writes_per_s,
+            write_bytes_per_s,
+        } = self.limits;
+        if writes_per_s == 0 && write_bytes_per_s == 0 {
+            return Ok(());
+        }
+        let (wr, br) = (f64::from(writes_per_s), write_bytes_per_s as f64);
+        let now = Instant::now();
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if users.len() >= USERS_TRACKED_MAX && !users.contains_key(user) {
+            users.retain(|_, b| {
+                let dt = now.duration_since(b.at).as_secs_f64();
+                (wr > 0.0 && b.writes + dt * wr < wr) || (br > 0.0 && b.bytes + dt * br < br)
+            });
+        }
+        let b = users.entry(user.to_owned()).or_insert(Buckets {
+            writes: wr,
+            bytes: br,
+            at: now,
+        });
+        let dt = now.duration_since(b.at).as_secs_f64();
+        b.at = now;
+        b.writes = (b.writes + dt * wr).min(wr);
+        b.bytes = (b.bytes + dt * br).min(br);
+        let writes_ok = wr == 0.0 || b.writes >= 1.0;
+        let bytes_ok = br == 0.0 || b.bytes > 0.0;
+        if writes_ok && bytes_ok {
+            if wr > 0.0 {
+                b.writes -= 1.0;
+            }
+            if br > 0.0 {
+                b.bytes -= bytes as f64;
+            }
+            return Ok(());
+        }
+        let wait_writes = if writes_ok {
+            0.0
+        } else {
+            (1.0 - b.writes) / wr
+        };
+        let wait_bytes = if bytes_ok {
+            0.0
+        } else {
+            (-b.bytes) / br + 1e-3
+        };
+        Err(wait_writes.max(wait_bytes).ceil().max(1.0) as u64)
+    }
+}
 
 /// The parameters a URL pattern captured, e.g. `company_id -> acme`.
 pub type Params = BTreeMap<String, String>;
@@ -153,9 +280,9 @@ enum Outcome {
     },
     /// A deletion.
     Deleted { resource: Value },
-    /// A page of resources.
+    /// A page of resources: their JSON, comma-separated (the inside of the `resources` array).
     Page {
-        resources: Vec<Value>,
+        resources: Vec<u8>,
         next_page_token: Option<String>,
     },
 }
@@ -292,11 +419,16 @@ where
         let service = self.service.clone();
         Box::pin(async move {
             let page = service.list(&ctx, &options).await?;
-            let resources = page
-                .entities
-                .iter()
-                .map(to_json)
-                .collect::<Result<Vec<_>, _>>()?;
+            // Straight from each entity to the answer's bytes; each entity is dropped once written.
+            let mut resources = Vec::new();
+            for (i, entity) in page.entities.into_iter().enumerate() {
+                if i > 0 {
+                    resources.push(b',');
+                }
+                serde_json::to_writer(&mut resources, &entity).map_err(|e| {
+                    CrudError::Internal(format!("resource does not serialise: {e}"))
+                })?;
+            }
             Ok(Outcome::Page {
                 resources,
                 next_page_token: page.next_page_token,
@@ -318,6 +450,7 @@ pub struct RestApi {
     list_limit_max: usize,
     services: Vec<Rc<Registered>>,
     requests: Cell<u64>,
+    writes: Option<UserWriteLimiter>,
 }
 
 impl std::fmt::Debug for RestApi {
@@ -339,7 +472,15 @@ impl RestApi {
             list_limit_max: LIST_LIMIT_MAX_DEFAULT,
             services: Vec::new(),
             requests: Cell::new(0),
+            writes: None,
         }
+    }
+
+    /// Limits every user's `POST`/`PATCH` requests with `limiter` (share one limiter between all shards). Without it
+    /// there is no per-user limit.
+    pub fn with_write_limiter(mut self, limiter: UserWriteLimiter) -> Self {
+        self.writes = Some(limiter);
+        self
     }
 
     /// Serves under `prefix` (e.g. `/api/v1`) instead.
@@ -438,6 +579,12 @@ impl RestApi {
             return Err(RestError::MethodNotAllowed(allowed.join(", ")));
         }
         let user = self.authenticate(request)?;
+        if matches!(method, "POST" | "PATCH")
+            && let Some(limiter) = &self.writes
+            && let Err(retry_after_s) = limiter.admit(&user.id, request.body.len())
+        {
+            return Err(RestError::RateLimited(retry_after_s));
+        }
         let user_id = user.id.clone();
         let ctx = ExecutionContext::new(user, request_id, Transport::Http);
         let endpoint = &service.endpoint;
@@ -546,20 +693,28 @@ impl RestApi {
                 resources,
                 next_page_token,
             } => {
-                let mut body = Map::new();
-                body.insert("resources".into(), Value::Array(resources));
-                body.insert(
-                    "next_page_token".into(),
-                    next_page_token.map(Value::String).unwrap_or(Value::Null),
-                );
-                if let Some(rooms) = rooms {
-                    let list = rooms
-                        .into_iter()
-                        .map(|r| self.room_token(user, r))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    body.insert("websockets".into(), Value::Array(list));
+                let token = next_page_token.map(Value::String).unwrap_or(Value::Null);
+                let websockets = match rooms {
+                    Some(rooms) => Some(Value::Array(
+                        rooms
+                            .into_iter()
+                            .map(|r| self.room_token(user, r))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    )),
+                    None => None,
+                };
+                let mut body = resources;
+                // `{"resources":[` + resources + `],...}` in the same buffer (one copy of the page).
+                let head = br#"{"resources":["#;
+                body.splice(0..0, head.iter().copied());
+                body.extend_from_slice(br#"],"next_page_token":"#);
+                body.extend_from_slice(token.to_string().as_bytes());
+                if let Some(w) = websockets {
+                    body.extend_from_slice(br#","websockets":"#);
+                    body.extend_from_slice(w.to_string().as_bytes());
                 }
-                Response::json(200, &Value::Object(body))
+                body.push(b'}');
+                Response::new(200, "application/json", body)
             }
         })
     }
@@ -571,6 +726,7 @@ enum RestError {
     NoRoute,
     MethodNotAllowed(String),
     Unauthenticated(String),
+    RateLimited(u64),
     Crud(CrudError),
 }
 
@@ -596,6 +752,12 @@ fn error_response(e: &RestError) -> Response {
         RestError::Unauthenticated(msg) => {
             body_error(401, "unauthenticated", msg).with_header("WWW-Authenticate", "Bearer")
         }
+        RestError::RateLimited(retry_after_s) => body_error(
+            429,
+            "rate_limited",
+            &format!("too many writes from this user; retry in {retry_after_s} s"),
+        )
+        .with_header("Retry-After", &retry_after_s.to_string()),
         RestError::Crud(e) => {
             if matches!(e, CrudError::Internal(_)) {
                 tracing::error!(error = %e, "REST request failed");
@@ -670,6 +832,31 @@ impl Router for RestRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_limiter_admits_a_second_of_writes_then_says_when() {
+        let l = UserWriteLimiter::new(WriteLimits {
+            writes_per_s: 3,
+            write_bytes_per_s: 0,
+        });
+        for _ in 0..3 {
+            assert_eq!(l.admit("u", 10), Ok(()));
+        }
+        assert_eq!(l.admit("u", 10), Err(1));
+        // other users have their own buckets
+        assert_eq!(l.admit("v", 10), Ok(()));
+        let bytes = UserWriteLimiter::new(WriteLimits {
+            writes_per_s: 0,
+            write_bytes_per_s: 1000,
+        });
+        // a body larger than the budget passes once, then its debt is paid first
+        assert_eq!(bytes.admit("u", 3500), Ok(()));
+        assert_eq!(bytes.admit("u", 1), Err(3));
+        let off = UserWriteLimiter::new(WriteLimits::off());
+        for _ in 0..10_000 {
+            assert_eq!(off.admit("u", 1 << 20), Ok(()));
+        }
+    }
 
     #[test]
     fn patterns_match_and_capture() {

@@ -104,6 +104,11 @@ pub enum ShardMessage {
         /// Encoded event arguments.
         payload: SharedPayload,
     },
+    /// To every shard: remove all your local members of `room` (its resource was deleted).
+    Evict {
+        /// Room.
+        room: RoomName,
+    },
 }
 
 /// What a shard must do after a room operation.
@@ -128,6 +133,13 @@ pub enum Route<S> {
         /// Room.
         room: RoomName,
         /// Sockets that joined while the registration was in flight and are still members.
+        sockets: Vec<S>,
+    },
+    /// These local sockets were removed from `room` by [`ShardMessage::Evict`]: tell their sessions.
+    Evicted {
+        /// Room.
+        room: RoomName,
+        /// The former local members.
         sockets: Vec<S>,
     },
 }
@@ -561,7 +573,20 @@ impl<S: Copy + Eq + Hash> ShardRooms<S> {
                 }
                 vec![Route::DeliverLocal { room, payload }]
             }
+            ShardMessage::Evict { room } => self.evict(room),
         }
+    }
+
+    /// Removes every local member of `room` (the [`ShardMessage::Evict`] of this shard).
+    pub fn evict(&mut self, room: RoomName) -> Vec<Route<S>> {
+        let sockets: Vec<S> = self.local.members(&room).collect();
+        if sockets.is_empty() {
+            return Vec::new();
+        }
+        let mut routes: Vec<Route<S>> =
+            sockets.iter().flat_map(|s| self.leave(*s, &room)).collect();
+        routes.push(Route::Evicted { room, sockets });
+        routes
     }
 
     fn fan_out(&self, room: &str, payload: SharedPayload) -> Vec<Route<S>> {
@@ -770,6 +795,7 @@ mod tests {
                         self.confirmed
                             .extend(sockets.into_iter().map(|s| (room.clone(), s)));
                     }
+                    Route::Evicted { .. } => {}
                 }
             }
         }
@@ -949,6 +975,31 @@ mod tests {
         c.run();
         assert_eq!(c.shards[0].owned().room_count(), 0);
         assert_eq!(c.shards[1].owned().room_count(), 0);
+    }
+
+    #[test]
+    fn evict_removes_every_member_on_every_shard_and_unregisters_them() {
+        let n = 3;
+        let mut c = Cluster::new(n);
+        let room = room_owned_by(0, n);
+        c.join(1, 10, &room);
+        c.join(2, 20, &room);
+        c.join(2, 21, &room);
+        c.run();
+        for shard in 0..n {
+            let routes = c.shards[shard].on_message(ShardMessage::Evict {
+                room: Arc::from(room.as_str()),
+            });
+            c.apply(shard, routes);
+        }
+        c.run();
+        for shard in 0..n {
+            assert_eq!(c.shards[shard].local().member_count(&room), 0);
+        }
+        assert_eq!(c.shards[0].owned().member_shards(&room).count(), 0);
+        c.publish(1, &room, "after");
+        c.run();
+        assert_eq!(c.received(10, "after") + c.received(20, "after"), 0);
     }
 
     #[test]

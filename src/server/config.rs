@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub attachments_per_packet_max: usize,
     /// Maximum pending server-to-client acks per socket. Default 1024.
     pub acks_pending_per_socket_max: usize,
+    /// Bearer token that `/metrics` requires (`Authorization: Bearer <token>`, from any address). `None` (the default):
+    /// `/metrics` answers only clients connecting from a loopback address, 403 to every other.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             namespaces_per_session_max: 32,
             attachments_per_packet_max: 64,
             acks_pending_per_socket_max: 1024,
+            metrics_token: None,
         }
     }
 }

@@ -25,6 +25,8 @@ pub type Stream = Rc<RefCell<TcpStream>>;
 
 /// Bytes taken from the kernel per read.
 const READ_CHUNK: usize = 64 * 1024;
+/// Response bodies larger than this are written in place after their head instead of being copied into one buffer.
+const LARGE_BODY_BYTES: usize = 64 * 1024;
 
 thread_local! {
     /// One receive buffer per shard: glommio's `poll_read` copies in the poll that completes, so the buffer is
@@ -155,10 +157,25 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
             Next::RespondClose(r) => (r, false),
             Next::Done => return,
         };
-        let mut out = Vec::with_capacity(resp.body.len() + 256);
-        http::write_response(&mut out, &resp, keep, origin.as_deref(), &cfg);
-        ShardMetrics::add(&shard.metrics().bytes_out, out.len() as u64);
-        if write_all(&stream, &out).await.is_err() || !keep {
+        let written = if resp.body.len() > LARGE_BODY_BYTES {
+            // A large body is written from the response itself, not copied behind its head.
+            let mut head = Vec::with_capacity(256);
+            http::write_head(&mut head, &resp, keep, origin.as_deref(), &cfg);
+            ShardMetrics::add(
+                &shard.metrics().bytes_out,
+                (head.len() + resp.body.len()) as u64,
+            );
+            let ok = write_all(&stream, &head).await.is_ok()
+                && write_all(&stream, &resp.body).await.is_ok();
+            drop(resp);
+            ok
+        } else {
+            let mut out = Vec::with_capacity(resp.body.len() + 256);
+            http::write_response(&mut out, &resp, keep, origin.as_deref(), &cfg);
+            ShardMetrics::add(&shard.metrics().bytes_out, out.len() as u64);
+            write_all(&stream, &out).await.is_ok()
+        };
+        if !written || !keep {
             return;
         }
         if buf.is_empty() && buf.capacity() > 0 {
@@ -199,6 +216,10 @@ async fn dispatch(shard: &Rc<ShardCtx>, stream: &Stream, buf: &mut Vec<u8>, req:
         });
     }
     if path == "/metrics" {
+        let peer = stream.borrow().peer_addr().ok();
+        if let Some(refused) = metrics_refusal(cfg, &req, peer) {
+            return Next::Respond(refused);
+        }
         return Next::Respond(if req.method == "GET" {
             Response::new(
                 200,
@@ -219,6 +240,50 @@ async fn dispatch(shard: &Rc<ShardCtx>, stream: &Stream, buf: &mut Vec<u8>, req:
         return Next::Respond(fut.await);
     }
     Next::Respond(Response::error(404, "not found"))
+}
+
+/// Why `/metrics` is refused to this request, if it is: with `metrics_token` set, a missing or wrong
+/// `Authorization: Bearer` is 401; without it, a client not on a loopback address is 403.
+fn metrics_refusal(
+    cfg: &super::ServerConfig,
+    req: &Request,
+    peer: Option<std::net::SocketAddr>,
+) -> Option<Response> {
+    match &cfg.metrics_token {
+        Some(expected) => {
+            let given = req
+                .header("authorization")
+                .and_then(|h| h.trim().split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim())
+                .unwrap_or("");
+            // constant time in the token's length
+            let same = given.len() == expected.len()
+                && given
+                    .bytes()
+                    .zip(expected.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0;
+            (!same).then(|| {
+                Response::error(401, "metrics need `Authorization: Bearer <metrics token>`")
+                    .with_header("WWW-Authenticate", "Bearer")
+            })
+        }
+        None => {
+            let local = peer.is_some_and(|p| match p.ip() {
+                std::net::IpAddr::V4(ip) => ip.is_loopback(),
+                std::net::IpAddr::V6(ip) => {
+                    ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+                }
+            });
+            (!local).then(|| {
+                Response::error(
+                    403,
+                    "metrics are served to loopback clients only; set server.metrics_token to allow others",
+                )
+            })
+        }
+    }
 }
 
 /// CORS preflight answer.

@@ -143,11 +143,14 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         413 => "Payload Too Large",
         414 => "URI Too Long",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -157,6 +160,19 @@ fn reason(status: u16) -> &'static str {
 
 /// Serialize a response (adds Content-Length, Connection and the CORS headers for `origin`).
 pub fn write_response(
+    out: &mut Vec<u8>,
+    resp: &Response,
+    keep_alive: bool,
+    origin: Option<&str>,
+    cfg: &ServerConfig,
+) {
+    write_head(out, resp, keep_alive, origin, cfg);
+    out.extend_from_slice(&resp.body);
+}
+
+/// What [`write_response`] writes before the body (status line and headers), so that a large body can be written
+/// from the response itself instead of being copied behind its head.
+pub fn write_head(
     out: &mut Vec<u8>,
     resp: &Response,
     keep_alive: bool,
@@ -183,7 +199,6 @@ pub fn write_response(
     } else {
         b"Connection: close\r\n\r\n"
     });
-    out.extend_from_slice(&resp.body);
 }
 
 /// Is `origin` allowed by the CORS configuration?

@@ -1045,6 +1045,43 @@ impl CqlBackend {
         Ok(())
     }
 
+    /// `INSERT ... IF NOT EXISTS` (a lightweight transaction, serial consistency of the driver's default); the first
+    /// column of the answer, `[applied]`, says whether this statement created the row.
+    async fn insert_if_absent_impl(&self, schema: &TableSchema, row: Row) -> BackendResult<bool> {
+        let row: Row = row.into_iter().filter(|(_, v)| *v != Value::Null).collect();
+        // The same columns as an upsert (expiry and prefix sets included), so an inserted row is found by every
+        // query an upserted one is.
+        let (cql, values) = self.insert_ttl_statement(schema, &row, None)?;
+        let cql = cql.replacen(" USING TTL ?", " IF NOT EXISTS USING TTL ?", 1);
+        let c = self.conn().await?;
+        let stmt = self.prepared(&c.session, &cql).await?;
+        let res = c
+            .session
+            .execute_unpaged(&stmt, values)
+            .await
+            .map_err(exec_err)?;
+        let rows = res
+            .into_rows_result()
+            .map_err(|e| BackendError::Database(e.to_string()))?;
+        let mut iter = rows
+            .rows::<ColumnIterator<'_, '_>>()
+            .map_err(|e| BackendError::Database(e.to_string()))?;
+        let Some(row) = iter.next() else {
+            return Err(BackendError::Database(
+                "INSERT IF NOT EXISTS returned no [applied] row".into(),
+            ));
+        };
+        let mut cols = row.map_err(|e| BackendError::Data(e.to_string()))?;
+        let applied = cols
+            .next()
+            .transpose()
+            .map_err(|e| BackendError::Data(e.to_string()))?
+            .and_then(|c| c.slice.map(|s| s.as_slice().first().copied()))
+            .flatten()
+            .ok_or_else(|| BackendError::Data("[applied] has no value".into()))?;
+        Ok(applied != 0)
+    }
+
     /// Writes the rows with up to [`CqlConfig::write_concurrency_max`] requests in flight; on the first error the
     /// writes not yet sent are dropped (some rows may have been written, as the trait allows).
     async fn upsert_all_impl(&self, schema: &TableSchema, rows: Vec<Row>) -> BackendResult<()> {
@@ -1384,6 +1421,14 @@ impl Backend for CqlBackend {
 
     fn upsert<'a>(&'a self, schema: &'a TableSchema, row: Row) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(self.upsert_impl(schema, row))
+    }
+
+    fn insert<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        row: Row,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(self.insert_if_absent_impl(schema, row))
     }
 
     fn upsert_all<'a>(

@@ -1341,6 +1341,27 @@ impl Backend for EmbeddedBackend {
         }))
     }
 
+    fn insert<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        row: Row,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        let schema = schema.clone();
+        Box::pin(self.writing(move |db, durability| {
+            // One write transaction: the read of the key and the write are atomic (redb has one writer at a time).
+            let pk = encode_primary_key(&schema, &row)?;
+            let txn = begin_write(db, durability)?;
+            if read_row(&txn, &schema, &pk)?.is_some() {
+                txn.abort().map_err(db_err)?;
+                return Ok(false);
+            }
+            let new: Row = row.into_iter().filter(|(_, v)| *v != Value::Null).collect();
+            write_row(&txn, &schema, &pk, None, &new)?;
+            txn.commit().map_err(db_err)?;
+            Ok(true)
+        }))
+    }
+
     fn delete<'a>(
         &'a self,
         schema: &'a TableSchema,

@@ -482,6 +482,26 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         })
     }
 
+    /// Creates one row only if no row has its primary key: atomic against concurrent `insert`s of the same key (embedded:
+    /// one write transaction; MongoDB: the unique primary-key index, a duplicate-key error E11000 means taken; CQL: a
+    /// lightweight transaction `INSERT ... IF NOT EXISTS`). `row` holds every primary-key column and any subset of the
+    /// others (`Value::Null` columns are left out). `Ok(true)` if this call created the row, `Ok(false)` if the key was
+    /// taken (nothing written). Never called on counter tables. Backends that cannot do it atomically keep this
+    /// default, which refuses.
+    fn insert<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        row: Row,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        let _ = (schema, row);
+        Box::pin(async move {
+            Err(BackendError::InvalidQuery(format!(
+                "backend `{}` has no atomic insert-if-absent",
+                self.name()
+            )))
+        })
+    }
+
     /// Deletes one row by its full primary key; deleting an absent row is `Ok`.
     fn delete<'a>(
         &'a self,

@@ -614,6 +614,44 @@ impl MongoBackend {
     }
 }
 
+/// Whether `e` is MongoDB's duplicate-key error (code 11000, `E11000 duplicate key error ...`).
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::WriteFailure;
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|w| w.iter().any(|w| w.code == 11000)),
+        _ => e.to_string().contains("E11000"),
+    }
+}
+
+impl MongoBackend {
+    /// `insert_one` of the row's non-null columns; the unique `shardcast_pk` index turns a taken key into E11000.
+    async fn insert_impl(&self, schema: &TableSchema, row: Row) -> BackendResult<bool> {
+        let mut document = Document::new();
+        for k in schema.primary_key() {
+            if matches!(row.get(k), None | Some(Value::Null)) {
+                return Err(BackendError::InvalidQuery(format!(
+                    "key column `{k}` has no value"
+                )));
+            }
+        }
+        for (c, v) in &row {
+            if *v != Value::Null {
+                document.insert(c.as_str(), to_bson(col_type(schema, c)?, v));
+            }
+        }
+        match self.coll(schema).insert_one(document).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(mongo_err(e)),
+        }
+    }
+}
+
 /// The filter and update document of an upsert of `row`.
 fn upsert_statement(schema: &TableSchema, row: &Row) -> BackendResult<(Document, Document)> {
     let filter = key_filter(schema, row)?;
@@ -736,6 +774,14 @@ impl Backend for MongoBackend {
                 .map_err(mongo_err)?;
             Ok(r.matched_count > 0)
         })
+    }
+
+    fn insert<'a>(
+        &'a self,
+        schema: &'a TableSchema,
+        row: Row,
+    ) -> BoxFuture<'a, BackendResult<bool>> {
+        Box::pin(self.insert_impl(schema, row))
     }
 
     fn delete<'a>(
