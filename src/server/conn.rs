@@ -331,3 +331,67 @@ fn hand_over(shard: &Rc<ShardCtx>, stream: Stream, buf: Vec<u8>, owner: usize) {
         tracing::warn!(shard = shard.id(), owner, error = %e, "cannot hand connection to its session's shard");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::ServerConfig;
+    use super::*;
+    use crate::server::http::parse_request;
+
+    fn get_metrics(headers: &str) -> Request {
+        let raw = format!("GET /metrics HTTP/1.1\r\n{headers}\r\n");
+        match parse_request(raw.as_bytes(), &ServerConfig::default(), 0).unwrap() {
+            Parsed::Complete(r, _) => r,
+            Parsed::Partial => panic!("request not parsed"),
+        }
+    }
+
+    #[test]
+    fn metrics_answer_loopback_only_without_a_token() {
+        let cfg = ServerConfig::default();
+        let req = get_metrics("");
+        for ok in [
+            "127.0.0.1:9",
+            "127.3.2.1:9",
+            "[::1]:9",
+            "[::ffff:127.0.0.1]:9",
+        ] {
+            assert!(
+                metrics_refusal(&cfg, &req, Some(ok.parse().unwrap())).is_none(),
+                "{ok}"
+            );
+        }
+        for refused in [
+            "10.1.2.3:9",
+            "192.168.0.7:9",
+            "[2001:db8::1]:9",
+            "[::ffff:10.0.0.1]:9",
+        ] {
+            let r = metrics_refusal(&cfg, &req, Some(refused.parse().unwrap()));
+            assert_eq!(r.map(|r| r.status), Some(403), "{refused}");
+        }
+        assert_eq!(
+            metrics_refusal(&cfg, &req, None).map(|r| r.status),
+            Some(403)
+        );
+    }
+
+    #[test]
+    fn metrics_need_the_exact_token_from_anywhere_when_one_is_set() {
+        let cfg = ServerConfig {
+            metrics_token: Some("metrics-token-0123456789abcdef".into()),
+            ..ServerConfig::default()
+        };
+        let outside = Some("10.1.2.3:9".parse().unwrap());
+        let good = get_metrics("Authorization: Bearer metrics-token-0123456789abcdef\r\n");
+        assert!(metrics_refusal(&cfg, &good, outside).is_none());
+        for bad in [
+            "",
+            "Authorization: Bearer metrics-token-0123456789abcdeX\r\n",
+            "Authorization: Basic x\r\n",
+        ] {
+            let r = metrics_refusal(&cfg, &get_metrics(bad), outside);
+            assert_eq!(r.map(|r| r.status), Some(401), "{bad}");
+        }
+    }
+}
