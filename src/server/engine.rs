@@ -942,8 +942,6 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                 }
             };
             since_message = 0;
-            // Bound the frames one turn handles (a 64 KiB read holds thousands of small frames).
-            budget.spend(0, 1).await;
             let result = match msg {
                 Message::Text(t) => {
                     if upgrading {
@@ -1007,6 +1005,9 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                 s.close(reason.into(), CloseHow::SendClose);
                 break 'conn;
             }
+            // Bound the frames one turn handles (a 64 KiB read holds thousands of small frames); the loop's top
+            // checks again whether the session ended meanwhile.
+            budget.spend(0, 1).await;
         }
         if !reader.io.output.is_empty() {
             let out = std::mem::take(&mut reader.io.output);
