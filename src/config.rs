@@ -65,7 +65,7 @@ options! {
     "server.acks_pending_per_socket_max", "SHARDCAST_ACKS_PENDING_PER_SOCKET_MAX", "1024", "pending server-to-client acks per socket";
     "server.partial_packet_timeout_ms", "SHARDCAST_PARTIAL_PACKET_TIMEOUT_MS", "10000", "time a binary Socket.IO packet may wait for its attachments; then the session is closed";
     "server.sessions_per_shard_max", "SHARDCAST_SESSIONS_PER_SHARD_MAX", "20000", "Engine.IO sessions per shard; handshakes past it get 503";
-    "server.handshakes_per_connection_max", "SHARDCAST_HANDSHAKES_PER_CONNECTION_MAX", "16", "Engine.IO handshakes one TCP connection may make; past it 503 and the connection is closed";
+    "server.handshakes_per_connection_per_s_max", "SHARDCAST_HANDSHAKES_PER_CONNECTION_PER_S_MAX", "16", "Engine.IO handshakes one TCP connection may make per second; past it 503 and the connection is closed";
     "server.heartbeats_per_session_per_s_max", "SHARDCAST_HEARTBEATS_PER_SESSION_PER_S_MAX", "100", "Engine.IO noop and ping packets per second one session may send; past it the session is closed";
     "auth.jwt_algorithm", "SHARDCAST_JWT_ALGORITHM", "HS256", "the one algorithm access tokens are verified with: HS256, RS256 or ES256";
     "auth.jwt_secret", "SHARDCAST_JWT_SECRET", "none (required for HS256)", "HS256 secret of access tokens; use 32+ random bytes";
@@ -245,8 +245,8 @@ impl Config {
             }
             "server.partial_packet_timeout_ms" => s.partial_packet_timeout_ms = parse(key, value)?,
             "server.sessions_per_shard_max" => s.sessions_per_shard_max = parse(key, value)?,
-            "server.handshakes_per_connection_max" => {
-                s.handshakes_per_connection_max = parse(key, value)?
+            "server.handshakes_per_connection_per_s_max" => {
+                s.handshakes_per_connection_per_s_max = parse(key, value)?
             }
             "server.heartbeats_per_session_per_s_max" => {
                 s.heartbeats_per_session_per_s_max = parse(key, value)?

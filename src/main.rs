@@ -123,9 +123,9 @@ struct Common {
     /// Override the per-shard session limit.
     #[arg(long)]
     sessions_per_shard_max: Option<usize>,
-    /// Override the bound on Engine.IO handshakes per TCP connection.
+    /// Override the bound on Engine.IO handshakes per TCP connection per second.
     #[arg(long)]
-    handshakes_per_connection_max: Option<usize>,
+    handshakes_per_connection_per_s_max: Option<usize>,
     /// Override the time a binary packet may wait for its attachments (ms).
     #[arg(long)]
     partial_packet_timeout_ms: Option<u64>,
@@ -166,8 +166,8 @@ impl Common {
         if let Some(v) = self.sessions_per_shard_max {
             cfg.sessions_per_shard_max = v;
         }
-        if let Some(v) = self.handshakes_per_connection_max {
-            cfg.handshakes_per_connection_max = v;
+        if let Some(v) = self.handshakes_per_connection_per_s_max {
+            cfg.handshakes_per_connection_per_s_max = v;
         }
         if let Some(v) = self.partial_packet_timeout_ms {
             cfg.partial_packet_timeout_ms = v;

@@ -508,6 +508,27 @@ fn handshake_flood_is_bounded_and_a_joined_client_keeps_working() {
 }
 
 #[test]
+fn a_keep_alive_connection_that_reconnects_now_and_then_is_not_cut() {
+    let srv = Server::conformance_relaxed(1);
+    let mut s = connect(srv.addr);
+    let mut buf = Vec::new();
+    for round in 0..2 {
+        for _ in 0..12 {
+            send_request(
+                &mut s,
+                "GET",
+                "/engine.io/?EIO=4&transport=polling",
+                &[],
+                b"",
+            );
+            let r = read_response(&mut s, &mut buf).expect("an answer");
+            assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+}
+
+#[test]
 fn a_flooding_connection_does_not_starve_its_shard() {
     let _one_at_a_time = heavy();
     let srv = Server::start(&[

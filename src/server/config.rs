@@ -62,9 +62,9 @@ pub struct ServerConfig {
     /// Engine.IO sessions one shard holds at most; a handshake past it gets 503 (counted in
     /// `shardcast_refusals_total{reason="sessions"}`). Default 20 000 (as many as connections).
     pub sessions_per_shard_max: usize,
-    /// Engine.IO handshakes one TCP connection may make; past it the request gets 503 and the connection is
-    /// closed. Default 16.
-    pub handshakes_per_connection_max: usize,
+    /// Engine.IO handshakes one TCP connection may make per second (a keep-alive connection of a client that
+    /// reconnects now and then never meets it); past it the request gets 503 and the connection is closed. Default 16.
+    pub handshakes_per_connection_per_s_max: usize,
     /// Engine.IO noop and ping packets a session may send per second (averaged over one second, burst of the same
     /// size); past it the session is closed as a flood. Default 100.
     pub heartbeats_per_session_per_s_max: u32,
@@ -101,7 +101,7 @@ impl Default for ServerConfig {
             acks_pending_per_socket_max: 1024,
             partial_packet_timeout_ms: 10_000,
             sessions_per_shard_max: 20_000,
-            handshakes_per_connection_max: 16,
+            handshakes_per_connection_per_s_max: 16,
             heartbeats_per_session_per_s_max: 100,
         }
     }

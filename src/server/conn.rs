@@ -107,7 +107,9 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
     let stream: Stream = Rc::new(RefCell::new(stream));
     let cfg = shard.config().clone();
     let body_max = cfg.payload_bytes_max.max(cfg.http_body_bytes_max);
+    // Handshakes in the current one-second window of this connection, and when the window began.
     let mut handshakes = 0usize;
+    let mut handshakes_since = std::time::Instant::now();
     let mut budget = TurnBudget::default();
     loop {
         // Parse one request (check-then-parse: Partial means read more).
@@ -158,9 +160,16 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
         }
         buf.drain(..used);
         if engine::is_handshake(&cfg, &req) {
+            if handshakes_since.elapsed() >= std::time::Duration::from_secs(1) {
+                handshakes_since = std::time::Instant::now();
+                handshakes = 0;
+            }
             handshakes += 1;
-            let refusal = if handshakes > cfg.handshakes_per_connection_max {
-                Some((Refusal::Handshakes, "too many handshakes on one connection"))
+            let refusal = if handshakes > cfg.handshakes_per_connection_per_s_max {
+                Some((
+                    Refusal::Handshakes,
+                    "too many handshakes per second on one connection",
+                ))
             } else if shard.sessions.borrow().len() >= cfg.sessions_per_shard_max {
                 Some((Refusal::Sessions, "too many sessions, try again later"))
             } else {

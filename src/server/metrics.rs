@@ -68,7 +68,7 @@ pub struct ShardMetrics {
 pub enum Refusal {
     /// A handshake while the shard holds `sessions_per_shard_max` sessions (503).
     Sessions,
-    /// More handshakes on one TCP connection than `handshakes_per_connection_max` (503, connection closed).
+    /// More handshakes in one second on one TCP connection than `handshakes_per_connection_per_s_max` (503, connection closed).
     Handshakes,
     /// A connection accepted while the shard holds `connections_per_shard_max` (closed at once).
     Connections,
