@@ -382,11 +382,17 @@ async fn shard_main(
                 Some(Ok(stream)) => {
                     if ctx.connections.get() >= ctx.config.connections_per_shard_max {
                         ctx.metrics().refusal(Refusal::Connections);
-                        tracing::warn!(
-                            shard = ctx.id,
-                            limit = ctx.config.connections_per_shard_max,
-                            "connection refused: connections_per_shard_max reached"
-                        );
+                        // Logged at the 1st, 2nd, 4th, 8th... refusal: a connection flood must not become a
+                        // log flood (every refusal is counted in shardcast_refusals_total).
+                        let refused = ctx.metrics().refusals(Refusal::Connections);
+                        if refused.is_power_of_two() {
+                            tracing::warn!(
+                                shard = ctx.id,
+                                limit = ctx.config.connections_per_shard_max,
+                                refused,
+                                "connection refused: connections_per_shard_max reached"
+                            );
+                        }
                         drop(stream);
                         continue;
                     }
