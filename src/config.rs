@@ -67,6 +67,7 @@ options! {
     "server.sessions_per_shard_max", "SHARDCAST_SESSIONS_PER_SHARD_MAX", "20000", "Engine.IO sessions per shard; handshakes past it get 503";
     "server.handshakes_per_connection_per_s_max", "SHARDCAST_HANDSHAKES_PER_CONNECTION_PER_S_MAX", "16", "Engine.IO handshakes one TCP connection may make per second; past it 503 and the connection is closed";
     "server.heartbeats_per_session_per_s_max", "SHARDCAST_HEARTBEATS_PER_SESSION_PER_S_MAX", "100", "Engine.IO noop and ping packets per second one session may send; past it the session is closed";
+    "server.partial_packets_bytes_per_shard_max", "SHARDCAST_PARTIAL_PACKETS_BYTES_PER_SHARD_MAX", "134217728", "attachment bytes all partial binary packets of one shard may hold; the session going past it is closed";
     "auth.jwt_algorithm", "SHARDCAST_JWT_ALGORITHM", "HS256", "the one algorithm access tokens are verified with: HS256, RS256 or ES256";
     "auth.jwt_secret", "SHARDCAST_JWT_SECRET", "none (required for HS256)", "HS256 secret of access tokens; use 32+ random bytes";
     "auth.jwt_public_key_file", "SHARDCAST_JWT_PUBLIC_KEY_FILE", "none (required for RS256/ES256)", "PEM public key verifying RS256/ES256 access tokens";
@@ -250,6 +251,9 @@ impl Config {
             }
             "server.heartbeats_per_session_per_s_max" => {
                 s.heartbeats_per_session_per_s_max = parse(key, value)?
+            }
+            "server.partial_packets_bytes_per_shard_max" => {
+                s.partial_packets_bytes_per_shard_max = parse(key, value)?
             }
             "auth.jwt_algorithm" => {
                 a.algorithm =

@@ -132,6 +132,9 @@ struct Common {
     /// Override the rate bound on noops and pings per session (per second).
     #[arg(long)]
     heartbeats_per_session_per_s_max: Option<u32>,
+    /// Override the bound on attachment bytes held by the partial binary packets of one shard.
+    #[arg(long)]
+    partial_packets_bytes_per_shard_max: Option<usize>,
 }
 
 impl Common {
@@ -174,6 +177,9 @@ impl Common {
         }
         if let Some(v) = self.heartbeats_per_session_per_s_max {
             cfg.heartbeats_per_session_per_s_max = v;
+        }
+        if let Some(v) = self.partial_packets_bytes_per_shard_max {
+            cfg.partial_packets_bytes_per_shard_max = v;
         }
         cfg
     }

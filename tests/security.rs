@@ -283,6 +283,74 @@ fn partial_binary_packets_are_dropped_in_time() {
 }
 
 #[test]
+fn partial_binary_packets_of_a_shard_share_one_byte_bound() {
+    let srv = Server::start(&[
+        "conformance",
+        "--shards",
+        "1",
+        "--ping-interval-ms",
+        "25000",
+        "--ping-timeout-ms",
+        "20000",
+        "--partial-packets-bytes-per-shard-max",
+        "600000",
+    ]);
+    let placeholders: Vec<String> = (0..64)
+        .map(|i| format!(r#"{{"_placeholder":true,"num":{i}}}"#))
+        .collect();
+    let header = format!(r#"4564-["message",{}]"#, placeholders.join(","));
+    let attachment = [9u8; 7 * 1024];
+    // A holds 430 KB of a packet, then B tries to hold as much: B goes past the shard's bound and is closed.
+    let mut a = Witness::new(&srv).0;
+    a.send_text(&header);
+    for _ in 0..60 {
+        a.send_binary(&attachment);
+    }
+    // (let the server take in all of A's attachments first)
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = Witness::new(&srv).0;
+    b.send_text(&header);
+    for _ in 0..60 {
+        // the server closes B part-way: later sends may fail
+        let frame = tungstenite::Message::Binary(tungstenite::Bytes::copy_from_slice(&attachment));
+        if b.ws.send(frame).is_err() {
+            break;
+        }
+    }
+    b.until_closed();
+    wait_for_log(&srv, "partial_packets_bytes_per_shard_max is 600000");
+    // A is untouched: it completes its packet and gets it back.
+    for _ in 0..4 {
+        a.send_binary(&attachment);
+    }
+    assert!(
+        a.recv_text_skip_ping()
+            .starts_with("4564-[\"message-back\"")
+    );
+    for _ in 0..64 {
+        assert_eq!(a.recv_skip_ping(), WsEvent::Binary(attachment.to_vec()));
+    }
+    // Its bytes were released: a new session may hold as much again.
+    let mut c = Witness::new(&srv).0;
+    c.send_text(&header);
+    for _ in 0..60 {
+        c.send_binary(&attachment);
+    }
+    c.send_text(r#"42["message",1]"#);
+    // a text packet in the middle of a binary one is a protocol error, not the shard bound
+    c.until_closed();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        srv.log()
+            .matches("partial_packets_bytes_per_shard_max is")
+            .count(),
+        1,
+        "{}",
+        srv.log()
+    );
+}
+
+#[test]
 fn hand_over_bypass_is_refused() {
     let srv = Server::start(&[
         "conformance",

@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// Engine.IO noop and ping packets a session may send per second (averaged over one second, burst of the same
     /// size); past it the session is closed as a flood. Default 100.
     pub heartbeats_per_session_per_s_max: u32,
+    /// Bytes of attachments that all the partial binary packets of one shard may hold together; the session whose
+    /// attachment goes past it is closed. Default 128 MiB.
+    pub partial_packets_bytes_per_shard_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +106,7 @@ impl Default for ServerConfig {
             sessions_per_shard_max: 20_000,
             handshakes_per_connection_per_s_max: 16,
             heartbeats_per_session_per_s_max: 100,
+            partial_packets_bytes_per_shard_max: 128 * 1024 * 1024,
         }
     }
 }

@@ -599,6 +599,13 @@ pub(crate) struct SioConn {
     connect_timer: RefCell<Option<TimerHandle>>,
     /// Fires `partial_packet_timeout_ms` after a binary packet's text if its attachments are not all in by then.
     partial_timer: RefCell<Option<TimerHandle>>,
+    /// Attachment bytes this session's partial packet holds (counted in [`PARTIAL_BYTES`] too).
+    partial_bytes: Cell<usize>,
+}
+
+thread_local! {
+    /// Attachment bytes held by every partial binary packet of this shard (one executor per thread).
+    static PARTIAL_BYTES: Cell<usize> = const { Cell::new(0) };
 }
 
 thread_local! {
@@ -855,6 +862,14 @@ impl SioConn {
 }
 
 impl SioConn {
+    /// This session's partial packet is complete, dropped or gone: its bytes leave the shard's count.
+    fn release_partial_bytes(&self) {
+        let mine = self.partial_bytes.replace(0);
+        if mine > 0 {
+            PARTIAL_BYTES.with(|b| b.set(b.get().saturating_sub(mine)));
+        }
+    }
+
     /// A binary packet's text arrived: its attachments (bounded in bytes by `payload_bytes_max`, counted as they
     /// arrive) must all be in within `partial_packet_timeout_ms`, or the session is closed and what was held freed.
     fn arm_partial_timer(&self, session: &Rc<Session>) {
@@ -918,6 +933,7 @@ pub(crate) fn session_handler(shard: &Rc<ShardCtx>, version: EioVersion) -> Rc<S
         seen_connect: Cell::new(false),
         connect_timer: RefCell::new(None),
         partial_timer: RefCell::new(None),
+        partial_bytes: Cell::new(0),
     }))
 }
 
@@ -953,10 +969,28 @@ impl EngineHandler for SioHandler {
 
     fn on_binary(&self, session: &Rc<Session>, data: &[u8]) -> Result<(), String> {
         let decoded = self.decoder.borrow_mut().decode_binary(data);
-        if !self.decoder.borrow().is_waiting_for_attachments()
-            && let Some(t) = self.partial_timer.borrow_mut().take()
-        {
-            t.cancel();
+        if self.decoder.borrow().is_waiting_for_attachments() {
+            self.partial_bytes
+                .set(self.partial_bytes.get() + data.len());
+            let held = PARTIAL_BYTES.with(|b| {
+                b.set(b.get() + data.len());
+                b.get()
+            });
+            let max = session.shard.config().partial_packets_bytes_per_shard_max;
+            if held > max {
+                session
+                    .shard
+                    .metrics()
+                    .protocol_error(ProtocolErrorKind::SocketIo);
+                return Err(format!(
+                    "partial binary packets of this shard hold {held} bytes, partial_packets_bytes_per_shard_max is {max}"
+                ));
+            }
+        } else {
+            self.release_partial_bytes();
+            if let Some(t) = self.partial_timer.borrow_mut().take() {
+                t.cancel();
+            }
         }
         self.handle(session, decoded)
     }
@@ -968,6 +1002,7 @@ impl EngineHandler for SioHandler {
         if let Some(t) = self.partial_timer.borrow_mut().take() {
             t.cancel();
         }
+        self.release_partial_bytes();
         let sockets: Vec<Socket> = self.sockets.borrow_mut().drain().map(|(_, s)| s).collect();
         let reason = if reason.starts_with("client close") {
             "client namespace disconnect"
