@@ -57,12 +57,17 @@ options! {
     "server.socket_queued_bytes_max", "SHARDCAST_SOCKET_QUEUED_BYTES_MAX", "524288", "bytes waiting for one slow client before it is disconnected";
     "server.mesh_queue_len", "SHARDCAST_MESH_QUEUE_LEN", "4096", "capacity of each cross-shard queue, messages";
     "server.cors_allowed_origins", "SHARDCAST_CORS_ALLOWED_ORIGINS", "[\"*\"]", "CORS origins; `*` allows any (env: comma-separated)";
-    "server.cors_credentials", "SHARDCAST_CORS_CREDENTIALS", "true", "send Access-Control-Allow-Credentials";
+    "server.cors_credentials", "SHARDCAST_CORS_CREDENTIALS", "true", "send Access-Control-Allow-Credentials to origins listed by name (never to one allowed only by `*`)";
     "server.timer_tick_ms", "SHARDCAST_TIMER_TICK_MS", "10", "resolution of each shard's timer wheel";
     "server.shutdown_grace_ms", "SHARDCAST_SHUTDOWN_GRACE_MS", "3000", "upper bound of a graceful shutdown";
     "server.namespaces_per_session_max", "SHARDCAST_NAMESPACES_PER_SESSION_MAX", "32", "Socket.IO namespaces one session may join";
     "server.attachments_per_packet_max", "SHARDCAST_ATTACHMENTS_PER_PACKET_MAX", "64", "binary attachments in one Socket.IO packet";
     "server.acks_pending_per_socket_max", "SHARDCAST_ACKS_PENDING_PER_SOCKET_MAX", "1024", "pending server-to-client acks per socket";
+    "server.partial_packet_timeout_ms", "SHARDCAST_PARTIAL_PACKET_TIMEOUT_MS", "10000", "time a binary Socket.IO packet may wait for its attachments; then the session is closed";
+    "server.sessions_per_shard_max", "SHARDCAST_SESSIONS_PER_SHARD_MAX", "20000", "Engine.IO sessions per shard; handshakes past it get 503";
+    "server.handshakes_per_connection_per_s_max", "SHARDCAST_HANDSHAKES_PER_CONNECTION_PER_S_MAX", "16", "Engine.IO handshakes one TCP connection may make per second; past it 503 and the connection is closed";
+    "server.heartbeats_per_session_per_s_max", "SHARDCAST_HEARTBEATS_PER_SESSION_PER_S_MAX", "100", "Engine.IO noop and ping packets per second one session may send; past it the session is closed";
+    "server.partial_packets_bytes_per_shard_max", "SHARDCAST_PARTIAL_PACKETS_BYTES_PER_SHARD_MAX", "134217728", "attachment bytes all partial binary packets of one shard may hold; the session going past it is closed";
     "auth.jwt_algorithm", "SHARDCAST_JWT_ALGORITHM", "HS256", "the one algorithm access tokens are verified with: HS256, RS256 or ES256";
     "auth.jwt_secret", "SHARDCAST_JWT_SECRET", "none (required for HS256)", "HS256 secret of access tokens; use 32+ random bytes";
     "auth.jwt_public_key_file", "SHARDCAST_JWT_PUBLIC_KEY_FILE", "none (required for RS256/ES256)", "PEM public key verifying RS256/ES256 access tokens";
@@ -259,6 +264,17 @@ impl Config {
             }
             "server.acks_pending_per_socket_max" => {
                 s.acks_pending_per_socket_max = parse(key, value)?
+            }
+            "server.partial_packet_timeout_ms" => s.partial_packet_timeout_ms = parse(key, value)?,
+            "server.sessions_per_shard_max" => s.sessions_per_shard_max = parse(key, value)?,
+            "server.handshakes_per_connection_per_s_max" => {
+                s.handshakes_per_connection_per_s_max = parse(key, value)?
+            }
+            "server.heartbeats_per_session_per_s_max" => {
+                s.heartbeats_per_session_per_s_max = parse(key, value)?
+            }
+            "server.partial_packets_bytes_per_shard_max" => {
+                s.partial_packets_bytes_per_shard_max = parse(key, value)?
             }
             "auth.jwt_algorithm" => {
                 a.algorithm =

@@ -127,6 +127,21 @@ struct Common {
     /// Allowed CORS origins (repeat; `*` for any).
     #[arg(long = "cors-origin")]
     cors_origins: Vec<String>,
+    /// Override the per-shard session limit.
+    #[arg(long)]
+    sessions_per_shard_max: Option<usize>,
+    /// Override the bound on Engine.IO handshakes per TCP connection per second.
+    #[arg(long)]
+    handshakes_per_connection_per_s_max: Option<usize>,
+    /// Override the time a binary packet may wait for its attachments (ms).
+    #[arg(long)]
+    partial_packet_timeout_ms: Option<u64>,
+    /// Override the rate bound on noops and pings per session (per second).
+    #[arg(long)]
+    heartbeats_per_session_per_s_max: Option<u32>,
+    /// Override the bound on attachment bytes held by the partial binary packets of one shard.
+    #[arg(long)]
+    partial_packets_bytes_per_shard_max: Option<usize>,
 }
 
 impl Common {
@@ -157,6 +172,21 @@ impl Common {
         }
         if !self.cors_origins.is_empty() {
             cfg.cors_allowed_origins = self.cors_origins.clone();
+        }
+        if let Some(v) = self.sessions_per_shard_max {
+            cfg.sessions_per_shard_max = v;
+        }
+        if let Some(v) = self.handshakes_per_connection_per_s_max {
+            cfg.handshakes_per_connection_per_s_max = v;
+        }
+        if let Some(v) = self.partial_packet_timeout_ms {
+            cfg.partial_packet_timeout_ms = v;
+        }
+        if let Some(v) = self.heartbeats_per_session_per_s_max {
+            cfg.heartbeats_per_session_per_s_max = v;
+        }
+        if let Some(v) = self.partial_packets_bytes_per_shard_max {
+            cfg.partial_packets_bytes_per_shard_max = v;
         }
         cfg
     }

@@ -33,7 +33,7 @@ fn token_prints_a_token_the_configuration_verifies_and_env_beats_the_file() {
     let cfg = d.join("c.toml");
     std::fs::write(
         &cfg,
-        "[auth]\njwt_secret = \"from-the-file-0123456789abcdef\"\n",
+        "[auth]\njwt_secret = \"from-the-file-0123456789abcdef-xyz\"\n",
     )
     .expect("write");
     let cfg = cfg.to_str().expect("utf8");
@@ -68,7 +68,7 @@ fn token_prints_a_token_the_configuration_verifies_and_env_beats_the_file() {
     };
 
     let t = run(&[]);
-    let user = AccessVerifier::new(&AuthConfig::hs256("from-the-file-0123456789abcdef"))
+    let user = AccessVerifier::new(&AuthConfig::hs256("from-the-file-0123456789abcdef-xyz"))
         .expect("verifier")
         .verify(&t)
         .expect("the file's secret verifies the token");
@@ -79,21 +79,21 @@ fn token_prints_a_token_the_configuration_verifies_and_env_beats_the_file() {
     assert_eq!(user.expires_at_s - iat, 900, "--ttl 15m");
 
     // The environment overrides the file.
-    let t = run(&[("SHARDCAST_JWT_SECRET", "from-the-env-0123456789abcdef")]);
+    let t = run(&[("SHARDCAST_JWT_SECRET", "from-the-env-0123456789abcdef-xyz")]);
     assert!(
-        AccessVerifier::new(&AuthConfig::hs256("from-the-env-0123456789abcdef"))
+        AccessVerifier::new(&AuthConfig::hs256("from-the-env-0123456789abcdef-xyz"))
             .expect("v")
             .verify(&t)
             .is_ok()
     );
-    let e = AccessVerifier::new(&AuthConfig::hs256("from-the-file-0123456789abcdef"))
+    let e = AccessVerifier::new(&AuthConfig::hs256("from-the-file-0123456789abcdef-xyz"))
         .expect("v")
         .verify(&t);
     assert_eq!(e.map(|_| ()).unwrap_err().to_string(), "invalid signature");
 
     let out = shardcast(
         &["token", "--sub", "alice", "--claim", "novalue"],
-        &[("SHARDCAST_JWT_SECRET", "s-0123456789")],
+        &[("SHARDCAST_JWT_SECRET", "s-0123456789-0123456789-0123456789")],
     )
     .output()
     .expect("run");
@@ -114,6 +114,39 @@ fn serve_and_token_refuse_to_run_without_a_jwt_secret_and_say_how_to_set_one() {
         assert!(err.contains("SHARDCAST_JWT_SECRET"), "{err}");
         assert!(out.stdout.is_empty(), "{args:?}");
     }
+}
+
+#[test]
+fn serve_and_token_refuse_an_hs256_secret_shorter_than_32_bytes() {
+    for args in [
+        &["serve", "--listen", "127.0.0.1:0"][..],
+        &["token", "--sub", "alice"][..],
+    ] {
+        for secret in ["x", "0123456789abcdef0123456789abcde"] {
+            let out = shardcast(args, &[("SHARDCAST_JWT_SECRET", secret)])
+                .output()
+                .expect("run");
+            assert_eq!(out.status.code(), Some(2), "{args:?} {secret:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!("HS256 JWT secret is {} bytes", secret.len()))
+                    && err.contains("at least 32 bytes"),
+                "{err}"
+            );
+            assert!(
+                !err.contains(secret) || secret.len() < 2,
+                "secret not echoed: {err}"
+            );
+        }
+    }
+    // 32 bytes is enough.
+    let out = shardcast(
+        &["token", "--sub", "alice"],
+        &[("SHARDCAST_JWT_SECRET", "0123456789abcdef0123456789abcdef")],
+    )
+    .output()
+    .expect("run");
+    assert_eq!(out.status.code(), Some(0));
 }
 
 struct Running(Child, std::net::SocketAddr);
@@ -165,7 +198,7 @@ fn serve_configuration_precedence_is_file_then_env_then_flag() {
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshards = 3\npin_shards = false\n[auth]\njwt_secret = \"s-0123456789abcdef\"\n[orm]\nembedded_path = \"{}\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nshards = 3\npin_shards = false\n[auth]\njwt_secret = \"s-0123456789abcdef-0123456789abcdef\"\n[orm]\nembedded_path = \"{}\"\n",
             d.join("db.redb").display()
         ),
     )
@@ -251,10 +284,12 @@ fn rs256_keys_from_files_sign_with_token_and_verify_in_serve() {
         status_of(&token).starts_with("HTTP/1.1 200 "),
         "RS256 token accepted"
     );
-    let hs = shardcast::realtime::auth::AccessSigner::new(&AuthConfig::hs256("s-0123456789abcdef"))
-        .expect("signer")
-        .sign("alice", 3600, &serde_json::Map::new())
-        .expect("sign");
+    let hs = shardcast::realtime::auth::AccessSigner::new(&AuthConfig::hs256(
+        "s-0123456789abcdef-0123456789abcdef",
+    ))
+    .expect("signer")
+    .sign("alice", 3600, &serde_json::Map::new())
+    .expect("sign");
     let refused = status_of(&hs);
     assert!(refused.starts_with("HTTP/1.1 401 "), "{refused}");
     assert!(

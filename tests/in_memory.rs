@@ -74,7 +74,7 @@ fn scenario(shard: &Rc<ShardCtx>) {
     // Engine.IO v4: the open packet, then the CONNECT reply once the client connects.
     let a: InMemoryConnection = shard.connect_in_memory(EioVersion::V4);
     assert_eq!(a.version(), EioVersion::V4);
-    assert_eq!(a.sid().len(), 20);
+    assert_eq!(a.sid().len(), shardcast::server::sid::SID_LEN);
     assert_eq!(
         a.drain(),
         text(&format!(
@@ -86,7 +86,7 @@ fn scenario(shard: &Rc<ShardCtx>) {
     a.feed_text("40").expect("CONNECT");
     let reply = a.drain();
     let id = socket_id(&reply);
-    assert_eq!(id.len(), 20);
+    assert_eq!(id.len(), shardcast::server::sid::SID_LEN);
     assert_ne!(id, a.sid(), "socket id and session id differ");
     assert_eq!(reply, text(&format!(r#"40{{"sid":"{id}"}}"#)));
     a.feed_text(r#"42["join","lobby"]"#).expect("join");

@@ -75,7 +75,7 @@ fn rest_refuses_missing_bad_and_foreign_tokens_with_json_errors() {
         call(&server, "GET", path, Some("not-a-jwt"), None),
         (401, unauth("jwt malformed"))
     );
-    let other = AccessSigner::new(&AuthConfig::hs256("another-secret-0123456789abcdef"))
+    let other = AccessSigner::new(&AuthConfig::hs256("another-secret-0123456789abcdef-xyz"))
         .expect("signer")
         .sign("alice", 3600, &serde_json::Map::new())
         .expect("sign");

@@ -241,7 +241,7 @@ fn config(addr: SocketAddr, scenario: Scenario, clients: usize, rooms: usize) ->
         host: addr.to_string(),
         socket_path: "/socket/".to_owned(),
         collection: "/channels/{room}/messages".to_owned(),
-        jwt_secret: "test-secret".to_owned(),
+        jwt_secret: "test-secret-test-secret-test-secret".to_owned(),
         claims: serde_json::Map::new(),
         create_rooms_path: None,
         server_pid: Some(std::process::id()),

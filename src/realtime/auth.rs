@@ -206,6 +206,19 @@ impl AuthConfig {
     }
 }
 
+/// Shortest HS256 access-token secret accepted, bytes: a shorter one can be brute-forced from any token.
+pub const HS256_SECRET_BYTES_MIN: usize = 32;
+
+fn check_hs256_secret(secret: &[u8]) -> Result<(), AuthConfigError> {
+    if secret.is_empty() {
+        return Err(AuthConfigError::EmptySecret);
+    }
+    if secret.len() < HS256_SECRET_BYTES_MIN {
+        return Err(AuthConfigError::ShortSecret(secret.len()));
+    }
+    Ok(())
+}
+
 /// A configuration that cannot produce a verifier or signer. The texts say what to set.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
@@ -218,6 +231,11 @@ pub enum AuthConfigError {
     /// An empty secret.
     #[error("the JWT secret is empty: set a secret of at least 32 random bytes")]
     EmptySecret,
+    /// An HS256 secret shorter than [`HS256_SECRET_BYTES_MIN`] (its length in bytes).
+    #[error(
+        "the HS256 JWT secret is {0} bytes; it must be at least 32 bytes (generate one with `openssl rand -base64 32`)"
+    )]
+    ShortSecret(usize),
     /// RS256/ES256 without a public key.
     #[error("algorithm {0} needs a PEM public key: set auth.jwt_public_key_file")]
     MissingPublicKey(&'static str),
@@ -399,9 +417,7 @@ impl AccessVerifier {
                     .secret
                     .as_ref()
                     .ok_or(AuthConfigError::MissingSecret)?;
-                if secret.is_empty() {
-                    return Err(AuthConfigError::EmptySecret);
-                }
+                check_hs256_secret(secret.expose())?;
                 DecodingKey::from_secret(secret.expose())
                     .map_err(|_| AuthConfigError::InvalidKey("HS256"))?
             }
@@ -520,9 +536,7 @@ impl AccessSigner {
                     .secret
                     .as_ref()
                     .ok_or(AuthConfigError::MissingSecret)?;
-                if secret.is_empty() {
-                    return Err(AuthConfigError::EmptySecret);
-                }
+                check_hs256_secret(secret.expose())?;
                 EncodingKey::from_secret(secret.expose())
                     .map_err(|_| AuthConfigError::InvalidKey("HS256"))?
             }
@@ -991,6 +1005,18 @@ pub(crate) mod tests {
         assert_eq!(
             AccessVerifier::new(&AuthConfig::hs256("")).unwrap_err(),
             AuthConfigError::EmptySecret
+        );
+        for short in ["x", "0123456789abcdef0123456789abcde"] {
+            let e = AccessVerifier::new(&AuthConfig::hs256(short)).unwrap_err();
+            assert_eq!(e, AuthConfigError::ShortSecret(short.len()));
+            assert!(e.to_string().contains("at least 32 bytes"), "{e}");
+            assert_eq!(
+                AccessSigner::new(&AuthConfig::hs256(short)).unwrap_err(),
+                AuthConfigError::ShortSecret(short.len())
+            );
+        }
+        assert!(
+            AccessVerifier::new(&AuthConfig::hs256("0123456789abcdef0123456789abcdef")).is_ok()
         );
         let rs = AuthConfig {
             algorithm: JwtAlgorithm::Rs256,

@@ -42,7 +42,8 @@ pub struct ServerConfig {
     pub mesh_queue_len: usize,
     /// Origins allowed by CORS; `*` allows any origin. Default `["*"]`.
     pub cors_allowed_origins: Vec<String>,
-    /// Send `Access-Control-Allow-Credentials: true`. Default `true`.
+    /// Send `Access-Control-Allow-Credentials: true` to origins listed by name in `cors_allowed_origins` (never to
+    /// an origin allowed only by `*`, which gets `Access-Control-Allow-Origin: *`). Default `true`.
     pub cors_credentials: bool,
     /// Resolution of the per-shard timer wheel. Default 10 ms.
     pub timer_tick_ms: u64,
@@ -57,6 +58,22 @@ pub struct ServerConfig {
     /// Bearer token that `/metrics` requires (`Authorization: Bearer <token>`, from any address). `None` (the default):
     /// `/metrics` answers only clients connecting from a loopback address, 403 to every other.
     pub metrics_token: Option<String>,
+    /// Time a binary Socket.IO packet may wait for its attachments after its text arrived; then the session is
+    /// closed and what it held is freed. (Their bytes are bounded by `payload_bytes_max`, counted as they arrive.)
+    /// Default 10 000 ms.
+    pub partial_packet_timeout_ms: u64,
+    /// Engine.IO sessions one shard holds at most; a handshake past it gets 503 (counted in
+    /// `shardcast_refusals_total{reason="sessions"}`). Default 20 000 (as many as connections).
+    pub sessions_per_shard_max: usize,
+    /// Engine.IO handshakes one TCP connection may make per second (a keep-alive connection of a client that
+    /// reconnects now and then never meets it); past it the request gets 503 and the connection is closed. Default 16.
+    pub handshakes_per_connection_per_s_max: usize,
+    /// Engine.IO noop and ping packets a session may send per second (averaged over one second, burst of the same
+    /// size); past it the session is closed as a flood. Default 100.
+    pub heartbeats_per_session_per_s_max: u32,
+    /// Bytes of attachments that all the partial binary packets of one shard may hold together; the session whose
+    /// attachment goes past it is closed. Default 128 MiB.
+    pub partial_packets_bytes_per_shard_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +106,11 @@ impl Default for ServerConfig {
             attachments_per_packet_max: 64,
             acks_pending_per_socket_max: 1024,
             metrics_token: None,
+            partial_packet_timeout_ms: 10_000,
+            sessions_per_shard_max: 20_000,
+            handshakes_per_connection_per_s_max: 16,
+            heartbeats_per_session_per_s_max: 100,
+            partial_packets_bytes_per_shard_max: 128 * 1024 * 1024,
         }
     }
 }

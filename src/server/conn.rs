@@ -17,7 +17,7 @@ use glommio::net::TcpStream;
 
 use super::engine;
 use super::http::{self, HttpError, Parsed, Request, Response};
-use super::metrics::{ProtocolErrorKind, ShardMetrics};
+use super::metrics::{PanicSite, ProtocolErrorKind, Refusal, ShardMetrics};
 use super::shard::ShardCtx;
 
 /// A connection's stream, shared by its reader and writer.
@@ -91,8 +91,10 @@ pub fn spawn_connection(shard: &Rc<ShardCtx>, stream: TcpStream, buf: Vec<u8>) {
     use futures_lite::FutureExt;
     let id = shard.id();
     let fut = std::panic::AssertUnwindSafe(serve(shard.clone(), stream, buf)).catch_unwind();
+    let shard = shard.clone();
     glommio::spawn_local(async move {
         if fut.await.is_err() {
+            shard.metrics().panic_caught(PanicSite::Connection);
             tracing::error!(shard = id, "connection task panicked; connection dropped");
         }
     })
@@ -107,6 +109,10 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
     let stream: Stream = Rc::new(RefCell::new(stream));
     let cfg = shard.config().clone();
     let body_max = cfg.payload_bytes_max.max(cfg.http_body_bytes_max);
+    // Handshakes in the current one-second window of this connection, and when the window began.
+    let mut handshakes = 0usize;
+    let mut handshakes_since = std::time::Instant::now();
+    let mut budget = TurnBudget::default();
     loop {
         // Parse one request (check-then-parse: Partial means read more).
         let (req, used) = loop {
@@ -138,17 +144,64 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
             match read {
                 None => return,
                 Some(Ok(0)) | Some(Err(_)) => return,
-                Some(Ok(n)) => ShardMetrics::add(&shard.metrics().bytes_in, n as u64),
+                Some(Ok(n)) => {
+                    ShardMetrics::add(&shard.metrics().bytes_in, n as u64);
+                    budget.spend(n, 0).await;
+                }
             }
         };
         ShardMetrics::add(&shard.metrics().http_requests, 1);
+        // Pipelined requests are served without reading again: bound the work of one turn here too.
+        budget.spend(0, 1).await;
 
         // A request for a session owned by another shard: hand the whole connection to that shard.
         if let Some(owner) = engine::foreign_owner(&shard, &req) {
-            hand_over(&shard, stream, buf, owner);
+            let sid = req.query_param("sid").unwrap_or_default();
+            hand_over(&shard, stream, buf, owner, sid);
             return;
         }
         buf.drain(..used);
+        if engine::is_handshake(&cfg, &req) {
+            if handshakes_since.elapsed() >= std::time::Duration::from_secs(1) {
+                handshakes_since = std::time::Instant::now();
+                handshakes = 0;
+            }
+            handshakes += 1;
+            let refusal = if handshakes > cfg.handshakes_per_connection_per_s_max {
+                Some((
+                    Refusal::Handshakes,
+                    "too many handshakes per second on one connection",
+                ))
+            } else if shard.sessions.borrow().len() >= cfg.sessions_per_shard_max {
+                Some((Refusal::Sessions, "too many sessions, try again later"))
+            } else {
+                None
+            };
+            if let Some((why, message)) = refusal {
+                shard.metrics().refusal(why);
+                tracing::debug!(
+                    shard = shard.id(),
+                    handshakes,
+                    reason = message,
+                    "handshake refused"
+                );
+                let origin = req.header("origin").map(str::to_owned);
+                let mut out = Vec::new();
+                // Past the per-connection bound the client keeps trying: close. A full shard may have room soon.
+                let keep = why == Refusal::Sessions && req.keep_alive();
+                http::write_response(
+                    &mut out,
+                    &Response::error(503, message).with_header("Retry-After", "1"),
+                    keep,
+                    origin.as_deref(),
+                    &cfg,
+                );
+                if write_all(&stream, &out).await.is_err() || !keep {
+                    return;
+                }
+                continue;
+            }
+        }
         let keep_alive = req.keep_alive();
         let origin = req.header("origin").map(str::to_owned);
         let next = dispatch(&shard, &stream, &mut buf, req).await;
@@ -306,7 +359,64 @@ pub(crate) fn preflight(req: &Request) -> Response {
     r
 }
 
-fn hand_over(shard: &Rc<ShardCtx>, stream: Stream, buf: Vec<u8>, owner: usize) {
+/// A bound on the work one connection does before it lets the other tasks of its shard run: a connection that
+/// always has bytes to read (glommio reads ready sockets without waiting) would otherwise keep its shard busy.
+#[derive(Debug, Default)]
+pub(crate) struct TurnBudget {
+    bytes: usize,
+    frames: usize,
+}
+
+impl TurnBudget {
+    /// Bytes read per turn.
+    pub(crate) const BYTES_PER_TURN: usize = 64 * 1024;
+    /// Requests, websocket frames or packets handled per turn.
+    pub(crate) const FRAMES_PER_TURN: usize = 64;
+
+    /// The pause at the end of a turn: long enough that the task is not ready again before the executor has
+    /// been to its reactor. (A plain yield puts the task back in the run queue, and glommio polls the reactor only
+    /// when the queue is empty or its 100 ms time slice is over: the other sockets' readiness would wait that long.)
+    const PAUSE: std::time::Duration = std::time::Duration::from_micros(50);
+
+    /// Account for `bytes` read and `frames` handled; past either bound, let the shard's reactor and other tasks
+    /// run before going on.
+    pub(crate) async fn spend(&mut self, bytes: usize, frames: usize) {
+        self.bytes += bytes;
+        self.frames += frames;
+        if self.bytes >= Self::BYTES_PER_TURN || self.frames >= Self::FRAMES_PER_TURN {
+            self.bytes = 0;
+            self.frames = 0;
+            glommio::timer::sleep(Self::PAUSE).await;
+        }
+    }
+}
+
+async fn refuse_handed_over(
+    stream: TcpStream,
+    resp: Response,
+    cfg: Rc<super::config::ServerConfig>,
+) {
+    let stream: Stream = Rc::new(RefCell::new(stream));
+    let mut out = Vec::new();
+    http::write_response(&mut out, &resp, false, None, &cfg);
+    let _ = write_all(&stream, &out).await;
+}
+
+fn hand_over(shard: &Rc<ShardCtx>, stream: Stream, buf: Vec<u8>, owner: usize, sid: String) {
+    // Cheap early refusal: the owner's connection count is in the shared statistics.
+    let owner_full = shard.all_metrics().get(owner).is_some_and(|m| {
+        m.connections.load(std::sync::atomic::Ordering::Relaxed)
+            >= shard.config().connections_per_shard_max as i64
+    });
+    if owner_full {
+        shard.metrics().refusal(Refusal::HandOver);
+        tracing::debug!(
+            shard = shard.id(),
+            owner,
+            "hand-over refused: owner shard at connections_per_shard_max"
+        );
+        return;
+    }
     // Duplicate the descriptor so the owner gets its own, then drop ours (closing only our copy).
     let fd = {
         let s = stream.borrow();
@@ -324,6 +434,28 @@ fn hand_over(shard: &Rc<ShardCtx>, stream: Stream, buf: Vec<u8>, owner: usize) {
     let sent = shard.send_to(owner, move |ctx| {
         // SAFETY: the descriptor is a connected TCP socket owned by `fd`, whose ownership moves to the stream.
         let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        // The owner checks its own bound and that the session exists before it serves anything: a made-up sid
+        // with another shard's prefix must not move connections past that shard's limit.
+        if ctx.connections.get() >= ctx.config().connections_per_shard_max {
+            ctx.metrics().refusal(Refusal::HandOver);
+            tracing::debug!(
+                shard = ctx.id(),
+                "handed-over connection refused: connections_per_shard_max reached"
+            );
+            return;
+        }
+        if !ctx.sessions.borrow().contains_key(sid.as_str()) {
+            ctx.metrics().refusal(Refusal::HandOver);
+            ctx.metrics().protocol_error(ProtocolErrorKind::UnknownSid);
+            let cfg = Rc::new(ctx.config().clone());
+            glommio::spawn_local(refuse_handed_over(
+                stream,
+                engine::unknown_sid_response(),
+                cfg,
+            ))
+            .detach();
+            return;
+        }
         spawn_connection(ctx, stream, buf);
     });
     if let Err(e) = sent {

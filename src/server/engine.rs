@@ -22,6 +22,7 @@ use super::conn::{self, Next, Stream};
 use super::http::{Request, Response};
 use super::metrics::{ProtocolErrorKind, ShardMetrics};
 use super::shard::ShardCtx;
+use super::sid::Sid;
 use super::ws;
 
 /// Which application an Engine.IO path serves.
@@ -61,6 +62,21 @@ pub(crate) fn foreign_owner(shard: &ShardCtx, req: &Request) -> Option<usize> {
     let sid = req.query_param("sid")?;
     let owner = shard.owner_of_sid(&sid)?;
     (owner != shard.id()).then_some(owner)
+}
+
+/// Is `req` an Engine.IO handshake (a GET on an Engine.IO path without `sid`, polling or websocket)?
+pub(crate) fn is_handshake(cfg: &ServerConfig, req: &Request) -> bool {
+    req.method == "GET"
+        && endpoint_for(cfg, &req.path).is_some()
+        && req.query_param("sid").is_none()
+}
+
+/// The reference server's answer to an unknown sid.
+pub(crate) fn unknown_sid_response() -> Response {
+    Response::json(
+        400,
+        &serde_json::json!({ "code": 1, "message": "Session ID unknown" }),
+    )
 }
 
 /// One Engine.IO packet queued for a session, already encoded (shared by every recipient of a broadcast).
@@ -127,6 +143,9 @@ struct SessState {
     awaiting_pong: bool,
     heartbeat_gen: u64,
     last_heard: Instant,
+    /// Noops and pings received in the current one-second window, and when it began.
+    beats: u32,
+    beats_window: Instant,
 }
 
 /// The application side of a session (the Socket.IO layer or the echo).
@@ -145,7 +164,7 @@ pub(crate) trait EngineHandler {
 
 /// One Engine.IO session, owned by the shard that created it.
 pub struct Session {
-    pub(crate) sid: Rc<str>,
+    pub(crate) sid: Sid,
     pub(crate) version: EioVersion,
     pub(crate) shard: Rc<ShardCtx>,
     supports_binary: bool,
@@ -192,6 +211,8 @@ impl Session {
                 awaiting_pong: false,
                 heartbeat_gen: 0,
                 last_heard: Instant::now(),
+                beats: 0,
+                beats_window: Instant::now(),
             }),
             changed: Default::default(),
             closed_signal: Default::default(),
@@ -250,14 +271,22 @@ impl Session {
                 st.queued_bytes += item.len();
                 st.queue.push_back(item);
             }
-            over = st.queued_bytes > max;
+            over = st.queued_bytes + st.ws_raw.len() > max;
             if !over && was_empty && !st.queue.is_empty() {
                 drop(st);
                 self.changed.notify();
             }
         }
         if over {
-            let queued = self.st.borrow().queued_bytes;
+            let queued = {
+                let mut st = self.st.borrow_mut();
+                let queued = st.queued_bytes + st.ws_raw.len();
+                // Nothing more will be written: give the memory back now, not when the last reference goes.
+                st.ws_raw = Vec::new();
+                st.queue = VecDeque::new();
+                st.queued_bytes = 0;
+                queued
+            };
             ShardMetrics::add(&self.shard.metrics().slow_reader_disconnects, 1);
             self.close(
                 format!("slow reader: {queued} bytes queued, socket_queued_bytes_max is {max}")
@@ -274,8 +303,36 @@ impl Session {
         self.send_items([OutItem::Text(Arc::from(packet_text))])
     }
 
-    fn push_ws_raw(&self, bytes: &[u8]) {
-        self.st.borrow_mut().ws_raw.extend_from_slice(bytes);
+    /// Queue websocket control bytes (pongs, probe answers, close frames). They count toward the same
+    /// `socket_queued_bytes_max` as queued packets: a client that sends pings and never reads is a slow reader.
+    fn push_ws_raw(self: &Rc<Self>, bytes: &[u8]) {
+        let max = self.shard.config().socket_queued_bytes_max;
+        let queued = {
+            let mut st = self.st.borrow_mut();
+            if st.abort {
+                return;
+            }
+            st.ws_raw.extend_from_slice(bytes);
+            st.queued_bytes + st.ws_raw.len()
+        };
+        if queued > max {
+            ShardMetrics::add(&self.shard.metrics().slow_reader_disconnects, 1);
+            {
+                let mut st = self.st.borrow_mut();
+                st.abort = true;
+                st.ws_raw = Vec::new();
+                st.queue = VecDeque::new();
+                st.queued_bytes = 0;
+            }
+            self.close(
+                format!(
+                    "slow reader: {queued} bytes queued (control frames included), socket_queued_bytes_max is {max}"
+                )
+                .into(),
+                CloseHow::Abort,
+            );
+            return;
+        }
         self.changed.notify();
     }
 
@@ -409,6 +466,29 @@ impl Session {
 
     // ---- incoming ----
 
+    /// Count one noop or ping (Engine.IO or websocket) from the client: more than `heartbeats_per_session_per_s_max`
+    /// in one second is a flood (they cost the shard work and the client nothing), and closes the session.
+    pub(crate) fn count_heartbeat(&self) -> Result<(), String> {
+        let max = self.shard.config().heartbeats_per_session_per_s_max;
+        let mut st = self.st.borrow_mut();
+        let now = Instant::now();
+        if now.duration_since(st.beats_window) >= Duration::from_secs(1) {
+            st.beats_window = now;
+            st.beats = 0;
+        }
+        st.beats += 1;
+        if st.beats > max {
+            drop(st);
+            self.shard
+                .metrics()
+                .refusal(super::metrics::Refusal::HeartbeatFlood);
+            return Err(format!(
+                "heartbeat flood: more than heartbeats_per_session_per_s_max ({max}) noops or pings in one second"
+            ));
+        }
+        Ok(())
+    }
+
     /// Handle one received Engine.IO packet. `Err` is the reason to close the session.
     fn on_packet(self: &Rc<Self>, packet: Packet<'_>) -> Result<(), String> {
         ShardMetrics::add(&self.shard.metrics().packets_in, 1);
@@ -424,6 +504,7 @@ impl Session {
                 if self.version == EioVersion::V4 {
                     return Err("invalid heartbeat direction (ping from a v4 client)".into());
                 }
+                self.count_heartbeat()?;
                 let mut text = String::with_capacity(1 + data.len());
                 Packet::Pong(data).write_text(&mut text);
                 self.send_text_packet(text);
@@ -455,7 +536,7 @@ impl Session {
                 Some(h) => h.on_binary(self, &data),
                 None => Ok(()),
             },
-            Packet::Noop => Ok(()),
+            Packet::Noop => self.count_heartbeat(),
             Packet::Open(_) | Packet::Upgrade => Err("unexpected packet type".into()),
         }
     }
@@ -808,6 +889,7 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
     // Bytes received since the last complete message: non-zero at the end of the stream means it ended inside a
     // frame. (Exact when no partial frame follows a complete one in the same read.)
     let mut since_message = leftover.len();
+    let mut budget = conn::TurnBudget::default();
     'conn: loop {
         // Everything buffered first (several frames may be in one read).
         loop {
@@ -909,7 +991,8 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                     );
                     Ok(())
                 }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+                Message::Ping(_) => s.count_heartbeat(),
+                Message::Pong(_) | Message::Frame(_) => Ok(()),
             };
             if !reader.io.output.is_empty() {
                 let out = std::mem::take(&mut reader.io.output);
@@ -922,6 +1005,9 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                 s.close(reason.into(), CloseHow::SendClose);
                 break 'conn;
             }
+            // Bound the frames one turn handles (a 64 KiB read holds thousands of small frames); the loop's top
+            // checks again whether the session ended meanwhile.
+            budget.spend(0, 1).await;
         }
         if !reader.io.output.is_empty() {
             let out = std::mem::take(&mut reader.io.output);
@@ -963,6 +1049,7 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                 since_message += n;
                 reader.io.feed(&rbuf);
                 rbuf = Vec::new();
+                budget.spend(n, 0).await;
             }
         }
     }

@@ -184,14 +184,22 @@ pub fn write_head(
     for (k, v) in &resp.headers {
         let _ = write!(out, "{k}: {v}\r\n");
     }
-    if let Some(origin) = origin.filter(|o| origin_allowed(cfg, o)) {
-        let _ = write!(
-            out,
-            "Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"
-        );
-        if cfg.cors_credentials {
-            out.extend_from_slice(b"Access-Control-Allow-Credentials: true\r\n");
+    match origin.map(|o| (o, cors_match(cfg, o))) {
+        Some((origin, CorsMatch::Listed)) => {
+            let _ = write!(
+                out,
+                "Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"
+            );
+            if cfg.cors_credentials {
+                out.extend_from_slice(b"Access-Control-Allow-Credentials: true\r\n");
+            }
         }
+        // Any origin may read the answer, but never with the user's cookies: a wildcard (reflected) origin never
+        // gets `Allow-Credentials`, or every site on the web could make credentialed requests as the user.
+        Some((_, CorsMatch::Wildcard)) => {
+            out.extend_from_slice(b"Access-Control-Allow-Origin: *\r\n");
+        }
+        Some((_, CorsMatch::No)) | None => {}
     }
     let _ = write!(out, "Content-Length: {}\r\n", resp.body.len());
     out.extend_from_slice(if keep_alive {
@@ -201,11 +209,31 @@ pub fn write_head(
     });
 }
 
+/// How an `Origin` matches the CORS configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CorsMatch {
+    /// Listed by name in `cors_allowed_origins`: may get `Access-Control-Allow-Credentials`.
+    Listed,
+    /// Allowed only through `*`: never with credentials.
+    Wildcard,
+    /// Not allowed.
+    No,
+}
+
+/// How `origin` matches the CORS configuration.
+pub fn cors_match(cfg: &ServerConfig, origin: &str) -> CorsMatch {
+    if cfg.cors_allowed_origins.iter().any(|o| o == origin) {
+        CorsMatch::Listed
+    } else if cfg.cors_allowed_origins.iter().any(|o| o == "*") {
+        CorsMatch::Wildcard
+    } else {
+        CorsMatch::No
+    }
+}
+
 /// Is `origin` allowed by the CORS configuration?
 pub fn origin_allowed(cfg: &ServerConfig, origin: &str) -> bool {
-    cfg.cors_allowed_origins
-        .iter()
-        .any(|o| o == "*" || o == origin)
+    cors_match(cfg, origin) != CorsMatch::No
 }
 
 /// Why a request could not be parsed; each maps to one status code.
@@ -273,21 +301,29 @@ pub fn parse_request(buf: &[u8], cfg: &ServerConfig, body_max: usize) -> Result<
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut hdrs = Vec::with_capacity(req.headers.len());
-    let mut content_length = 0usize;
+    let mut content_length: Option<usize> = None;
     for h in req.headers.iter() {
         let name = h.name.to_ascii_lowercase();
         let value = String::from_utf8_lossy(h.value).into_owned();
         if name == "content-length" {
-            content_length = value
-                .trim()
-                .parse()
-                .map_err(|_| HttpError::Malformed("invalid Content-Length".into()))?;
+            // Exactly one Content-Length of digits only: a second one, a sign or a list is how requests are
+            // smuggled past a proxy that reads the framing differently.
+            if content_length.is_some() {
+                return Err(HttpError::Malformed("duplicate Content-Length".into()));
+            }
+            let digits = value.trim_matches([' ', '\t']);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HttpError::Malformed("invalid Content-Length".into()));
+            }
+            // Too many digits to be a size: over any bound anyway.
+            content_length = Some(digits.parse().unwrap_or(usize::MAX));
         }
         if name == "transfer-encoding" && !value.eq_ignore_ascii_case("identity") {
             return Err(HttpError::ChunkedUnsupported);
         }
         hdrs.push((name, value));
     }
+    let content_length = content_length.unwrap_or(0);
     if content_length > body_max {
         return Err(HttpError::BodyTooLarge);
     }
@@ -354,5 +390,70 @@ mod tests {
         assert_eq!(e.status(), 413);
         let e = parse_request(b"\x00\x01garbage\r\n\r\n", &cfg, 10).unwrap_err();
         assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn content_length_must_be_one_number_of_digits() {
+        let cfg = ServerConfig::default();
+        for bad in [
+            "Content-Length: 3\r\nContent-Length: 3\r\n",
+            "Content-Length: 3\r\nContent-Length: 30\r\n",
+            "Content-Length: +3\r\n",
+            "Content-Length: -3\r\n",
+            "Content-Length: 3,3\r\n",
+            "Content-Length: 0x3\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 3 3\r\n",
+        ] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: h\r\n{bad}\r\nabc");
+            let e = parse_request(raw.as_bytes(), &cfg, 100).unwrap_err();
+            assert_eq!(e.status(), 400, "{bad:?}");
+        }
+        let raw = b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n";
+        assert_eq!(parse_request(raw, &cfg, 100).unwrap_err().status(), 413);
+        let raw = b"POST / HTTP/1.1\r\nContent-Length:  3 \r\n\r\nabc";
+        assert!(matches!(
+            parse_request(raw, &cfg, 100).unwrap(),
+            Parsed::Complete(r, _) if r.body == b"abc"
+        ));
+    }
+
+    fn cors_headers(cfg: &ServerConfig, origin: &str) -> String {
+        let mut out = Vec::new();
+        write_response(&mut out, &Response::text(200, "x"), true, Some(origin), cfg);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn credentials_only_for_listed_origins() {
+        let wildcard = ServerConfig::default();
+        assert!(wildcard.cors_credentials);
+        let h = cors_headers(&wildcard, "https://evil.example");
+        assert!(h.contains("Access-Control-Allow-Origin: *\r\n"), "{h}");
+        assert!(!h.contains("Credentials"), "{h}");
+        assert!(!h.contains("evil"), "origin not reflected: {h}");
+
+        let listed = ServerConfig {
+            cors_allowed_origins: vec!["https://app.example".into(), "*".into()],
+            ..ServerConfig::default()
+        };
+        let h = cors_headers(&listed, "https://app.example");
+        assert!(
+            h.contains("Access-Control-Allow-Origin: https://app.example\r\n"),
+            "{h}"
+        );
+        assert!(
+            h.contains("Access-Control-Allow-Credentials: true\r\n"),
+            "{h}"
+        );
+        let h = cors_headers(&listed, "https://evil.example");
+        assert!(!h.contains("Credentials") && !h.contains("evil"), "{h}");
+
+        let only = ServerConfig {
+            cors_allowed_origins: vec!["https://app.example".into()],
+            ..ServerConfig::default()
+        };
+        let h = cors_headers(&only, "https://evil.example");
+        assert!(!h.contains("Access-Control"), "{h}");
     }
 }

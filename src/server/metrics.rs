@@ -59,7 +59,53 @@ pub struct ShardMetrics {
     /// Cross-shard messages that could not be queued (queue full).
     pub mesh_full: AtomicU64,
     protocol_errors: [AtomicU64; 5],
+    refusals: [AtomicU64; 5],
+    panics: [AtomicU64; 4],
 }
+
+/// Why a connection, handshake or session was refused (`shardcast_refusals_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A handshake while the shard holds `sessions_per_shard_max` sessions (503).
+    Sessions,
+    /// More handshakes in one second on one TCP connection than `handshakes_per_connection_per_s_max` (503, connection closed).
+    Handshakes,
+    /// A connection accepted while the shard holds `connections_per_shard_max` (closed at once).
+    Connections,
+    /// A connection for another shard's session refused there: shard full or no such session.
+    HandOver,
+    /// A session closed for sending noops or pings faster than `heartbeats_per_session_per_s_max`.
+    HeartbeatFlood,
+}
+
+const REFUSALS: [(Refusal, &str); 5] = [
+    (Refusal::Sessions, "sessions"),
+    (Refusal::Handshakes, "handshakes"),
+    (Refusal::Connections, "connections"),
+    (Refusal::HandOver, "hand_over"),
+    (Refusal::HeartbeatFlood, "heartbeat_flood"),
+];
+
+/// Where a panic was caught (`shardcast_panics_total{where}`): it ended one connection, socket or callback, never
+/// the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicSite {
+    /// A connection task.
+    Connection,
+    /// A timer callback.
+    Timer,
+    /// A cross-shard message.
+    Mesh,
+    /// An application handler (event handler, connect handler, its task).
+    Handler,
+}
+
+const PANIC_SITES: [(PanicSite, &str); 4] = [
+    (PanicSite::Connection, "connection"),
+    (PanicSite::Timer, "timer"),
+    (PanicSite::Mesh, "mesh"),
+    (PanicSite::Handler, "handler"),
+];
 
 impl ShardMetrics {
     /// Count one protocol error.
@@ -69,6 +115,24 @@ impl ShardMetrics {
             .position(|(k, _)| *k == kind)
             .unwrap_or(0);
         self.protocol_errors[i].fetch_add(1, Relaxed);
+    }
+    /// Count one refusal.
+    pub fn refusal(&self, why: Refusal) {
+        let i = REFUSALS.iter().position(|(k, _)| *k == why).unwrap_or(0);
+        self.refusals[i].fetch_add(1, Relaxed);
+    }
+    /// Refusals counted so far for `why`.
+    pub fn refusals(&self, why: Refusal) -> u64 {
+        let i = REFUSALS.iter().position(|(k, _)| *k == why).unwrap_or(0);
+        self.refusals[i].load(Relaxed)
+    }
+    /// Count one caught panic.
+    pub fn panic_caught(&self, site: PanicSite) {
+        let i = PANIC_SITES
+            .iter()
+            .position(|(k, _)| *k == site)
+            .unwrap_or(0);
+        self.panics[i].fetch_add(1, Relaxed);
     }
     /// Add to a counter (helper that keeps call sites short).
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -178,6 +242,32 @@ pub fn render(shards: &[ShardMetrics]) -> String {
                 out,
                 "shardcast_protocol_errors_total{{shard=\"{i}\",kind=\"{label}\"}} {}",
                 m.protocol_errors[k].load(Relaxed)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_refusals_total Connections, handshakes and sessions refused by a bound, by reason.\n# TYPE shardcast_refusals_total counter"
+    );
+    for (i, m) in shards.iter().enumerate() {
+        for (k, (_, label)) in REFUSALS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardcast_refusals_total{{shard=\"{i}\",reason=\"{label}\"}} {}",
+                m.refusals[k].load(Relaxed)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shardcast_panics_total Panics caught (each ended one connection, socket or callback), by site.\n# TYPE shardcast_panics_total counter"
+    );
+    for (i, m) in shards.iter().enumerate() {
+        for (k, (_, label)) in PANIC_SITES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "shardcast_panics_total{{shard=\"{i}\",site=\"{label}\"}} {}",
+                m.panics[k].load(Relaxed)
             );
         }
     }

@@ -26,6 +26,7 @@ pub mod http;
 pub mod memory;
 pub mod metrics;
 pub mod shard;
+pub mod sid;
 mod signal;
 pub mod socketio;
 pub mod timer;
@@ -36,6 +37,7 @@ pub use engine::{OutItem, Session};
 pub use http::{Request, Response, ResponseFuture, Router};
 pub use memory::{InMemoryConnection, InMemoryError};
 pub use shard::{AppFactory, MeshError, ServerHandle, ShardApp, ShardCtx, ShardMessage, start};
+pub use sid::Sid;
 pub use socketio::{
     AckError, AckFuture, AckReply, AckSender, ConnectFuture, ConnectRefusal, Event, Namespace,
     RoomRegistry, Socket, SocketIo,

@@ -20,7 +20,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 use super::config::ServerConfig;
 use super::engine::Session;
 use super::http::Router;
-use super::metrics::ShardMetrics;
+use super::metrics::{PanicSite, Refusal, ShardMetrics};
+use super::sid::Sid;
 use super::signal::Signal;
 use super::socketio::{RoomRegistry, SocketIo};
 use super::timer::{TimerHandle, TimerWheel};
@@ -79,7 +80,7 @@ pub struct ShardCtx {
     timers: TimerWheel,
     all_metrics: Arc<[ShardMetrics]>,
     mesh: RefCell<Option<Senders<ShardMessage>>>,
-    pub(crate) sessions: RefCell<HashMap<Rc<str>, Rc<Session>>>,
+    pub(crate) sessions: RefCell<HashMap<Sid, Rc<Session>>>,
     pub(crate) rooms: RoomRegistry,
     state: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
     pub(crate) app: RefCell<Rc<ShardApp>>,
@@ -87,8 +88,6 @@ pub struct ShardCtx {
     shutting_down: Cell<bool>,
     pub(crate) shutdown_signal: Signal,
     pub(crate) connections: Cell<usize>,
-    sid_counter: Cell<u64>,
-    sid_salt: u64,
 }
 
 impl std::fmt::Debug for ShardCtx {
@@ -128,6 +127,11 @@ impl ShardCtx {
     pub(crate) fn all_metrics(&self) -> &[ShardMetrics] {
         &self.all_metrics
     }
+    /// Tasks registered to wake on shutdown (idle keep-alive connections, the acceptor): only live waiters, never
+    /// one per connection served.
+    pub fn shutdown_waiters(&self) -> usize {
+        self.shutdown_signal.waiters()
+    }
     /// True once graceful shutdown began.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.get()
@@ -162,7 +166,13 @@ impl ShardCtx {
         }
         if shard == self.id {
             let me = self.clone();
-            glommio::spawn_local(async move { f(&me) }).detach();
+            glommio::spawn_local(async move {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&me))).is_err() {
+                    me.metrics().panic_caught(PanicSite::Mesh);
+                    tracing::error!(shard = me.id, "shard message panicked; dropped");
+                }
+            })
+            .detach();
             return Ok(());
         }
         let mesh = self.mesh.borrow();
@@ -178,37 +188,15 @@ impl ShardCtx {
         }
     }
 
-    /// A new Engine.IO session id that encodes this shard: two hex digits of shard index then 18 random-looking
-    /// characters.
-    pub(crate) fn new_sid(&self) -> Rc<str> {
-        let n = self.sid_counter.get().wrapping_add(1);
-        self.sid_counter.set(n);
-        let mut x = n ^ self.sid_salt;
-        // splitmix64 scrambling so ids are not guessable sequences
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut s = format!("{:02x}", self.id);
-        let mut v = z;
-        for i in 0..18 {
-            if i == 10 {
-                v = z.rotate_left(17) ^ n;
-            }
-            s.push(ALPHABET[(v & 63) as usize] as char);
-            v >>= 6;
-        }
-        Rc::from(s)
+    /// A new Engine.IO session id (or socket id) owned by this shard: its index, then 128 bits from a CSPRNG
+    /// (see [`Sid`]).
+    pub(crate) fn new_sid(&self) -> Sid {
+        Sid::random(self.id)
     }
 
-    /// The shard that owns a session id (see [`ShardCtx::new_sid`]); `None` if it is not one of ours.
+    /// The shard that owns a session id (see [`Sid`]); `None` if it does not have the shape of one of ours.
     pub fn owner_of_sid(&self, sid: &str) -> Option<usize> {
-        let hex = sid.get(..2)?;
-        let shard = usize::from_str_radix(hex, 16).ok()?;
-        (shard < self.nr_shards && sid.len() == 20).then_some(shard)
+        Sid::owner_of(sid).filter(|&shard| shard < self.nr_shards)
     }
 
     fn begin_shutdown(self: &Rc<Self>) {
@@ -267,10 +255,6 @@ pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> 
     let mut config = config;
     let mut joins = Vec::with_capacity(nr);
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<SocketAddr>>();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let salt = now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(32);
     for id in 0..nr {
         let placement = if config.pin_shards {
             Placement::Fixed(id % cpus)
@@ -288,7 +272,7 @@ pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> 
             .io_memory(256 << 10)
             .ring_depth(RING_DEPTH)
             .spawn(move || async move {
-                shard_main(id, nr, cfg_send, app, metrics, mesh, shutdown, ready, salt).await;
+                shard_main(id, nr, cfg_send, app, metrics, mesh, shutdown, ready).await;
             })
             .map_err(|e| io::Error::other(e.to_string()))?;
         joins.push(join);
@@ -317,7 +301,6 @@ async fn shard_main(
     mesh: FullMesh<ShardMessage>,
     shutdown: Arc<AtomicBool>,
     ready: mpsc::Sender<io::Result<SocketAddr>>,
-    salt: u64,
 ) {
     let listener = match bind_listener(config.listen) {
         Ok(l) => l,
@@ -345,8 +328,6 @@ async fn shard_main(
         shutting_down: Cell::new(false),
         shutdown_signal: Signal::default(),
         connections: Cell::new(0),
-        sid_counter: Cell::new(0),
-        sid_salt: salt.rotate_left(id as u32 * 7),
     });
     let built = app(&ctx);
     *ctx.app.borrow_mut() = Rc::new(built);
@@ -367,7 +348,12 @@ async fn shard_main(
             let ctx = ctx.clone();
             glommio::spawn_local(async move {
                 while let Some(msg) = rx.recv().await {
-                    msg(&ctx);
+                    // A panicking message (a bug) is dropped, logged and counted; the shard goes on.
+                    let run = std::panic::AssertUnwindSafe(|| msg(&ctx));
+                    if std::panic::catch_unwind(run).is_err() {
+                        ctx.metrics().panic_caught(PanicSite::Mesh);
+                        tracing::error!(shard = ctx.id, "cross-shard message panicked; dropped");
+                    }
                 }
             })
             .detach();
@@ -395,11 +381,18 @@ async fn shard_main(
                 None => break,
                 Some(Ok(stream)) => {
                     if ctx.connections.get() >= ctx.config.connections_per_shard_max {
-                        tracing::warn!(
-                            shard = ctx.id,
-                            limit = ctx.config.connections_per_shard_max,
-                            "connection refused: connections_per_shard_max reached"
-                        );
+                        ctx.metrics().refusal(Refusal::Connections);
+                        // Logged at the 1st, 2nd, 4th, 8th... refusal: a connection flood must not become a
+                        // log flood (every refusal is counted in shardcast_refusals_total).
+                        let refused = ctx.metrics().refusals(Refusal::Connections);
+                        if refused.is_power_of_two() {
+                            tracing::warn!(
+                                shard = ctx.id,
+                                limit = ctx.config.connections_per_shard_max,
+                                refused,
+                                "connection refused: connections_per_shard_max reached"
+                            );
+                        }
                         drop(stream);
                         continue;
                     }
@@ -430,7 +423,9 @@ async fn shard_main(
             rearmed,
         )
         .await;
-        ctx.timers.advance();
+        for _ in 0..ctx.timers.advance() {
+            ctx.metrics().panic_caught(PanicSite::Timer);
+        }
         if ctx.shutdown_flag.load(Ordering::Acquire) && !ctx.is_shutting_down() {
             ctx.begin_shutdown();
             deadline = Some(Instant::now() + Duration::from_millis(ctx.config.shutdown_grace_ms));

@@ -597,6 +597,15 @@ pub(crate) struct SioConn {
     connecting: RefCell<Vec<String>>,
     seen_connect: Cell<bool>,
     connect_timer: RefCell<Option<TimerHandle>>,
+    /// Fires `partial_packet_timeout_ms` after a binary packet's text if its attachments are not all in by then.
+    partial_timer: RefCell<Option<TimerHandle>>,
+    /// Attachment bytes this session's partial packet holds (counted in [`PARTIAL_BYTES`] too).
+    partial_bytes: Cell<usize>,
+}
+
+thread_local! {
+    /// Attachment bytes held by every partial binary packet of this shard (one executor per thread).
+    static PARTIAL_BYTES: Cell<usize> = const { Cell::new(0) };
 }
 
 thread_local! {
@@ -651,7 +660,7 @@ impl SioConn {
             return;
         }
         let socket = Socket(Rc::new(SocketInner {
-            id: session.shard.new_sid(),
+            id: session.shard.new_sid().into(),
             nsp: ns.clone(),
             session: session.clone(),
             connected: Cell::new(false),
@@ -667,10 +676,27 @@ impl SioConn {
             return;
         };
         self.connecting.borrow_mut().push(nsp_name.to_owned());
-        let fut = handler(socket.clone(), auth);
         let session = session.clone();
+        let fut = {
+            let socket = socket.clone();
+            // The handler call and its future run under catch_unwind: a panic refuses this one socket.
+            async move {
+                use futures_lite::FutureExt;
+                let call = std::panic::AssertUnwindSafe(|| handler(socket, auth));
+                match std::panic::catch_unwind(call) {
+                    Ok(fut) => std::panic::AssertUnwindSafe(fut).catch_unwind().await,
+                    Err(p) => Err(p),
+                }
+            }
+        };
         glommio::spawn_local(async move {
-            let decision = fut.await;
+            let decision = match fut.await {
+                Ok(d) => d,
+                Err(_) => {
+                    handler_panicked(&session, "connect handler");
+                    Err(ConnectRefusal::new("Internal server error"))
+                }
+            };
             if let Some(conn) = sio_conn(&session) {
                 conn.connecting
                     .borrow_mut()
@@ -782,15 +808,18 @@ impl SioConn {
                         socket: s.clone(),
                         id,
                     });
-                    h(
-                        &s,
-                        Event {
-                            name,
-                            args,
-                            attachments,
-                            ack,
-                        },
-                    );
+                    let event = Event {
+                        name,
+                        args,
+                        attachments,
+                        ack,
+                    };
+                    // A panicking handler (a bug) ends this socket only.
+                    let call = std::panic::AssertUnwindSafe(|| h(&s, event));
+                    if std::panic::catch_unwind(call).is_err() {
+                        handler_panicked(session, "event handler");
+                        s.disconnect();
+                    }
                 }
                 Ok(())
             }
@@ -832,6 +861,52 @@ impl SioConn {
     }
 }
 
+impl SioConn {
+    /// This session's partial packet is complete, dropped or gone: its bytes leave the shard's count.
+    fn release_partial_bytes(&self) {
+        let mine = self.partial_bytes.replace(0);
+        if mine > 0 {
+            PARTIAL_BYTES.with(|b| b.set(b.get().saturating_sub(mine)));
+        }
+    }
+
+    /// A binary packet's text arrived: its attachments (bounded in bytes by `payload_bytes_max`, counted as they
+    /// arrive) must all be in within `partial_packet_timeout_ms`, or the session is closed and what was held freed.
+    fn arm_partial_timer(&self, session: &Rc<Session>) {
+        let timeout_ms = session.shard.config().partial_packet_timeout_ms;
+        let weak = Rc::downgrade(session);
+        let t = session
+            .shard
+            .schedule(Duration::from_millis(timeout_ms), move || {
+                let Some(s) = weak.upgrade() else { return };
+                let waiting = s
+                    .sio_handler()
+                    .is_some_and(|c| c.decoder.borrow().is_waiting_for_attachments());
+                if waiting {
+                    s.shard.metrics().protocol_error(ProtocolErrorKind::SocketIo);
+                    s.close(
+                        format!(
+                            "partial binary packet: attachments not all received within partial_packet_timeout_ms ({timeout_ms} ms)"
+                        )
+                        .into(),
+                        CloseHow::SendClose,
+                    );
+                }
+            });
+        if let Some(old) = self.partial_timer.borrow_mut().replace(t) {
+            old.cancel();
+        }
+    }
+}
+
+fn handler_panicked(session: &Rc<Session>, what: &str) {
+    session
+        .shard
+        .metrics()
+        .panic_caught(super::metrics::PanicSite::Handler);
+    tracing::error!(shard = session.shard.id(), sid = %session.sid(), "{what} panicked; its socket is disconnected");
+}
+
 fn sio_conn(session: &Rc<Session>) -> Option<Rc<SioHandler>> {
     session.sio_handler()
 }
@@ -857,6 +932,8 @@ pub(crate) fn session_handler(shard: &Rc<ShardCtx>, version: EioVersion) -> Rc<S
         connecting: RefCell::new(Vec::new()),
         seen_connect: Cell::new(false),
         connect_timer: RefCell::new(None),
+        partial_timer: RefCell::new(None),
+        partial_bytes: Cell::new(0),
     }))
 }
 
@@ -884,11 +961,37 @@ impl EngineHandler for SioHandler {
 
     fn on_text(&self, session: &Rc<Session>, text: &str) -> Result<(), String> {
         let decoded = self.decoder.borrow_mut().decode_text(text);
+        if matches!(decoded, Ok(Decoded::Partial)) {
+            self.arm_partial_timer(session);
+        }
         self.handle(session, decoded)
     }
 
     fn on_binary(&self, session: &Rc<Session>, data: &[u8]) -> Result<(), String> {
         let decoded = self.decoder.borrow_mut().decode_binary(data);
+        if self.decoder.borrow().is_waiting_for_attachments() {
+            self.partial_bytes
+                .set(self.partial_bytes.get() + data.len());
+            let held = PARTIAL_BYTES.with(|b| {
+                b.set(b.get() + data.len());
+                b.get()
+            });
+            let max = session.shard.config().partial_packets_bytes_per_shard_max;
+            if held > max {
+                session
+                    .shard
+                    .metrics()
+                    .protocol_error(ProtocolErrorKind::SocketIo);
+                return Err(format!(
+                    "partial binary packets of this shard hold {held} bytes, partial_packets_bytes_per_shard_max is {max}"
+                ));
+            }
+        } else {
+            self.release_partial_bytes();
+            if let Some(t) = self.partial_timer.borrow_mut().take() {
+                t.cancel();
+            }
+        }
         self.handle(session, decoded)
     }
 
@@ -896,6 +999,10 @@ impl EngineHandler for SioHandler {
         if let Some(t) = self.connect_timer.borrow_mut().take() {
             t.cancel();
         }
+        if let Some(t) = self.partial_timer.borrow_mut().take() {
+            t.cancel();
+        }
+        self.release_partial_bytes();
         let sockets: Vec<Socket> = self.sockets.borrow_mut().drain().map(|(_, s)| s).collect();
         let reason = if reason.starts_with("client close") {
             "client namespace disconnect"

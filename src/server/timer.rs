@@ -180,8 +180,9 @@ impl TimerWheel {
         }
     }
 
-    /// Fire everything due up to now. Called by the shard's driving task.
-    pub fn advance(&self) {
+    /// Fire everything due up to now. Called by the shard's driving task. A callback that panics is logged and
+    /// skipped (the others still run, the shard goes on); returns how many panicked.
+    pub fn advance(&self) -> usize {
         let now = self.now_tick();
         let mut due = Vec::new();
         while self.current_tick.get() < now {
@@ -202,11 +203,16 @@ impl TimerWheel {
                 }
             }
         }
+        let mut panicked = 0;
         for entry in due {
-            if entry.live.replace(false) {
-                (entry.callback)();
+            if entry.live.replace(false)
+                && std::panic::catch_unwind(std::panic::AssertUnwindSafe(entry.callback)).is_err()
+            {
+                panicked += 1;
+                tracing::error!("timer callback panicked; skipped");
             }
         }
+        panicked
     }
 }
 
@@ -231,6 +237,25 @@ impl Future for Rearmed<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panicking_callback_is_isolated() {
+        let wheel = TimerWheel::new(Duration::from_millis(1));
+        let fired = Rc::new(Cell::new(0));
+        let f = fired.clone();
+        wheel.schedule(Duration::from_millis(1), || {
+            panic!("boom (expected by the test)")
+        });
+        wheel.schedule(Duration::from_millis(1), move || f.set(f.get() + 1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(wheel.advance(), 1);
+        assert_eq!(fired.get(), 1, "the other callback still ran");
+        let f = fired.clone();
+        wheel.schedule(Duration::from_millis(1), move || f.set(f.get() + 1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(wheel.advance(), 0);
+        assert_eq!(fired.get(), 2, "the wheel keeps working");
+    }
 
     #[test]
     fn fires_in_order_and_respects_cancel() {
