@@ -247,8 +247,19 @@ fn polling_heartbeat_ping_pong() {
 fn polling_ping_timeout_closes_session() {
     let srv = Server::conformance(1);
     let sid = polling_handshake(srv.addr, P);
-    sleep(PING_INTERVAL + PING_TIMEOUT + Duration::from_millis(100));
+    // Closed by pingInterval + pingTimeout after the handshake (not later: heartbeat coalescing rounds down).
+    sleep(PING_INTERVAL + PING_TIMEOUT);
     assert_eq!(poll(srv.addr, &sid).status, 400);
+}
+
+#[test]
+fn polling_ping_timeout_closes_session_by_the_spec_deadline_for_posts_too() {
+    let srv = Server::conformance(1);
+    for _ in 0..5 {
+        let sid = polling_handshake(srv.addr, P);
+        sleep(PING_INTERVAL + PING_TIMEOUT);
+        assert_eq!(post(srv.addr, &sid, b"4late").status, 400);
+    }
 }
 
 #[test]
@@ -352,11 +363,31 @@ fn upgraded_sid_ignores_second_websocket() {
     ws.send_text("5");
     ws.send_text("4sync");
     assert_eq!(ws.recv_text_skip_ping(), "4sync");
-    let (_s, head, _) = ws_upgrade_raw(
+    // Accepted at the HTTP level (as the official suite expects), then closed at once: it gets no packet, and
+    // neither takes the session over nor closes it.
+    let mut second = Ws::connect(
         srv.addr,
         &format!("{P}?EIO=4&transport=websocket&sid={sid}"),
     );
-    assert_eq!(head.status, 400);
+    assert_eq!(second.until_closed(), Vec::<String>::new());
+    ws.send_text("4hello");
+    assert_eq!(ws.recv_text_skip_ping(), "4hello");
+    assert_eq!(poll(srv.addr, &sid).status, 400, "still upgraded");
+}
+
+#[test]
+fn second_websocket_during_the_upgrade_is_closed_and_the_upgrade_completes() {
+    let srv = Server::conformance_relaxed(1);
+    let (sid, mut ws) = upgrade(&srv);
+    // After the probe, before "5": the session is upgrading on the first websocket.
+    let mut second = Ws::connect(
+        srv.addr,
+        &format!("{P}?EIO=4&transport=websocket&sid={sid}"),
+    );
+    assert_eq!(second.until_closed(), Vec::<String>::new());
+    ws.send_text("5");
+    ws.send_text("4hello");
+    assert_eq!(ws.recv_text_skip_ping(), "4hello");
 }
 
 #[test]

@@ -349,8 +349,10 @@ impl Session {
         }
     }
 
-    /// Heartbeat timers may fire this late, so that the heartbeats of many sessions share one wake-up of the shard:
-    /// an eighth of the interval, at most 100 ms (clients allow pingInterval + pingTimeout).
+    /// Pings (and v3 liveness checks) may fire this early, never late, so that the heartbeats of many sessions share
+    /// one wake-up of the shard: an eighth of the interval, at most 100 ms. A ping thus never comes later than
+    /// pingInterval, the client then has the whole pingTimeout to answer, and a silent session is closed by
+    /// pingInterval + pingTimeout after its handshake or last pong, as the protocol says.
     fn heartbeat_slack(d: Duration) -> Duration {
         (d / 8).min(Duration::from_millis(100))
     }
@@ -369,10 +371,12 @@ impl Session {
                 st.awaiting_pong = true;
             }
             s.send_items([OutItem::text("2")]);
+            // The pong may take the whole pingTimeout from now, the ping's actual send (never later than due):
+            // whole ticks, not rounded further. Pings sent in one pass still share this deadline.
             let timeout = Duration::from_millis(s.shard.config().ping_timeout_ms);
             let weak = Rc::downgrade(&s);
             let timers = s.shard.timers();
-            timers.schedule_coalesced(timeout, Self::heartbeat_slack(timeout), move || {
+            timers.schedule_coalesced(timeout, Duration::ZERO, move || {
                 let Some(s) = weak.upgrade() else { return };
                 let expired = {
                     let st = s.st.borrow();
@@ -399,7 +403,8 @@ impl Session {
                 }
                 st.last_heard.elapsed()
             };
-            if elapsed >= window {
+            // Within a tick of the window counts as expired: the next check would come after it.
+            if elapsed + s.shard.timers().tick() >= window {
                 s.close("ping timeout".into(), CloseHow::SendClose);
             } else {
                 s.schedule_v3_check(window - elapsed);
@@ -752,7 +757,7 @@ async fn websocket(
                     .protocol_error(ProtocolErrorKind::UnknownSid);
                 return eio_error(1, "Session ID unknown");
             };
-            if s.version != version || s.st.borrow().phase != Phase::Polling || s.is_closed() {
+            if s.version != version || s.is_closed() {
                 return eio_error(3, "Bad request");
             }
             Some(s)
@@ -774,10 +779,21 @@ async fn websocket(
             if s.is_closed() {
                 return Next::Done;
             }
+            if s.st.borrow().phase != Phase::Polling {
+                // The session is upgrading or upgraded on another websocket: this one is accepted (as the protocol's
+                // test suite expects) and closed at once, and the session is left as it is.
+                refuse_second_websocket(&s, stream).await;
+                return Next::Done;
+            }
             s.st.borrow_mut().phase = Phase::Upgrading;
             s
         }
         None => {
+            let delay = shard.config().eio3_websocket_open_delay_ms;
+            if version == EioVersion::V3 && delay > 0 {
+                // The open packet in a later read than the 101 (see `eio3_websocket_open_delay_ms`).
+                glommio::timer::sleep(Duration::from_millis(delay)).await;
+            }
             let handler = make_handler(shard, endpoint, version);
             let s = Session::create(shard, version, Phase::WebSocket, true, handler.clone());
             let open = OutItem::Text(Arc::from(s.handshake(false).to_packet_text()));
@@ -789,6 +805,26 @@ async fn websocket(
     let leftover = std::mem::take(buf);
     run_websocket(session, stream.clone(), leftover).await;
     Next::Done
+}
+
+/// A websocket for a session that already has one: close it (normal close frame) without reading from it, so it
+/// can neither take the session over nor close it.
+async fn refuse_second_websocket(s: &Rc<Session>, stream: &Stream) {
+    s.shard
+        .metrics()
+        .protocol_error(ProtocolErrorKind::EngineIo);
+    tracing::info!(
+        shard = s.shard.id(),
+        sid = %s.sid,
+        "second websocket for a session that is upgrading or upgraded: closed, the session keeps its transport"
+    );
+    let mut out = Vec::new();
+    close_frame(
+        &mut out,
+        CloseCode::Policy,
+        "session already has a websocket",
+    );
+    let _ = conn::write_all(stream, &out).await;
 }
 
 async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
