@@ -455,7 +455,7 @@ fn a_pong_sent_just_inside_ping_timeout_keeps_the_session() {
 #[test]
 fn v3_websocket_open_packet_comes_a_little_after_the_101() {
     // The official v3 suite listens for the open packet only after the websocket's `open` event has been handled,
-    // so it misses one that arrives in the same read as the 101: the conformance server sends it 30 ms later
+    // so it misses one that arrives in the same read as the 101: the conformance server sends it 100 ms later
     // (`eio3_websocket_open_delay_ms`). It cannot arrive sooner than that after the request was sent.
     let srv = Server::conformance(1);
     for _ in 0..3 {

@@ -56,7 +56,7 @@ pub struct ServerConfig {
     pub acks_pending_per_socket_max: usize,
     /// Pause between the 101 answer of an Engine.IO v3 websocket handshake and its open packet. Default 0. The
     /// official v3 test suite listens for the open packet one microtask after the websocket's `open` event, so it
-    /// misses an open packet that arrives in the same read as the 101; the conformance server sets 30 ms.
+    /// misses an open packet that arrives in the same read as the 101; the conformance server sets 100 ms.
     pub eio3_websocket_open_delay_ms: u64,
 }
 
@@ -112,7 +112,7 @@ impl ServerConfig {
             payload_bytes_max: 1_000_000,
             // the suites' heartbeat windows are a few hundred milliseconds: keep timer rounding negligible
             timer_tick_ms: 1,
-            eio3_websocket_open_delay_ms: 30,
+            eio3_websocket_open_delay_ms: 100,
             ..ServerConfig::default()
         }
     }

@@ -350,18 +350,21 @@ impl Session {
     }
 
     /// Pings (and v3 liveness checks) may fire this early, never late, so that the heartbeats of many sessions share
-    /// one wake-up of the shard: an eighth of the interval, at most 100 ms. A ping thus never comes later than
+    /// one wake-up of the shard: an eighth of the interval, at most 100 ms and at most 8 timer ticks (a fine timer
+    /// tick asks for precise heartbeats). A ping thus never comes later than
     /// pingInterval, the client then has the whole pingTimeout to answer, and a silent session is closed by
     /// pingInterval + pingTimeout after its handshake or last pong, as the protocol says.
-    fn heartbeat_slack(d: Duration) -> Duration {
-        (d / 8).min(Duration::from_millis(100))
+    fn heartbeat_slack(&self, d: Duration) -> Duration {
+        (d / 8)
+            .min(Duration::from_millis(100))
+            .min(self.shard.timers().tick() * 8)
     }
 
     fn schedule_ping(self: &Rc<Self>, delay: Duration) {
         let weak = Rc::downgrade(self);
         let gen_ = self.st.borrow().heartbeat_gen;
         let timers = self.shard.timers();
-        timers.schedule_coalesced(delay, Self::heartbeat_slack(delay), move || {
+        timers.schedule_coalesced(delay, self.heartbeat_slack(delay), move || {
             let Some(s) = weak.upgrade() else { return };
             {
                 let mut st = s.st.borrow_mut();
@@ -392,7 +395,7 @@ impl Session {
     fn schedule_v3_check(self: &Rc<Self>, delay: Duration) {
         let weak = Rc::downgrade(self);
         let timers = self.shard.timers();
-        timers.schedule_coalesced(delay, Self::heartbeat_slack(delay), move || {
+        timers.schedule_coalesced(delay, self.heartbeat_slack(delay), move || {
             let Some(s) = weak.upgrade() else { return };
             let cfg = s.shard.config();
             let window = Duration::from_millis(cfg.ping_interval_ms + cfg.ping_timeout_ms);

@@ -44,8 +44,16 @@ if [ -d "$src/docs/engine.io-protocol" ]; then
     rm -rf "$work/$p/node_modules"
   done
 else
-  git --git-dir="$src" archive HEAD "${paths[@]}" | tar -x -C "$work"
+  # A mirror without some large blobs elsewhere in the tree makes git archive complain; the suites are checked below.
+  git --git-dir="$src" archive HEAD "${paths[@]}" 2>"$work/archive.log" | tar -x -C "$work" || true
 fi
+for p in "${paths[@]}"; do
+  if [ ! -f "$work/$p/test-suite.js" ] || [ ! -f "$work/$p/package-lock.json" ]; then
+    cat "$work/archive.log" >&2 2>/dev/null || true
+    log "no $p/test-suite.js in $src"
+    exit 1
+  fi
+done
 log "suites extracted into $work (monorepo $(git --git-dir="$src" rev-parse --short HEAD 2>/dev/null ||
   git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 
