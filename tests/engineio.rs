@@ -480,3 +480,28 @@ fn v3_websocket_open_packet_comes_a_little_after_the_101() {
         assert_eq!(ws.recv(), WsEvent::Text("4hello".into()));
     }
 }
+
+#[test]
+fn a_client_close_frame_is_answered_with_a_close_frame() {
+    let srv = Server::conformance_relaxed(1);
+    for q in [
+        "/engine.io/?EIO=4&transport=websocket",
+        "/engine.io/?EIO=3&transport=websocket",
+    ] {
+        let mut ws = Ws::connect(srv.addr, q);
+        assert!(matches!(ws.recv(), WsEvent::Text(t) if t.starts_with('0')));
+        ws.ws.close(None).expect("send close");
+        // tungstenite ends with ConnectionClosed only once the closing handshake completed; an end of stream
+        // without the server's close frame is ResetWithoutClosingHandshake.
+        let end = loop {
+            match ws.ws.read() {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(end, tungstenite::Error::ConnectionClosed),
+            "{q}: {end:?}"
+        );
+    }
+}

@@ -938,6 +938,9 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                     .map_err(|e| format!("invalid Engine.IO binary packet: {e}"))
                     .and_then(|p| s.on_packet(p)),
                 Message::Close(_) => {
+                    // tungstenite queues its close reply and writes it on the next read or flush: flush now, so
+                    // that the closing handshake completes (RFC 6455 5.5.1) before the connection ends.
+                    let _ = reader.ctx.flush(&mut reader.io);
                     peer_closed.set(true);
                     end_ws(
                         &s,
