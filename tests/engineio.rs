@@ -505,3 +505,21 @@ fn a_client_close_frame_is_answered_with_a_close_frame() {
         );
     }
 }
+
+#[test]
+fn a_poll_that_arrives_just_after_the_closing_post_gets_a_noop_then_the_sid_is_gone() {
+    // The official suites send a poll and a closing POST at once on two connections; whichever the server sees
+    // first, the poll is answered with `6` and the session is gone afterwards.
+    let srv = Server::conformance_relaxed(1);
+    let sid = polling_handshake(srv.addr, P);
+    assert_eq!(post(srv.addr, &sid, b"1").text(), "ok");
+    let r = poll(srv.addr, &sid);
+    assert_eq!((r.status, r.text().as_str()), (200, "6"));
+    assert_eq!(poll(srv.addr, &sid).status, 400);
+    assert_eq!(post(srv.addr, &sid, b"4late").status, 400);
+    // After the grace, no poll gets anything but 400.
+    let sid = polling_handshake(srv.addr, P);
+    assert_eq!(post(srv.addr, &sid, b"1").text(), "ok");
+    sleep(Duration::from_millis(300));
+    assert_eq!(poll(srv.addr, &sid).status, 400);
+}

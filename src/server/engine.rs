@@ -129,6 +129,10 @@ struct SessState {
     last_heard: Instant,
 }
 
+/// How long a polling session closed by its client's `1` (with no poll pending) keeps answering one poll with `6`:
+/// a poll and the closing POST sent at once on two connections may arrive in either order.
+const LATE_POLL_GRACE: Duration = Duration::from_millis(100);
+
 /// The application side of a session (the Socket.IO layer or the echo).
 pub(crate) trait EngineHandler {
     /// The session opened (its open packet is already queued or sent).
@@ -282,6 +286,7 @@ impl Session {
     /// Close the session. Idempotent.
     pub(crate) fn close(self: &Rc<Self>, reason: Cow<'static, str>, how: CloseHow) {
         let phase;
+        let mut late_poll = false;
         {
             let mut st = self.st.borrow_mut();
             if st.closed.is_some() {
@@ -299,13 +304,31 @@ impl Session {
                 CloseHow::ClientClosed => {
                     if st.get_pending {
                         st.get_end = Some(GetEnd::Noop);
+                    } else if phase == Phase::Polling {
+                        // A poll sent together with the closing POST may reach us just after it (another
+                        // connection, maybe another shard): it gets the `6` it would have got had it come first.
+                        st.get_end = Some(GetEnd::Noop);
+                        late_poll = true;
                     }
                 }
                 CloseHow::Abort => st.abort = true,
             }
             st.closed = Some(reason.clone());
         }
-        self.shard.sessions.borrow_mut().remove(&self.sid);
+        if late_poll {
+            let shard = Rc::downgrade(&self.shard);
+            let sid = self.sid.clone();
+            self.shard.timers().schedule(LATE_POLL_GRACE, move || {
+                if let Some(shard) = shard.upgrade() {
+                    let mut sessions = shard.sessions.borrow_mut();
+                    if sessions.get(&sid).is_some_and(|s| s.is_closed()) {
+                        sessions.remove(&sid);
+                    }
+                }
+            });
+        } else {
+            self.shard.sessions.borrow_mut().remove(&self.sid);
+        }
         let m = self.shard.metrics();
         ShardMetrics::gauge(
             if phase == Phase::WebSocket {
@@ -611,8 +634,14 @@ impl Drop for GetGuard<'_> {
 
 async fn poll_get(s: &Rc<Session>, stream: &Stream, buf: &mut Vec<u8>) -> Next {
     {
-        let st = s.st.borrow();
+        let mut st = s.st.borrow_mut();
         if st.closed.is_some() {
+            // Closed by the client within LATE_POLL_GRACE: one poll gets the `6`, later ones 400.
+            if let Some(end) = st.get_end.take() {
+                let item = OutItem::text(if end == GetEnd::Noop { "6" } else { "1" });
+                drop(st);
+                return Next::Respond(s.payload_response(&[item]));
+            }
             return eio_error(1, "Session ID unknown");
         }
         if st.phase == Phase::WebSocket {

@@ -12,7 +12,8 @@
 # $CONFORMANCE_WORK_DIR), their npm dependencies installed there with `npm ci` from their own lock files, and the
 # server is built from this checkout (`cargo build --bin shardcast`, or $SHARDCAST_BIN). The suites expect the server at
 # localhost:3000; with $CONFORMANCE_PORT set, the extracted copies are pointed at that port instead (so two people on
-# one machine can run them at once). `runs` (default 1) repeats all three suites, each run against a fresh server.
+# one machine can run them at once). `runs` (default 1) repeats all three suites, each run against a fresh server;
+# $CONFORMANCE_ARGS adds flags to `shardcast conformance` (e.g. `--shards 2`).
 # Exit status: 0 when every run of every suite had no failing case, 1 otherwise. Mocha's output of each suite is in
 # <work dir>/<suite>.<run>.log.
 set -euo pipefail
@@ -90,7 +91,9 @@ stop_server() {
 trap stop_server EXIT
 
 start_server() {
-  RUST_LOG=${RUST_LOG:-warn} "$bin" conformance --listen "127.0.0.1:$port" >"$work/server.$1.log" 2>&1 &
+  # shellcheck disable=SC2086 # CONFORMANCE_ARGS is a list of flags
+  RUST_LOG=${RUST_LOG:-warn} "$bin" conformance --listen "127.0.0.1:$port" ${CONFORMANCE_ARGS:-} \
+    >"$work/server.$1.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 100); do
     if curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then return 0; fi
