@@ -125,6 +125,8 @@ struct SessState {
     closed: Option<Cow<'static, str>>,
     abort: bool,
     awaiting_pong: bool,
+    /// When the unanswered ping was sent (meaningful while `awaiting_pong`).
+    ping_sent: Instant,
     heartbeat_gen: u64,
     last_heard: Instant,
 }
@@ -194,6 +196,7 @@ impl Session {
                 closed: None,
                 abort: false,
                 awaiting_pong: false,
+                ping_sent: Instant::now(),
                 heartbeat_gen: 0,
                 last_heard: Instant::now(),
             }),
@@ -395,6 +398,7 @@ impl Session {
                     return;
                 }
                 st.awaiting_pong = true;
+                st.ping_sent = Instant::now();
             }
             s.send_items([OutItem::text("2")]);
             // The pong may take the whole pingTimeout from now, the ping's actual send (never later than due):
@@ -436,6 +440,33 @@ impl Session {
                 s.schedule_v3_check(window - elapsed);
             }
         });
+    }
+
+    /// Close the session now if its heartbeat deadline has passed, even if the timer that enforces it has not fired
+    /// yet (a busy shard runs timers late): a request never finds alive a session the protocol says is gone. True
+    /// if the session is (now) closed.
+    fn close_if_heartbeat_overdue(self: &Rc<Self>) -> bool {
+        let cfg = self.shard.config();
+        let overdue = {
+            let st = self.st.borrow();
+            if st.closed.is_some() {
+                return true;
+            }
+            match self.version {
+                EioVersion::V4 => {
+                    st.awaiting_pong
+                        && st.ping_sent.elapsed() >= Duration::from_millis(cfg.ping_timeout_ms)
+                }
+                EioVersion::V3 => {
+                    st.last_heard.elapsed()
+                        >= Duration::from_millis(cfg.ping_interval_ms + cfg.ping_timeout_ms)
+                }
+            }
+        };
+        if overdue {
+            self.close("ping timeout".into(), CloseHow::SendClose);
+        }
+        overdue
     }
 
     // ---- incoming ----
@@ -618,6 +649,8 @@ pub(crate) async fn handle_request(
     if s.version != version {
         return eio_error(3, "Bad request");
     }
+    // A session past its heartbeat deadline is closed here, and the request answered as for a closed session.
+    s.close_if_heartbeat_overdue();
     match req.method.as_str() {
         "GET" => poll_get(&s, stream, buf).await,
         "POST" => poll_post(&s, &req),
@@ -637,10 +670,10 @@ async fn poll_get(s: &Rc<Session>, stream: &Stream, buf: &mut Vec<u8>) -> Next {
         let mut st = s.st.borrow_mut();
         if st.closed.is_some() {
             // Closed by the client within LATE_POLL_GRACE: one poll gets the `6`, later ones 400.
-            if let Some(end) = st.get_end.take() {
-                let item = OutItem::text(if end == GetEnd::Noop { "6" } else { "1" });
+            if !st.get_pending && st.get_end == Some(GetEnd::Noop) {
+                st.get_end = None;
                 drop(st);
-                return Next::Respond(s.payload_response(&[item]));
+                return Next::Respond(s.payload_response(&[OutItem::text("6")]));
             }
             return eio_error(1, "Session ID unknown");
         }
@@ -789,7 +822,7 @@ async fn websocket(
                     .protocol_error(ProtocolErrorKind::UnknownSid);
                 return eio_error(1, "Session ID unknown");
             };
-            if s.version != version || s.is_closed() {
+            if s.version != version || s.close_if_heartbeat_overdue() {
                 return eio_error(3, "Bad request");
             }
             Some(s)
