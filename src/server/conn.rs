@@ -155,6 +155,8 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
             Next::RespondClose(r) => (r, false),
             Next::Done => return,
         };
+        // Shutting down: the connection closes after this answer, so say so.
+        let keep = keep && !shard.is_shutting_down();
         let mut out = Vec::with_capacity(resp.body.len() + 256);
         http::write_response(&mut out, &resp, keep, origin.as_deref(), &cfg);
         ShardMetrics::add(&shard.metrics().bytes_out, out.len() as u64);
