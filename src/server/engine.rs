@@ -127,6 +127,8 @@ struct SessState {
     awaiting_pong: bool,
     /// When the unanswered ping was sent (meaningful while `awaiting_pong`).
     ping_sent: Instant,
+    /// The handshake or the last pong: by this + pingInterval + pingTimeout a v4 session has answered a ping.
+    heartbeat_from: Instant,
     heartbeat_gen: u64,
     last_heard: Instant,
 }
@@ -197,6 +199,7 @@ impl Session {
                 abort: false,
                 awaiting_pong: false,
                 ping_sent: Instant::now(),
+                heartbeat_from: Instant::now(),
                 heartbeat_gen: 0,
                 last_heard: Instant::now(),
             }),
@@ -454,8 +457,10 @@ impl Session {
             }
             match self.version {
                 EioVersion::V4 => {
-                    st.awaiting_pong
-                        && st.ping_sent.elapsed() >= Duration::from_millis(cfg.ping_timeout_ms)
+                    let timeout = Duration::from_millis(cfg.ping_timeout_ms);
+                    let interval = Duration::from_millis(cfg.ping_interval_ms);
+                    (st.awaiting_pong && st.ping_sent.elapsed() >= timeout)
+                        || st.heartbeat_from.elapsed() >= interval + timeout
                 }
                 EioVersion::V3 => {
                     st.last_heard.elapsed()
@@ -501,6 +506,7 @@ impl Session {
                     st.awaiting_pong = false;
                     if was {
                         st.heartbeat_gen += 1;
+                        st.heartbeat_from = Instant::now();
                     }
                     was
                 };
