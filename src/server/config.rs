@@ -97,13 +97,10 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// The configuration of the conformance server (issue item 8): pingInterval 300 ms, pingTimeout 200 ms,
     /// maxPayload 1 000 000, connectTimeout 1 000 ms, raw Engine.IO echo at `/engine.io/`, Socket.IO at `/socket.io/`,
-    /// one shard, not pinned.
+    /// shards not pinned.
     pub fn conformance() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
-            // The suites assume one process: they send a poll and a closing POST at once on two connections and
-            // expect them served in that order, which a hand-over between shards can swap (`--shards` overrides).
-            shards: 1,
             // Timing cases of a few hundred milliseconds: let the scheduler run the shard on any idle CPU.
             pin_shards: false,
             socketio_paths: vec!["/socket.io/".into()],
