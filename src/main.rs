@@ -364,8 +364,9 @@ fn init_logging(format: &str) {
     }
 }
 
-/// Block SIGINT and SIGTERM in this thread (the shards inherit the mask) and return a thread that waits for them:
-/// the first asks for a graceful shutdown, the second exits at once.
+/// Block SIGINT and SIGTERM in the calling thread. Called first thing in `main`, before any thread exists (the IO
+/// shard, its tokio runtime and blocking pool, the redb sync thread, the shards): every thread inherits the mask, so
+/// the kernel can deliver these signals to none of them, and only [`wait_signals`]'s `sigwait` receives them.
 fn block_signals() -> libc::sigset_t {
     // SAFETY: plain libc calls on a local, zero-initialized sigset.
     unsafe {
@@ -378,7 +379,16 @@ fn block_signals() -> libc::sigset_t {
     }
 }
 
-fn wait_signals(set: libc::sigset_t, flag: Arc<AtomicBool>) {
+/// Where the signal thread finds the running server's shutdown flag (`None` while starting up).
+type ShutdownSlot = Arc<std::sync::Mutex<Option<Arc<AtomicBool>>>>;
+
+/// A thread that waits for SIGINT/SIGTERM. Once the server runs (its flag is in `slot`), the first signal sets that
+/// flag (graceful shutdown: the shards stop accepting, close every session and drain; then the IO shard finishes and
+/// makes its writes durable) and a second one exits at once. A signal during start-up exits at once: nothing has
+/// been acknowledged yet. Exiting at once uses status 128 + the signal number, as the default action would.
+fn wait_signals(set: libc::sigset_t) -> ShutdownSlot {
+    let slot: ShutdownSlot = Arc::default();
+    let shared = slot.clone();
     std::thread::spawn(move || {
         let mut count = 0;
         loop {
@@ -389,20 +399,32 @@ fn wait_signals(set: libc::sigset_t, flag: Arc<AtomicBool>) {
                 continue;
             }
             count += 1;
-            if count == 1 {
-                tracing::info!(signal = sig, "signal received, shutting down gracefully");
-                flag.store(true, Ordering::Release);
-            } else {
-                tracing::warn!(signal = sig, "second signal, exiting now");
-                std::process::exit(1);
+            let flag = shared.lock().ok().and_then(|f| f.clone());
+            match flag {
+                Some(flag) if count == 1 => {
+                    tracing::info!(signal = sig, "signal received, shutting down gracefully");
+                    flag.store(true, Ordering::Release);
+                }
+                Some(_) => {
+                    tracing::warn!(signal = sig, "second signal, exiting now");
+                    std::process::exit(128 + sig);
+                }
+                None => {
+                    tracing::warn!(signal = sig, "signal during start-up, exiting now");
+                    std::process::exit(128 + sig);
+                }
             }
         }
     });
+    slot
 }
 
 fn main() -> ExitCode {
+    // Before anything can start a thread (see `block_signals`).
+    let set = block_signals();
     let cli = Cli::parse();
     init_logging(&cli.log_format);
+    let shutdown_slot = wait_signals(set);
     let mut io_shard = None;
     let (cfg, app): (ServerConfig, AppFactory) = match &cli.command {
         Command::Conformance(c) => (
@@ -430,7 +452,6 @@ fn main() -> ExitCode {
             }
         }
     };
-    let set = block_signals();
     let handle = match server::start(cfg, app) {
         Ok(h) => h,
         Err(e) => {
@@ -439,11 +460,17 @@ fn main() -> ExitCode {
         }
     };
     println!("shardcast listening on {}", handle.local_addr);
-    wait_signals(set, handle.shutdown_flag());
+    if let Ok(mut slot) = shutdown_slot.lock() {
+        *slot = Some(handle.shutdown_flag());
+    }
     let joined = handle.join();
     if let Some(io) = io_shard {
+        // Every shard has ended, so no request is waiting for the database: stopping the IO shard drops the backend,
+        // which makes every acknowledged write durable (the embedded store's final sync in any sync mode).
         io.stop();
+        tracing::info!("database closed");
     }
+    tracing::info!("shut down");
     match joined {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -210,6 +210,8 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
             Next::RespondClose(r) => (r, false),
             Next::Done => return,
         };
+        // Shutting down: the connection closes after this answer, so say so.
+        let keep = keep && !shard.is_shutting_down();
         let written = if resp.body.len() > LARGE_BODY_BYTES {
             // A large body is written from the response itself, not copied behind its head.
             let mut head = Vec::with_capacity(256);

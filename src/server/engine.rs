@@ -141,12 +141,20 @@ struct SessState {
     closed: Option<Cow<'static, str>>,
     abort: bool,
     awaiting_pong: bool,
+    /// When the unanswered ping was sent (meaningful while `awaiting_pong`).
+    ping_sent: Instant,
+    /// The handshake or the last pong: by this + pingInterval + pingTimeout a v4 session has answered a ping.
+    heartbeat_from: Instant,
     heartbeat_gen: u64,
     last_heard: Instant,
     /// Noops and pings received in the current one-second window, and when it began.
     beats: u32,
     beats_window: Instant,
 }
+
+/// How long a polling session closed by its client's `1` (with no poll pending) keeps answering one poll with `6`:
+/// a poll and the closing POST sent at once on two connections may arrive in either order.
+const LATE_POLL_GRACE: Duration = Duration::from_millis(100);
 
 /// The application side of a session (the Socket.IO layer or the echo).
 pub(crate) trait EngineHandler {
@@ -209,6 +217,8 @@ impl Session {
                 closed: None,
                 abort: false,
                 awaiting_pong: false,
+                ping_sent: Instant::now(),
+                heartbeat_from: Instant::now(),
                 heartbeat_gen: 0,
                 last_heard: Instant::now(),
                 beats: 0,
@@ -339,6 +349,7 @@ impl Session {
     /// Close the session. Idempotent.
     pub(crate) fn close(self: &Rc<Self>, reason: Cow<'static, str>, how: CloseHow) {
         let phase;
+        let mut late_poll = false;
         {
             let mut st = self.st.borrow_mut();
             if st.closed.is_some() {
@@ -356,13 +367,31 @@ impl Session {
                 CloseHow::ClientClosed => {
                     if st.get_pending {
                         st.get_end = Some(GetEnd::Noop);
+                    } else if phase == Phase::Polling {
+                        // A poll sent together with the closing POST may reach us just after it (another
+                        // connection, maybe another shard): it gets the `6` it would have got had it come first.
+                        st.get_end = Some(GetEnd::Noop);
+                        late_poll = true;
                     }
                 }
                 CloseHow::Abort => st.abort = true,
             }
             st.closed = Some(reason.clone());
         }
-        self.shard.sessions.borrow_mut().remove(&self.sid);
+        if late_poll {
+            let shard = Rc::downgrade(&self.shard);
+            let sid = self.sid.clone();
+            self.shard.timers().schedule(LATE_POLL_GRACE, move || {
+                if let Some(shard) = shard.upgrade() {
+                    let mut sessions = shard.sessions.borrow_mut();
+                    if sessions.get(&sid).is_some_and(|s| s.is_closed()) {
+                        sessions.remove(&sid);
+                    }
+                }
+            });
+        } else {
+            self.shard.sessions.borrow_mut().remove(&self.sid);
+        }
         let m = self.shard.metrics();
         ShardMetrics::gauge(
             if phase == Phase::WebSocket {
@@ -406,17 +435,22 @@ impl Session {
         }
     }
 
-    /// Heartbeat timers may fire this late, so that the heartbeats of many sessions share one wake-up of the shard:
-    /// an eighth of the interval, at most 100 ms (clients allow pingInterval + pingTimeout).
-    fn heartbeat_slack(d: Duration) -> Duration {
-        (d / 8).min(Duration::from_millis(100))
+    /// Pings (and v3 liveness checks) may fire this early, never late, so that the heartbeats of many sessions share
+    /// one wake-up of the shard: an eighth of the interval, at most 100 ms and at most 8 timer ticks (a fine timer
+    /// tick asks for precise heartbeats). A ping thus never comes later than
+    /// pingInterval, the client then has the whole pingTimeout to answer, and a silent session is closed by
+    /// pingInterval + pingTimeout after its handshake or last pong, as the protocol says.
+    fn heartbeat_slack(&self, d: Duration) -> Duration {
+        (d / 8)
+            .min(Duration::from_millis(100))
+            .min(self.shard.timers().tick() * 8)
     }
 
     fn schedule_ping(self: &Rc<Self>, delay: Duration) {
         let weak = Rc::downgrade(self);
         let gen_ = self.st.borrow().heartbeat_gen;
         let timers = self.shard.timers();
-        timers.schedule_coalesced(delay, Self::heartbeat_slack(delay), move || {
+        timers.schedule_coalesced(delay, self.heartbeat_slack(delay), move || {
             let Some(s) = weak.upgrade() else { return };
             {
                 let mut st = s.st.borrow_mut();
@@ -424,12 +458,15 @@ impl Session {
                     return;
                 }
                 st.awaiting_pong = true;
+                st.ping_sent = Instant::now();
             }
             s.send_items([OutItem::text("2")]);
+            // The pong may take the whole pingTimeout from now, the ping's actual send (never later than due):
+            // whole ticks, not rounded further. Pings sent in one pass still share this deadline.
             let timeout = Duration::from_millis(s.shard.config().ping_timeout_ms);
             let weak = Rc::downgrade(&s);
             let timers = s.shard.timers();
-            timers.schedule_coalesced(timeout, Self::heartbeat_slack(timeout), move || {
+            timers.schedule_coalesced(timeout, Duration::ZERO, move || {
                 let Some(s) = weak.upgrade() else { return };
                 let expired = {
                     let st = s.st.borrow();
@@ -445,7 +482,7 @@ impl Session {
     fn schedule_v3_check(self: &Rc<Self>, delay: Duration) {
         let weak = Rc::downgrade(self);
         let timers = self.shard.timers();
-        timers.schedule_coalesced(delay, Self::heartbeat_slack(delay), move || {
+        timers.schedule_coalesced(delay, self.heartbeat_slack(delay), move || {
             let Some(s) = weak.upgrade() else { return };
             let cfg = s.shard.config();
             let window = Duration::from_millis(cfg.ping_interval_ms + cfg.ping_timeout_ms);
@@ -456,12 +493,42 @@ impl Session {
                 }
                 st.last_heard.elapsed()
             };
-            if elapsed >= window {
+            // Within a tick of the window counts as expired: the next check would come after it.
+            if elapsed + s.shard.timers().tick() >= window {
                 s.close("ping timeout".into(), CloseHow::SendClose);
             } else {
                 s.schedule_v3_check(window - elapsed);
             }
         });
+    }
+
+    /// Close the session now if its heartbeat deadline has passed, even if the timer that enforces it has not fired
+    /// yet (a busy shard runs timers late): a request never finds alive a session the protocol says is gone. True
+    /// if the session is (now) closed.
+    fn close_if_heartbeat_overdue(self: &Rc<Self>) -> bool {
+        let cfg = self.shard.config();
+        let overdue = {
+            let st = self.st.borrow();
+            if st.closed.is_some() {
+                return true;
+            }
+            match self.version {
+                EioVersion::V4 => {
+                    let timeout = Duration::from_millis(cfg.ping_timeout_ms);
+                    let interval = Duration::from_millis(cfg.ping_interval_ms);
+                    (st.awaiting_pong && st.ping_sent.elapsed() >= timeout)
+                        || st.heartbeat_from.elapsed() >= interval + timeout
+                }
+                EioVersion::V3 => {
+                    st.last_heard.elapsed()
+                        >= Duration::from_millis(cfg.ping_interval_ms + cfg.ping_timeout_ms)
+                }
+            }
+        };
+        if overdue {
+            self.close("ping timeout".into(), CloseHow::SendClose);
+        }
+        overdue
     }
 
     // ---- incoming ----
@@ -520,6 +587,7 @@ impl Session {
                     st.awaiting_pong = false;
                     if was {
                         st.heartbeat_gen += 1;
+                        st.heartbeat_from = Instant::now();
                     }
                     was
                 };
@@ -668,6 +736,8 @@ pub(crate) async fn handle_request(
     if s.version != version {
         return eio_error(3, "Bad request");
     }
+    // A session past its heartbeat deadline is closed here, and the request answered as for a closed session.
+    s.close_if_heartbeat_overdue();
     match req.method.as_str() {
         "GET" => poll_get(&s, stream, buf).await,
         "POST" => poll_post(&s, &req),
@@ -684,8 +754,14 @@ impl Drop for GetGuard<'_> {
 
 async fn poll_get(s: &Rc<Session>, stream: &Stream, buf: &mut Vec<u8>) -> Next {
     {
-        let st = s.st.borrow();
+        let mut st = s.st.borrow_mut();
         if st.closed.is_some() {
+            // Closed by the client within LATE_POLL_GRACE: one poll gets the `6`, later ones 400.
+            if !st.get_pending && st.get_end == Some(GetEnd::Noop) {
+                st.get_end = None;
+                drop(st);
+                return Next::Respond(s.payload_response(&[OutItem::text("6")]));
+            }
             return eio_error(1, "Session ID unknown");
         }
         if st.phase == Phase::WebSocket {
@@ -833,7 +909,7 @@ async fn websocket(
                     .protocol_error(ProtocolErrorKind::UnknownSid);
                 return eio_error(1, "Session ID unknown");
             };
-            if s.version != version || s.st.borrow().phase != Phase::Polling || s.is_closed() {
+            if s.version != version || s.close_if_heartbeat_overdue() {
                 return eio_error(3, "Bad request");
             }
             Some(s)
@@ -855,10 +931,21 @@ async fn websocket(
             if s.is_closed() {
                 return Next::Done;
             }
+            if s.st.borrow().phase != Phase::Polling {
+                // The session is upgrading or upgraded on another websocket: this one is accepted (as the protocol's
+                // test suite expects) and closed at once, and the session is left as it is.
+                refuse_second_websocket(&s, stream).await;
+                return Next::Done;
+            }
             s.st.borrow_mut().phase = Phase::Upgrading;
             s
         }
         None => {
+            let delay = shard.config().eio3_websocket_open_delay_ms;
+            if version == EioVersion::V3 && delay > 0 {
+                // The open packet in a later read than the 101 (see `eio3_websocket_open_delay_ms`).
+                glommio::timer::sleep(Duration::from_millis(delay)).await;
+            }
             let handler = make_handler(shard, endpoint, version);
             let s = Session::create(shard, version, Phase::WebSocket, true, handler.clone());
             let open = OutItem::Text(Arc::from(s.handshake(false).to_packet_text()));
@@ -870,6 +957,26 @@ async fn websocket(
     let leftover = std::mem::take(buf);
     run_websocket(session, stream.clone(), leftover).await;
     Next::Done
+}
+
+/// A websocket for a session that already has one: close it (normal close frame) without reading from it, so it
+/// can neither take the session over nor close it.
+async fn refuse_second_websocket(s: &Rc<Session>, stream: &Stream) {
+    s.shard
+        .metrics()
+        .protocol_error(ProtocolErrorKind::EngineIo);
+    tracing::info!(
+        shard = s.shard.id(),
+        sid = %s.sid,
+        "second websocket for a session that is upgrading or upgraded: closed, the session keeps its transport"
+    );
+    let mut out = Vec::new();
+    close_frame(
+        &mut out,
+        CloseCode::Policy,
+        "session already has a websocket",
+    );
+    let _ = conn::write_all(stream, &out).await;
 }
 
 async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
@@ -981,6 +1088,9 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                     .map_err(|e| format!("invalid Engine.IO binary packet: {e}"))
                     .and_then(|p| s.on_packet(p)),
                 Message::Close(_) => {
+                    // tungstenite queues its close reply and writes it on the next read or flush: flush now, so
+                    // that the closing handshake completes (RFC 6455 5.5.1) before the connection ends.
+                    let _ = reader.ctx.flush(&mut reader.io);
                     peer_closed.set(true);
                     end_ws(
                         &s,

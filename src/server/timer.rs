@@ -7,8 +7,8 @@
 //!
 //! The driving task does not wake every tick: it sleeps until the earliest scheduled deadline
 //! ([`TimerWheel::next_deadline`], a min-heap of deadline ticks) and is woken early when a nearer timer is scheduled
-//! ([`TimerWheel::rearmed`]). Heartbeats use [`TimerWheel::schedule_coalesced`], which rounds deadlines up to a
-//! coarser grain so that thousands of sockets share a few wake-ups per second instead of one each.
+//! ([`TimerWheel::rearmed`]). Heartbeats use [`TimerWheel::schedule_coalesced`], which rounds deadlines down (earlier,
+//! never later) to a coarser grain so that thousands of sockets share a few wake-ups per second instead of one each.
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -117,17 +117,21 @@ impl TimerWheel {
         self.insert(deadline_tick, Box::new(callback))
     }
 
-    /// Run `callback` after `delay`, late by up to `slack`: the deadline is rounded up to a multiple of `slack`, so
-    /// timers scheduled around the same time fire in one pass (heartbeats of many sockets share a wake-up).
+    /// Run `callback` after `delay`, early by up to `slack` and never late: the deadline is rounded down to a
+    /// multiple of `slack` (at most half of `delay`), so timers scheduled around the same time fire in one pass
+    /// (heartbeats of many sockets share a wake-up) while every deadline a protocol promises still holds.
     pub fn schedule_coalesced(
         &self,
         delay: Duration,
         slack: Duration,
         callback: impl FnOnce() + 'static,
     ) -> TimerHandle {
-        let grain = self.ticks(slack);
-        let exact = self.current_tick.get().max(self.now_tick()) + self.ticks(delay);
-        self.insert(exact.div_ceil(grain) * grain, Box::new(callback))
+        let now = self.current_tick.get().max(self.now_tick());
+        // Whole ticks only (rounded down): tick `now + n` starts at or before `now_instant + delay`.
+        let whole = (delay.as_nanos() / self.tick.as_nanos()) as u64;
+        let grain = self.ticks(slack).min(whole / 2).max(1);
+        let exact = now + whole;
+        self.insert((exact / grain * grain).max(now + 1), Box::new(callback))
     }
 
     fn insert(&self, deadline_tick: u64, callback: Box<dyn FnOnce()>) -> TimerHandle {
@@ -302,7 +306,8 @@ mod tests {
 
         let coarse = TimerWheel::new(Duration::from_millis(1));
         let fired = Rc::new(Cell::new(0));
-        for d in [1u64, 13, 37, 99] {
+        let start = Instant::now();
+        for d in [1_200u64, 1_213, 1_237, 1_299] {
             let f = fired.clone();
             coarse.schedule_coalesced(
                 Duration::from_millis(d),
@@ -310,8 +315,12 @@ mod tests {
                 move || f.set(f.get() + 1),
             );
         }
-        // All four share the deadline tick 100 (some 200 if the clock crossed a grain meanwhile).
+        // Rounded down to a multiple of 100 ticks: all four share the deadline tick 1200 (some 1300 if the clock
+        // crossed a grain meanwhile), and none is due later than asked.
         assert!(coarse.deadlines.borrow().len() <= 2);
+        let due = coarse.next_deadline().unwrap();
+        assert!(due <= Instant::now() + Duration::from_millis(1_200));
+        assert!(due >= start + Duration::from_millis(1_100));
         while !coarse.is_empty() {
             std::thread::sleep(Duration::from_millis(5));
             coarse.advance();
