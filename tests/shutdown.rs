@@ -34,6 +34,10 @@ fn shardcast(args: &[&str]) -> Command {
     }
     cmd.args(args)
         .env("SHARDCAST_JWT_SECRET", SECRET)
+        // The streams of creates come from one user, faster than the default per-user write rate: this file tests
+        // durability, `tests/tenants.rs` the write limits.
+        .env("SHARDCAST_USER_WRITES_PER_S", "0")
+        .env("SHARDCAST_USER_WRITE_BYTES_PER_S", "0")
         .env("RUST_LOG", "info");
     cmd
 }
