@@ -13,6 +13,12 @@
 //!
 //! The number of requests running on the IO thread at once is bounded by `queue_requests_max` too (a semaphore), so
 //! memory stays bounded when the database is slow.
+//!
+//! **Group commit.** The loop works in turns: it starts every queued request, lets them all run until they wait, asks
+//! the backend to commit what they queued ([`Backend::commit_pending`]: the embedded store applies every queued write
+//! in one redb transaction and fsyncs it, on this thread), lets the answered requests finish, then sends every answer
+//! of the turn at once (so a network shard is woken once per batch, not once per answer; MongoDB and Cassandra answers
+//! are batched the same way). Requests that arrive during a commit wait for the next turn. No thread pool is involved.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
