@@ -14,6 +14,7 @@
 #   LOADTEST_ARGS="--clients 1000"          extra shardcast-loadtest options for every run
 #   LOADTEST_ARGS_FANOUT=... (_HOTROOM, _CONNECT, _IDLE, _ECHO, _PUBLISH)   extra options for one scenario
 #   FLOOR_SECONDS=5                         length of each kernel-floor run (FLOOR=0: no floor runs)
+#   FLOOR_SRC=../shared/tools/floor.c       the floor's source, relative to the project root by default
 #   RESULTS=target/loadtest/<timestamp>     where the JSON lines, server logs and plot go
 #   SHARDCAST_ARGS="--db-sync-interval-ms 100"   extra `shardcast serve` options
 #
@@ -66,7 +67,7 @@ for s in $SERVERS; do
 done
 
 # The kernel floor: the cheapest possible server for a shape (one write(2) per delivery), from the project guide's tools.
-floor_src="$root/../shared/tools/floor.c"
+floor_src=${FLOOR_SRC:-"$root/../shared/tools/floor.c"}
 floor_bin=target/loadtest/floor
 if [ "$FLOOR" != 0 ]; then
   if [ -f "$floor_src" ] && mkdir -p target/loadtest && cc -O2 -o "$floor_bin" "$floor_src"; then

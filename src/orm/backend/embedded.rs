@@ -254,15 +254,6 @@ impl EmbeddedBackend {
             .map(|v| v.value().to_vec()))
     }
 
-    /// Runs a read (or a rare schema change) on the calling thread: redb reads are short, and inside the IO shard that
-    /// thread is the IO shard's own.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Database) -> BackendResult<T> + Send + 'static,
-    ) -> BackendResult<T> {
-        f(&self.db)
-    }
-
     /// Queues a write for the next group commit and waits until it is durable. `f` may run twice (see "Durability").
     fn grouped<T: Send + 'static>(
         &self,
@@ -1044,8 +1035,12 @@ impl Backend for EmbeddedBackend {
     }
 
     fn ensure_schema<'a>(&'a self, schema: &'a TableSchema) -> BoxFuture<'a, BackendResult<()>> {
-        let schema = schema.clone();
-        Box::pin(self.blocking(move |db| ensure_schema_sync(db, &schema)))
+        // Ordered after the writes queued before it (they are committed first), like every other write.
+        Box::pin(async move {
+            self.commit_now();
+            let _lock = self.group.committing.lock();
+            ensure_schema_sync(&self.db, schema)
+        })
     }
 
     fn get<'a>(
@@ -1053,11 +1048,10 @@ impl Backend for EmbeddedBackend {
         schema: &'a TableSchema,
         key: &'a Row,
     ) -> BoxFuture<'a, BackendResult<Option<Row>>> {
-        let schema = schema.clone();
-        let key = key.clone();
-        Box::pin(self.blocking(move |db| {
-            let pk = encode_primary_key(&schema, &key)?;
-            let txn = db.begin_read().map_err(db_err)?;
+        // Reads run on the calling thread (inside the IO shard: its own), borrowing the schema and key: no copies.
+        Box::pin(async move {
+            let pk = encode_primary_key(schema, key)?;
+            let txn = self.db.begin_read().map_err(db_err)?;
             let name = data_table_name(&schema.name);
             let table = match txn.open_table(data_def(&name)) {
                 Ok(t) => t,
@@ -1069,7 +1063,7 @@ impl Backend for EmbeddedBackend {
                 Some(v) => Ok(Some(decode_row(v.value())?)),
                 None => Ok(None),
             }
-        }))
+        })
     }
 
     fn query<'a>(
@@ -1077,9 +1071,7 @@ impl Backend for EmbeddedBackend {
         schema: &'a TableSchema,
         query: &'a Query,
     ) -> BoxFuture<'a, BackendResult<Page>> {
-        let schema = schema.clone();
-        let query = query.clone();
-        Box::pin(self.blocking(move |db| run_query(db, &schema, &query)))
+        Box::pin(async move { run_query(&self.db, schema, query) })
     }
 
     fn upsert<'a>(&'a self, schema: &'a TableSchema, row: Row) -> BoxFuture<'a, BackendResult<()>> {
