@@ -2,12 +2,19 @@
 # Runs the same load-test scenarios against shardcast, socket.io 4.8 (Node) and socketioxide 0.18, one server at a
 # time on this machine, and prints one comparison table per scenario; writes a PNG plot.
 #
-#   bash loadtest/compare.sh [scenario...]          # default: fanout hotroom connect idle echo
+#   bash loadtest/compare.sh [scenario...]   # default: fanout hotroom publish publish@4000 connect idle echo
+#
+# `publish@4000` is the publish scenario at 4,000 REST creates/s (any `scenario@RATE` passes `--rate RATE`).
+# For each scenario with a CPU-per-delivery figure, the kernel floor (../shared/tools/floor.c, built here with cc) runs
+# the same shape in the same run, and the table prints "ratio to floor" beside every CPU-per-delivery figure.
+# Every server and the floor set TCP_NODELAY on their sockets.
 #
 # Environment:
 #   SERVERS="shardcast node socketioxide"   which servers, in this order
 #   LOADTEST_ARGS="--clients 1000"          extra shardcast-loadtest options for every run
-#   LOADTEST_ARGS_FANOUT=... (_HOTROOM, _CONNECT, _IDLE, _ECHO)   extra options for one scenario
+#   LOADTEST_ARGS_FANOUT=... (_HOTROOM, _CONNECT, _IDLE, _ECHO, _PUBLISH)   extra options for one scenario
+#   FLOOR_SECONDS=5                         length of each kernel-floor run (FLOOR=0: no floor runs)
+#   FLOOR_SRC=../shared/tools/floor.c       the floor's source, relative to the project root by default
 #   RESULTS=target/loadtest/<timestamp>     where the JSON lines, server logs and plot go
 #   SHARDCAST_ARGS="--db-sync-interval-ms 100"   extra `shardcast serve` options
 #
@@ -20,7 +27,9 @@ SECRET=${SHARDCAST_JWT_SECRET:-shardcast-loadtest-secret-0123456789abcdef}
 SERVERS=${SERVERS:-"shardcast node socketioxide"}
 SHARDCAST_ARGS=${SHARDCAST_ARGS:-}
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout hotroom connect idle echo)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout hotroom publish publish@4000 connect idle echo)
+FLOOR_SECONDS=${FLOOR_SECONDS:-5}
+FLOOR=${FLOOR:-1}
 RESULTS=${RESULTS:-target/loadtest/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$RESULTS"
 jsonl="$RESULTS/results.jsonl"
@@ -57,6 +66,57 @@ for s in $SERVERS; do
   esac
 done
 
+# The kernel floor: the cheapest possible server for a shape (one write(2) per delivery), from the project guide's tools.
+floor_src=${FLOOR_SRC:-"$root/../shared/tools/floor.c"}
+floor_bin=target/loadtest/floor
+if [ "$FLOOR" != 0 ]; then
+  if [ -f "$floor_src" ] && mkdir -p target/loadtest && cc -O2 -o "$floor_bin" "$floor_src"; then
+    log "built the kernel floor from $floor_src"
+  else
+    log "cannot build $floor_src: no floor figures"; FLOOR=0
+  fi
+fi
+
+# run_floor scenario: runs the floor for the shape the last run of `scenario` had (clients, room size, rate) and appends
+# its JSON line, tagged with the scenario, to $jsonl. Hotroom also runs 16 frames per write (coalescing's floor).
+run_floor() {
+  local scenario=$1 shape
+  [ "$FLOOR" != 0 ] || return 0
+  shape=$(python3 - "$jsonl" "$scenario" <<'PY'
+import json, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+runs = [r for r in runs if r.get("scenario") == sys.argv[2] and "error" not in r and r.get("server") != "floor"]
+if not runs:
+    sys.exit(0)
+r = runs[-1]
+c, rooms = r["clients"], max(r.get("rooms") or 1, 1)
+rate = r.get("publish_rate_target_per_s")
+sc = sys.argv[2]
+if sc == "fanout":
+    print(c, max(c // rooms, 1), rate or 0, 1, rate or "")
+elif sc == "publish":
+    print(c, 1, rate or 0, 1, rate or "")
+elif sc == "hotroom":
+    print(c, c, 0, 1, "")
+    print(c, c, 0, 16, "")
+elif sc == "echo" and r.get("measured_s"):
+    print(c, 1, round((r.get("acks_received") or 0) / r["measured_s"]), 1, "")
+PY
+)
+  [ -n "$shape" ] || return 0
+  while read -r n group rate frames target; do
+    local bytes=$((344 * frames)) line
+    log "kernel floor for $scenario: floor $n $group $rate $FLOOR_SECONDS $bytes"
+    if line=$("$floor_bin" "$n" "$group" "$rate" "$FLOOR_SECONDS" "$bytes"); then
+      local tag="\"scenario\":\"$scenario\",\"server\":\"floor\",\"frames_per_write\":$frames,"
+      [ -n "$target" ] && tag="$tag\"publish_rate_target_per_s\":$target,"
+      echo "{$tag${line#\{}" >>"$jsonl"
+    else
+      log "the floor failed for $scenario"
+    fi
+  done <<<"$shape"
+}
+
 server_pid=""
 stop_server() {
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
@@ -92,7 +152,10 @@ start_server() { # name port -> sets server_pid; returns 1 if it does not listen
 }
 
 port=3100
-for scenario in "${scenarios[@]}"; do
+for spec in "${scenarios[@]}"; do
+  scenario=${spec%@*}
+  rate_args=()
+  [ "$spec" != "$scenario" ] && rate_args=(--rate "${spec#*@}")
   upper=$(echo "$scenario" | tr '[:lower:]' '[:upper:]')
   extra_var="LOADTEST_ARGS_$upper"
   for s in $SERVERS; do
@@ -107,11 +170,12 @@ for scenario in "${scenarios[@]}"; do
     # shellcheck disable=SC2086
     if ! SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast-loadtest "$scenario" \
         --url "http://127.0.0.1:$port" --server-pid "$server_pid" --label "$s" --json-out "$jsonl" \
-        "${server_args[@]}" ${LOADTEST_ARGS:-} ${!extra_var:-}; then
+        "${server_args[@]}" "${rate_args[@]}" ${LOADTEST_ARGS:-} ${!extra_var:-}; then
       echo "{\"scenario\":\"$scenario\",\"server\":\"$s\",\"error\":\"load test failed\"}" >>"$jsonl"
     fi
     stop_server
   done
+  run_floor "$scenario"
 done
 
 # The table needs only python3; the plot needs matplotlib, installed once into a venv under target/.

@@ -6,6 +6,10 @@
 The table needs only the standard library; the plot needs matplotlib (compare.sh installs it into a venv under
 target/). Ratios are "peer / shardcast" for costs (CPU per delivery, latency, RSS: >1 means shardcast is cheaper)
 and "shardcast / peer" for rates, so >1 always means shardcast is better.
+
+Lines with "server": "floor" are kernel-floor runs (../shared/tools/floor.c) of a scenario's shape, made by compare.sh
+in the same run: their CPU per write is the floor, and "ratio to floor" is (CPU per delivery) / floor, so 1.00x is the
+physical limit of one write per delivery (hotroom also shows the floor of 16 frames per write: coalescing's limit).
 """
 import argparse
 import json
@@ -33,6 +37,22 @@ def fmt(v, digits=1):
     return f"{v:,}"
 
 
+def key(r):
+    """The table a run belongs to: its scenario, and for publish also its rate (publish runs at 400/s and 4,000/s)."""
+    sc = r.get("scenario", "?")
+    if sc == "publish":
+        rate = r.get("publish_rate_target_per_s")
+        return f"publish at {rate:g}/s" if isinstance(rate, (int, float)) else "publish"
+    return sc
+
+
+def floor_ratio(value, floor):
+    if value in (None, 0) or floor is None or not floor.get("cpu_us_per_write"):
+        return None
+    per_frame = floor["cpu_us_per_write"] / max(floor.get("frames_per_write", 1), 1)
+    return value / per_frame
+
+
 def ratio(ours, theirs, higher_is_better):
     if ours in (None, 0) or theirs in (None, 0):
         return "-"
@@ -45,6 +65,7 @@ COLUMNS = {
     "fanout": [
         ("deliveries/s", lambda r: r.get("deliveries_per_s"), 0, True),
         ("CPU us/delivery", lambda r: r.get("server_cpu_us_per_delivery"), 2, False),
+        ("ratio to floor", lambda r: r.get("_ratio_to_floor"), 2, None),
         ("p50 us", lambda r: r["latency_us"]["p50"], 0, False),
         ("p99 us", lambda r: r["latency_us"]["p99"], 0, False),
         ("p999 us", lambda r: r["latency_us"]["p999"], 0, False),
@@ -52,7 +73,18 @@ COLUMNS = {
         ("missed", lambda r: r.get("missed"), 0, None),
         ("dup", lambda r: r.get("duplicated"), 0, None),
     ],
-    "hotroom": None,  # same as fanout
+    "hotroom": None,  # fanout's, plus the ratio to the 16-frames-per-write floor
+    "publish": [
+        ("creates/s", lambda r: r.get("publishes_per_s"), 0, True),
+        ("CPU us/CRUD event", lambda r: r.get("server_cpu_us_per_crud_event"), 1, False),
+        ("ratio to floor", lambda r: r.get("_ratio_to_floor"), 2, None),
+        ("p50 us", lambda r: r["latency_us"]["p50"], 0, False),
+        ("p99 us", lambda r: r["latency_us"]["p99"], 0, False),
+        ("p999 us", lambda r: r["latency_us"]["p999"], 0, False),
+        ("failed", lambda r: r.get("publishes_failed"), 0, None),
+        ("missed", lambda r: r.get("missed"), 0, None),
+        ("dup", lambda r: r.get("duplicated"), 0, None),
+    ],
     "connect": [
         ("connections/s", lambda r: r.get("connections_per_s"), 0, True),
         ("connect s", lambda r: r.get("connect_s"), 2, False),
@@ -70,26 +102,42 @@ COLUMNS = {
     "echo": [
         ("acks/s", lambda r: (r.get("acks_received") or 0) / r["measured_s"] if r.get("measured_s") else None, 0, True),
         ("CPU us/ack", lambda r: r.get("server_cpu_us_per_ack"), 2, False),
+        ("ratio to floor", lambda r: r.get("_ratio_to_floor"), 2, None),
         ("rtt p50 us", lambda r: r["ack_rtt_us"]["p50"], 0, False),
         ("rtt p99 us", lambda r: r["ack_rtt_us"]["p99"], 0, False),
         ("rtt p999 us", lambda r: r["ack_rtt_us"]["p999"], 0, False),
         ("lost acks", lambda r: r.get("acks_sent", 0) - r.get("acks_received", 0), 0, None),
     ],
 }
-COLUMNS["hotroom"] = COLUMNS["fanout"]
+COLUMNS["hotroom"] = COLUMNS["fanout"][:3] + [
+    ("ratio to 16-frame floor", lambda r: r.get("_ratio_to_floor16"), 2, None)
+] + COLUMNS["fanout"][3:]
+# The CPU figure each scenario compares with its floor.
+CPU_FIELD = {"fanout": "server_cpu_us_per_delivery", "hotroom": "server_cpu_us_per_delivery",
+             "publish": "server_cpu_us_per_crud_event", "echo": "server_cpu_us_per_ack"}
 
 
 def table(runs):
-    out = []
-    scenarios = []
+    out = ["Every server and the kernel floor set TCP_NODELAY on their sockets. The peers store nothing; shardcast "
+           "stores every created message durably (fsync'd group commit) before it answers."]
+    groups = []
     for r in runs:
-        if r["scenario"] not in scenarios:
-            scenarios.append(r["scenario"])
-    for sc in scenarios:
-        rows = {r["server"]: r for r in runs if r["scenario"] == sc}
+        if key(r) not in groups:
+            groups.append(key(r))
+    for g in groups:
+        group = [r for r in runs if key(r) == g]
+        sc = group[0]["scenario"]
+        if sc not in COLUMNS:
+            continue
+        floors = {r.get("frames_per_write", 1): r for r in group if r.get("server") == "floor"}
+        rows = {r["server"]: r for r in group if r.get("server") != "floor"}
+        for r in rows.values():
+            cpu = r.get(CPU_FIELD.get(sc, ""))
+            r["_ratio_to_floor"] = floor_ratio(cpu, floors.get(1))
+            r["_ratio_to_floor16"] = floor_ratio(cpu, floors.get(16))
         cols = COLUMNS[sc]
         clients = next((r.get("clients") for r in rows.values() if "clients" in r), "?")
-        out.append(f"\n### {sc} ({clients} clients)\n")
+        out.append(f"\n### {g} ({clients} clients)\n")
         out.append("| server | " + " | ".join(c[0] for c in cols) + " |")
         out.append("|---" * (len(cols) + 1) + "|")
         ours = rows.get("shardcast")
@@ -111,6 +159,12 @@ def table(runs):
                     continue
                 cells = [ratio(get(ours), get(r), hib) if hib is not None else "" for (_, get, _, hib) in cols]
                 out.append(f"| shardcast vs {NAMES[name]} | " + " | ".join(cells) + " |")
+        for frames, f in sorted(floors.items()):
+            shape = f"floor {f.get('conns')} {f.get('group')} {f.get('rate')} _ {f.get('bytes')}"
+            per = floor_ratio(1.0, f)
+            per_frame = (1.0 / per) if per else None
+            note = f"{fmt(per_frame, 2)} us per frame" + (f" ({frames} frames per write)" if frames > 1 else "")
+            out.append(f"\nKernel floor (`{shape}`): {note}, {fmt(f.get('writes_per_s'), 0)} writes/s.")
     return "\n".join(out)
 
 
@@ -123,7 +177,8 @@ def plot(runs, path):
     except ImportError:
         print("(matplotlib not available: no plot)", file=sys.stderr)
         return
-    measured = [r for r in runs if "error" not in r and r["scenario"] in ("fanout", "hotroom")]
+    measured = [r for r in runs if "error" not in r and r.get("server") != "floor"
+                and r["scenario"] in ("fanout", "hotroom")]
     if not measured:
         print("(no fanout/hotroom results: no plot)", file=sys.stderr)
         return

@@ -41,8 +41,8 @@ macro_rules! options {
 
 options! {
     "server.listen", "SHARDCAST_LISTEN", "127.0.0.1:3000", "address every shard binds (SO_REUSEPORT); port 0 picks a free port";
-    "server.shards", "SHARDCAST_SHARDS", "number of CPUs", "number of shards (one pinned executor each)";
-    "server.pin_shards", "SHARDCAST_PIN_SHARDS", "true", "pin shard i to CPU i % CPUs";
+    "server.shards", "SHARDCAST_SHARDS", "CPUs - 1 (at least 1)", "number of shards (one executor each); dedicated hosts: the CPU count";
+    "server.pin_shards", "SHARDCAST_PIN_SHARDS", "false", "pin shard i to CPU i % CPUs (for hosts dedicated to shardcast)";
     "server.socketio_paths", "SHARDCAST_SOCKETIO_PATHS", "[\"/socket/\", \"/socket.io/\"]", "URL paths serving Socket.IO (env: comma-separated)";
     "server.ping_interval_ms", "SHARDCAST_PING_INTERVAL_MS", "25000", "Engine.IO pingInterval";
     "server.ping_timeout_ms", "SHARDCAST_PING_TIMEOUT_MS", "20000", "Engine.IO pingTimeout";

@@ -71,7 +71,7 @@ struct ServeArgs {
     /// Embedded database file.
     #[arg(long)]
     db_path: Option<std::path::PathBuf>,
-    /// Embedded store: 0 fsyncs every write before answering; N > 0 makes writes durable together every N ms.
+    /// Ignored (kept for old command lines): every embedded write is durable before it is answered (group commit).
     #[arg(long)]
     db_sync_interval_ms: Option<u64>,
     /// Join a socket.io cluster through this Redis (`redis://host:port`); overrides cluster.redis_url.

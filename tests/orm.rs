@@ -1946,8 +1946,7 @@ fn embedded_store_keeps_acknowledged_writes_after_sigkill() {
     );
 }
 
-/// With `embedded_sync_interval_ms = 50`, a SIGKILL loses at most the writes of the last interval: every write
-/// acknowledged well before the kill (2 s leaves room for a starved sync thread on a loaded machine) survives.
+/// `embedded_sync_interval_ms = 50` is ignored since group commit: a SIGKILL loses no acknowledged write at all.
 #[test]
 fn embedded_store_with_a_sync_interval_keeps_writes_older_than_the_interval_after_sigkill() {
     if let Ok(path) = std::env::var(CRASH_CHILD_ENV) {
@@ -1956,8 +1955,8 @@ fn embedded_store_with_a_sync_interval_keeps_writes_older_than_the_interval_afte
     crash_and_check(
         "embedded_store_with_a_sync_interval_keeps_writes_older_than_the_interval_after_sigkill",
         50,
-        Duration::from_secs(3),
-        Duration::from_secs(2),
+        Duration::ZERO,
+        Duration::ZERO,
     );
 }
 

@@ -12,7 +12,7 @@ use shardcast_loadtest::scenario::{self, Config, Scenario};
 #[derive(Debug, Parser)]
 #[command(name = "shardcast-loadtest", version)]
 struct Args {
-    /// fanout, hotroom, connect, idle or echo.
+    /// fanout, hotroom, connect, idle, echo or publish.
     #[arg(value_enum)]
     scenario: Scenario,
     /// The server's base URL; loopback addresses only.
@@ -41,24 +41,24 @@ struct Args {
     /// Name of the server in the output.
     #[arg(long, default_value = "server")]
     label: String,
-    /// Clients (default: fanout 10000, hotroom 5000, connect 15000, idle 15000, echo 1000).
+    /// Clients (default: fanout 10000, hotroom 5000, connect 15000, idle 15000, echo 1000, publish 100).
     #[arg(long)]
     clients: Option<usize>,
-    /// Rooms (fanout, connect, idle); hotroom and echo use one.
+    /// Rooms (fanout, connect, idle); hotroom and echo use one, publish one per client.
     #[arg(long, default_value_t = 100)]
     rooms: usize,
-    /// Publishes per second (fanout).
-    #[arg(long, default_value_t = 200.0)]
-    rate: f64,
-    /// Measured phase in seconds (default: fanout 10, hotroom 5, idle 60, echo 10; connect has none).
+    /// Publishes per second (default: fanout 200, publish 400).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Measured phase in seconds (default: fanout 10, hotroom 5, idle 60, echo 10, publish 10; connect has none).
     #[arg(long)]
     duration_s: Option<f64>,
     /// Share of clients on HTTP long-polling instead of websocket, 0..1.
     #[arg(long, default_value_t = 0.0)]
     polling_share: f64,
-    /// HTTP connections publishing (and fetching room tokens).
-    #[arg(long, default_value_t = 8)]
-    publishers: usize,
+    /// HTTP connections publishing (and fetching room tokens); default 8, publish 64.
+    #[arg(long)]
+    publishers: Option<usize>,
     /// Echo requests per client per second.
     #[arg(long, default_value_t = 1.0)]
     echo_rate: f64,
@@ -146,12 +146,14 @@ fn run(args: Args) -> Result<(), String> {
         server_pid: args.server_pid,
         clients: args.clients.unwrap_or(args.scenario.default_clients()),
         rooms: args.rooms,
-        publish_rate_per_s: args.rate,
+        publish_rate_per_s: args.rate.unwrap_or(args.scenario.default_rate_per_s()),
         duration_s: args
             .duration_s
             .unwrap_or(args.scenario.default_duration_s()),
         polling_share: args.polling_share,
-        publishers: args.publishers,
+        publishers: args
+            .publishers
+            .unwrap_or(args.scenario.default_publishers()),
         echo_rate_per_s: args.echo_rate,
         payload_bytes: args.payload_bytes,
         drain_s: args.drain_s,

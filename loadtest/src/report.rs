@@ -106,6 +106,10 @@ pub struct Summary {
     pub server_cpu_us_per_delivery: Option<f64>,
     /// Server CPU per echo ack, microseconds.
     pub server_cpu_us_per_ack: Option<f64>,
+    /// Server CPU per successful publish (a CRUD event: REST create, store, bus and its deliveries), microseconds.
+    pub server_cpu_us_per_crud_event: Option<f64>,
+    /// The publish rate asked for (fanout, publish), per second.
+    pub publish_rate_target_per_s: Option<f64>,
     /// Server CPU per connection (connect + authenticate + join), microseconds.
     pub server_connect_cpu_us_per_connection: Option<f64>,
     /// Server RSS before any client connected, bytes.
@@ -156,6 +160,9 @@ impl Summary {
             server_cpu_pct_one_core: None,
             server_cpu_us_per_delivery: None,
             server_cpu_us_per_ack: None,
+            server_cpu_us_per_crud_event: None,
+            publish_rate_target_per_s: matches!(cfg.scenario, Scenario::Fanout | Scenario::Publish)
+                .then_some(cfg.publish_rate_per_s),
             server_connect_cpu_us_per_connection: None,
             server_rss_before_bytes: None,
             server_rss_after_bytes: None,
@@ -235,7 +242,7 @@ impl Summary {
             );
         }
         match self.scenario {
-            Scenario::Fanout | Scenario::Hotroom => {
+            Scenario::Fanout | Scenario::Hotroom | Scenario::Publish => {
                 row(
                     "publishes ok / failed (per s)",
                     format!(
@@ -263,6 +270,10 @@ impl Summary {
                 row(
                     "server CPU us/delivery",
                     opt(self.server_cpu_us_per_delivery, 3),
+                );
+                row(
+                    "server CPU us/CRUD event",
+                    opt(self.server_cpu_us_per_crud_event, 2),
                 );
             }
             Scenario::Echo => {

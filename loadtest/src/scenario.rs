@@ -1,4 +1,4 @@
-//! The five scenarios of `performance.md`, each a sequence of phases over one set of clients, measured by
+//! The six scenarios of `performance.md`, each a sequence of phases over one set of clients, measured by
 //! sampling the server's `/proc` entry at the edges of the measured phase.
 
 use std::cell::Cell;
@@ -30,6 +30,9 @@ pub enum Scenario {
     Idle,
     /// C clients emit `echo` with an ack at a fixed rate.
     Echo,
+    /// C clients in C rooms (each room has exactly one member); P REST creates per second to random rooms. Measures
+    /// the server CPU per CRUD event: REST parse + JWT + durable store write + bus + one delivery.
+    Publish,
 }
 
 impl Scenario {
@@ -40,6 +43,7 @@ impl Scenario {
             Scenario::Hotroom => 5_000,
             Scenario::Connect | Scenario::Idle => 15_000,
             Scenario::Echo => 1_000,
+            Scenario::Publish => 100,
         }
     }
 
@@ -50,7 +54,24 @@ impl Scenario {
             Scenario::Hotroom => 5.0,
             Scenario::Connect => 0.0,
             Scenario::Idle => 60.0,
-            Scenario::Echo => 10.0,
+            Scenario::Echo | Scenario::Publish => 10.0,
+        }
+    }
+
+    /// The default publish rate, per second (fanout 200, publish 400; the others do not publish at a rate).
+    pub fn default_rate_per_s(self) -> f64 {
+        match self {
+            Scenario::Publish => 400.0,
+            _ => 200.0,
+        }
+    }
+
+    /// The default number of publishing HTTP connections: publish waits for every durable write, so it needs more
+    /// requests in flight to reach its rate (4,000/s at a few ms per durable write).
+    pub fn default_publishers(self) -> usize {
+        match self {
+            Scenario::Publish => 64,
+            _ => 8,
         }
     }
 
@@ -85,9 +106,9 @@ pub struct Config {
     pub server_pid: Option<u32>,
     /// Clients.
     pub clients: usize,
-    /// Rooms (fanout).
+    /// Rooms (fanout, connect, idle; publish has one room per client).
     pub rooms: usize,
-    /// Publishes per second (fanout).
+    /// Publishes per second (fanout, publish).
     pub publish_rate_per_s: f64,
     /// Measured phase, seconds.
     pub duration_s: f64,
@@ -217,6 +238,8 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
     let rooms = match cfg.scenario {
         Scenario::Fanout | Scenario::Connect | Scenario::Idle => cfg.rooms.max(1),
         Scenario::Hotroom | Scenario::Echo => 1,
+        // Rooms of exactly one member.
+        Scenario::Publish => cfg.clients.max(1),
     };
     let polling = polling_count(&cfg);
     let payload: String = "x".repeat(cfg.payload_bytes);
@@ -313,7 +336,7 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
     let measured_start = Instant::now();
     let m0 = server_sample(&cfg);
     match cfg.scenario {
-        Scenario::Fanout | Scenario::Hotroom => {
+        Scenario::Fanout | Scenario::Hotroom | Scenario::Publish => {
             phase.set("publish");
             publish(&cfg, &shared, rooms, &key).await;
             phase.set("drain");
@@ -378,6 +401,11 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
             (s.deliveries > 0).then(|| cpu_us as f64 / s.deliveries as f64);
         summary.server_cpu_us_per_ack =
             (s.acks_received > 0).then(|| cpu_us as f64 / s.acks_received as f64);
+        summary.server_cpu_us_per_crud_event = (matches!(
+            cfg.scenario,
+            Scenario::Fanout | Scenario::Hotroom | Scenario::Publish
+        ) && s.publishes_ok > 0)
+            .then(|| cpu_us as f64 / s.publishes_ok as f64);
     }
     if cfg.scenario == Scenario::Connect {
         // The measured phase of `connect` is the connecting itself.
@@ -525,7 +553,8 @@ async fn publish(cfg: &Config, shared: &Rc<Shared>, rooms: usize, key: &jsonwebt
         handles.push(tokio::task::spawn_local(async move {
             let mut conn = HttpConn::new(cfg.addr, &cfg.host, None);
             let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
-            let mut ticker = (cfg.scenario == Scenario::Fanout && cfg.publish_rate_per_s > 0.0).then(|| {
+            let at_a_rate = matches!(cfg.scenario, Scenario::Fanout | Scenario::Publish);
+            let mut ticker = (at_a_rate && cfg.publish_rate_per_s > 0.0).then(|| {
                 let period = Duration::from_secs_f64(workers as f64 / cfg.publish_rate_per_s);
                 // Stagger the workers over one period.
                 let first = tokio::time::Instant::now() + period.mul_f64(w as f64 / workers as f64);

@@ -352,3 +352,18 @@ fn a_server_that_is_not_listening_is_a_setup_error() {
         .block_on(&rt, scenario::run(config(port, Scenario::Fanout, 2, 1)));
     assert!(r.is_err());
 }
+
+#[test]
+fn publish_has_rooms_of_one_and_reports_cpu_per_crud_event() {
+    let addr = start_fake_server();
+    let s = run(config(addr, Scenario::Publish, 4, 99));
+    assert_eq!(s.rooms, 4, "one room per client, whatever --rooms says");
+    assert_eq!(s.clients_ready, 4);
+    assert!(s.publishes_ok > MISROUTE_ONE);
+    assert_eq!(s.deliveries_expected, s.publishes_ok, "one member per room");
+    assert_eq!((s.missed, s.duplicated, s.misrouted), (1, 1, 1));
+    assert!(s.server_cpu_us_per_crud_event.is_some());
+    let json: serde_json::Value = serde_json::from_str(&s.json_line()).unwrap();
+    assert_eq!(json["scenario"], "publish");
+    assert_eq!(json["publish_rate_target_per_s"], 40.0);
+}

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `SHARDCAST_DB_BACKEND` | `backend` (`embedded`, `mongo`, `cql`) | `embedded` |
 //! | `SHARDCAST_DB_PATH` | `embedded_path` | `shardcast-data/shardcast.redb` |
-//! | `SHARDCAST_DB_SYNC_INTERVAL_MS` | `embedded_sync_interval_ms` (0: fsync every write) | 0 |
+//! | `SHARDCAST_DB_SYNC_INTERVAL_MS` | `embedded_sync_interval_ms` (ignored: every write is durable, group commit) | 0 |
 //! | `SHARDCAST_MONGO_URI` | `mongo_uri` | `mongodb://127.0.0.1:27017` |
 //! | `SHARDCAST_MONGO_DATABASE` | `mongo_database` | `shardcast` |
 //! | `SHARDCAST_CQL_NODES` | `cql_nodes` (comma-separated `host:port`) | `127.0.0.1:9042` |
@@ -62,8 +62,8 @@ pub struct OrmConfig {
     pub backend: BackendKind,
     /// Embedded database file.
     pub embedded_path: PathBuf,
-    /// 0: every embedded write is fsync'd before it returns. N > 0: writes return before their fsync and are made
-    /// durable together at most every N ms; a crash loses at most the last N ms of writes.
+    /// Ignored (kept so existing configurations still load): every embedded write is fsync'd before it is answered,
+    /// and group commit shares one fsync among the writes that arrive together, which made the lossy interval pointless.
     pub embedded_sync_interval_ms: u64,
     /// MongoDB connection string.
     pub mongo_uri: String,

@@ -13,6 +13,12 @@
 //!
 //! The number of requests running on the IO thread at once is bounded by `queue_requests_max` too (a semaphore), so
 //! memory stays bounded when the database is slow.
+//!
+//! **Group commit.** The loop works in turns: it starts every queued request, lets them all run until they wait, asks
+//! the backend to commit what they queued ([`Backend::commit_pending`]: the embedded store applies every queued write
+//! in one redb transaction and fsyncs it, on this thread), lets the answered requests finish, then sends every answer
+//! of the turn at once (so a network shard is woken once per batch, not once per answer; MongoDB and Cassandra answers
+//! are batched the same way). Requests that arrive during a commit wait for the next turn. No thread pool is involved.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,6 +66,8 @@ struct Shared {
     down_until_ms: AtomicU64,
     last_unavailable: std::sync::Mutex<String>,
     backend_name: &'static str,
+    /// Answers ready to be sent to their callers, sent together by [`flush_outbox`].
+    outbox: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Shared {
@@ -166,6 +174,7 @@ impl IoShard {
                         down_until_ms: AtomicU64::new(0),
                         last_unavailable: std::sync::Mutex::new(String::new()),
                         backend_name: backend.name(),
+                        outbox: std::sync::Mutex::new(Vec::new()),
                     });
                     let handle = IoHandle {
                         shared: shared.clone(),
@@ -221,30 +230,60 @@ impl Drop for IoShard {
     }
 }
 
+/// Sends every answer queued since the last call; returns how many. Answers leave in one burst per loop turn, so a
+/// network shard is woken once per batch (glommio coalesces foreign wakes that arrive while it has not run yet).
+fn flush_outbox(shared: &Shared) -> usize {
+    let answers = match shared.outbox.lock() {
+        Ok(mut o) => std::mem::take(&mut *o),
+        Err(_) => return 0,
+    };
+    let n = answers.len();
+    for answer in answers {
+        answer();
+    }
+    n
+}
+
+/// The IO thread's loop. Each turn: start every queued request (up to the concurrency bound), let them all run until
+/// they wait; with a group-commit backend (embedded), commit every write they queued in one durable transaction and
+/// let the answered requests finish; then send all answers at once. Requests arriving meanwhile wait for the next turn.
 async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>) {
+    let wake_shared = shared.clone();
+    let grouped = backend.attach_group_commit(Arc::new(move || wake_shared.notify.notify_one()));
     let permits = Arc::new(tokio::sync::Semaphore::new(
         shared.limits.queue_requests_max,
     ));
     loop {
-        while !shared.stopping.load(Ordering::Acquire) {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            match shared.queue.pop() {
-                Some(job) => {
-                    let fut = job(backend.clone());
-                    tokio::spawn(async move {
-                        fut.await;
-                        drop(permit);
-                    });
-                }
-                None => break,
+        let stopping = shared.stopping.load(Ordering::Acquire);
+        let mut progress = 0;
+        if !stopping {
+            while let Ok(permit) = permits.clone().try_acquire_owned() {
+                let Some(job) = shared.queue.pop() else { break };
+                let fut = job(backend.clone());
+                tokio::spawn(async move {
+                    fut.await;
+                    drop(permit);
+                });
+                progress += 1;
             }
         }
-        if shared.stopping.load(Ordering::Acquire) {
+        if grouped {
+            // Let every request that is ready run up to its write (or its answer).
+            tokio::task::yield_now().await;
+            let committed = backend.commit_pending();
+            if committed > 0 {
+                progress += committed;
+                // Let the requests whose writes are now durable finish and queue their answers.
+                tokio::task::yield_now().await;
+            }
+        }
+        progress += flush_outbox(&shared);
+        if stopping {
             return;
         }
-        shared.notify.notified().await;
+        if progress == 0 {
+            shared.notify.notified().await;
+        }
     }
 }
 
@@ -287,7 +326,14 @@ impl IoHandle {
                         },
                     };
                     job_shared.record(&r);
-                    let _ = tx.send(r);
+                    let answer: Box<dyn FnOnce() + Send> = Box::new(move || {
+                        let _ = tx.send(r);
+                    });
+                    match job_shared.outbox.lock() {
+                        Ok(mut o) => o.push(answer),
+                        Err(_) => answer(),
+                    }
+                    job_shared.notify.notify_one();
                 })
             });
             match shared.queue.push(job) {

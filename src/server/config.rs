@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 pub struct ServerConfig {
     /// Address every shard binds with `SO_REUSEPORT`. Default `0.0.0.0:3000`.
     pub listen: SocketAddr,
-    /// Number of shards (one glommio executor per shard). Default: the number of online CPUs.
+    /// Number of shards (one glommio executor per shard). Default: [`default_shards`], the CPUs this process may use
+    /// minus one (at least 1), which leaves a CPU to the IO shard and to whatever else runs on the machine.
     pub shards: usize,
-    /// Pin shard `i` to CPU `i % cpus`. Default `true`.
+    /// Pin shard `i` to CPU `i % cpus`. Default `false`: pinned shards collapse in latency as soon as another process
+    /// (a sidecar, a load generator) runs on their cores; set it on hosts dedicated to shardcast.
     pub pin_shards: bool,
     /// URL paths that serve Socket.IO (Engine.IO underneath). Each ends with `/`. Default `["/socket/", "/socket.io/"]`.
     pub socketio_paths: Vec<String>,
@@ -80,14 +82,23 @@ pub struct ServerConfig {
     pub eio3_websocket_open_delay_ms: u64,
 }
 
+/// The default shard count: the CPUs this process may run on (`std::thread::available_parallelism`, which honours the
+/// affinity mask and a cgroup CPU quota) minus one, at least 1. Measured on 2 shared cores with the load generator on
+/// the same machine (README, "Benchmarks"): one shard had the lowest CPU per delivery and the best tail latency.
+pub fn default_shards() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .saturating_sub(1)
+        .max(1)
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
-            shards: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
-            pin_shards: true,
+            shards: default_shards(),
+            pin_shards: false,
             socketio_paths: vec!["/socket/".into(), "/socket.io/".into()],
             engineio_echo_path: None,
             ping_interval_ms: 25_000,

@@ -21,15 +21,23 @@
 //! number: big-endian with the sign bit flipped; boolean: one byte; uuid: 16 bytes; timeuuid: the 24-byte
 //! [`timeuuid_sort_key`].
 //!
-//! # Durability
-//! Every write is one redb write transaction. By default it is committed with `Durability::Immediate` (fsync) before
-//! the call returns, so an acknowledged write survives a crash (`kill -9`, power loss).
+//! # Durability: group commit
+//! Every acknowledged write is durable: it was committed with `Durability::Immediate` (fsync) before its future
+//! completes, so it survives a crash (`kill -9`, power loss). Writes are not committed one by one: each write is queued
+//! as a job, and [`Backend::commit_pending`] applies every queued job in one redb write transaction, commits it with
+//! fsync, then answers all of them. Writes queued while a commit runs wait for the next one, so under load one fsync
+//! serves many writes (group commit), and a lone write still gets its own fsync at once.
 //!
-//! With a sync interval ([`EmbeddedBackend::open_with_sync_interval`], `orm.embedded_sync_interval_ms`), writes are
-//! committed with `Durability::None` and a background thread makes them durable with one fsync'd commit at most
-//! every interval (and once more when the backend is dropped). A crash then loses at most the writes acknowledged
-//! during the last interval; the file itself stays consistent (redb reopens at the last durable commit). This is the
-//! trade MongoDB (journal commit interval) and Cassandra (periodic commit log sync) make by default.
+//! Who calls `commit_pending`: inside the IO shard, its thread does, each time every ready request has run
+//! ([`Backend::attach_group_commit`]); redb then runs on the IO shard's own thread, with no thread pool in the path.
+//! Used on its own (tests, benches), a write commits the queue itself when it is first polled (the classic
+//! leader/follower group commit: whoever holds the commit lock commits everybody's queued jobs).
+//!
+//! A job that fails (bad key, corrupt row) must not leave half its writes in the shared transaction: the transaction is
+//! aborted, the jobs that succeeded before it are applied again in a fresh transaction and committed, and the failed job
+//! alone gets its error. Jobs are therefore `FnMut` (re-runnable); each job is applied at most twice.
+//!
+//! There is no lossy mode any more: `orm.embedded_sync_interval_ms` is accepted for compatibility and ignored.
 //!
 //! # Page tokens
 //! `[1, reversed as u8, last returned key...]`: the next page starts strictly after (before, when reversed) that key,
@@ -39,11 +47,14 @@
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError,
+    WriteTransaction,
+};
 
 use super::{
     Backend, BackendError, BackendResult, BoxFuture, ColumnType, FilterOp, Order, Page, PageToken,
@@ -62,70 +73,134 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 type Bytes = Vec<u8>;
 
+/// One queued write: applied inside the shared transaction (possibly twice, see "Durability" in the module docs), then
+/// answered once with the outcome of the commit.
+trait WriteJob: Send {
+    /// Applies the write to `txn`; on `Err`, the caller aborts `txn` (the job may have written part of its rows).
+    fn apply(&mut self, txn: &WriteTransaction) -> BackendResult<()>;
+    /// Answers the writer: `Ok` once the transaction that holds the write is durable.
+    fn finish(self: Box<Self>, outcome: BackendResult<()>);
+}
+
+struct Job<T, F> {
+    f: F,
+    out: Option<T>,
+    answer: tokio::sync::oneshot::Sender<BackendResult<T>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnMut(&WriteTransaction) -> BackendResult<T> + Send,
+{
+    fn apply(&mut self, txn: &WriteTransaction) -> BackendResult<()> {
+        self.out = Some((self.f)(txn)?);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, outcome: BackendResult<()>) {
+        let Job { out, answer, .. } = *self;
+        let r = outcome.and_then(|()| {
+            out.ok_or_else(|| {
+                BackendError::Database("embedded store: a write job was answered unapplied".into())
+            })
+        });
+        // The writer may have given up (timeout, shutdown); its answer is then dropped.
+        let _ = answer.send(r);
+    }
+}
+
+/// The group-commit queue (see "Durability" in the module docs).
+struct GroupCommit {
+    pending: Mutex<Vec<Box<dyn WriteJob>>>,
+    /// Held while a transaction is being applied and committed: one committer at a time.
+    committing: Mutex<()>,
+    /// Set by [`Backend::attach_group_commit`]: the owner's thread commits; writers only queue and call `wake`.
+    owner_wake: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+    attached: AtomicBool,
+    /// Commits made and writes they carried (for benches and the metrics of the commit path).
+    commits: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("attached", &self.attached.load(Ordering::Relaxed))
+            .field("commits", &self.commits.load(Ordering::Relaxed))
+            .field("writes", &self.writes.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
 /// The embedded redb backend. Cheap to share: the database handle is behind an `Arc`.
 #[derive(Debug, Clone)]
 pub struct EmbeddedBackend {
     db: Arc<Database>,
     path: PathBuf,
-    /// Set when a commit was made without fsync (only with a sync interval).
-    dirty: Arc<AtomicBool>,
-    sync_interval: Option<Duration>,
+    group: Arc<GroupCommit>,
 }
 
-impl Drop for EmbeddedBackend {
-    fn drop(&mut self) {
-        if self.dirty.swap(false, Ordering::AcqRel)
-            && let Err(e) = durable_commit(&self.db)
-        {
-            tracing::error!(error = %e, "embedded store: final sync failed");
+/// Applies `jobs` in one transaction and commits it with fsync, then answers them; see "Durability" in the module docs.
+fn commit_jobs(db: &Database, jobs: Vec<Box<dyn WriteJob>>) {
+    let mut done: Vec<Box<dyn WriteJob>> = Vec::with_capacity(jobs.len());
+    let mut txn = None;
+    for mut job in jobs {
+        let t = match txn.take() {
+            Some(t) => t,
+            None => match begin_write(db, Durability::Immediate) {
+                Ok(t) => t,
+                Err(e) => {
+                    job.finish(Err(e));
+                    continue;
+                }
+            },
+        };
+        match job.apply(&t) {
+            Ok(()) => {
+                done.push(job);
+                txn = Some(t);
+            }
+            Err(e) => {
+                // Drop the failed job's partial writes with the transaction, answer it, and make the jobs before it
+                // durable on their own (each job is applied at most twice).
+                let _ = t.abort();
+                job.finish(Err(e));
+                if !done.is_empty() {
+                    reapply_and_commit(db, std::mem::take(&mut done));
+                }
+            }
         }
+    }
+    if let Some(t) = txn {
+        let outcome = t.commit().map_err(db_err);
+        answer_all(done, outcome);
     }
 }
 
-/// An empty `Durability::Immediate` commit: makes every earlier `Durability::None` commit durable.
-fn durable_commit(db: &Database) -> BackendResult<()> {
-    begin_write(db, Durability::Immediate)?
-        .commit()
-        .map_err(db_err)
+fn reapply_and_commit(db: &Database, mut jobs: Vec<Box<dyn WriteJob>>) {
+    let outcome = begin_write(db, Durability::Immediate).and_then(|t| {
+        for job in &mut jobs {
+            if let Err(e) = job.apply(&t) {
+                let _ = t.abort();
+                return Err(e);
+            }
+        }
+        t.commit().map_err(db_err)
+    });
+    answer_all(jobs, outcome);
 }
 
-/// The background thread of a sync interval: one durable commit per interval when something was written.
-fn spawn_syncer(
-    db: Weak<Database>,
-    dirty: Arc<AtomicBool>,
-    interval: Duration,
-) -> BackendResult<()> {
-    std::thread::Builder::new()
-        .name("shardcast-redb-sync".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(interval);
-                let Some(db) = db.upgrade() else { return };
-                if dirty.swap(false, Ordering::AcqRel)
-                    && let Err(e) = durable_commit(&db)
-                {
-                    dirty.store(true, Ordering::Release);
-                    tracing::error!(error = %e, "embedded store: periodic sync failed");
-                }
-            }
-        })
-        .map(drop)
-        .map_err(|e| BackendError::Unavailable(format!("cannot start the sync thread: {e}")))
+fn answer_all(jobs: Vec<Box<dyn WriteJob>>, outcome: BackendResult<()>) {
+    for job in jobs {
+        job.finish(outcome.clone());
+    }
 }
 
 impl EmbeddedBackend {
-    /// Opens (or creates) the database file at `path`; its parent directory is created if missing. Every write is
-    /// fsync'd before it returns.
+    /// Opens (or creates) the database file at `path`; its parent directory is created if missing. Every acknowledged
+    /// write is fsync'd (group commit, see "Durability" in the module docs).
     pub fn open(path: impl AsRef<Path>) -> BackendResult<Self> {
-        Self::open_with_sync_interval(path, None)
-    }
-
-    /// Like [`EmbeddedBackend::open`]; with `Some(interval)`, writes return before their fsync and are made durable
-    /// together at most every `interval` (see "Durability" in the module docs).
-    pub fn open_with_sync_interval(
-        path: impl AsRef<Path>,
-        sync_interval: Option<Duration>,
-    ) -> BackendResult<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -139,17 +214,18 @@ impl EmbeddedBackend {
             ))
         })?;
         let db = Arc::new(db);
-        let dirty = Arc::new(AtomicBool::new(false));
-        let sync_interval = sync_interval.filter(|d| !d.is_zero());
-        if let Some(interval) = sync_interval {
-            spawn_syncer(Arc::downgrade(&db), dirty.clone(), interval)?;
-        }
         spawn_sweeper(Arc::downgrade(&db))?;
         Ok(Self {
             db,
             path,
-            dirty,
-            sync_interval,
+            group: Arc::new(GroupCommit {
+                pending: Mutex::new(Vec::new()),
+                committing: Mutex::new(()),
+                owner_wake: Mutex::new(None),
+                attached: AtomicBool::new(false),
+                commits: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -159,9 +235,31 @@ impl EmbeddedBackend {
         sweep_expired_sync(&self.db, rows_max)
     }
 
+    /// Kept for compatibility: the sync interval is ignored, every acknowledged write is durable (group commit makes
+    /// the lossy mode pointless).
+    pub fn open_with_sync_interval(
+        path: impl AsRef<Path>,
+        sync_interval: Option<Duration>,
+    ) -> BackendResult<Self> {
+        if sync_interval.is_some_and(|d| !d.is_zero()) {
+            tracing::warn!(
+                "orm.embedded_sync_interval_ms is ignored: every write is durable (group commit)"
+            );
+        }
+        Self::open(path)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Durable commits made so far, and the writes they carried (writes / commits is the mean group size).
+    pub fn commit_stats(&self) -> (u64, u64) {
+        (
+            self.group.commits.load(Ordering::Relaxed),
+            self.group.writes.load(Ordering::Relaxed),
+        )
     }
 
     fn raw_row_sync(&self, schema: &TableSchema, key: &Row) -> BackendResult<Option<Vec<u8>>> {
@@ -179,36 +277,64 @@ impl EmbeddedBackend {
             .map(|v| v.value().to_vec()))
     }
 
-    async fn blocking<T: Send + 'static>(
+    /// Queues a write for the next group commit and waits until it is durable. `f` may run twice (see "Durability").
+    fn grouped<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> BackendResult<T> + Send + 'static,
-    ) -> BackendResult<T> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| BackendError::Database(format!("embedded store task failed: {e}")))?
+        f: impl FnMut(&WriteTransaction) -> BackendResult<T> + Send + 'static,
+    ) -> BoxFuture<'static, BackendResult<T>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Box<dyn WriteJob> = Box::new(Job {
+            f,
+            out: None,
+            answer: tx,
+        });
+        let queued = match self.group.pending.lock() {
+            Ok(mut p) => {
+                p.push(job);
+                true
+            }
+            Err(_) => false,
+        };
+        let this = self.clone();
+        Box::pin(async move {
+            if !queued {
+                return Err(BackendError::Database(
+                    "embedded store: the write queue is poisoned".into(),
+                ));
+            }
+            if this.group.attached.load(Ordering::Acquire) {
+                let wake = this.group.owner_wake.lock().ok().and_then(|w| w.clone());
+                if let Some(wake) = wake {
+                    wake();
+                }
+            } else {
+                this.commit_now();
+            }
+            match rx.await {
+                Ok(r) => r,
+                Err(_) => Err(BackendError::Unavailable(
+                    "embedded store: stopped before the write was committed".into(),
+                )),
+            }
+        })
     }
 
-    /// Runs a write on the blocking pool with the durability this backend commits with.
-    async fn writing<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Database, Durability) -> BackendResult<T> + Send + 'static,
-    ) -> BackendResult<T> {
-        let deferred = self.sync_interval.is_some();
-        let durability = if deferred {
-            Durability::None
-        } else {
-            Durability::Immediate
+    /// Commits every queued write now, on the calling thread; returns how many writes were committed.
+    fn commit_now(&self) -> usize {
+        let Ok(_lock) = self.group.committing.lock() else {
+            return 0;
         };
-        let dirty = self.dirty.clone();
-        self.blocking(move |db| {
-            let r = f(db, durability);
-            if deferred && r.is_ok() {
-                dirty.store(true, Ordering::Release);
-            }
-            r
-        })
-        .await
+        let jobs = match self.group.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(_) => return 0,
+        };
+        let n = jobs.len();
+        if n > 0 {
+            commit_jobs(&self.db, jobs);
+            self.group.commits.fetch_add(1, Ordering::Relaxed);
+            self.group.writes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        n
     }
 }
 
@@ -1051,7 +1177,7 @@ fn sweep_expired_sync(db: &Database, rows_max: usize) -> BackendResult<usize> {
 }
 
 /// The background thread that deletes expired rows, [`SWEEP_ROWS_MAX`] at most per [`SWEEP_INTERVAL`].
-fn spawn_sweeper(db: Weak<Database>) -> BackendResult<()> {
+fn spawn_sweeper(db: std::sync::Weak<Database>) -> BackendResult<()> {
     std::thread::Builder::new()
         .name("shardcast-redb-sweep".into())
         .spawn(move || {
@@ -1237,8 +1363,12 @@ impl Backend for EmbeddedBackend {
     }
 
     fn ensure_schema<'a>(&'a self, schema: &'a TableSchema) -> BoxFuture<'a, BackendResult<()>> {
-        let schema = schema.clone();
-        Box::pin(self.blocking(move |db| ensure_schema_sync(db, &schema)))
+        // Ordered after the writes queued before it (they are committed first), like every other write.
+        Box::pin(async move {
+            self.commit_now();
+            let _lock = self.group.committing.lock();
+            ensure_schema_sync(&self.db, schema)
+        })
     }
 
     fn get<'a>(
@@ -1246,11 +1376,10 @@ impl Backend for EmbeddedBackend {
         schema: &'a TableSchema,
         key: &'a Row,
     ) -> BoxFuture<'a, BackendResult<Option<Row>>> {
-        let schema = schema.clone();
-        let key = key.clone();
-        Box::pin(self.blocking(move |db| {
-            let pk = encode_primary_key(&schema, &key)?;
-            let txn = db.begin_read().map_err(db_err)?;
+        // Reads run on the calling thread (inside the IO shard: its own), borrowing the schema and key: no copies.
+        Box::pin(async move {
+            let pk = encode_primary_key(schema, key)?;
+            let txn = self.db.begin_read().map_err(db_err)?;
             let name = data_table_name(&schema.name);
             let table = match txn.open_table(data_def(&name)) {
                 Ok(t) => t,
@@ -1262,7 +1391,7 @@ impl Backend for EmbeddedBackend {
                 Some(v) => Ok(live_row(decode_row(v.value())?, super::now_ms())),
                 None => Ok(None),
             }
-        }))
+        })
     }
 
     fn query<'a>(
@@ -1270,9 +1399,7 @@ impl Backend for EmbeddedBackend {
         schema: &'a TableSchema,
         query: &'a Query,
     ) -> BoxFuture<'a, BackendResult<Page>> {
-        let schema = schema.clone();
-        let query = query.clone();
-        Box::pin(self.blocking(move |db| run_query(db, &schema, &query)))
+        Box::pin(async move { run_query(&self.db, schema, query) })
     }
 
     fn upsert<'a>(&'a self, schema: &'a TableSchema, row: Row) -> BoxFuture<'a, BackendResult<()>> {
@@ -1285,23 +1412,22 @@ impl Backend for EmbeddedBackend {
         rows: Vec<Row>,
     ) -> BoxFuture<'a, BackendResult<()>> {
         let schema = schema.clone();
-        Box::pin(self.writing(move |db, durability| {
-            let txn = begin_write(db, durability)?;
-            for row in rows {
-                let pk = encode_primary_key(&schema, &row)?;
-                let old = read_row(&txn, &schema, &pk)?;
+        self.grouped(move |txn| {
+            for row in &rows {
+                let pk = encode_primary_key(&schema, row)?;
+                let old = read_row(txn, &schema, &pk)?;
                 let mut new = old.clone().unwrap_or_default();
                 for (c, v) in row {
-                    if v == Value::Null {
-                        new.remove(&c);
+                    if *v == Value::Null {
+                        new.remove(c);
                     } else {
-                        new.insert(c, v);
+                        new.insert(c.clone(), v.clone());
                     }
                 }
-                write_row(&txn, &schema, &pk, old.as_ref(), &new)?;
+                write_row(txn, &schema, &pk, old.as_ref(), &new)?;
             }
-            txn.commit().map_err(db_err)
-        }))
+            Ok(())
+        })
     }
 
     fn upsert_ttl<'a>(
@@ -1330,15 +1456,12 @@ impl Backend for EmbeddedBackend {
     ) -> BoxFuture<'a, BackendResult<bool>> {
         let schema = schema.clone();
         let key = key.clone();
-        Box::pin(self.writing(move |db, durability| {
+        // Joins the group commit; `patch_in` only reads and writes inside `txn`, so a re-run (after another write of
+        // the batch failed) gives the same result.
+        self.grouped(move |txn| {
             let pk = encode_primary_key(&schema, &key)?;
-            let txn = begin_write(db, durability)?;
-            if !patch_in(&txn, &schema, &pk, &columns)? {
-                return Ok(false);
-            }
-            txn.commit().map_err(db_err)?;
-            Ok(true)
-        }))
+            patch_in(txn, &schema, &pk, &columns)
+        })
     }
 
     fn insert<'a>(
@@ -1347,19 +1470,21 @@ impl Backend for EmbeddedBackend {
         row: Row,
     ) -> BoxFuture<'a, BackendResult<bool>> {
         let schema = schema.clone();
-        Box::pin(self.writing(move |db, durability| {
-            // One write transaction: the read of the key and the write are atomic (redb has one writer at a time).
+        // Joins the group commit: the read of the key and the write are in the batch's one write transaction (redb
+        // has one writer at a time), so of two inserts of a key the second sees the first.
+        self.grouped(move |txn| {
             let pk = encode_primary_key(&schema, &row)?;
-            let txn = begin_write(db, durability)?;
-            if read_row(&txn, &schema, &pk)?.is_some() {
-                txn.abort().map_err(db_err)?;
+            if read_row(txn, &schema, &pk)?.is_some() {
                 return Ok(false);
             }
-            let new: Row = row.into_iter().filter(|(_, v)| *v != Value::Null).collect();
-            write_row(&txn, &schema, &pk, None, &new)?;
-            txn.commit().map_err(db_err)?;
+            let new: Row = row
+                .iter()
+                .filter(|(_, v)| **v != Value::Null)
+                .map(|(c, v)| (c.clone(), v.clone()))
+                .collect();
+            write_row(txn, &schema, &pk, None, &new)?;
             Ok(true)
-        }))
+        })
     }
 
     fn delete<'a>(
@@ -1368,11 +1493,12 @@ impl Backend for EmbeddedBackend {
         key: &'a Row,
     ) -> BoxFuture<'a, BackendResult<()>> {
         let schema = schema.clone();
-        let key = key.clone();
-        Box::pin(self.writing(move |db, durability| {
-            let pk = encode_primary_key(&schema, &key)?;
-            let txn = begin_write(db, durability)?;
-            if let Some(old) = read_row(&txn, &schema, &pk)? {
+        let pk = match encode_primary_key(&schema, key) {
+            Ok(pk) => pk,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        self.grouped(move |txn| {
+            if let Some(old) = read_row(txn, &schema, &pk)? {
                 {
                     let name = data_table_name(&schema.name);
                     let mut data = txn.open_table(data_def(&name)).map_err(db_err)?;
@@ -1385,10 +1511,10 @@ impl Backend for EmbeddedBackend {
                         index.remove(e.as_slice()).map_err(db_err)?;
                     }
                 }
-                write_aux(&txn, &schema, &pk, Some(&old), None)?;
+                write_aux(txn, &schema, &pk, Some(&old), None)?;
             }
-            txn.commit().map_err(db_err)
-        }))
+            Ok(())
+        })
     }
 
     fn increment<'a>(
@@ -1398,18 +1524,16 @@ impl Backend for EmbeddedBackend {
         column: &'a str,
         delta: i64,
     ) -> BoxFuture<'a, BackendResult<()>> {
+        if schema.column_type(column) != Some(ColumnType::Counter) {
+            let e = BackendError::InvalidQuery(format!("`{column}` is not a counter column"));
+            return Box::pin(async move { Err(e) });
+        }
         let schema = schema.clone();
         let key = key.clone();
         let column = column.to_string();
-        Box::pin(self.writing(move |db, durability| {
-            if schema.column_type(&column) != Some(ColumnType::Counter) {
-                return Err(BackendError::InvalidQuery(format!(
-                    "`{column}` is not a counter column"
-                )));
-            }
+        self.grouped(move |txn| {
             let pk = encode_primary_key(&schema, &key)?;
-            let txn = begin_write(db, durability)?;
-            let old = read_row(&txn, &schema, &pk)?;
+            let old = read_row(txn, &schema, &pk)?;
             let mut new = match &old {
                 Some(r) => r.clone(),
                 None => {
@@ -1424,10 +1548,23 @@ impl Backend for EmbeddedBackend {
                 Some(Value::Number(n)) => *n,
                 _ => 0,
             };
-            new.insert(column, Value::Number(current.wrapping_add(delta)));
-            write_row(&txn, &schema, &pk, old.as_ref(), &new)?;
-            txn.commit().map_err(db_err)
-        }))
+            new.insert(column.clone(), Value::Number(current.wrapping_add(delta)));
+            write_row(txn, &schema, &pk, old.as_ref(), &new)?;
+            Ok(())
+        })
+    }
+
+    fn attach_group_commit(&self, wake: Arc<dyn Fn() + Send + Sync>) -> bool {
+        if let Ok(mut w) = self.group.owner_wake.lock() {
+            *w = Some(wake);
+            self.group.attached.store(true, Ordering::Release);
+            return true;
+        }
+        false
+    }
+
+    fn commit_pending(&self) -> usize {
+        self.commit_now()
     }
 }
 

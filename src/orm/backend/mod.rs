@@ -567,4 +567,18 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         schema: &'a TableSchema,
         key: &'a Row,
     ) -> BoxFuture<'a, BackendResult<Option<Vec<u8>>>>;
+
+    /// Group commit, owner side: the IO shard calls this once at start. A backend that queues its writes for a group
+    /// commit (the embedded store) returns `true`, calls `wake` whenever it queues a write, and from then on commits only
+    /// when the owner calls [`Backend::commit_pending`]. The default (drivers that commit by themselves) returns `false`.
+    fn attach_group_commit(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) -> bool {
+        let _ = wake;
+        false
+    }
+
+    /// Group commit: applies every queued write in one durable transaction, answers them, and returns how many there
+    /// were (0 when nothing was queued). Called by the owner thread after [`Backend::attach_group_commit`].
+    fn commit_pending(&self) -> usize {
+        0
+    }
 }

@@ -300,7 +300,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with_state(AppState { io, keys })
         .layer(layer);
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    // TCP_NODELAY on every accepted socket, as a latency-critical deployment sets it (and as shardcast does):
+    // `axum::serve` leaves Nagle on by default, which lets queued frames share segments at the cost of latency.
+    let listener = axum::serve::ListenerExt::tap_io(
+        tokio::net::TcpListener::bind(&listen).await?,
+        |tcp: &mut tokio::net::TcpStream| {
+            let _ = tcp.set_nodelay(true);
+        },
+    );
     println!("socketioxide 0.18 peer listening on {listen}{socket_path}");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
