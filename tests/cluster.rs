@@ -457,6 +457,15 @@ fn node_server_emitter_and_two_shardcast_nodes_share_one_cluster() {
 
     // The emitter reaches shardcast clients in a room.
     node.call(json!({"cmd": "emitter", "rooms": ["r1"], "event": "from-emitter", "args": ["e", {"$bin": "00"}]}));
+    // The emitter's message reaches every server through Redis, but the Node server delivers its own marker to its
+    // own clients at once: wait for the event itself first, then the marker (which would reveal a duplicate).
+    node.wait_for("the emitter's event", |evs| {
+        all.iter().all(|c| {
+            evs.iter().any(|e| {
+                e["ev"] == "recv" && e["client"] == json!(c) && e["event"] == "from-emitter"
+            })
+        })
+    });
     node.barrier(&all, 3);
     for c in all {
         assert_eq!(
