@@ -78,6 +78,58 @@ options! {
     "realtime.room_name_bytes_max", "SHARDCAST_ROOM_NAME_BYTES_MAX", "512", "longest room name, bytes";
     "realtime.list_limit_max", "SHARDCAST_LIST_LIMIT_MAX", "1000", "largest `limit` of a REST list";
     "realtime.echo_event", "SHARDCAST_ECHO_EVENT", "false", "answer `echo` events of authenticated sockets with an ack carrying their arguments (the loadtest's echo scenario)";
+    "realtime.room_token_key_random", "SHARDCAST_ROOM_TOKEN_KEY_RANDOM", "false", "with no room_token_secret: true picks a random key per process (tokens die with it) instead of deriving one from the HS256 access-token secret";
+    "serve.dev", "SHARDCAST_DEV", "false", "dev mode (`serve --dev`): a random JWT secret kept in the data directory, a printed demo token, the live page at `/`";
+    "serve.data_dir", "SHARDCAST_DATA_DIR", "directory of orm.embedded_path", "where dev mode keeps its secret (`dev-jwt-secret`, mode 0600)";
+    "serve.live_page", "SHARDCAST_LIVE_PAGE", "false (true in dev mode)", "serve the live page at `/` (it shows only what the caller's token may read)";
+    "serve.listen_shared", "SHARDCAST_LISTEN_SHARED", "false", "start even if another process already listens on the address (SO_REUSEPORT sharing; the kernel then splits connections between the processes)";
+    "serve.db_retry_initial_ms", "SHARDCAST_DB_RETRY_INITIAL_MS", "200", "first wait before retrying a database that did not answer at start-up (doubles each time)";
+    "serve.db_retry_max_ms", "SHARDCAST_DB_RETRY_MAX_MS", "5000", "longest wait between two start-up retries";
+    "serve.db_exit_on_unavailable", "SHARDCAST_DB_EXIT_ON_UNAVAILABLE", "false", "exit (status 1) when the database does not answer at start-up instead of retrying";
+    "serve.db_probe_interval_ms", "SHARDCAST_DB_PROBE_INTERVAL_MS", "1000", "how often `/readyz` health is refreshed by a cheap database read";
+}
+
+/// How `shardcast serve` runs: dev mode, the live page, port sharing, database start-up retries and health probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeSettings {
+    /// Dev mode (`--dev`).
+    pub dev: bool,
+    /// Where dev mode keeps its secret; `None`: the directory of `orm.embedded_path`.
+    pub data_dir: Option<PathBuf>,
+    /// Serve the live page at `/`; `None`: only in dev mode.
+    pub live_page: Option<bool>,
+    /// Start even if another process already listens on the address.
+    pub listen_shared: bool,
+    /// First wait before retrying the database at start-up.
+    pub db_retry_initial_ms: u64,
+    /// Longest wait between two start-up retries.
+    pub db_retry_max_ms: u64,
+    /// Exit instead of retrying when the database is down at start-up.
+    pub db_exit_on_unavailable: bool,
+    /// Interval of the health probe behind `/readyz`.
+    pub db_probe_interval_ms: u64,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            dev: false,
+            data_dir: None,
+            live_page: None,
+            listen_shared: false,
+            db_retry_initial_ms: 200,
+            db_retry_max_ms: 5000,
+            db_exit_on_unavailable: false,
+            db_probe_interval_ms: 1000,
+        }
+    }
+}
+
+impl ServeSettings {
+    /// Whether `/` serves the live page.
+    pub fn live_page_enabled(&self) -> bool {
+        self.live_page.unwrap_or(self.dev)
+    }
 }
 
 /// The realtime layer's settings.
@@ -91,6 +143,8 @@ pub struct RealtimeConfig {
     pub session: SessionConfig,
     /// Largest `limit` of a REST list.
     pub list_limit_max: usize,
+    /// With no `room_token_secret`: a random key per process instead of one derived from the access-token secret.
+    pub room_token_key_random: bool,
 }
 
 impl Default for RealtimeConfig {
@@ -100,6 +154,7 @@ impl Default for RealtimeConfig {
             room_token_ttl_s: ROOM_TOKEN_TTL_S_DEFAULT,
             session: SessionConfig::default(),
             list_limit_max: crate::realtime::rest::LIST_LIMIT_MAX_DEFAULT,
+            room_token_key_random: false,
         }
     }
 }
@@ -136,6 +191,8 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     /// The ORM (`[orm]`).
     pub orm: OrmConfig,
+    /// How `serve` runs (`[serve]`).
+    pub serve: ServeSettings,
 }
 
 impl Default for Config {
@@ -151,6 +208,7 @@ impl Default for Config {
             auth: AuthSettings::default(),
             realtime: RealtimeConfig::default(),
             orm: OrmConfig::default(),
+            serve: ServeSettings::default(),
         }
     }
 }
@@ -270,6 +328,23 @@ impl Config {
             }
             "realtime.echo_event" => r.session.echo_event = parse_bool(key, value)?,
             "realtime.list_limit_max" => r.list_limit_max = parse::<usize>(key, value)?.max(1),
+            "realtime.room_token_key_random" => r.room_token_key_random = parse_bool(key, value)?,
+            "serve.dev" => self.serve.dev = parse_bool(key, value)?,
+            "serve.data_dir" => self.serve.data_dir = opt_string(value).map(PathBuf::from),
+            "serve.live_page" => self.serve.live_page = Some(parse_bool(key, value)?),
+            "serve.listen_shared" => self.serve.listen_shared = parse_bool(key, value)?,
+            "serve.db_retry_initial_ms" => {
+                self.serve.db_retry_initial_ms = parse::<u64>(key, value)?.max(1)
+            }
+            "serve.db_retry_max_ms" => {
+                self.serve.db_retry_max_ms = parse::<u64>(key, value)?.max(1)
+            }
+            "serve.db_exit_on_unavailable" => {
+                self.serve.db_exit_on_unavailable = parse_bool(key, value)?
+            }
+            "serve.db_probe_interval_ms" => {
+                self.serve.db_probe_interval_ms = parse::<u64>(key, value)?.max(10)
+            }
             _ => return Err(ConfigError(format!("unknown option `{key}`"))),
         }
         Ok(())
@@ -292,9 +367,9 @@ impl Config {
                     .map_err(|e| ConfigError(format!("{origin}: [orm]: {e}")))?;
                 continue;
             }
-            if !matches!(section.as_str(), "server" | "auth" | "realtime") {
+            if !matches!(section.as_str(), "server" | "auth" | "realtime" | "serve") {
                 return Err(ConfigError(format!(
-                    "{origin}: unknown section [{section}] (expected server, auth, realtime, orm)"
+                    "{origin}: unknown section [{section}] (expected server, auth, realtime, orm, serve)"
                 )));
             }
             for (name, value) in body {
@@ -396,6 +471,53 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The data directory: `serve.data_dir`, else the directory of `orm.embedded_path` (`shardcast-data`).
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.serve.data_dir {
+            return d.clone();
+        }
+        match self.orm.embedded_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// The backend and where it is, for the start-up line and health logs: never credentials.
+    pub fn backend_description(&self) -> String {
+        use crate::orm::BackendKind;
+        match self.orm.backend {
+            BackendKind::Embedded => format!("embedded {}", self.orm.embedded_path.display()),
+            BackendKind::Mongo => format!(
+                "mongo {} database {}",
+                redact_uri(&self.orm.mongo_uri),
+                self.orm.mongo_database
+            ),
+            BackendKind::Cql => format!(
+                "cql {} keyspace {}",
+                self.orm.cql_nodes.join(","),
+                self.orm.cql_keyspace
+            ),
+        }
+    }
+}
+
+/// `uri` without its user information and query string (which may hold credentials): scheme, hosts and path.
+pub fn redact_uri(uri: &str) -> String {
+    let (scheme, rest) = match uri.find("://") {
+        Some(i) => (&uri[..i + 3], &uri[i + 3..]),
+        None => ("", uri),
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let (hosts, path) = rest.split_at(host_end);
+    let hosts = match hosts.rfind('@') {
+        Some(at) => &hosts[at + 1..],
+        None => hosts,
+    };
+    format!("{scheme}{hosts}{path}")
+}
+
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
@@ -453,11 +575,17 @@ mod tests {
                 "auth.jwt_algorithm" => "ES256",
                 k if k.ends_with("pin_shards")
                     || k.ends_with("credentials")
-                    || k.ends_with("echo_event") =>
+                    || k.ends_with("echo_event")
+                    || k.ends_with("_random")
+                    || k.ends_with(".dev")
+                    || k.ends_with("live_page")
+                    || k.ends_with("listen_shared")
+                    || k.ends_with("exit_on_unavailable") =>
                 {
                     "true"
                 }
                 k if k.contains("secret")
+                    || k.contains("data_dir")
                     || k.contains("file")
                     || k.contains("issuer")
                     || k.contains("audience") =>
@@ -492,6 +620,26 @@ mod tests {
         assert_eq!(e.0, "f.toml: unknown option `server.shard`");
         let e = c.apply_toml("[nope]\na = 1\n", "f.toml").unwrap_err();
         assert!(e.0.contains("unknown section [nope]"), "{e}");
+    }
+
+    #[test]
+    fn uris_lose_credentials_and_queries() {
+        assert_eq!(
+            redact_uri("mongodb://bob:s3cret@db1:27017,db2/app?authSource=admin&password=x"),
+            "mongodb://db1:27017,db2/app"
+        );
+        assert_eq!(
+            redact_uri("mongodb://127.0.0.1:27017"),
+            "mongodb://127.0.0.1:27017"
+        );
+        let mut c = Config::default();
+        c.orm.backend = crate::orm::BackendKind::Mongo;
+        c.orm.mongo_uri = "mongodb://u:p@h:1".into();
+        assert_eq!(
+            c.backend_description(),
+            "mongo mongodb://h:1 database shardcast"
+        );
+        assert_eq!(c.data_dir(), PathBuf::from("shardcast-data"));
     }
 
     #[test]
