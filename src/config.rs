@@ -71,7 +71,7 @@ options! {
     "auth.jwt_issuer", "SHARDCAST_JWT_ISSUER", "none (not checked)", "when set, `iss` must equal it";
     "auth.jwt_audience", "SHARDCAST_JWT_AUDIENCE", "none (not checked)", "when set, `aud` must contain it";
     "auth.token_bytes_max", "SHARDCAST_TOKEN_BYTES_MAX", "8192", "longest accepted access token, bytes";
-    "realtime.room_token_secret", "SHARDCAST_ROOM_TOKEN_SECRET", "random per process", "HS256 key of room tokens; set it (the same everywhere) when several processes share rooms or tokens must survive restarts";
+    "realtime.room_token_secret", "SHARDCAST_ROOM_TOKEN_SECRET", "derived from the access-token secret", "HS256 key of room tokens; unset: HKDF-SHA256 of the HS256 access-token secret with a fixed label (stable across restarts and nodes); with RS256/ES256 random per process";
     "realtime.room_token_ttl_s", "SHARDCAST_ROOM_TOKEN_TTL_S", "3600", "lifetime of room tokens handed out by the REST API, seconds";
     "realtime.auth_timeout_ms", "SHARDCAST_AUTH_TIMEOUT_MS", "10000", "a socket not authenticated by then gets `unauthorized` and is disconnected";
     "realtime.rooms_per_socket_max", "SHARDCAST_ROOMS_PER_SOCKET_MAX", "100", "rooms one socket may be in at once";
@@ -135,7 +135,7 @@ impl ServeSettings {
 /// The realtime layer's settings.
 #[derive(Debug, Clone)]
 pub struct RealtimeConfig {
-    /// Room-token key; `None`: a random key per process.
+    /// Room-token key; `None`: derived from the HS256 access-token secret (HKDF), or random per process.
     pub room_token_secret: Option<Secret>,
     /// Lifetime of issued room tokens, seconds.
     pub room_token_ttl_s: u64,

@@ -43,8 +43,8 @@ enum Command {
     /// pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1000000, connectTimeout 1000 ms.
     Conformance(Common),
     /// The realtime server: Socket.IO at /socket/ and /socket.io/ (authenticate, realtime:join/leave,
-    /// realtime:resource), the REST API of the demo services under /api/v1, /metrics and /healthz.
-    Serve(ServeArgs),
+    /// realtime:resource), the REST API of the demo services under /api/v1, /metrics, /healthz and /readyz.
+    Serve(Box<ServeArgs>),
     /// Print a signed access token for trying the server out (same configuration as `serve`).
     Token(TokenArgs),
 }
