@@ -685,3 +685,59 @@ fn the_python_client_example_receives_a_realtime_resource_event() {
     assert_eq!(event["action"], "created");
     assert_eq!(event["resource"], created["resource"]);
 }
+
+/// Once a graceful shutdown began, `/readyz` never answers 200 again: a request still served gets 503
+/// `shutting_down: true`, and new or idle connections are refused or closed (the shutdown stops accepting).
+#[test]
+fn readyz_never_answers_200_once_shutdown_begins() {
+    use std::io::Write;
+    let d = dir("readyz-shutdown");
+    let db = d.join("db.redb");
+    let mut server = Running::start(
+        &[
+            "serve",
+            "--db-path",
+            db.to_str().expect("utf8"),
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+        ],
+        &[
+            ("SHARDCAST_JWT_SECRET", SECRET),
+            ("SHARDCAST_SHUTDOWN_GRACE_MS", "2000"),
+        ],
+        &d.join("serve.log"),
+    );
+    let addr = server.addr;
+    let ask = || -> Option<common::HttpResponse> {
+        let mut conn = std::net::TcpStream::connect(addr).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+        conn.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        common::read_response(&mut conn, &mut Vec::new())
+    };
+    assert_eq!(ask().expect("an answer").status, 200);
+    // SAFETY: kill(2) on the PID of our own child.
+    unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    let mut answers = Vec::new();
+    while server.child.try_wait().expect("wait").is_none() {
+        let status = ask().map(|r| {
+            if r.status == 503 {
+                let v: Value = serde_json::from_slice(&r.body).expect("json");
+                assert_eq!(v["shutting_down"], true, "{v}");
+            }
+            r.status
+        });
+        answers.push(status);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Requests before the shard noticed the signal may still be 200; after a 503 or a refusal, never again.
+    let first_not_ready = answers.iter().position(|s| *s != Some(200));
+    let first_not_ready = first_not_ready.expect("some /readyz after SIGTERM was not 200");
+    assert!(
+        answers[first_not_ready..].iter().all(|s| *s != Some(200)),
+        "answers after SIGTERM: {answers:?}"
+    );
+}
