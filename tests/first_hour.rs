@@ -381,7 +381,7 @@ fn a_client_reconnecting_after_a_restart_rejoins_with_its_cached_room_token() {
                 "--listen",
                 listen,
                 "--shards",
-                "2",
+                "1",
                 "--no-pin",
             ]
             .iter()
@@ -596,7 +596,7 @@ fn the_python_client_example_receives_a_realtime_resource_event() {
             "--listen",
             "127.0.0.1:0",
             "--shards",
-            "2",
+            "1",
             "--no-pin",
         ],
         &[("SHARDCAST_JWT_SECRET", SECRET)],

@@ -308,6 +308,99 @@ fn mongo_down_at_start_then_up_then_down_mid_run_then_back() {
     assert_eq!(serve.count("database unreachable"), 2);
 }
 
+/// A Cassandra of our own, run by the service script in its own directory and ports; stopped (by its recorded PID,
+/// which the script signals) on drop.
+struct OwnCassandra {
+    dir: PathBuf,
+    native_port: u16,
+    storage_port: u16,
+}
+
+impl OwnCassandra {
+    fn run(&self, action: &str) {
+        let out = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/services/cassandra.sh"))
+            .arg(action)
+            .env("CASSANDRA_DIR", &self.dir)
+            .env("SERVICES_DIR", self.dir.join("services"))
+            .env("CASSANDRA_NATIVE_PORT", self.native_port.to_string())
+            .env("CASSANDRA_STORAGE_PORT", self.storage_port.to_string())
+            .env("CASSANDRA_HEAP", "512m")
+            .output()
+            .expect("bash runs the service script");
+        assert!(
+            out.status.success(),
+            "tests/services/cassandra.sh {action} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnCassandra {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/services/cassandra.sh"))
+            .arg("stop")
+            .env("CASSANDRA_DIR", &self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn cassandra_down_at_start_then_up_then_down_mid_run() {
+    assert!(
+        std::env::var("SHARDCAST_TEST_CQL_NODES").is_ok(),
+        "SHARDCAST_TEST_CQL_NODES is not set: run `bash tests/services/cassandra.sh start` first (tests/run.sh does \
+         it); this test reuses the jars it downloads"
+    );
+    let d = dir("health-cql");
+    let (native_port, mut storage_port) = (free_port(), free_port());
+    while storage_port == native_port {
+        storage_port = free_port();
+    }
+    let cassandra = OwnCassandra {
+        dir: d.join("cassandra"),
+        native_port,
+        storage_port,
+    };
+    let nodes = format!("127.0.0.1:{native_port}");
+    let serve = Serve::start(
+        &d,
+        &["--cql-nodes", &nodes, "--cql-keyspace", "health_cql"],
+        &[],
+    );
+    let token = token();
+    serve.wait_readyz(503);
+    let (status, body) = serve.channels(&token);
+    assert_eq!((status, body.as_str()), (503, GENERIC_503));
+    assert_eq!(serve.count("database unreachable"), 1, "{}", serve.log());
+
+    cassandra.run("start");
+    let v = serve.wait_readyz(200);
+    assert_eq!(v["database"], "up");
+    assert_eq!(serve.channels(&token).0, 200);
+    assert_eq!(
+        serve.count("database reachable again"),
+        1,
+        "{}",
+        serve.log()
+    );
+
+    cassandra.run("stop");
+    let v = serve.wait_readyz(503);
+    assert_eq!(v["database"], "down");
+    let (status, body) = serve.channels(&token);
+    assert_eq!((status, body.as_str()), (503, GENERIC_503));
+    assert_eq!(
+        serve.count("database unreachable"),
+        2,
+        "one line per outage:\n{}",
+        serve.log()
+    );
+}
+
 #[test]
 fn exit_instead_of_waiting_when_asked_and_cassandra_down_at_start_answers_503() {
     let d = dir("health-exit");
