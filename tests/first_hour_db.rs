@@ -366,6 +366,7 @@ fn cassandra_down_at_start_then_up_then_down_mid_run() {
         storage_port,
     };
     let nodes = format!("127.0.0.1:{native_port}");
+    let started = Instant::now();
     let serve = Serve::start(
         &d,
         &["--cql-nodes", &nodes, "--cql-keyspace", "health_cql"],
@@ -397,6 +398,14 @@ fn cassandra_down_at_start_then_up_then_down_mid_run() {
         serve.count("database unreachable"),
         2,
         "one line per outage:\n{}",
+        serve.log()
+    );
+    // The driver logs a few lines per connection attempt (several a second while retrying); at most 5 per clock
+    // minute get through.
+    let windows = started.elapsed().as_secs() / 60 + 2;
+    assert!(
+        serve.count(" scylla::") as u64 <= 5 * windows,
+        "driver logs are rate-limited ({windows} minute windows):\n{}",
         serve.log()
     );
 }
