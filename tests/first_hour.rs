@@ -741,3 +741,145 @@ fn readyz_never_answers_200_once_shutdown_begins() {
         "answers after SIGTERM: {answers:?}"
     );
 }
+
+/// `demo_client.js` reports a first connection that fails and exits 1; after a server restart with a new room-token
+/// key (`room_token_key_random`) it fetches a fresh room token over REST and joins again.
+#[test]
+fn the_demo_client_reports_connection_errors_and_refreshes_room_tokens_on_reconnect() {
+    ensure_node_modules();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead_addr = dead.local_addr().expect("addr");
+    drop(dead);
+    let out = Command::new("node")
+        .arg(interop_dir().join("demo_client.js"))
+        .args([&format!("http://{dead_addr}"), "t", "/r=t"])
+        .output()
+        .expect("node");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.starts_with("connection error: "), "{text}");
+
+    let d = dir("demo-refresh");
+    let db = d.join("db.redb");
+    let db_s = db.to_str().expect("utf8");
+    let env = [
+        ("SHARDCAST_JWT_SECRET", SECRET),
+        ("SHARDCAST_ROOM_TOKEN_KEY_RANDOM", "true"),
+    ];
+    let server = Running::start(
+        &[
+            "serve",
+            "--db-path",
+            db_s,
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--no-pin",
+        ],
+        &env,
+        &d.join("first.log"),
+    );
+    let addr = server.addr;
+    let token = shardcast(
+        &[
+            "token",
+            "--sub",
+            "alice",
+            "--claim",
+            r#"companies=["acme"]"#,
+        ],
+        &[("SHARDCAST_JWT_SECRET", SECRET)],
+    )
+    .output()
+    .expect("token");
+    let token = String::from_utf8(token.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+    let (status, _) = post_with_token(
+        addr,
+        "/api/v1/companies/acme/workspaces/main/channels",
+        &token,
+        &json!({"resource": {"id": "refresh", "name": "r"}}),
+    );
+    assert_eq!(status, 201);
+    let (_, list) = get_with_token(
+        addr,
+        "/api/v1/channels/refresh/messages?websockets=true",
+        &token,
+    );
+    let room = list["websockets"][0]["room"]
+        .as_str()
+        .expect("room")
+        .to_owned();
+    let room_token = list["websockets"][0]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let mut client = Command::new("node")
+        .arg(interop_dir().join("demo_client.js"))
+        .args([
+            &format!("http://{addr}"),
+            &token,
+            &format!("{room}={room_token}"),
+            "--count",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node");
+    let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
+    let mut until_joined = || {
+        let mut seen = Vec::new();
+        for l in lines.by_ref() {
+            let l = l.expect("line");
+            let end =
+                l.starts_with("joined") || l.starts_with("join error") || l.starts_with("cannot");
+            seen.push(l);
+            if end {
+                break;
+            }
+        }
+        seen
+    };
+    assert_eq!(
+        until_joined(),
+        vec!["authenticated".to_string(), format!("joined {room}")]
+    );
+    drop(server);
+    let restarted = Running::start(
+        &[
+            "serve",
+            "--db-path",
+            db_s,
+            "--listen",
+            &addr.to_string(),
+            "--shards",
+            "1",
+            "--no-pin",
+        ],
+        &env,
+        &d.join("second.log"),
+    );
+    let after = until_joined();
+    assert_eq!(
+        after.last(),
+        Some(&format!("joined {room}")),
+        "a fresh room token joins: {after:?}"
+    );
+    let (status, _) = post_with_token(
+        restarted.addr,
+        "/api/v1/channels/refresh/messages",
+        &token,
+        &json!({"resource": {"text": "after the refresh"}}),
+    );
+    assert_eq!(status, 201);
+    let rest: Vec<String> = lines.map(|l| l.expect("line")).collect();
+    assert!(client.wait().expect("wait").success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("after the refresh")),
+        "{rest:?}"
+    );
+}
