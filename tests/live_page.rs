@@ -202,8 +202,12 @@ fn a_message_created_over_rest_and_one_sent_from_the_page_appear_on_the_live_pag
     );
     cdp.eval("document.getElementById('channel').value = 'live-page'; document.getElementById('create-channel').click(); true");
     cdp.wait_for(
-        "document.getElementById('rooms').textContent === '2'",
+        "document.getElementById('joined').textContent === '2'",
         "the page joined the channel's and its messages' rooms",
+    );
+    cdp.wait_for(
+        "document.getElementById('rooms').textContent === '2'",
+        "the page shows the server's rooms, summed over its shards",
     );
 
     let auth = format!("Bearer {token}");
@@ -225,6 +229,10 @@ fn a_message_created_over_rest_and_one_sent_from_the_page_appear_on_the_live_pag
     cdp.wait_for(
         "document.getElementById('events').textContent.includes('hello from the live page')",
         "the message sent from the page appears on the page",
+    );
+    cdp.wait_for(
+        "Number(document.getElementById('events-total').textContent) >= 2",
+        "the page counts the server's realtime events (their rate beside)",
     );
     let created = cdp.eval(
         "[...document.querySelectorAll('#events li')].map(li => JSON.parse(li.dataset.json).action).join(',')",

@@ -203,6 +203,7 @@ impl Router for ServeRouter {
             "/" | "/index.html" if self.live_page && get => {
                 return ready(super::page::response());
             }
+            "/live/stats" if self.live_page && get => return Some(super::page::stats(shard)),
             _ => {}
         }
         match self.inner() {
