@@ -253,7 +253,9 @@ Access tokens are verified with HS256 and a secret you choose. Set one, e.g.:
     export SHARDCAST_JWT_SECRET=\"$(head -c 32 /dev/urandom | base64)\"
 
 or `jwt_secret = \"...\"` in the [auth] section of a --config file (or use RS256/ES256 with
-auth.jwt_public_key_file). Then `shardcast token --sub alice --claim companies='[\"acme\"]'` prints a token.";
+auth.jwt_public_key_file). Then `shardcast token --sub alice --claim companies='[\"acme\"]'` prints a token.
+To try shardcast out, `shardcast serve --dev` makes a secret once, keeps it in the data directory (mode 0600) and
+prints a token; `shardcast token` run there finds it by itself.";
 
 fn auth_error(e: &AuthConfigError) -> String {
     match e {
