@@ -625,17 +625,29 @@ fn wait_signals(set: libc::sigset_t, flag: Arc<AtomicBool>) {
     });
 }
 
+/// The loud start-up checks: io_uring (memlock included), then the listen address unless sharing it on purpose.
+fn preflight(listen: SocketAddr, listen_shared: bool) -> Result<(), String> {
+    startup::check_io_uring()?;
+    if !listen_shared {
+        startup::check_listen_free(listen)?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     let mut io_shard = None;
     let mut banner = None;
-    let mut listen_shared = false;
     let (cfg, app): (ServerConfig, AppFactory) = match &cli.command {
-        Command::Conformance(c) => (
-            c.apply(ServerConfig::conformance()),
-            server::conformance::app(),
-        ),
+        Command::Conformance(c) => {
+            let cfg = c.apply(ServerConfig::conformance());
+            if let Err(e) = preflight(cfg.listen, false) {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+            (cfg, server::conformance::app())
+        }
         Command::Token(args) => return token(args),
         Command::Serve(args) => {
             let mut cfg = match args.config() {
@@ -645,7 +657,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            listen_shared = cfg.serve.listen_shared;
+            // Before the database (which may take request_timeout_ms to answer) and before dev mode writes anything.
+            if let Err(e) = preflight(cfg.server.listen, cfg.serve.listen_shared) {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
             match serve_app(&mut cfg) {
                 Ok((app, io, b)) => {
                     io_shard = Some(io);
@@ -659,14 +675,6 @@ fn main() -> ExitCode {
             }
         }
     };
-    if let Err(e) = startup::check_io_uring() {
-        eprintln!("{e}");
-        return ExitCode::from(1);
-    }
-    if !listen_shared && let Err(e) = startup::check_listen_free(cfg.listen) {
-        eprintln!("{e}");
-        return ExitCode::from(1);
-    }
     let set = block_signals();
     let handle = match server::start(cfg, app) {
         Ok(h) => h,

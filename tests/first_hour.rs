@@ -102,6 +102,16 @@ impl Drop for Running {
     }
 }
 
+/// A client process killed when the test ends, passing or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn get_with_token(addr: SocketAddr, path: &str, token: &str) -> (u16, Value) {
     let auth = format!("Bearer {token}");
     let r = request_with(addr, "GET", path, &[("Authorization", &auth)], b"");
@@ -437,6 +447,7 @@ fn a_client_reconnecting_after_a_restart_rejoins_with_its_cached_room_token() {
             .spawn()
             .expect("node");
         let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
+        let client = KillOnDrop(client);
         let mut seen = Vec::new();
         for l in lines.by_ref() {
             let l = l.expect("line");
@@ -480,8 +491,7 @@ fn a_client_reconnecting_after_a_restart_rejoins_with_its_cached_room_token() {
                 }
             }
         }
-        let _ = client.kill();
-        let _ = client.wait();
+        drop(client);
         after
     };
 
@@ -652,6 +662,7 @@ fn the_python_client_example_receives_a_realtime_resource_event() {
         .spawn()
         .expect("python");
     let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
+    let mut client = KillOnDrop(client);
     let mut seen = Vec::new();
     for l in lines.by_ref() {
         let l = l.expect("line");
@@ -675,7 +686,7 @@ fn the_python_client_example_receives_a_realtime_resource_event() {
     );
     assert_eq!(status, 201);
     let rest: Vec<String> = lines.map(|l| l.expect("line")).collect();
-    assert!(client.wait().expect("wait").success(), "{rest:?}");
+    assert!(client.0.wait().expect("wait").success(), "{rest:?}");
     let event: Value = serde_json::from_str(
         rest.iter()
             .find_map(|l| l.strip_prefix("realtime:resource "))
@@ -831,6 +842,7 @@ fn the_demo_client_reports_connection_errors_and_refreshes_room_tokens_on_reconn
         .spawn()
         .expect("node");
     let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
+    let mut client = KillOnDrop(client);
     let mut until_joined = || {
         let mut seen = Vec::new();
         for l in lines.by_ref() {
@@ -877,7 +889,7 @@ fn the_demo_client_reports_connection_errors_and_refreshes_room_tokens_on_reconn
     );
     assert_eq!(status, 201);
     let rest: Vec<String> = lines.map(|l| l.expect("line")).collect();
-    assert!(client.wait().expect("wait").success(), "{rest:?}");
+    assert!(client.0.wait().expect("wait").success(), "{rest:?}");
     assert!(
         rest.iter().any(|l| l.contains("after the refresh")),
         "{rest:?}"

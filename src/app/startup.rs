@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 /// The smallest `RLIMIT_MEMLOCK` glommio accepts for an executor (its `Reactor::new` refuses less), bytes.
 pub const MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
 
+/// How long an address found in use is probed again before `serve` refuses it, ms.
+pub const LISTEN_PROBE_RETRY_MS: u64 = 2000;
+
 /// Ring depth and registered I/O memory of the trial executor: the shards' own settings (`server::shard`).
 const TRIAL_RING_DEPTH: usize = 4096;
 const TRIAL_IO_MEMORY_BYTES: usize = 256 << 10;
@@ -93,7 +96,18 @@ pub fn check_listen_free(addr: SocketAddr) -> Result<(), String> {
         return Ok(());
     }
     // std's bind sets SO_REUSEADDR (so TIME_WAIT leftovers of a previous run do not count) and never SO_REUSEPORT.
-    match std::net::TcpListener::bind(addr) {
+    // The listening socket of a server that just died can outlive it by a moment (io_uring tears its ring down
+    // after the process is gone), so an address in use is probed again for LISTEN_PROBE_RETRY_MS before refusing.
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(LISTEN_PROBE_RETRY_MS);
+    let mut probe = std::net::TcpListener::bind(addr);
+    while matches!(&probe, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        probe = std::net::TcpListener::bind(addr);
+    }
+    match probe {
         Ok(probe) => {
             drop(probe);
             Ok(())
