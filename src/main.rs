@@ -512,36 +512,38 @@ fn serve_app(cfg: &mut Config) -> Result<(AppFactory, IoSlot, Option<Banner>), (
     Ok((factory, io_slot, banner))
 }
 
+/// The dev banner on stdout. Written as one block and never fatal: a closed stdout (nobody reading) must not stop
+/// the server.
 fn print_dev_banner(
     addr: SocketAddr,
     secret: &std::path::Path,
     origin: dev::SecretOrigin,
     token: &str,
 ) {
+    use std::io::Write;
     let made = match origin {
         dev::SecretOrigin::Created => "created now",
         dev::SecretOrigin::Reused => "reused",
     };
     let base = format!("http://{addr}");
-    println!(
-        "dev mode: JWT secret in {} ({made}, mode 0600; `shardcast token` finds it there by itself)",
+    let mut text = format!(
+        "dev mode: JWT secret in {} ({made}, mode 0600; `shardcast token` finds it there by itself)\n\
+         live page: {base}/#token={token}\n\
+         demo access token of user alice, company acme, valid 24 h:\n\
+         TOKEN={token}\n\
+         next, in another shell at the repository root:\n\
+         \x20 TOKEN=$(cargo run -q --release -- token --sub alice --claim companies='[\"acme\"]')\n\
+         \x20 curl -s -X POST {base}/api/v1/companies/acme/workspaces/main/channels -H \"Authorization: Bearer $TOKEN\" \\\n\
+         \x20   -d '{{\"resource\": {{\"id\": \"general\", \"name\": \"General\"}}}}'\n",
         secret.display()
     );
-    println!("live page: {base}/#token={token}");
-    println!("demo access token of user alice, company acme, valid 24 h:");
-    println!("TOKEN={token}");
-    println!("next, in another shell at the repository root:");
-    println!(
-        "  TOKEN=$(cargo run -q --release -- token --sub alice --claim companies='[\"acme\"]')"
-    );
-    println!(
-        "  curl -s -X POST {base}/api/v1/companies/acme/workspaces/main/channels -H \"Authorization: Bearer $TOKEN\" \\\n    -d '{{\"resource\": {{\"id\": \"general\", \"name\": \"General\"}}}}'"
-    );
     if !addr.ip().is_loopback() {
-        println!(
-            "warning: dev mode on a non-loopback address ({addr}): anyone who can reach it can use the demo"
-        );
+        text.push_str(&format!(
+            "warning: dev mode on a non-loopback address ({addr}): anyone who can reach it can use the demo\n"
+        ));
     }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Events of the database drivers let through per [`DRIVER_LOG_WINDOW_S`] window: a database that is down makes
