@@ -76,7 +76,7 @@ options! {
     "auth.jwt_issuer", "SHARDCAST_JWT_ISSUER", "none (not checked)", "when set, `iss` must equal it";
     "auth.jwt_audience", "SHARDCAST_JWT_AUDIENCE", "none (not checked)", "when set, `aud` must contain it";
     "auth.token_bytes_max", "SHARDCAST_TOKEN_BYTES_MAX", "8192", "longest accepted access token, bytes";
-    "realtime.room_token_secret", "SHARDCAST_ROOM_TOKEN_SECRET", "random per process", "HS256 key of room tokens; set it (the same everywhere) when several processes share rooms or tokens must survive restarts";
+    "realtime.room_token_secret", "SHARDCAST_ROOM_TOKEN_SECRET", "derived from the access-token secret", "HS256 key of room tokens; unset: HKDF-SHA256 of the HS256 access-token secret with a fixed label (stable across restarts and nodes); with RS256/ES256 random per process";
     "realtime.room_token_ttl_s", "SHARDCAST_ROOM_TOKEN_TTL_S", "3600", "lifetime of room tokens handed out by the REST API, seconds";
     "realtime.auth_timeout_ms", "SHARDCAST_AUTH_TIMEOUT_MS", "10000", "a socket not authenticated by then gets `unauthorized` and is disconnected";
     "realtime.rooms_per_socket_max", "SHARDCAST_ROOMS_PER_SOCKET_MAX", "100", "rooms one socket may be in at once";
@@ -95,12 +95,64 @@ options! {
     "realtime.user_write_bytes_per_s", "SHARDCAST_USER_WRITE_BYTES_PER_S", "4194304", "REST POST/PATCH body bytes per second per user; over it 429 with Retry-After; 0 = off";
     "realtime.company_storage_bytes_max", "SHARDCAST_COMPANY_STORAGE_BYTES_MAX", "0 (off)", "bytes of message text and extra fields one company may store; over it 403 quota_exceeded";
     "realtime.join_leave_per_s_max", "SHARDCAST_JOIN_LEAVE_PER_S_MAX", "50", "realtime:join plus realtime:leave per second per socket; over it the socket gets join/leave errors";
+    "realtime.room_token_key_random", "SHARDCAST_ROOM_TOKEN_KEY_RANDOM", "false", "with no room_token_secret: true picks a random key per process (tokens die with it) instead of deriving one from the HS256 access-token secret";
+    "serve.dev", "SHARDCAST_DEV", "false", "dev mode (`serve --dev`): a random JWT secret kept in the data directory, a printed demo token, the live page at `/`";
+    "serve.data_dir", "SHARDCAST_DATA_DIR", "directory of orm.embedded_path", "where dev mode keeps its secret (`dev-jwt-secret`, mode 0600)";
+    "serve.live_page", "SHARDCAST_LIVE_PAGE", "false (true in dev mode)", "serve the live page at `/` (it shows only what the caller's token may read)";
+    "serve.listen_shared", "SHARDCAST_LISTEN_SHARED", "false", "start even if another process already listens on the address (SO_REUSEPORT sharing; the kernel then splits connections between the processes)";
+    "serve.db_retry_initial_ms", "SHARDCAST_DB_RETRY_INITIAL_MS", "200", "first wait before retrying a database that did not answer at start-up (doubles each time)";
+    "serve.db_retry_max_ms", "SHARDCAST_DB_RETRY_MAX_MS", "5000", "longest wait between two start-up retries";
+    "serve.db_exit_on_unavailable", "SHARDCAST_DB_EXIT_ON_UNAVAILABLE", "false", "exit (status 1) when the database does not answer at start-up instead of retrying";
+    "serve.db_probe_interval_ms", "SHARDCAST_DB_PROBE_INTERVAL_MS", "1000", "how often `/readyz` health is refreshed by a cheap database read";
+}
+
+/// How `shardcast serve` runs: dev mode, the live page, port sharing, database start-up retries and health probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeSettings {
+    /// Dev mode (`--dev`).
+    pub dev: bool,
+    /// Where dev mode keeps its secret; `None`: the directory of `orm.embedded_path`.
+    pub data_dir: Option<PathBuf>,
+    /// Serve the live page at `/`; `None`: only in dev mode.
+    pub live_page: Option<bool>,
+    /// Start even if another process already listens on the address.
+    pub listen_shared: bool,
+    /// First wait before retrying the database at start-up.
+    pub db_retry_initial_ms: u64,
+    /// Longest wait between two start-up retries.
+    pub db_retry_max_ms: u64,
+    /// Exit instead of retrying when the database is down at start-up.
+    pub db_exit_on_unavailable: bool,
+    /// Interval of the health probe behind `/readyz`.
+    pub db_probe_interval_ms: u64,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            dev: false,
+            data_dir: None,
+            live_page: None,
+            listen_shared: false,
+            db_retry_initial_ms: 200,
+            db_retry_max_ms: 5000,
+            db_exit_on_unavailable: false,
+            db_probe_interval_ms: 1000,
+        }
+    }
+}
+
+impl ServeSettings {
+    /// Whether `/` serves the live page.
+    pub fn live_page_enabled(&self) -> bool {
+        self.live_page.unwrap_or(self.dev)
+    }
 }
 
 /// The realtime layer's settings.
 #[derive(Debug, Clone)]
 pub struct RealtimeConfig {
-    /// Room-token key; `None`: a random key per process.
+    /// Room-token key; `None`: derived from the HS256 access-token secret (HKDF), or random per process.
     pub room_token_secret: Option<Secret>,
     /// Lifetime of issued room tokens, seconds.
     pub room_token_ttl_s: u64,
@@ -112,6 +164,8 @@ pub struct RealtimeConfig {
     pub demo: crate::realtime::demo::DemoLimits,
     /// Per-user REST write limits.
     pub writes: crate::realtime::rest::WriteLimits,
+    /// With no `room_token_secret`: a random key per process instead of one derived from the access-token secret.
+    pub room_token_key_random: bool,
 }
 
 impl Default for RealtimeConfig {
@@ -123,6 +177,7 @@ impl Default for RealtimeConfig {
             list_limit_max: crate::realtime::rest::LIST_LIMIT_MAX_DEFAULT,
             demo: crate::realtime::demo::DemoLimits::default(),
             writes: crate::realtime::rest::WriteLimits::default(),
+            room_token_key_random: false,
         }
     }
 }
@@ -161,6 +216,8 @@ pub struct Config {
     pub orm: OrmConfig,
     /// The `[cluster]` section (Redis scale-out; off by default).
     pub cluster: crate::cluster::ClusterConfig,
+    /// How `serve` runs (`[serve]`).
+    pub serve: ServeSettings,
 }
 
 impl Default for Config {
@@ -177,6 +234,7 @@ impl Default for Config {
             realtime: RealtimeConfig::default(),
             orm: OrmConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            serve: ServeSettings::default(),
         }
     }
 }
@@ -337,6 +395,23 @@ impl Config {
             "realtime.join_leave_per_s_max" => {
                 r.session.join_leave_per_s_max = parse::<u32>(key, value)?.max(1)
             }
+            "realtime.room_token_key_random" => r.room_token_key_random = parse_bool(key, value)?,
+            "serve.dev" => self.serve.dev = parse_bool(key, value)?,
+            "serve.data_dir" => self.serve.data_dir = opt_string(value).map(PathBuf::from),
+            "serve.live_page" => self.serve.live_page = Some(parse_bool(key, value)?),
+            "serve.listen_shared" => self.serve.listen_shared = parse_bool(key, value)?,
+            "serve.db_retry_initial_ms" => {
+                self.serve.db_retry_initial_ms = parse::<u64>(key, value)?.max(1)
+            }
+            "serve.db_retry_max_ms" => {
+                self.serve.db_retry_max_ms = parse::<u64>(key, value)?.max(1)
+            }
+            "serve.db_exit_on_unavailable" => {
+                self.serve.db_exit_on_unavailable = parse_bool(key, value)?
+            }
+            "serve.db_probe_interval_ms" => {
+                self.serve.db_probe_interval_ms = parse::<u64>(key, value)?.max(10)
+            }
             _ => return Err(ConfigError(format!("unknown option `{key}`"))),
         }
         Ok(())
@@ -359,9 +434,12 @@ impl Config {
                     .map_err(|e| ConfigError(format!("{origin}: [orm]: {e}")))?;
                 continue;
             }
-            if !matches!(section.as_str(), "server" | "auth" | "realtime" | "cluster") {
+            if !matches!(
+                section.as_str(),
+                "server" | "auth" | "realtime" | "cluster" | "serve"
+            ) {
                 return Err(ConfigError(format!(
-                    "{origin}: unknown section [{section}] (expected server, auth, realtime, cluster, orm)"
+                    "{origin}: unknown section [{section}] (expected server, auth, realtime, cluster, orm, serve)"
                 )));
             }
             for (name, value) in body {
@@ -463,6 +541,53 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The data directory: `serve.data_dir`, else the directory of `orm.embedded_path` (`shardcast-data`).
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.serve.data_dir {
+            return d.clone();
+        }
+        match self.orm.embedded_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// The backend and where it is, for the start-up line and health logs: never credentials.
+    pub fn backend_description(&self) -> String {
+        use crate::orm::BackendKind;
+        match self.orm.backend {
+            BackendKind::Embedded => format!("embedded {}", self.orm.embedded_path.display()),
+            BackendKind::Mongo => format!(
+                "mongo {} database {}",
+                redact_uri(&self.orm.mongo_uri),
+                self.orm.mongo_database
+            ),
+            BackendKind::Cql => format!(
+                "cql {} keyspace {}",
+                self.orm.cql_nodes.join(","),
+                self.orm.cql_keyspace
+            ),
+        }
+    }
+}
+
+/// `uri` without its user information and query string (which may hold credentials): scheme, hosts and path.
+pub fn redact_uri(uri: &str) -> String {
+    let (scheme, rest) = match uri.find("://") {
+        Some(i) => (&uri[..i + 3], &uri[i + 3..]),
+        None => ("", uri),
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let (hosts, path) = rest.split_at(host_end);
+    let hosts = match hosts.rfind('@') {
+        Some(at) => &hosts[at + 1..],
+        None => hosts,
+    };
+    format!("{scheme}{hosts}{path}")
+}
+
 impl Default for AuthSettings {
     fn default() -> Self {
         Self {
@@ -520,11 +645,17 @@ mod tests {
                 "auth.jwt_algorithm" => "ES256",
                 k if k.ends_with("pin_shards")
                     || k.ends_with("credentials")
-                    || k.ends_with("echo_event") =>
+                    || k.ends_with("echo_event")
+                    || k.ends_with("_random")
+                    || k.ends_with(".dev")
+                    || k.ends_with("live_page")
+                    || k.ends_with("listen_shared")
+                    || k.ends_with("exit_on_unavailable") =>
                 {
                     "true"
                 }
                 k if k.contains("secret")
+                    || k.contains("data_dir")
                     || k.contains("file")
                     || k.contains("issuer")
                     || k.contains("audience") =>
@@ -559,6 +690,26 @@ mod tests {
         assert_eq!(e.0, "f.toml: unknown option `server.shard`");
         let e = c.apply_toml("[nope]\na = 1\n", "f.toml").unwrap_err();
         assert!(e.0.contains("unknown section [nope]"), "{e}");
+    }
+
+    #[test]
+    fn uris_lose_credentials_and_queries() {
+        assert_eq!(
+            redact_uri("mongodb://bob:s3cret@db1:27017,db2/app?authSource=admin&password=x"),
+            "mongodb://db1:27017,db2/app"
+        );
+        assert_eq!(
+            redact_uri("mongodb://127.0.0.1:27017"),
+            "mongodb://127.0.0.1:27017"
+        );
+        let mut c = Config::default();
+        c.orm.backend = crate::orm::BackendKind::Mongo;
+        c.orm.mongo_uri = "mongodb://u:p@h:1".into();
+        assert_eq!(
+            c.backend_description(),
+            "mongo mongodb://h:1 database shardcast"
+        );
+        assert_eq!(c.data_dir(), PathBuf::from("shardcast-data"));
     }
 
     #[test]

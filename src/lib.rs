@@ -10,6 +10,7 @@
 //! - [`config`]: the configuration of `shardcast serve` and `shardcast token` (file, environment, flags).
 pub use shardcast_proto as proto;
 
+pub mod app;
 pub mod cluster;
 pub mod config;
 pub mod orm;

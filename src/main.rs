@@ -2,20 +2,24 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use shardcast::app::{dev, health, keys, startup};
 use shardcast::config::{Config, parse_duration_s};
+use shardcast::orm::{IoShard, Key, Repository};
 use shardcast::realtime::auth::{
-    AccessSigner, AccessVerifier, AuthConfigError, RoomTokens, Secret, parse_claim_arg,
+    AccessSigner, AccessVerifier, AuthConfigError, JwtAlgorithm, RoomTokens, Secret,
+    parse_claim_arg,
 };
-use shardcast::realtime::demo::{self, DemoRepositories};
+use shardcast::realtime::demo::{self, Channel, DemoRepositories};
 use shardcast::realtime::live;
 use shardcast::realtime::protocol::SessionContext;
 use shardcast::realtime::rest::RestApi;
 use shardcast::realtime::rest::UserWriteLimiter as RestWriteLimiter;
-use shardcast::server::{self, AppFactory, ServerConfig, ShardApp, SocketIo};
+use shardcast::server::{self, AppFactory, Router, ServerConfig, ShardApp, SocketIo};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -40,8 +44,8 @@ enum Command {
     /// pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1000000, connectTimeout 1000 ms.
     Conformance(Common),
     /// The realtime server: Socket.IO at /socket/ and /socket.io/ (authenticate, realtime:join/leave,
-    /// realtime:resource), the REST API of the demo services under /api/v1, /metrics and /healthz.
-    Serve(ServeArgs),
+    /// realtime:resource), the REST API of the demo services under /api/v1, /metrics, /healthz and /readyz.
+    Serve(Box<ServeArgs>),
     /// Print a signed access token for trying the server out (same configuration as `serve`).
     Token(TokenArgs),
 }
@@ -80,6 +84,31 @@ struct ServeArgs {
     /// Channel prefix of the cluster (the adapter's `key`); overrides cluster.prefix.
     #[arg(long)]
     cluster_prefix: Option<String>,
+    /// Dev mode: a random JWT secret created once in the data directory (mode 0600) and reused, a printed demo
+    /// token and next commands, the live page at `/`.
+    #[arg(long)]
+    dev: bool,
+    /// Data directory (dev mode's secret); default: the directory of the embedded database file.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+    /// Serve the live page at `/` outside dev mode too.
+    #[arg(long)]
+    live_page: bool,
+    /// Start even if another process already listens on the address (the kernel then splits connections).
+    #[arg(long)]
+    listen_shared: bool,
+    /// MongoDB connection string (implies --db-backend mongo unless given).
+    #[arg(long)]
+    mongo_uri: Option<String>,
+    /// Cassandra/ScyllaDB contact points, comma-separated (implies --db-backend cql unless given).
+    #[arg(long, value_delimiter = ',')]
+    cql_nodes: Vec<String>,
+    /// Cassandra/ScyllaDB keyspace.
+    #[arg(long)]
+    cql_keyspace: Option<String>,
+    /// Exit when the database does not answer at start-up, instead of retrying with backoff.
+    #[arg(long)]
+    db_exit_on_unavailable: bool,
 }
 
 #[derive(Args, Debug)]
@@ -96,6 +125,9 @@ struct TokenArgs {
     /// Extra claim `key=value` (repeat); the value is JSON when it parses, e.g. companies='["acme"]', else a string.
     #[arg(long = "claim")]
     claims: Vec<String>,
+    /// Data directory whose dev-mode secret (`serve --dev`) signs the token when no secret is configured.
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -224,6 +256,36 @@ impl ServeArgs {
         if let Some(v) = &self.cluster_prefix {
             cfg.set("cluster.prefix", v).map_err(|e| e.to_string())?;
         }
+        if let Some(v) = &self.mongo_uri {
+            cfg.orm.mongo_uri = v.clone();
+            if self.db_backend.is_none() {
+                cfg.orm.backend = shardcast::orm::BackendKind::Mongo;
+            }
+        }
+        if !self.cql_nodes.is_empty() {
+            cfg.orm.cql_nodes = self.cql_nodes.clone();
+            if self.db_backend.is_none() {
+                cfg.orm.backend = shardcast::orm::BackendKind::Cql;
+            }
+        }
+        if let Some(v) = &self.cql_keyspace {
+            cfg.orm.cql_keyspace = v.clone();
+        }
+        if self.dev {
+            cfg.serve.dev = true;
+        }
+        if let Some(v) = &self.data_dir {
+            cfg.serve.data_dir = Some(v.clone());
+        }
+        if self.live_page {
+            cfg.serve.live_page = Some(true);
+        }
+        if self.listen_shared {
+            cfg.serve.listen_shared = true;
+        }
+        if self.db_exit_on_unavailable {
+            cfg.serve.db_exit_on_unavailable = true;
+        }
         Ok(cfg)
     }
 }
@@ -234,7 +296,9 @@ Access tokens are verified with HS256 and a secret you choose. Set one, e.g.:
     export SHARDCAST_JWT_SECRET=\"$(head -c 32 /dev/urandom | base64)\"
 
 or `jwt_secret = \"...\"` in the [auth] section of a --config file (or use RS256/ES256 with
-auth.jwt_public_key_file). Then `shardcast token --sub alice --claim companies='[\"acme\"]'` prints a token.";
+auth.jwt_public_key_file). Then `shardcast token --sub alice --claim companies='[\"acme\"]'` prints a token.
+To try shardcast out, `shardcast serve --dev` makes a secret once, keeps it in the data directory (mode 0600) and
+prints a token; `shardcast token` run there finds it by itself.";
 
 fn auth_error(e: &AuthConfigError) -> String {
     match e {
@@ -245,7 +309,15 @@ fn auth_error(e: &AuthConfigError) -> String {
 
 fn token(args: &TokenArgs) -> ExitCode {
     let run = || -> Result<String, String> {
-        let cfg = Config::load(args.config.as_deref()).map_err(|e| format!("shardcast: {e}"))?;
+        let mut cfg =
+            Config::load(args.config.as_deref()).map_err(|e| format!("shardcast: {e}"))?;
+        if let Some(d) = &args.data_dir {
+            cfg.serve.data_dir = Some(d.clone());
+        }
+        if cfg.auth.secret.is_none() && cfg.auth.algorithm == JwtAlgorithm::Hs256 {
+            // The secret `serve --dev` keeps in the data directory, if it ran there.
+            cfg.auth.secret = dev::load(&cfg.data_dir()).map_err(|e| format!("shardcast: {e}"))?;
+        }
         let auth = cfg.auth_config().map_err(|e| format!("shardcast: {e}"))?;
         let signer = AccessSigner::new(&auth).map_err(|e| auth_error(&e))?;
         let ttl = parse_duration_s(&args.ttl).map_err(|e| format!("shardcast: --ttl: {e}"))?;
@@ -270,36 +342,178 @@ fn token(args: &TokenArgs) -> ExitCode {
     }
 }
 
-/// Everything `serve` needs before the shards start: the verifier, the room tokens, the ORM and its tables.
-fn serve_app(cfg: &Config) -> Result<(AppFactory, shardcast::orm::IoShard), (u8, String)> {
+/// The IO shard once the database answered (it may come later, from the start-up retry thread); stopped at exit.
+#[derive(Debug, Clone, Default)]
+struct IoSlot(Arc<Mutex<Option<IoShard>>>);
+
+impl IoSlot {
+    fn stop(self) {
+        let io = self.0.lock().ok().and_then(|mut g| g.take());
+        if let Some(io) = io {
+            io.stop();
+        }
+    }
+}
+
+/// What a successful database start gives: the IO shard, the demo tables, and a repository the health probe reads.
+type DbParts = (IoShard, DemoRepositories, Repository<Channel>);
+
+fn connect_db(cfg: &shardcast::orm::OrmConfig) -> Result<DbParts, shardcast::orm::OrmError> {
+    let (io_shard, orm) = shardcast::orm::start(cfg)?;
+    let repos = futures_lite::future::block_on(DemoRepositories::open(&orm))?;
+    let probe = futures_lite::future::block_on(Repository::<Channel>::open(&orm))?;
+    Ok((io_shard, repos, probe))
+}
+
+/// One cheap read through the IO shard: `Err` (with the driver's words, for the log) when the database is unreachable.
+fn probe_db(repo: &Repository<Channel>) -> Result<(), String> {
+    let key = Key::new()
+        .with("company_id", "_health")
+        .with("workspace_id", "_health")
+        .with("id", "_health");
+    match futures_lite::future::block_on(repo.get(key)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_unavailable() => Err(e.to_string()),
+        Err(e) => {
+            tracing::debug!(error = %e, "health probe: the database answered with an error");
+            Ok(())
+        }
+    }
+}
+
+/// At most `chars` characters of a (driver) error, for messages on a terminal; the whole text goes to the log.
+fn short(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
+/// Printed once the server listens.
+type Banner = Box<dyn FnOnce(SocketAddr)>;
+
+/// Everything `serve` needs before the shards start: the verifier, the room tokens, the database (or its start-up
+/// retry loop), the health state and each shard's app.
+fn serve_app(cfg: &mut Config) -> Result<(AppFactory, IoSlot, Option<Banner>), (u8, String)> {
+    let mut dev_secret = None;
+    if cfg.serve.dev && cfg.auth.secret.is_none() && cfg.auth.algorithm == JwtAlgorithm::Hs256 {
+        let dir = cfg.data_dir();
+        let (secret, origin) =
+            dev::load_or_create(&dir).map_err(|e| (2, format!("shardcast: dev mode: {e}")))?;
+        cfg.auth.secret = Some(secret);
+        dev_secret = Some((dev::secret_path(&dir), origin));
+    }
     let auth = cfg
         .auth_config()
         .map_err(|e| (2, format!("shardcast: {e}")))?;
     let verifier = AccessVerifier::new(&auth).map_err(|e| (2, auth_error(&e)))?;
-    let room_secret = cfg
-        .realtime
-        .room_token_secret
-        .clone()
-        .unwrap_or_else(Secret::random);
+    let room_secret = match (&cfg.realtime.room_token_secret, &auth.secret) {
+        (Some(s), _) => s.clone(),
+        (None, _) if cfg.realtime.room_token_key_random => Secret::random(),
+        (None, Some(access)) if auth.algorithm == JwtAlgorithm::Hs256 => {
+            keys::room_token_key(access)
+        }
+        (None, _) => {
+            tracing::warn!(
+                "no HS256 access secret to derive the room-token key from: using a random key per process, so room \
+                 tokens die with it; set realtime.room_token_secret (the same on every node)"
+            );
+            Secret::random()
+        }
+    };
     let room_tokens = RoomTokens::new(&room_secret, cfg.realtime.room_token_ttl_s, auth.leeway_s)
         .map_err(|e| (2, format!("shardcast: realtime.room_token_secret: {e}")))?;
-    let (io_shard, orm) = shardcast::orm::start(&cfg.orm)
-        .map_err(|e| (1, format!("shardcast: cannot start the database: {e}")))?;
-    let repos = futures_lite::future::block_on(DemoRepositories::open(&orm))
-        .map_err(|e| (1, format!("shardcast: cannot open the demo tables: {e}")))?;
+    let backend = cfg.backend_description();
+    let health = health::Health::new(cfg.server.shards.max(1), backend.clone());
+    let repos_slot: Arc<OnceLock<DemoRepositories>> = Arc::new(OnceLock::new());
+    let io_slot = IoSlot::default();
+    let probe_interval = Duration::from_millis(cfg.serve.db_probe_interval_ms.max(10));
+    let install = {
+        let repos_slot = repos_slot.clone();
+        let io_slot = io_slot.clone();
+        let health = health.clone();
+        move |(io, repos, probe): DbParts| {
+            if let Ok(mut g) = io_slot.0.lock() {
+                *g = Some(io);
+            }
+            let _ = repos_slot.set(repos);
+            health.set_up();
+            let spawned =
+                health::spawn_probe(health.clone(), probe_interval, move || probe_db(&probe));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the database health probe");
+            }
+        }
+    };
+    match connect_db(&cfg.orm) {
+        Ok(parts) => install(parts),
+        Err(e) if e.is_unavailable() && !cfg.serve.db_exit_on_unavailable => {
+            health.set_down(&e.to_string());
+            let orm_cfg = cfg.orm.clone();
+            let (first, max) = (cfg.serve.db_retry_initial_ms, cfg.serve.db_retry_max_ms);
+            tracing::warn!(
+                backend = %backend,
+                retry_initial_ms = first,
+                retry_max_ms = max,
+                "the database is unavailable at start-up: serving (REST and /readyz answer 503) and retrying with backoff"
+            );
+            std::thread::Builder::new()
+                .name("shardcast-db-retry".into())
+                .spawn(move || {
+                    let mut wait = first.max(1);
+                    loop {
+                        std::thread::sleep(Duration::from_millis(wait));
+                        match connect_db(&orm_cfg) {
+                            Ok(parts) => return install(parts),
+                            Err(e) if e.is_unavailable() => {
+                                tracing::debug!(error = %e, wait_ms = wait, "database still unavailable");
+                                wait = wait.saturating_mul(2).min(max.max(1));
+                            }
+                            Err(e) => {
+                                eprintln!("shardcast: the database answered but cannot be used: {e}");
+                                std::process::exit(1);
+                            }
+                        }
+                    }
+                })
+                .map_err(|e| (1, format!("shardcast: cannot start a thread: {e}")))?;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "database start-up failed");
+            let hint = if e.is_unavailable() {
+                " (serve.db_exit_on_unavailable is set; without it serve waits for the database)"
+            } else {
+                ""
+            };
+            return Err((
+                1,
+                format!(
+                    "shardcast: cannot start the database ({backend}){hint}: {}",
+                    short(&e.to_string(), 300)
+                ),
+            ));
+        }
+    }
+    let live_page = cfg.serve.live_page_enabled();
     tracing::info!(
-        backend = ?cfg.orm.backend,
-        embedded_path = %cfg.orm.embedded_path.display(),
+        backend = %backend,
         algorithm = auth.algorithm.name(),
         socketio_paths = ?cfg.server.socketio_paths,
+        dev = cfg.serve.dev,
+        live_page,
         "realtime server: REST under /api/v1, demo services channels and messages"
     );
     let cluster = if cfg.cluster.redis_url.is_some() {
-        if cfg.realtime.room_token_secret.is_none() {
+        // Room tokens handed out by one node are checked by the others: the key must be the same everywhere, either
+        // `realtime.room_token_secret` or the one derived from the shared HS256 access secret (never a random one).
+        let random_key =
+            cfg.realtime.room_token_key_random || auth.algorithm != JwtAlgorithm::Hs256;
+        if cfg.realtime.room_token_secret.is_none() && random_key {
             return Err((
                 2,
-                "shardcast: cluster.redis_url is set, so realtime.room_token_secret must be set too, the same on \
-                 every node (room tokens handed out by one node are checked by the others)"
+                "shardcast: cluster.redis_url is set but the room-token key would be random per process \
+                 (realtime.room_token_key_random, or an RS256/ES256 access key): realtime.room_token_secret must be \
+                 set, the same on every node (room tokens handed out by one node are checked by the others)"
                     .into(),
             ));
         }
@@ -313,6 +527,20 @@ fn serve_app(cfg: &Config) -> Result<(AppFactory, shardcast::orm::IoShard), (u8,
         Some(c)
     } else {
         None
+    };
+    let banner: Option<Banner> = match dev_secret {
+        Some((path, origin)) => {
+            let signer = AccessSigner::new(&auth).map_err(|e| (2, auth_error(&e)))?;
+            let mut claims = serde_json::Map::new();
+            claims.insert("companies".into(), serde_json::json!(["acme"]));
+            let token = signer
+                .sign("alice", 86_400, &claims)
+                .map_err(|e| (2, format!("shardcast: {e}")))?;
+            Some(Box::new(move |addr: SocketAddr| {
+                print_dev_banner(addr, &path, origin, &token)
+            }))
+        }
+        None => None,
     };
     let session = cfg.realtime.session.clone();
     let list_limit_max = cfg.realtime.list_limit_max;
@@ -332,11 +560,24 @@ fn serve_app(cfg: &Config) -> Result<(AppFactory, shardcast::orm::IoShard), (u8,
                 config: session.clone(),
             },
         );
-        let api = RestApi::new(verifier.clone(), room_tokens.clone())
-            .with_list_limit_max(list_limit_max)
-            .with_write_limiter(write_limiter.clone());
-        let api = demo::register_with(api, &repos, bus, demo_limits);
-        let mut router: std::rc::Rc<dyn server::Router> = std::rc::Rc::new(api.into_router());
+        let repos = repos_slot.clone();
+        let verifier = verifier.clone();
+        let room_tokens = room_tokens.clone();
+        let write_limiter = write_limiter.clone();
+        // The REST API is built on this shard once the database answered (503 `unavailable` until then).
+        let make: health::LazyRouter = Box::new(move || {
+            let repos = repos.get()?;
+            let api = RestApi::new(verifier.clone(), room_tokens.clone())
+                .with_list_limit_max(list_limit_max)
+                .with_write_limiter(write_limiter.clone());
+            let router: std::rc::Rc<dyn Router> = std::rc::Rc::new(
+                demo::register_with(api, repos, bus.clone(), demo_limits).into_router(),
+            );
+            Some(router)
+        });
+        health.shard_started();
+        let mut router: std::rc::Rc<dyn Router> =
+            std::rc::Rc::new(health::ServeRouter::new(health.clone(), live_page, make));
         if let Some(c) = &cluster {
             router = std::rc::Rc::new(shardcast::cluster::node::ReadyRouter::new(
                 c.clone(),
@@ -348,19 +589,85 @@ fn serve_app(cfg: &Config) -> Result<(AppFactory, shardcast::orm::IoShard), (u8,
             router: Some(router),
         }
     });
-    Ok((factory, io_shard))
+    Ok((factory, io_slot, banner))
+}
+
+/// The dev banner on stdout. Written as one block and never fatal: a closed stdout (nobody reading) must not stop
+/// the server.
+fn print_dev_banner(
+    addr: SocketAddr,
+    secret: &std::path::Path,
+    origin: dev::SecretOrigin,
+    token: &str,
+) {
+    use std::io::Write;
+    let made = match origin {
+        dev::SecretOrigin::Created => "created now",
+        dev::SecretOrigin::Reused => "reused",
+    };
+    let base = format!("http://{addr}");
+    let mut text = format!(
+        "dev mode: JWT secret in {} ({made}, mode 0600; `shardcast token` finds it there by itself)\n\
+         live page: {base}/#token={token}\n\
+         demo access token of user alice, company acme, valid 24 h:\n\
+         TOKEN={token}\n\
+         next, in another shell at the repository root:\n\
+         \x20 TOKEN=$(cargo run -q --release -- token --sub alice --claim companies='[\"acme\"]')\n\
+         \x20 curl -s -X POST {base}/api/v1/companies/acme/workspaces/main/channels -H \"Authorization: Bearer $TOKEN\" \\\n\
+         \x20   -d '{{\"resource\": {{\"id\": \"general\", \"name\": \"General\"}}}}'\n",
+        secret.display()
+    );
+    if !addr.ip().is_loopback() {
+        text.push_str(&format!(
+            "warning: dev mode on a non-loopback address ({addr}): anyone who can reach it can use the demo\n"
+        ));
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// Events of the database drivers let through per [`DRIVER_LOG_WINDOW_S`] window: a database that is down makes
+/// them log several lines a second; shardcast's own health log says it once.
+const DRIVER_LOG_EVENTS_PER_WINDOW_MAX: u32 = 5;
+/// See [`DRIVER_LOG_EVENTS_PER_WINDOW_MAX`].
+const DRIVER_LOG_WINDOW_S: u64 = 60;
+
+fn driver_log_allowed(meta: &tracing::Metadata<'_>) -> bool {
+    use std::sync::atomic::{AtomicU32, AtomicU64};
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    let target = meta.target();
+    if !meta.is_event() || !(target.starts_with("mongodb") || target.starts_with("scylla")) {
+        return true;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / DRIVER_LOG_WINDOW_S)
+        .unwrap_or(0);
+    if WINDOW.swap(now, Ordering::AcqRel) != now {
+        COUNT.store(0, Ordering::Release);
+    }
+    COUNT.fetch_add(1, Ordering::AcqRel) < DRIVER_LOG_EVENTS_PER_WINDOW_MAX
 }
 
 fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // Colours only on a terminal (and never with NO_COLOR set): logs that go to a file stay plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    // A dynamic filter: asked for every event (its callsite interest is "sometimes"), so it can count them.
+    let limit = tracing_subscriber::filter::dynamic_filter_fn(|meta, _cx| driver_log_allowed(meta));
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
     if format == "json" {
-        builder.json().init();
+        registry.with(fmt.json().with_filter(limit)).init();
     } else {
-        builder.init();
+        registry.with(fmt.with_filter(limit)).init();
     }
 }
 
@@ -419,6 +726,15 @@ fn wait_signals(set: libc::sigset_t) -> ShutdownSlot {
     slot
 }
 
+/// The loud start-up checks: io_uring (memlock included), then the listen address unless sharing it on purpose.
+fn preflight(listen: SocketAddr, listen_shared: bool) -> Result<(), String> {
+    startup::check_io_uring()?;
+    if !listen_shared {
+        startup::check_listen_free(listen)?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Before anything can start a thread (see `block_signals`).
     let set = block_signals();
@@ -426,23 +742,34 @@ fn main() -> ExitCode {
     init_logging(&cli.log_format);
     let shutdown_slot = wait_signals(set);
     let mut io_shard = None;
+    let mut banner = None;
     let (cfg, app): (ServerConfig, AppFactory) = match &cli.command {
-        Command::Conformance(c) => (
-            c.apply(ServerConfig::conformance()),
-            server::conformance::app(),
-        ),
+        Command::Conformance(c) => {
+            let cfg = c.apply(ServerConfig::conformance());
+            if let Err(e) = preflight(cfg.listen, false) {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+            (cfg, server::conformance::app())
+        }
         Command::Token(args) => return token(args),
         Command::Serve(args) => {
-            let cfg = match args.config() {
+            let mut cfg = match args.config() {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("shardcast: {e}");
                     return ExitCode::from(2);
                 }
             };
-            match serve_app(&cfg) {
-                Ok((app, io)) => {
+            // Before the database (which may take request_timeout_ms to answer) and before dev mode writes anything.
+            if let Err(e) = preflight(cfg.server.listen, cfg.serve.listen_shared) {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+            match serve_app(&mut cfg) {
+                Ok((app, io, b)) => {
                     io_shard = Some(io);
+                    banner = b;
                     (cfg.server, app)
                 }
                 Err((code, e)) => {
@@ -462,6 +789,9 @@ fn main() -> ExitCode {
     println!("shardcast listening on {}", handle.local_addr);
     if let Ok(mut slot) = shutdown_slot.lock() {
         *slot = Some(handle.shutdown_flag());
+    }
+    if let Some(b) = banner {
+        b(handle.local_addr);
     }
     let joined = handle.join();
     if let Some(io) = io_shard {

@@ -23,7 +23,10 @@ fn shardcast(args: &[&str], env: &[(&str, &str)]) -> Command {
             cmd.env_remove(k);
         }
     }
-    cmd.args(args).envs(env.iter().copied());
+    // Not the repository root: `token` would find the secret a local `serve --dev` left in ./shardcast-data.
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .current_dir(env!("CARGO_TARGET_TMPDIR"));
     cmd
 }
 

@@ -704,7 +704,7 @@ fn a_clustered_node_needs_the_shared_room_token_secret() {
     std::fs::write(
         &cfg,
         format!(
-            "[auth]\njwt_secret = \"{SECRET}\"\n[cluster]\nredis_url = \"redis://127.0.0.1:1\"\n[orm]\nembedded_path = \"{}\"\n",
+            "[auth]\njwt_secret = \"{SECRET}\"\n[realtime]\nroom_token_key_random = true\n[cluster]\nredis_url = \"redis://127.0.0.1:1\"\n[orm]\nembedded_path = \"{}\"\n",
             dir.join("data.redb").display()
         ),
     )

@@ -736,6 +736,9 @@ impl From<CrudError> for RestError {
     }
 }
 
+/// The whole message of every 503 `unavailable` answer: what went wrong inside stays in the log.
+pub const UNAVAILABLE_MESSAGE: &str = "database unavailable; retry";
+
 fn body_error(status: u16, code: &str, message: &str) -> Response {
     Response::json(status, &json!({ "code": code, "message": message }))
 }
@@ -758,6 +761,11 @@ fn error_response(e: &RestError) -> Response {
             &format!("too many writes from this user; retry in {retry_after_s} s"),
         )
         .with_header("Retry-After", &retry_after_s.to_string()),
+        RestError::Crud(CrudError::Unavailable(detail)) => {
+            // Driver details (addresses, topology) go to the log only; the database health log says when it is down.
+            tracing::debug!(error = %detail, "REST request failed: database unavailable");
+            body_error(503, "unavailable", UNAVAILABLE_MESSAGE)
+        }
         RestError::Crud(e) => {
             if matches!(e, CrudError::Internal(_)) {
                 tracing::error!(error = %e, "REST request failed");

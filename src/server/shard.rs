@@ -254,7 +254,6 @@ pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> 
     let mesh: FullMesh<ShardMessage> = MeshBuilder::full(nr, config.mesh_queue_len.max(1));
     let mut config = config;
     let mut joins = Vec::with_capacity(nr);
-    let (ready_tx, ready_rx) = mpsc::channel::<io::Result<SocketAddr>>();
     for id in 0..nr {
         let placement = if config.pin_shards {
             Placement::Fixed(id % cpus)
@@ -266,7 +265,9 @@ pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> 
         let metrics = metrics.clone();
         let mesh = mesh.clone();
         let shutdown = shutdown.clone();
-        let ready = ready_tx.clone();
+        // One channel per shard, its only sender moved into the shard: a shard thread that dies before it is ready
+        // (its executor could not be built) closes it, and start-up fails instead of waiting forever.
+        let (ready, ready_rx) = mpsc::channel::<io::Result<SocketAddr>>();
         let join = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(256 << 10)
@@ -279,7 +280,11 @@ pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> 
         // Shard 0 resolves port 0; the others bind the same port.
         let addr = ready_rx
             .recv()
-            .map_err(|_| io::Error::other("shard failed to start"))??;
+            .map_err(|_| {
+                io::Error::other(format!(
+                    "shard {id} failed to start (its io_uring executor could not be created; see the log)"
+                ))
+            })??;
         if id == 0 {
             config.listen = addr;
         }

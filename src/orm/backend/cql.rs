@@ -1312,6 +1312,24 @@ impl CqlBackend {
                 }
             }
         }
+        if step < plan.steps && state.as_bytes_slice().is_some() {
+            // A page that ended exactly on the last row of its step still carries a paging state: look one row
+            // ahead, so a full last page does not hand out a token to an empty page.
+            let (res, paging) = fetch_page(
+                Arc::clone(&c),
+                base.clone(),
+                plan.values(step)?,
+                state.clone(),
+                1,
+            )
+            .await?;
+            if decode_rows(schema, res)?.is_empty()
+                && matches!(paging.into_paging_control_flow(), ControlFlow::Break(()))
+            {
+                step += 1;
+                state = PagingState::start();
+            }
+        }
         let next = (step < plan.steps).then(|| {
             let l = last.as_ref().map(|(st, v)| (*st, v.as_ref()));
             encode_token(fingerprint, step, &state, query.reversed, false, l)
