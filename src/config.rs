@@ -84,6 +84,8 @@ options! {
     "realtime.user_write_bytes_per_s", "SHARDCAST_USER_WRITE_BYTES_PER_S", "4194304", "REST POST/PATCH body bytes per second per user; over it 429 with Retry-After; 0 = off";
     "realtime.company_storage_bytes_max", "SHARDCAST_COMPANY_STORAGE_BYTES_MAX", "0 (off)", "bytes of message text and extra fields one company may store; over it 403 quota_exceeded";
     "realtime.join_leave_per_s_max", "SHARDCAST_JOIN_LEAVE_PER_S_MAX", "50", "realtime:join plus realtime:leave per second per socket; over it the socket gets join/leave errors";
+    "realtime.event_per_s_max", "SHARDCAST_EVENT_PER_S_MAX", "20", "client realtime:event per second per socket; over it the socket gets realtime:event:error and the event reaches nobody";
+    "realtime.event_data_bytes_max", "SHARDCAST_EVENT_DATA_BYTES_MAX", "16384", "longest `data` of a client realtime:event, bytes of JSON";
 }
 
 /// The realtime layer's settings.
@@ -292,6 +294,10 @@ impl Config {
             "realtime.join_leave_per_s_max" => {
                 r.session.join_leave_per_s_max = parse::<u32>(key, value)?.max(1)
             }
+            "realtime.event_per_s_max" => {
+                r.session.event_per_s_max = parse::<u32>(key, value)?.max(1)
+            }
+            "realtime.event_data_bytes_max" => r.session.event_data_bytes_max = parse(key, value)?,
             _ => return Err(ConfigError(format!("unknown option `{key}`"))),
         }
         Ok(())

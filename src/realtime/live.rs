@@ -117,6 +117,10 @@ pub struct LiveStats {
     pub joins_busy: Cell<u64>,
     /// Sockets removed from rooms by [`ShardBus::evict_room`].
     pub sockets_evicted: Cell<u64>,
+    /// Client `realtime:event`s relayed to their room.
+    pub client_events_relayed: Cell<u64>,
+    /// Client `realtime:event`s refused by the per-socket rate bound.
+    pub client_events_refused: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>, n: u64) {
@@ -178,9 +182,32 @@ struct LiveSocket {
     /// Join/leave token bucket: tokens left and when it was last refilled.
     join_leave_tokens: Cell<f64>,
     join_leave_refill: Cell<Instant>,
+    /// `realtime:event` token bucket: tokens left and when it was last refilled.
+    event_tokens: Cell<f64>,
+    event_refill: Cell<Instant>,
+}
+
+/// Takes one token from the bucket `(tokens, refilled)` holding `per_s` per second; false when it is empty.
+fn take_token(tokens: &Cell<f64>, refilled: &Cell<Instant>, per_s: u32) -> bool {
+    let per_s = f64::from(per_s.max(1));
+    let now = Instant::now();
+    let elapsed = now.duration_since(refilled.replace(now)).as_secs_f64();
+    let left = (tokens.get() + elapsed * per_s).min(per_s);
+    if left >= 1.0 {
+        tokens.set(left - 1.0);
+        true
+    } else {
+        tokens.set(left);
+        false
+    }
 }
 
 impl LiveSocket {
+    /// Takes one `realtime:event` token; false when the socket is over `per_s` per second.
+    fn take_event(&self, per_s: u32) -> bool {
+        take_token(&self.event_tokens, &self.event_refill, per_s)
+    }
+
     /// Takes one join/leave token; false when the socket is over `per_s` per second.
     fn take_join_leave(&self, per_s: u32) -> bool {
         let per_s = f64::from(per_s.max(1));
@@ -239,7 +266,9 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
             let Some(state) = socket.data::<LiveSocket>() else {
                 return;
             };
-            if let Some(refusal) = refuse_join_leave(&live, socket, &state, &event.name, &args) {
+            let refusal = refuse_join_leave(&live, socket, &state, &event.name, &args)
+                .or_else(|| refuse_event(&live, socket, &state, &event.name, &args));
+            if let Some(refusal) = refusal {
                 emit(socket, &refusal);
                 return;
             }
@@ -296,6 +325,8 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
         pending_joins: RefCell::new(Vec::new()),
         join_leave_tokens: Cell::new(f64::from(live.session.config.join_leave_per_s_max.max(1))),
         join_leave_refill: Cell::new(Instant::now()),
+        event_tokens: Cell::new(f64::from(live.session.config.event_per_s_max.max(1))),
+        event_refill: Cell::new(Instant::now()),
     });
     let auth = auth_value(auth);
     let actions = state
@@ -359,6 +390,43 @@ fn refuse_join_leave(
         }
     }
     None
+}
+
+/// The error a `realtime:event` of an authenticated socket gets before the session sees it: over the socket's event
+/// rate. `None`: let the session decide.
+fn refuse_event(
+    live: &Rc<LiveShard>,
+    socket: &Socket,
+    state: &LiveSocket,
+    event: &str,
+    args: &[Value],
+) -> Option<ServerEvent> {
+    if event != protocol::EVENT {
+        return None;
+    }
+    state.session.borrow().user()?;
+    let per_s = live.session.config.event_per_s_max;
+    if state.take_event(per_s) {
+        return None;
+    }
+    bump(&live.stats.client_events_refused, 1);
+    tracing::debug!(
+        socket = socket.id(),
+        limit = per_s,
+        "realtime:event over the per-socket rate"
+    );
+    let max = live.session.config.room_name_bytes_max;
+    let name = args
+        .first()
+        .and_then(|a| a.get("name"))
+        .and_then(Value::as_str)
+        .filter(|n| n.len() <= max)
+        .unwrap_or_default()
+        .to_owned();
+    Some(ServerEvent::EventError {
+        name,
+        error: format!("too many events (limit {per_s} per second)"),
+    })
 }
 
 /// Performs the actions a client event led to; [`Action::AckWithArguments`] answers that event's ack.
@@ -432,6 +500,13 @@ fn execute(
             Action::CancelAuthTimeout => {
                 if let Some(t) = state.auth_timer.borrow_mut().take() {
                     t.cancel();
+                }
+            }
+            Action::PublishEvent { room, args } => {
+                bump(&live.stats.client_events_relayed, 1);
+                let shard = socket.shard();
+                if publish_payload(live, shard, &room, Arc::from(args)).is_err() {
+                    tracing::debug!(socket = socket.id(), room, "realtime:event dropped");
                 }
             }
             Action::AckWithArguments => {
@@ -674,13 +749,15 @@ fn flush_backlog(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>) {
 
 /// The prefix of every payload [`ResourceEvent::encode_args`] produces.
 const RESOURCE_ARGS_PREFIX: &str = "[\"realtime:resource\",";
+/// The prefix of every `realtime:event` payload ([`protocol::EventPayload::encode_args`]).
+const EVENT_ARGS_PREFIX: &str = "[\"realtime:event\",";
 
 /// Frames `payload` once and queues the frame for every confirmed local member of `room`.
 fn deliver_local(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, room: &str, payload: &SharedPayload) {
     let Some(msg) = frame(payload) else {
         tracing::error!(
             room,
-            "realtime payload is not a realtime:resource argument list"
+            "realtime payload is not a realtime:resource or realtime:event argument list"
         );
         return;
     };
@@ -689,18 +766,36 @@ fn deliver_local(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, room: &str, payload
     bump(&live.stats.frames_queued, n as u64);
 }
 
-/// `42["realtime:resource",{...}]` from `["realtime:resource",{...}]`.
+/// `42["realtime:resource",{...}]` from `["realtime:resource",{...}]` (and the same for `realtime:event`).
 fn frame(payload: &str) -> Option<EncodedMessage> {
-    let rest = payload.strip_prefix(RESOURCE_ARGS_PREFIX)?;
+    let (name, rest) = match payload.strip_prefix(RESOURCE_ARGS_PREFIX) {
+        Some(rest) => (protocol::RESOURCE, rest),
+        None => (protocol::EVENT, payload.strip_prefix(EVENT_ARGS_PREFIX)?),
+    };
     let mut args = String::with_capacity(rest.len() + 1);
     args.push('[');
     args.push_str(rest);
     let args = RawJson::new(args).ok()?;
-    Some(EncodedMessage::event_raw(
-        NAMESPACE,
-        protocol::RESOURCE,
-        &args,
-    ))
+    Some(EncodedMessage::event_raw(NAMESPACE, name, &args))
+}
+
+/// Hands an encoded payload to `room`'s owner shard (or fans it out here if this shard owns it). Never waits; an error
+/// means a cross-shard queue was full and the event was dropped there.
+fn publish_payload(
+    live: &Rc<LiveShard>,
+    shard: &Rc<ShardCtx>,
+    room: &str,
+    payload: SharedPayload,
+) -> Result<(), BusError> {
+    let routes = live.rooms.borrow_mut().publish(room, payload);
+    let mut ok = true;
+    for route in routes {
+        match route {
+            Route::Send { to, msg } => ok &= send(live, shard, to, msg),
+            other => run_routes(live, shard, vec![other]),
+        }
+    }
+    if ok { Ok(()) } else { Err(BusError::Full) }
 }
 
 /// The event bus of one shard: publishing hands the event to its room's owner shard, which forwards it to the
@@ -724,15 +819,7 @@ impl ShardBus {
         let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
         bump(&live.stats.events_published, 1);
         let payload: SharedPayload = Arc::from(event.encode_args());
-        let routes = live.rooms.borrow_mut().publish(&event.room, payload);
-        let mut ok = true;
-        for route in routes {
-            match route {
-                Route::Send { to, msg } => ok &= send(&live, &shard, to, msg),
-                other => run_routes(&live, &shard, vec![other]),
-            }
-        }
-        if ok { Ok(()) } else { Err(BusError::Full) }
+        publish_payload(&live, &shard, &event.room, payload)
     }
 }
 
@@ -804,6 +891,11 @@ mod tests {
             r#"42["realtime:resource",{"action":"created","room":"/r","type":"message","path":"/messages/1","resource":{"id":"1","text":"é\"x"}}]"#
         );
         assert!(frame(r#"["other",{}]"#).is_none());
+        let args = protocol::EventPayload::encode_args("/r", &json!({"typing": true}));
+        assert_eq!(
+            &**frame(&args).unwrap().ws_text(),
+            r#"42["realtime:event",{"name":"/r","data":{"typing":true}}]"#
+        );
     }
 
     #[test]

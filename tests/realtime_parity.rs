@@ -1,0 +1,346 @@
+//! Twake realtime parity (issue 12) end to end: the real `shardcast serve` binary on 2 shards (demo services on the
+//! embedded store) and the real socket.io-client 4.x and 2.x (`tests/interop/realtime_parity.js`), with clients placed
+//! on both shards.
+//!
+//! - `realtime:event` from a client reaches every member of the room exactly once (the sender too, as a member), on
+//!   both shards, and nobody else; a bad token gets `realtime:event:error {name, error, message}` and delivers nothing;
+//!   the per-socket rate bound holds.
+//! - `/users/{own id}` can be joined with the access token and `/users/{other}` cannot; join errors carry both `error`
+//!   and `message`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Lines, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use common::*;
+use serde_json::{Value, json};
+use shardcast::realtime::auth::{AccessSigner, AuthConfig};
+
+const SECRET: &str = "parity-access-secret-0123456789abcdef";
+const ROOM_SECRET: &str = "parity-room-secret-0123456789abcdef!";
+const EVENT_PER_S_MAX: usize = 5;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+fn serve(name: &str) -> (Server, PathBuf) {
+    let dir = scratch(name);
+    let cfg = dir.join("shardcast.toml");
+    let text = format!(
+        "[server]\nping_interval_ms = 2000\nping_timeout_ms = 60000\n[auth]\njwt_secret = \"{SECRET}\"\n\
+         [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\nevent_per_s_max = {EVENT_PER_S_MAX}\n\
+         [orm]\nembedded_path = \"{}\"\n",
+        dir.join("data.redb").display()
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let srv = Server::start(&["serve", "--shards", "2", "--config", cfg.to_str().unwrap()]);
+    (srv, dir)
+}
+
+fn token(sub: &str) -> String {
+    let mut extra = serde_json::Map::new();
+    extra.insert("companies".into(), json!(["acme"]));
+    AccessSigner::new(&AuthConfig::hs256(SECRET))
+        .unwrap()
+        .sign(sub, 3600, &extra)
+        .unwrap()
+}
+
+fn call(
+    addr: SocketAddr,
+    user: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut s: TcpStream = connect(addr);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = format!("Bearer {}", token(user));
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    send_request(&mut s, method, path, &headers, body.as_bytes());
+    s.flush().unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).expect("a response");
+    let v = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {}", r.text()));
+    (r.status, v)
+}
+
+fn room(c: usize) -> String {
+    format!("/channels/c{c}/messages")
+}
+
+/// The room token the REST API hands `user` for channel `c`'s messages room.
+fn room_token(addr: SocketAddr, user: &str, c: usize) -> String {
+    let (status, v) = call(
+        addr,
+        user,
+        "GET",
+        &format!("/api/v1/channels/c{c}/messages?websockets=true&limit=1"),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["websockets"][0]["room"], json!(room(c)));
+    v["websockets"][0]["token"].as_str().unwrap().to_owned()
+}
+
+struct Node {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Node {
+    fn start(major: &str, dir: &std::path::Path, url: &str, clients: &[Value]) -> Node {
+        let config = dir.join("clients.json");
+        std::fs::write(
+            &config,
+            json!({ "url": url, "clients": clients }).to_string(),
+        )
+        .unwrap();
+        let mut child = Command::new("node")
+            .arg(interop_dir().join("realtime_parity.js"))
+            .arg(major)
+            .arg(&config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut node = Node {
+            child,
+            stdin,
+            lines,
+        };
+        for (i, c) in clients.iter().enumerate() {
+            assert_eq!(node.line(), format!("CLIENT {i} {}", c["shard"]));
+        }
+        assert_eq!(node.line(), "READY");
+        node
+    }
+    fn line(&mut self) -> String {
+        let line = self
+            .lines
+            .next()
+            .expect("node client output")
+            .expect("utf-8 line");
+        assert!(!line.starts_with("FAIL"), "{line}");
+        line
+    }
+    fn send(&mut self, cmd: Value) {
+        writeln!(self.stdin, "{cmd}").expect("write to node");
+        self.stdin.flush().unwrap();
+    }
+    /// `line` must start with `prefix `; the JSON after it.
+    fn answer(&mut self, prefix: &str) -> Value {
+        let line = self.line();
+        let json = line
+            .strip_prefix(&format!("{prefix} "))
+            .unwrap_or_else(|| panic!("expected {prefix}: {line}"));
+        serde_json::from_str(json).unwrap()
+    }
+    fn join(&mut self, i: usize, name: &str, token: &str) -> Value {
+        self.send(json!({"op": "join", "i": i, "name": name, "token": token}));
+        self.answer("JOINED")
+    }
+    fn event(&mut self, i: usize, name: &str, data: Value, token: &str) {
+        self.send(json!({"op": "emit", "i": i, "event": "realtime:event",
+            "payload": {"name": name, "data": data, "token": token}}));
+    }
+    /// Waits for `markers` at the clients `expect`; every client's events since the last collect.
+    fn collect(&mut self, markers: &[&str], expect: &[usize]) -> Vec<Vec<Value>> {
+        self.send(json!({"op": "collect", "markers": markers, "expect": expect}));
+        serde_json::from_value(self.answer("EVENTS")).unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ev(name: &str, data: Value) -> Value {
+    json!(["realtime:event", {"name": name, "data": data}])
+}
+
+fn ev_error(name: &str, error: &str) -> Value {
+    json!(["realtime:event:error", {"name": name, "error": error, "message": error}])
+}
+
+/// `events` sorted by their JSON text (relayed events of two senders have no order between them).
+fn sorted(mut events: Vec<Value>) -> Vec<Value> {
+    events.sort_by_key(|v| v.to_string());
+    events
+}
+
+fn client_events(major: &str) {
+    ensure_node_modules();
+    let (srv, dir) = serve(&format!("realtime-parity-events-v{major}"));
+    for c in 0..2 {
+        let (status, v) = call(
+            srv.addr,
+            "alice",
+            "POST",
+            "/api/v1/companies/acme/workspaces/w1/channels",
+            Some(json!({ "resource": { "id": format!("c{c}"), "name": "x" } })),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    // u0..u5: members of room 0, three per shard. u6, u7: members of room 1, one per shard. u8: sends to room 0
+    // without being a member. u9: floods room 1.
+    let shards = [0, 0, 0, 1, 1, 1, 0, 1, 1, 0];
+    let users: Vec<String> = (0..shards.len()).map(|i| format!("u{i}")).collect();
+    let clients: Vec<Value> = users
+        .iter()
+        .zip(shards)
+        .map(|(u, shard)| json!({"user": u, "token": token(u), "shard": shard}))
+        .collect();
+    let mut node = Node::start(major, &dir, &srv.url(), &clients);
+    let tokens0: Vec<String> = users.iter().map(|u| room_token(srv.addr, u, 0)).collect();
+    let tokens1: Vec<String> = users.iter().map(|u| room_token(srv.addr, u, 1)).collect();
+    for (i, t) in tokens0.iter().enumerate().take(6) {
+        assert_eq!(
+            node.join(i, &room(0), t),
+            json!(["realtime:join:success", {"name": room(0)}])
+        );
+    }
+    for (i, t) in tokens1.iter().enumerate().take(8).skip(6) {
+        assert_eq!(
+            node.join(i, &room(1), t),
+            json!(["realtime:join:success", {"name": room(1)}])
+        );
+    }
+
+    // Public user rooms: one's own with the access token, nobody else's.
+    assert_eq!(
+        node.join(0, "/users/u0", &token("u0")),
+        json!(["realtime:join:success", {"name": "/users/u0"}])
+    );
+    let not_yours = "a user room can be joined by its own user only";
+    assert_eq!(
+        node.join(1, "/users/u0", &token("u1")),
+        json!(["realtime:join:error", {"name": "/users/u0", "error": not_yours, "message": not_yours}])
+    );
+    assert_eq!(
+        node.join(1, "/users/u0", &token("u0")),
+        json!(["realtime:join:error", {"name": "/users/u0", "error": not_yours, "message": not_yours}])
+    );
+    // The access token opens no other room.
+    assert_eq!(
+        node.join(1, &room(1), &token("u1")),
+        json!(["realtime:join:error", {"name": room(1), "error": "invalid signature", "message": "invalid signature"}])
+    );
+
+    // A member (shard 0) and a non-member (shard 1) send to room 0; the non-member's bad tokens deliver nothing.
+    node.event(0, &room(0), json!({"n": 1}), &tokens0[0]);
+    node.event(8, &room(0), json!({"n": 2}), &tokens0[8]);
+    node.event(8, &room(0), json!({"n": 3}), &tokens0[0]);
+    node.event(8, &room(0), json!({"n": 4}), &tokens1[8]);
+    node.event(8, &room(0), json!({"n": 5}), "twake");
+    node.event(0, "/users/u0", json!({"n": 6}), &token("u0"));
+    node.event(1, "/users/u0", json!({"n": 7}), &token("u1"));
+    node.event(0, &room(0), json!({"marker": "a0"}), &tokens0[0]);
+    node.event(8, &room(0), json!({"marker": "a8"}), &tokens0[8]);
+    let got = node.collect(&["a0", "a8"], &[0, 1, 2, 3, 4, 5]);
+    let room0 = |extra: Vec<Value>| {
+        let mut v = vec![
+            ev(&room(0), json!({"n": 1})),
+            ev(&room(0), json!({"n": 2})),
+            ev(&room(0), json!({"marker": "a0"})),
+            ev(&room(0), json!({"marker": "a8"})),
+        ];
+        v.extend(extra);
+        sorted(v)
+    };
+    assert_eq!(
+        sorted(got[0].clone()),
+        room0(vec![ev("/users/u0", json!({"n": 6}))]),
+        "client 0"
+    );
+    let (errors1, events1): (Vec<Value>, Vec<Value>) = got[1]
+        .iter()
+        .cloned()
+        .partition(|e| e[0] == "realtime:event:error");
+    assert_eq!(errors1, vec![ev_error("/users/u0", not_yours)], "client 1");
+    assert_eq!(sorted(events1), room0(vec![]), "client 1");
+    for (i, got) in got.iter().enumerate().take(6).skip(2) {
+        assert_eq!(sorted(got.clone()), room0(vec![]), "client {i}");
+    }
+    assert_eq!(got[6], Vec::<Value>::new(), "client 6 (room 1)");
+    assert_eq!(got[7], Vec::<Value>::new(), "client 7 (room 1)");
+    assert_eq!(
+        got[8],
+        vec![
+            ev_error(&room(0), "room token is for another user"),
+            ev_error(&room(0), "room token is for another room"),
+            ev_error(&room(0), "jwt malformed"),
+        ],
+        "client 8 (sender, not a member)"
+    );
+    assert_eq!(got[9], Vec::<Value>::new(), "client 9");
+
+    // Client 9 floods room 1 with 20 events at once: all but about EVENT_PER_S_MAX are refused, and the members get
+    // exactly the others, once, in order. A second later its bucket has refilled and the marker passes.
+    let flood: Vec<Value> = (0..20)
+        .map(
+            |f| json!(["realtime:event", {"name": room(1), "data": {"f": f}, "token": tokens1[9]}]),
+        )
+        .collect();
+    node.send(json!({"op": "emits", "i": 9, "list": flood}));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    node.event(9, &room(1), json!({"marker": "f"}), &tokens1[9]);
+    let got = node.collect(&["f"], &[6, 7]);
+    let refused = got[9].len();
+    let limit_text = format!("too many events (limit {EVENT_PER_S_MAX} per second)");
+    assert!(
+        got[9].iter().all(|e| *e == ev_error(&room(1), &limit_text)),
+        "{:?}",
+        got[9]
+    );
+    assert!(
+        refused >= 20 - EVENT_PER_S_MAX - 1,
+        "only {refused} of 20 refused"
+    );
+    let delivered: Vec<Value> = got[6][..got[6].len() - 1].to_vec();
+    assert_eq!(delivered.len(), 20 - refused, "{:?}", got[6]);
+    let fs: Vec<u64> = delivered
+        .iter()
+        .map(|e| e[1]["data"]["f"].as_u64().expect("a flood event"))
+        .collect();
+    assert_eq!(
+        &fs[..EVENT_PER_S_MAX],
+        &(0..EVENT_PER_S_MAX as u64).collect::<Vec<_>>()[..]
+    );
+    assert!(fs.windows(2).all(|w| w[0] < w[1]), "{fs:?}");
+    assert_eq!(got[6].last(), Some(&ev(&room(1), json!({"marker": "f"}))));
+    assert_eq!(got[7], got[6], "both members of room 1, on two shards");
+    for (i, got) in got.iter().enumerate().take(6) {
+        assert_eq!(*got, Vec::<Value>::new(), "client {i}");
+    }
+    node.send(json!({"op": "quit"}));
+    assert_eq!(node.line(), "PASS");
+}
+
+#[test]
+fn v4_realtime_events_reach_exactly_the_room_on_two_shards() {
+    client_events("4");
+}
+
+#[test]
+fn v2_realtime_events_reach_exactly_the_room_on_two_shards() {
+    client_events("2");
+}
