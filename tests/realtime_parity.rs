@@ -7,6 +7,10 @@
 //!   the per-socket rate bound holds.
 //! - `/users/{own id}` can be joined with the access token and `/users/{other}` cannot; join errors carry both `error`
 //!   and `message`.
+//! - Service events (in-process server with the same `live` layer, routes that publish through the shard's bus): a
+//!   `realtime:event` published with `bus::publish_event_to` to two rooms, one from `Realtime::publish_room_event`
+//!   and a `realtime:resource` with action `event` from `Realtime::publish_resource_event` reach exactly the rooms'
+//!   members on both shards.
 
 mod common;
 
@@ -15,9 +19,20 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+use std::rc::Rc;
+use std::sync::Arc;
+
 use common::*;
+use serde::Serialize;
 use serde_json::{Value, json};
-use shardcast::realtime::auth::{AccessSigner, AuthConfig};
+use shardcast::realtime::auth::{AccessSigner, AccessVerifier, AuthConfig, RoomTokens, Secret};
+use shardcast::realtime::bus::publish_event_to;
+use shardcast::realtime::crud::{Realtime, Recipient, Recipients, Template};
+use shardcast::realtime::live::{self, ShardBus};
+use shardcast::realtime::protocol::{SessionConfig, SessionContext};
+use shardcast::server::{
+    self, Request, Response, ResponseFuture, Router, ServerConfig, ShardApp, ShardCtx, SocketIo,
+};
 
 const SECRET: &str = "parity-access-secret-0123456789abcdef";
 const ROOM_SECRET: &str = "parity-room-secret-0123456789abcdef!";
@@ -343,4 +358,180 @@ fn v4_realtime_events_reach_exactly_the_room_on_two_shards() {
 #[test]
 fn v2_realtime_events_reach_exactly_the_room_on_two_shards() {
     client_events("2");
+}
+
+/// What a typing indicator is about: a channel. Its events go to `/channels/{channel}/typing`.
+#[derive(Clone, Debug, Serialize)]
+struct Typing {
+    channel: String,
+    user: String,
+}
+
+/// `POST /events {rooms, data}` -> `publish_event_to`; `POST /typing {channel, user}` -> `publish_room_event` and
+/// `publish_resource_event`. Answers 200 `{"ok": bool}`.
+struct EventsApi {
+    bus: ShardBus,
+    typing: Rc<Realtime<(), ShardBus, Typing>>,
+}
+
+impl Router for EventsApi {
+    fn route(&self, _: &Rc<ShardCtx>, request: Request) -> Option<ResponseFuture> {
+        let bus = self.bus.clone();
+        let typing = self.typing.clone();
+        let v: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        match (request.method.as_str(), request.path.as_str()) {
+            ("POST", "/events") => Some(Box::pin(async move {
+                let rooms: Vec<String> =
+                    serde_json::from_value(v["rooms"].clone()).unwrap_or_default();
+                let ok = publish_event_to(&bus, rooms, &v["data"]).await.is_ok();
+                Response::json(200, &json!({ "ok": ok }))
+            })),
+            ("POST", "/typing") => Some(Box::pin(async move {
+                let t = Typing {
+                    channel: v["channel"].as_str().unwrap_or_default().into(),
+                    user: v["user"].as_str().unwrap_or_default().into(),
+                };
+                let a = typing
+                    .publish_room_event(&t, &json!({ "typing": t.user }))
+                    .await;
+                let b = typing.publish_resource_event("typing", &t).await;
+                Response::json(200, &json!({ "ok": a.is_ok() && b.is_ok() }))
+            })),
+            _ => None,
+        }
+    }
+}
+
+fn typing_room(channel: &str) -> String {
+    format!("/channels/{channel}/typing")
+}
+
+fn service_events(major: &str) {
+    ensure_node_modules();
+    let config = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        shards: 2,
+        pin_shards: false,
+        ping_interval_ms: 60_000,
+        ping_timeout_ms: 60_000,
+        ..ServerConfig::default()
+    };
+    let app: server::AppFactory = Arc::new(|shard: &Rc<ShardCtx>| {
+        let session = SessionContext {
+            access: AccessVerifier::new(&AuthConfig::hs256(SECRET)).unwrap(),
+            rooms: RoomTokens::new(&Secret::from(ROOM_SECRET), 3600, 0).unwrap(),
+            config: SessionConfig::default(),
+        };
+        let mut io = SocketIo::new();
+        let bus = live::install(shard, &mut io, session);
+        let recipients = Recipients::new().event(Recipient::new(
+            Template::from_fn(|t: &Typing| typing_room(&t.channel)),
+            Template::from_fn(|t: &Typing| format!("/typing/{}", t.user)),
+        ));
+        let typing = Rc::new(Realtime::new((), bus.clone(), recipients));
+        ShardApp {
+            socketio: Some(io),
+            router: Some(Rc::new(EventsApi { bus, typing })),
+        }
+    });
+    let srv = server::start(config, app).expect("server starts");
+    let addr = srv.local_addr;
+    let room_token = |sub: &str, room: &str| {
+        RoomTokens::new(&Secret::from(ROOM_SECRET), 3600, 0)
+            .unwrap()
+            .sign(sub, room)
+            .unwrap()
+    };
+    // u0, u1: room /a (one per shard); u2, u3: room /b (one per shard); u4: in no room; u5, u6: the typing room of
+    // channel c1 (one per shard). Channel c2's typing room has no member.
+    let shards = [0, 1, 0, 1, 0, 0, 1];
+    let clients: Vec<Value> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| json!({"user": format!("u{i}"), "token": token(&format!("u{i}")), "shard": shard}))
+        .collect();
+    let dir = scratch(&format!("realtime-parity-service-v{major}"));
+    let mut node = Node::start(major, &dir, &format!("http://{addr}"), &clients);
+    let joins = [
+        (0, "/a".to_owned()),
+        (1, "/a".into()),
+        (2, "/b".into()),
+        (3, "/b".into()),
+        (5, typing_room("c1")),
+        (6, typing_room("c1")),
+    ];
+    for (i, room) in &joins {
+        assert_eq!(
+            node.join(*i, room, &room_token(&format!("u{i}"), room)),
+            json!(["realtime:join:success", {"name": room}])
+        );
+    }
+    let post = |path: &str, body: Value| {
+        let mut s: TcpStream = connect(addr);
+        send_request(
+            &mut s,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+        s.flush().unwrap();
+        let r = read_response(&mut s, &mut Vec::new()).expect("a response");
+        assert_eq!((r.status, r.text()), (200, json!({"ok": true}).to_string()));
+    };
+    post(
+        "/events",
+        json!({"rooms": ["/a", "/b"], "data": {"marker": "e1", "x": [1, 2]}}),
+    );
+    post(
+        "/events",
+        json!({"rooms": ["/b"], "data": {"marker": "e2"}}),
+    );
+    post("/typing", json!({"channel": "c1", "user": "u9"}));
+    post("/typing", json!({"channel": "c2", "user": "u9"}));
+    post(
+        "/events",
+        json!({"rooms": [typing_room("c1")], "data": {"marker": "t"}}),
+    );
+    // Each client waits for the last marker of its own room (the POSTs were answered one after the other).
+    node.send(json!({"op": "collect", "wait": [
+        [0, ["e1"]], [1, ["e1"]], [2, ["e2"]], [3, ["e2"]], [5, ["t"]], [6, ["t"]],
+    ]}));
+    let rest: Vec<Vec<Value>> = serde_json::from_value(node.answer("EVENTS")).unwrap();
+    let e1 = |room: &str| ev(room, json!({"marker": "e1", "x": [1, 2]}));
+    assert_eq!(rest[0], vec![e1("/a")], "client 0");
+    assert_eq!(rest[1], vec![e1("/a")], "client 1");
+    for i in [2, 3] {
+        assert_eq!(
+            rest[i],
+            vec![e1("/b"), ev("/b", json!({"marker": "e2"}))],
+            "client {i}"
+        );
+    }
+    assert_eq!(rest[4], Vec::<Value>::new(), "client 4 (in no room)");
+    let typing = vec![
+        ev(&typing_room("c1"), json!({"typing": "u9"})),
+        json!(["realtime:resource", {
+            "action": "event", "room": typing_room("c1"), "type": "typing", "path": "/typing/u9",
+            "resource": {"channel": "c1", "user": "u9"},
+        }]),
+        ev(&typing_room("c1"), json!({"marker": "t"})),
+    ];
+    for i in [5, 6] {
+        assert_eq!(rest[i], typing, "client {i}");
+    }
+    node.send(json!({"op": "quit"}));
+    assert_eq!(node.line(), "PASS");
+    srv.shutdown();
+    srv.join().unwrap();
+}
+
+#[test]
+fn v4_service_events_reach_exactly_their_rooms_on_two_shards() {
+    service_events("4");
+}
+
+#[test]
+fn v2_service_events_reach_exactly_their_rooms_on_two_shards() {
+    service_events("2");
 }

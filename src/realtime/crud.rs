@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::auth::AuthenticatedUser;
-use super::bus::{EventBus, ResourceAction, ResourceEvent};
+use super::bus::{BusError, EventBus, ResourceAction, ResourceEvent};
 
 /// Which way a request came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -372,6 +372,9 @@ pub struct Recipients<E> {
     pub deleted: Vec<Recipient<E>>,
     /// Published with action `saved` after a `save` that created or updated.
     pub saved: Vec<Recipient<E>>,
+    /// Where a service's non-CRUD events go: `realtime:resource` with action `event`
+    /// ([`Realtime::publish_resource_event`]) and `realtime:event` ([`Realtime::publish_room_event`]).
+    pub event: Vec<Recipient<E>>,
 }
 
 impl<E> Default for Recipients<E> {
@@ -381,6 +384,7 @@ impl<E> Default for Recipients<E> {
             updated: Vec::new(),
             deleted: Vec::new(),
             saved: Vec::new(),
+            event: Vec::new(),
         }
     }
 }
@@ -392,6 +396,7 @@ impl<E> Clone for Recipients<E> {
             updated: self.updated.clone(),
             deleted: self.deleted.clone(),
             saved: self.saved.clone(),
+            event: self.event.clone(),
         }
     }
 }
@@ -403,6 +408,7 @@ impl<E> fmt::Debug for Recipients<E> {
             .field("updated", &self.updated)
             .field("deleted", &self.deleted)
             .field("saved", &self.saved)
+            .field("event", &self.event)
             .finish()
     }
 }
@@ -437,7 +443,13 @@ impl<E> Recipients<E> {
         self
     }
 
-    /// Adds the same recipient to all four operations.
+    /// Adds a recipient for a service's events (action `event`, and `realtime:event`).
+    pub fn event(mut self, r: Recipient<E>) -> Self {
+        self.event.push(r);
+        self
+    }
+
+    /// Adds the same recipient to all four operations (not to [`Self::event`]).
     pub fn all(self, r: Recipient<E>) -> Self {
         self.created(r.clone())
             .updated(r.clone())
@@ -455,6 +467,7 @@ impl<E> Recipients<E> {
             .chain(&self.updated)
             .chain(&self.deleted)
             .chain(&self.saved)
+            .chain(&self.event)
         {
             let room = r.room.render(entity);
             if !rooms.contains(&room) {
@@ -474,6 +487,7 @@ impl<E> Recipients<E> {
             ResourceAction::Updated => &self.updated,
             ResourceAction::Deleted => &self.deleted,
             ResourceAction::Saved => &self.saved,
+            ResourceAction::Event => &self.event,
         };
         if list.is_empty() {
             return Vec::new();
@@ -537,11 +551,50 @@ impl<S, B, E> Realtime<S, B, E> {
 
 impl<S, B: EventBus, E: Serialize> Realtime<S, B, E> {
     async fn publish(&self, action: ResourceAction, type_name: &str, entity: &E) {
+        let _ = self.try_publish(action, type_name, entity).await;
+    }
+
+    async fn try_publish(
+        &self,
+        action: ResourceAction,
+        type_name: &str,
+        entity: &E,
+    ) -> Result<(), BusError> {
+        let mut result = Ok(());
         for event in self.recipients.events(action, type_name, entity) {
             if let Err(e) = self.bus.publish(event).await {
                 tracing::warn!(type_name, action = action.as_str(), error = %e, "realtime event not published");
+                if result.is_ok() {
+                    result = Err(e);
+                }
             }
         }
+        result
+    }
+
+    /// Publishes a non-CRUD change of `entity` to its [`Recipients::event`] recipients, as `realtime:resource` with
+    /// action `event` (the rooms, paths and projection of those recipients). Tries every recipient; the first bus
+    /// error, if any.
+    pub async fn publish_resource_event(
+        &self,
+        type_name: &str,
+        entity: &E,
+    ) -> Result<(), BusError> {
+        self.try_publish(ResourceAction::Event, type_name, entity)
+            .await
+    }
+
+    /// Publishes `data` as `realtime:event {name: room, data}` to each distinct room of `entity`'s
+    /// [`Recipients::event`] recipients (a typing indicator, a reaction). Tries every room; the first bus error, if any.
+    pub async fn publish_room_event(&self, entity: &E, data: &Value) -> Result<(), BusError> {
+        let mut rooms: Vec<String> = Vec::new();
+        for r in &self.recipients.event {
+            let room = r.room.render(entity);
+            if !rooms.contains(&room) {
+                rooms.push(room);
+            }
+        }
+        super::bus::publish_event_to(&self.bus, rooms, data).await
     }
 }
 
@@ -611,7 +664,7 @@ mod tests {
     use futures_lite::future::block_on;
     use serde_json::json;
 
-    use super::super::bus::{BusError, InMemoryBus};
+    use super::super::bus::InMemoryBus;
     use super::*;
 
     #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -976,6 +1029,9 @@ mod tests {
             async fn publish(&self, _: ResourceEvent) -> Result<(), BusError> {
                 Err(BusError::Closed)
             }
+            async fn publish_event(&self, _: super::super::bus::RoomEvent) -> Result<(), BusError> {
+                Err(BusError::Closed)
+            }
         }
         let s = Realtime::new(
             Messages::default(),
@@ -984,6 +1040,33 @@ mod tests {
         );
         assert!(block_on(s.create(&ctx(), msg("1", "c", "a"))).is_ok());
         assert!(block_on(s.get(&ctx(), "1")).unwrap().is_some());
+    }
+
+    #[test]
+    fn service_events_use_the_event_recipients() {
+        let bus = InMemoryBus::new();
+        let s = Realtime::new(
+            Messages::default(),
+            bus.clone(),
+            Recipients::new()
+                .created(by_channel())
+                .event(by_channel())
+                .event(Recipient::new("/feed", "/feed").with_resource(|_| json!(null))),
+        );
+        let m = msg("1", "c4", "a");
+        block_on(s.publish_resource_event("message", &m)).unwrap();
+        let events = bus.take();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].action, ResourceAction::Event);
+        assert_eq!(events[0].room, "/channels/c4/messages");
+        assert_eq!(
+            (events[1].room.as_str(), &events[1].resource),
+            ("/feed", &json!(null))
+        );
+        block_on(s.publish_room_event(&m, &json!({"typing": true}))).unwrap();
+        let rooms: Vec<String> = bus.room_events().into_iter().map(|e| e.room).collect();
+        assert_eq!(rooms, ["/channels/c4/messages", "/feed"]);
+        assert!(bus.is_empty());
     }
 
     #[test]

@@ -72,7 +72,7 @@ use serde_json::Value;
 use crate::proto::{EncodedMessage, RawJson};
 use crate::server::{Event, MeshError, ShardCtx, Socket, SocketIo, TimerHandle};
 
-use super::bus::{BusError, EventBus, ResourceEvent};
+use super::bus::{BusError, EventBus, ResourceEvent, RoomEvent};
 use super::protocol::{self, Action, ServerEvent, Session, SessionContext};
 use super::rooms::{self, Route, ShardRooms, SharedPayload};
 
@@ -821,6 +821,15 @@ impl ShardBus {
         let payload: SharedPayload = Arc::from(event.encode_args());
         publish_payload(&live, &shard, &event.room, payload)
     }
+
+    /// Publishes a service's `realtime:event` now; never waits.
+    pub fn publish_event_now(&self, event: &RoomEvent) -> Result<(), BusError> {
+        let shard = self.shard.upgrade().ok_or(BusError::Closed)?;
+        let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
+        bump(&live.stats.events_published, 1);
+        let payload: SharedPayload = Arc::from(event.encode_args());
+        publish_payload(&live, &shard, &event.room, payload)
+    }
 }
 
 impl EventBus for ShardBus {
@@ -833,6 +842,14 @@ impl EventBus for ShardBus {
 
     /// Sends [`rooms::ShardMessage::Evict`] to every other shard (a control message: never dropped while the backlog
     /// has room) and evicts this shard's members at once.
+    /// Encoded once, then the same path as [`ShardBus::publish_now`].
+    fn publish_event(
+        &self,
+        event: RoomEvent,
+    ) -> impl std::future::Future<Output = Result<(), BusError>> {
+        std::future::ready(self.publish_event_now(&event))
+    }
+
     fn evict_room(&self, room: &str) {
         let Some(shard) = self.shard.upgrade() else {
             return;

@@ -89,6 +89,8 @@ pub enum ResourceAction {
     Deleted,
     /// `saved`
     Saved,
+    /// `event`: a non-CRUD change a service pushes for a resource ([`super::crud::Realtime::publish_resource_event`]).
+    Event,
 }
 
 impl ResourceAction {
@@ -99,6 +101,7 @@ impl ResourceAction {
             Self::Updated => "updated",
             Self::Deleted => "deleted",
             Self::Saved => "saved",
+            Self::Event => "event",
         }
     }
 }

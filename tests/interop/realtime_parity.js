@@ -11,7 +11,8 @@
 //   {"op":"emit_ack","i","event","payload"} -> `ACK <json of the ack's arguments>` (at most 5 s)
 //   {"op":"collect","markers":[m...],"expect":[i...]} -> waits until every client in `expect` received a
 //        `realtime:event` whose data.marker is each of `markers`, then 300 ms more, then prints `EVENTS <json>`: per
-//        client the [event, payload] pairs since the previous collect
+//        client the [event, payload] pairs since the previous collect. {"op":"collect","wait":[[i, [m...]], ...]}
+//        waits for each client's own markers instead.
 //   {"op":"quit"} -> closes every socket, prints PASS
 // Anything unexpected prints `FAIL <reason>` and exits 1.
 "use strict";
@@ -96,10 +97,11 @@ async function command(cmd) {
     }
     case "collect": {
       const deadline = Date.now() + 10000;
-      while (!cmd.expect.every((i) => hasMarkers(clients[i], cmd.markers))) {
+      const wait = cmd.wait || cmd.expect.map((i) => [i, cmd.markers]);
+      const missing = () => wait.filter(([i, markers]) => !hasMarkers(clients[i], markers));
+      while (missing().length) {
         if (Date.now() > deadline) {
-          const missing = cmd.expect.filter((i) => !hasMarkers(clients[i], cmd.markers));
-          fail(`markers ${cmd.markers} missing at ${missing}: ${JSON.stringify(missing.map((i) => clients[i].events))}`);
+          fail(`markers missing: ${JSON.stringify(missing().map(([i, m]) => [i, m, clients[i].events]))}`);
         }
         await sleep(10);
       }
