@@ -10,7 +10,8 @@
 //! - Service events (in-process server with the same `live` layer, routes that publish through the shard's bus): a
 //!   `realtime:event` published with `bus::publish_event_to` to two rooms, one from `Realtime::publish_room_event`
 //!   and a `realtime:resource` with action `event` from `Realtime::publish_resource_event` reach exactly the rooms'
-//!   members on both shards.
+//!   members on both shards; a recipient returning two rooms, one built from a URL parameter the entity does not
+//!   carry, routes to exactly those rooms.
 
 mod common;
 
@@ -27,7 +28,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use shardcast::realtime::auth::{AccessSigner, AccessVerifier, AuthConfig, RoomTokens, Secret};
 use shardcast::realtime::bus::publish_event_to;
-use shardcast::realtime::crud::{Realtime, Recipient, Recipients, Template};
+use shardcast::realtime::crud::{ExecutionContext, Realtime, Recipient, Recipients, Template};
 use shardcast::realtime::live::{self, ShardBus};
 use shardcast::realtime::protocol::{SessionConfig, SessionContext};
 use shardcast::server::{
@@ -386,17 +387,24 @@ impl Router for EventsApi {
                 let ok = publish_event_to(&bus, rooms, &v["data"]).await.is_ok();
                 Response::json(200, &json!({ "ok": ok }))
             })),
-            ("POST", "/typing") => Some(Box::pin(async move {
-                let t = Typing {
-                    channel: v["channel"].as_str().unwrap_or_default().into(),
-                    user: v["user"].as_str().unwrap_or_default().into(),
-                };
-                let a = typing
-                    .publish_room_event(&t, &json!({ "typing": t.user }))
-                    .await;
-                let b = typing.publish_resource_event("typing", &t).await;
-                Response::json(200, &json!({ "ok": a.is_ok() && b.is_ok() }))
-            })),
+            ("POST", path) if path.starts_with("/companies/") && path.ends_with("/typing") => {
+                // `/companies/{company}/typing`: the company is a URL parameter the entity does not carry.
+                let company = path["/companies/".len()..path.len() - "/typing".len()].to_owned();
+                let ctx = ExecutionContext::internal("t")
+                    .with_method("POST")
+                    .with_path_params([("company", company)]);
+                Some(Box::pin(async move {
+                    let t = Typing {
+                        channel: v["channel"].as_str().unwrap_or_default().into(),
+                        user: v["user"].as_str().unwrap_or_default().into(),
+                    };
+                    let a = typing
+                        .publish_room_event(&ctx, &t, &json!({ "typing": t.user }))
+                        .await;
+                    let b = typing.publish_resource_event(&ctx, "typing", &t).await;
+                    Response::json(200, &json!({ "ok": a.is_ok() && b.is_ok() }))
+                }))
+            }
             _ => None,
         }
     }
@@ -404,6 +412,10 @@ impl Router for EventsApi {
 
 fn typing_room(channel: &str) -> String {
     format!("/channels/{channel}/typing")
+}
+
+fn company_typing_room(company: &str, channel: &str) -> String {
+    format!("/companies/{company}/channels/{channel}/typing")
 }
 
 fn service_events(major: &str) {
@@ -424,8 +436,14 @@ fn service_events(major: &str) {
         };
         let mut io = SocketIo::new();
         let bus = live::install(shard, &mut io, session);
-        let recipients = Recipients::new().event(Recipient::new(
-            Template::from_fn(|t: &Typing| typing_room(&t.channel)),
+        // Two rooms per call, the second built from the URL's `company`.
+        let recipients = Recipients::new().event(Recipient::to_rooms(
+            |t: &Typing, ctx: &ExecutionContext| {
+                vec![
+                    typing_room(&t.channel),
+                    company_typing_room(ctx.param("company").unwrap_or_default(), &t.channel),
+                ]
+            },
             Template::from_fn(|t: &Typing| format!("/typing/{}", t.user)),
         ));
         let typing = Rc::new(Realtime::new((), bus.clone(), recipients));
@@ -443,8 +461,9 @@ fn service_events(major: &str) {
             .unwrap()
     };
     // u0, u1: room /a (one per shard); u2, u3: room /b (one per shard); u4: in no room; u5, u6: the typing room of
-    // channel c1 (one per shard). Channel c2's typing room has no member.
-    let shards = [0, 1, 0, 1, 0, 0, 1];
+    // channel c1 (one per shard). Channel c2's typing room has no member. u7: acme's c1 typing room; u8: another
+    // company's.
+    let shards = [0, 1, 0, 1, 0, 0, 1, 1, 0];
     let clients: Vec<Value> = shards
         .iter()
         .enumerate()
@@ -459,6 +478,8 @@ fn service_events(major: &str) {
         (3, "/b".into()),
         (5, typing_room("c1")),
         (6, typing_room("c1")),
+        (7, company_typing_room("acme", "c1")),
+        (8, company_typing_room("other", "c1")),
     ];
     for (i, room) in &joins {
         assert_eq!(
@@ -487,15 +508,21 @@ fn service_events(major: &str) {
         "/events",
         json!({"rooms": ["/b"], "data": {"marker": "e2"}}),
     );
-    post("/typing", json!({"channel": "c1", "user": "u9"}));
-    post("/typing", json!({"channel": "c2", "user": "u9"}));
+    post(
+        "/companies/acme/typing",
+        json!({"channel": "c1", "user": "u9"}),
+    );
+    post(
+        "/companies/acme/typing",
+        json!({"channel": "c2", "user": "u9"}),
+    );
     post(
         "/events",
-        json!({"rooms": [typing_room("c1")], "data": {"marker": "t"}}),
+        json!({"rooms": [typing_room("c1"), company_typing_room("acme", "c1")], "data": {"marker": "t"}}),
     );
     // Each client waits for the last marker of its own room (the POSTs were answered one after the other).
     node.send(json!({"op": "collect", "wait": [
-        [0, ["e1"]], [1, ["e1"]], [2, ["e2"]], [3, ["e2"]], [5, ["t"]], [6, ["t"]],
+        [0, ["e1"]], [1, ["e1"]], [2, ["e2"]], [3, ["e2"]], [5, ["t"]], [6, ["t"]], [7, ["t"]],
     ]}));
     let rest: Vec<Vec<Value>> = serde_json::from_value(node.answer("EVENTS")).unwrap();
     let e1 = |room: &str| ev(room, json!({"marker": "e1", "x": [1, 2]}));
@@ -509,17 +536,25 @@ fn service_events(major: &str) {
         );
     }
     assert_eq!(rest[4], Vec::<Value>::new(), "client 4 (in no room)");
-    let typing = vec![
-        ev(&typing_room("c1"), json!({"typing": "u9"})),
-        json!(["realtime:resource", {
-            "action": "event", "room": typing_room("c1"), "type": "typing", "path": "/typing/u9",
-            "resource": {"channel": "c1", "user": "u9"},
-        }]),
-        ev(&typing_room("c1"), json!({"marker": "t"})),
-    ];
+    let typing = |room: &str| {
+        vec![
+            ev(room, json!({"typing": "u9"})),
+            json!(["realtime:resource", {
+                "action": "event", "room": room, "type": "typing", "path": "/typing/u9",
+                "resource": {"channel": "c1", "user": "u9"},
+            }]),
+            ev(room, json!({"marker": "t"})),
+        ]
+    };
     for i in [5, 6] {
-        assert_eq!(rest[i], typing, "client {i}");
+        assert_eq!(rest[i], typing(&typing_room("c1")), "client {i}");
     }
+    assert_eq!(
+        rest[7],
+        typing(&company_typing_room("acme", "c1")),
+        "client 7 (room from the URL)"
+    );
+    assert_eq!(rest[8], Vec::<Value>::new(), "client 8 (another company)");
     node.send(json!({"op": "quit"}));
     assert_eq!(node.line(), "PASS");
     srv.shutdown();

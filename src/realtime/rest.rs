@@ -363,7 +363,7 @@ where
             Ok(Outcome::One {
                 status: 201,
                 resource: to_json(&created.entity)?,
-                rooms: service.recipients().rooms_for(&created.entity),
+                rooms: service.recipients().rooms_for_in(&created.entity, &ctx),
             })
         })
     }
@@ -375,7 +375,7 @@ where
             Ok(Outcome::One {
                 status: 200,
                 resource: to_json(&entity)?,
-                rooms: service.recipients().rooms_for(&entity),
+                rooms: service.recipients().rooms_for_in(&entity, &ctx),
             })
         })
     }
@@ -393,7 +393,7 @@ where
             Ok(Outcome::One {
                 status: 200,
                 resource: to_json(&updated.entity)?,
-                rooms: service.recipients().rooms_for(&updated.entity),
+                rooms: service.recipients().rooms_for_in(&updated.entity, &ctx),
             })
         })
     }
@@ -586,7 +586,9 @@ impl RestApi {
             return Err(RestError::RateLimited(retry_after_s));
         }
         let user_id = user.id.clone();
-        let ctx = ExecutionContext::new(user, request_id, Transport::Http);
+        let ctx = ExecutionContext::new(user, request_id, Transport::Http)
+            .with_method(method)
+            .with_path_params(params.clone());
         let endpoint = &service.endpoint;
         let id = || params.get("id").cloned().unwrap_or_default();
         let outcome = match (is_collection, method) {
