@@ -27,8 +27,9 @@ use common::*;
 use serde::Serialize;
 use serde_json::{Value, json};
 use shardcast::realtime::auth::{AccessSigner, AccessVerifier, AuthConfig, RoomTokens, Secret};
-use shardcast::realtime::bus::publish_event_to;
+use shardcast::realtime::bus::{RoomEvent, publish_event_to};
 use shardcast::realtime::crud::{ExecutionContext, Realtime, Recipient, Recipients, Template};
+use shardcast::realtime::events::{self, SocketEvent, SocketUser};
 use shardcast::realtime::live::{self, ShardBus};
 use shardcast::realtime::protocol::{SessionConfig, SessionContext};
 use shardcast::server::{
@@ -223,7 +224,7 @@ fn client_events(major: &str) {
     let clients: Vec<Value> = users
         .iter()
         .zip(shards)
-        .map(|(u, shard)| json!({"user": u, "token": token(u), "shard": shard}))
+        .map(|(u, shard)| json!({"user": u, "token": token(u), "shard": shard, "connect_auth": true}))
         .collect();
     let mut node = Node::start(major, &dir, &srv.url(), &clients);
     let tokens0: Vec<String> = users.iter().map(|u| room_token(srv.addr, u, 0)).collect();
@@ -418,8 +419,9 @@ fn company_typing_room(company: &str, channel: &str) -> String {
     format!("/companies/{company}/channels/{channel}/typing")
 }
 
-fn service_events(major: &str) {
-    ensure_node_modules();
+/// The in-process server of the service tests: `live` on 2 shards, [`EventsApi`], and socket events: `whoami`
+/// acks `{user, socket, args}`; connects and disconnects are published to `/log` as `realtime:event`s.
+fn start_app() -> server::ServerHandle {
     let config = ServerConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         shards: 2,
@@ -447,12 +449,35 @@ fn service_events(major: &str) {
             Template::from_fn(|t: &Typing| format!("/typing/{}", t.user)),
         ));
         let typing = Rc::new(Realtime::new((), bus.clone(), recipients));
+        events::on_event(shard, "whoami", |e: SocketEvent| async move {
+            if let Some(ack) = e.ack {
+                ack.send(&[json!({"user": e.user.id, "socket": e.socket_id, "args": e.args})]);
+            }
+        })
+        .unwrap();
+        assert!(events::on_event(shard, "realtime:join", |_: SocketEvent| async {}).is_err());
+        let log = |what: &'static str, bus: ShardBus| {
+            move |u: SocketUser| {
+                let bus = bus.clone();
+                async move {
+                    let _ =
+                        bus.publish_event_now(&RoomEvent::new("/log", json!({ what: u.user.id })));
+                }
+            }
+        };
+        events::on_connected(shard, log("connected", bus.clone())).unwrap();
+        events::on_disconnected(shard, log("disconnected", bus.clone())).unwrap();
         ShardApp {
             socketio: Some(io),
             router: Some(Rc::new(EventsApi { bus, typing })),
         }
     });
-    let srv = server::start(config, app).expect("server starts");
+    server::start(config, app).expect("server starts")
+}
+
+fn service_events(major: &str) {
+    ensure_node_modules();
+    let srv = start_app();
     let addr = srv.local_addr;
     let room_token = |sub: &str, room: &str| {
         RoomTokens::new(&Secret::from(ROOM_SECRET), 3600, 0)
@@ -569,4 +594,64 @@ fn v4_service_events_reach_exactly_their_rooms_on_two_shards() {
 #[test]
 fn v2_service_events_reach_exactly_their_rooms_on_two_shards() {
     service_events("2");
+}
+
+fn socket_events(major: &str) {
+    ensure_node_modules();
+    let srv = start_app();
+    let addr = srv.local_addr;
+    // u0 watches /log (shard 0); u1 (shard 1) and u2 (shard 0) use the socket-event API.
+    let clients: Vec<Value> = [0, 1, 0]
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| json!({"user": format!("u{i}"), "token": token(&format!("u{i}")), "shard": shard}))
+        .collect();
+    let dir = scratch(&format!("realtime-parity-socket-events-v{major}"));
+    let mut node = Node::start(major, &dir, &format!("http://{addr}"), &clients);
+    let log_token = RoomTokens::new(&Secret::from(ROOM_SECRET), 3600, 0)
+        .unwrap()
+        .sign("u0", "/log")
+        .unwrap();
+    assert_eq!(
+        node.join(0, "/log", &log_token),
+        json!(["realtime:join:success", {"name": "/log"}])
+    );
+    for i in [1, 2] {
+        node.send(json!({"op": "emit_ack", "i": i, "event": "whoami", "payload": {"q": i}}));
+        let ack = node.answer("ACK");
+        assert_eq!(ack[0]["user"], json!(format!("u{i}")), "{ack}");
+        assert_eq!(ack[0]["args"], json!([{"q": i}]), "{ack}");
+        assert!(!ack[0]["socket"].as_str().unwrap().is_empty(), "{ack}");
+    }
+    // Hooks: u1 goes and comes back, on its shard; the watcher sees both, with the user.
+    node.send(json!({"op": "close", "i": 1}));
+    assert_eq!(node.line(), "CLOSED 1");
+    node.send(json!({"op": "open", "i": 1}));
+    assert_eq!(node.line(), "OPENED 1");
+    let want = vec![
+        ev("/log", json!({"disconnected": "u1"})),
+        ev("/log", json!({"connected": "u1"})),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got: Vec<Value> = Vec::new();
+    while got.len() < want.len() && std::time::Instant::now() < deadline {
+        node.send(json!({"op": "collect", "markers": [], "expect": []}));
+        let all: Vec<Vec<Value>> = serde_json::from_value(node.answer("EVENTS")).unwrap();
+        got.extend(all[0].clone());
+    }
+    assert_eq!(got, want);
+    node.send(json!({"op": "quit"}));
+    assert_eq!(node.line(), "PASS");
+    srv.shutdown();
+    srv.join().unwrap();
+}
+
+#[test]
+fn v4_socket_events_reach_service_handlers_with_the_user() {
+    socket_events("4");
+}
+
+#[test]
+fn v2_socket_events_reach_service_handlers_with_the_user() {
+    socket_events("2");
 }

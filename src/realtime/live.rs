@@ -73,6 +73,7 @@ use crate::proto::{EncodedMessage, RawJson};
 use crate::server::{Event, MeshError, ShardCtx, Socket, SocketIo, TimerHandle};
 
 use super::bus::{BusError, EventBus, ResourceEvent, RoomEvent};
+use super::events::{self, SocketEvent, SocketHandlers, SocketUser};
 use super::protocol::{self, Action, ServerEvent, Session, SessionContext};
 use super::rooms::{self, Route, ShardRooms, SharedPayload};
 
@@ -139,6 +140,7 @@ pub struct LiveShard {
     control_in_flight_max: usize,
     retry_armed: Cell<bool>,
     stats: LiveStats,
+    handlers: Rc<RefCell<SocketHandlers>>,
 }
 
 impl std::fmt::Debug for LiveShard {
@@ -166,6 +168,11 @@ impl LiveShard {
         self.rooms.borrow().owned().room_count()
     }
 
+    /// The socket-event handlers and hooks of this shard ([`super::events`]).
+    pub fn socket_handlers(&self) -> Rc<RefCell<SocketHandlers>> {
+        self.handlers.clone()
+    }
+
     /// The shards holding members of `room`, if this shard owns it (empty otherwise).
     pub fn member_shards(&self, room: &str) -> Vec<usize> {
         self.rooms.borrow().owned().member_shards(room).collect()
@@ -185,6 +192,8 @@ struct LiveSocket {
     /// `realtime:event` token bucket: tokens left and when it was last refilled.
     event_tokens: Cell<f64>,
     event_refill: Cell<Instant>,
+    /// Handler calls of this socket still running ([`events::HANDLERS_IN_FLIGHT_PER_SOCKET_MAX`]).
+    handlers_in_flight: Rc<Cell<usize>>,
 }
 
 /// Takes one token from the bucket `(tokens, refilled)` holding `per_s` per second; false when it is empty.
@@ -241,6 +250,7 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
         control_in_flight_max: control_in_flight_max(shard.config().mesh_queue_len),
         retry_armed: Cell::new(false),
         stats: LiveStats::default(),
+        handlers: Rc::new(RefCell::new(SocketHandlers::default())),
     });
     let weak_live = Rc::downgrade(&live);
     let ns = io.namespace(NAMESPACE);
@@ -272,11 +282,18 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
                 emit(socket, &refusal);
                 return;
             }
+            if dispatch_to_handler(&live, socket, &state, &mut event, &args) {
+                return;
+            }
+            let was_authenticated = state.session.borrow().user().is_some();
             let actions = state
                 .session
                 .borrow_mut()
                 .on_event(&live.session, &event.name, &args);
             execute_for_event(&live, socket, &state, actions, &mut event);
+            if !was_authenticated {
+                run_connected_hooks(&live, socket, &state);
+            }
         });
     }
     ns.on_disconnect(move |socket, _reason| {
@@ -288,6 +305,15 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
         };
         if let Some(t) = state.auth_timer.borrow_mut().take() {
             t.cancel();
+        }
+        let user = state.session.borrow().user().cloned();
+        if let Some(user) = user {
+            let u = SocketUser {
+                user,
+                socket_id: socket.id().to_owned(),
+            };
+            let hooks = live.handlers.borrow().disconnected(&u);
+            hooks.into_iter().for_each(events::spawn);
         }
         // Keep the protocol session's view consistent, then leave every room in one pass.
         let _ = state.session.borrow_mut().on_disconnect();
@@ -327,6 +353,7 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
         join_leave_refill: Cell::new(Instant::now()),
         event_tokens: Cell::new(f64::from(live.session.config.event_per_s_max.max(1))),
         event_refill: Cell::new(Instant::now()),
+        handlers_in_flight: Rc::new(Cell::new(0)),
     });
     let auth = auth_value(auth);
     let actions = state
@@ -334,6 +361,63 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
         .borrow_mut()
         .on_connect(&live.session, auth.as_ref());
     execute(live, socket, &state, actions, true);
+    run_connected_hooks(live, socket, &state);
+}
+
+/// Runs the `on_connected` hooks if the socket is authenticated now (call it only where it may just have become so).
+fn run_connected_hooks(live: &Rc<LiveShard>, socket: &Socket, state: &LiveSocket) {
+    let user = state.session.borrow().user().cloned();
+    let Some(user) = user else { return };
+    let u = SocketUser {
+        user,
+        socket_id: socket.id().to_owned(),
+    };
+    let hooks = live.handlers.borrow().connected(&u);
+    hooks.into_iter().for_each(events::spawn);
+}
+
+/// Hands an authenticated socket's event to the service handler registered for its name, if any (never a contract
+/// event). True if a handler took it (or it was refused for too many calls in flight).
+fn dispatch_to_handler(
+    live: &Rc<LiveShard>,
+    socket: &Socket,
+    state: &LiveSocket,
+    event: &mut Event,
+    args: &[Value],
+) -> bool {
+    if events::is_contract_event(&event.name) || !live.handlers.borrow().handles(&event.name) {
+        return false;
+    }
+    let user = state.session.borrow().user().cloned();
+    // before authentication the session refuses it, as for any event
+    let Some(user) = user else { return false };
+    let in_flight = state.handlers_in_flight.clone();
+    if in_flight.get() >= events::HANDLERS_IN_FLIGHT_PER_SOCKET_MAX {
+        tracing::debug!(
+            socket = socket.id(),
+            event = event.name,
+            "socket event refused: too many in flight"
+        );
+        if let Some(ack) = event.ack.take() {
+            events::SocketAck::new(ack).send(&events::too_many_in_flight());
+        }
+        return true;
+    }
+    let e = SocketEvent {
+        user,
+        socket_id: socket.id().to_owned(),
+        args: args.to_vec(),
+        ack: event.ack.take().map(events::SocketAck::new),
+    };
+    let fut = live.handlers.borrow().call(&event.name, e);
+    if let Some(fut) = fut {
+        in_flight.set(in_flight.get() + 1);
+        events::spawn(Box::pin(async move {
+            fut.await;
+            in_flight.set(in_flight.get().saturating_sub(1));
+        }));
+    }
+    true
 }
 
 /// The error a join or leave gets before the session sees it: over the socket's join/leave rate, or (joins) the

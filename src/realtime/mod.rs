@@ -11,6 +11,7 @@
 //! The glue to the server and the ORM:
 //! - [`live`]: the Socket.IO handlers of the wire contract on each shard, rooms across shards over the mesh, and
 //!   [`live::ShardBus`], the bus whose listener delivers `realtime:resource` to sockets.
+//! - [`events`]: named socket events of authenticated sockets for services, and connect/disconnect hooks.
 //! - [`rest`]: the REST API generated from registered CRUD services (room tokens in `websocket`/`websockets`).
 //! - [`demo`]: the `channels` and `messages` services shipped with `shardcast serve`, stored through the ORM.
 //!
@@ -135,6 +136,7 @@ pub mod auth;
 pub mod bus;
 pub mod crud;
 pub mod demo;
+pub mod events;
 pub mod live;
 pub mod protocol;
 pub mod rest;

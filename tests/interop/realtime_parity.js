@@ -1,9 +1,9 @@
 // Real socket.io-client sockets on chosen shards, driven by JSON lines from tests/realtime_parity.rs.
 // usage: node realtime_parity.js <4|2> <config.json>
 //
-// config.json: { "url", "clients": [{ "user", "token", "shard" }] }. Each client connects until its Engine.IO session
-// lands on `shard` (the sid's first byte; at most 64 tries), authenticates (4.x: token in the CONNECT auth payload; 2.x:
-// the `authenticate` event) and records every `realtime:event`, `realtime:event:error` and `realtime:resource`.
+// config.json: { "url", "clients": [{ "user", "token", "shard", "connect_auth"? }] }. Each client connects until its
+// Engine.IO session lands on `shard` (the sid's first byte; at most 64 tries), authenticates (the `authenticate` event;
+// 4.x with `connect_auth`: the token in the CONNECT auth payload) and records every `realtime:event`, `realtime:event:error` and `realtime:resource`.
 // stdout: `CLIENT <i> <shard>` per client, then `READY`. Commands on stdin, one JSON object a line:
 //   {"op":"join","i","name","token"}   -> `JOINED <json [event, payload]>` (success or error, whichever comes)
 //   {"op":"emit","i","event","payload"} -> nothing (the client emits it)
@@ -13,6 +13,7 @@
 //        `realtime:event` whose data.marker is each of `markers`, then 300 ms more, then prints `EVENTS <json>`: per
 //        client the [event, payload] pairs since the previous collect. {"op":"collect","wait":[[i, [m...]], ...]}
 //        waits for each client's own markers instead.
+//   {"op":"close","i"} -> closes the socket, `CLOSED <i>`; {"op":"open","i"} -> connects it again, `OPENED <i>`
 //   {"op":"quit"} -> closes every socket, prints PASS
 // Anything unexpected prints `FAIL <reason>` and exits 1.
 "use strict";
@@ -38,7 +39,9 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function connectOnShard(c) {
   for (let attempt = 0; attempt < 64; attempt++) {
     const opts = { forceNew: true, reconnection: false, transports: ["websocket"] };
-    if (!v2) opts.auth = { token: c.token };
+    // Only with `connect_auth` (4.x): a socket that lands on the wrong shard would otherwise be authenticated, and
+    // its connect/disconnect seen by the hooks, before it is closed.
+    if (!v2 && c.connect_auth) opts.auth = { token: c.token };
     const socket = io(url, opts);
     // Listen before the CONNECT reply: with the token in CONNECT, `authenticated` follows it at once.
     const authed = once(socket, "authenticated");
@@ -56,7 +59,7 @@ async function connectOnShard(c) {
     }
     c.socket = socket;
     c.events = events;
-    if (v2) socket.emit("authenticate", { token: c.token });
+    if (!opts.auth) socket.emit("authenticate", { token: c.token });
     const ko = once(socket, "unauthorized").then(([e]) => fail(`unauthorized ${c.user}: ${JSON.stringify(e)}`));
     await Promise.race([authed, ko]);
     return shard;
@@ -110,6 +113,14 @@ async function command(cmd) {
       console.log(`EVENTS ${JSON.stringify(all)}`);
       break;
     }
+    case "close":
+      c.socket.close();
+      console.log(`CLOSED ${cmd.i}`);
+      break;
+    case "open":
+      await connectOnShard(c);
+      console.log(`OPENED ${cmd.i}`);
+      break;
     case "quit":
       for (const c of clients) c.socket.close();
       console.log("PASS");
