@@ -245,6 +245,9 @@ fn serve_app(cfg: &Config) -> Result<(AppFactory, shardcast::orm::IoShard), (u8,
         .map_err(|e| (1, format!("shardcast: cannot start the database: {e}")))?;
     let repos = futures_lite::future::block_on(DemoRepositories::open(&orm))
         .map_err(|e| (1, format!("shardcast: cannot open the demo tables: {e}")))?;
+    let online =
+        futures_lite::future::block_on(shardcast::realtime::online::OnlineService::open(&orm))
+            .map_err(|e| (1, format!("shardcast: cannot open the online table: {e}")))?;
     tracing::info!(
         backend = ?cfg.orm.backend,
         embedded_path = %cfg.orm.embedded_path.display(),
@@ -271,6 +274,9 @@ fn serve_app(cfg: &Config) -> Result<(AppFactory, shardcast::orm::IoShard), (u8,
             .with_list_limit_max(list_limit_max)
             .with_write_limiter(write_limiter.clone());
         let api = demo::register_with(api, &repos, bus, demo_limits);
+        if let Err(e) = online.install(shard) {
+            tracing::error!(error = %e, "online service not installed");
+        }
         ShardApp {
             socketio: Some(io),
             router: Some(std::rc::Rc::new(api.into_router())),

@@ -655,3 +655,117 @@ fn v4_socket_events_reach_service_handlers_with_the_user() {
 fn v2_socket_events_reach_service_handlers_with_the_user() {
     socket_events("2");
 }
+
+/// `GET /api/v1/online` for room 0, asked by `user` with its own room token, polled until it answers `want` (at
+/// most 5 s: presence travels between shards after the join or disconnect that changed it).
+fn room_presence_becomes(addr: SocketAddr, user: &str, want: Value) -> Value {
+    let token = room_token(addr, user, 0);
+    let path = format!("/api/v1/online?room={}&token={token}", room(0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (status, v) = call(addr, user, "GET", &path, None);
+        assert_eq!(status, 200, "{v}");
+        if v == want || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn presence_and_online(major: &str) {
+    ensure_node_modules();
+    let (srv, dir) = serve(&format!("realtime-parity-presence-v{major}"));
+    let (status, v) = call(
+        srv.addr,
+        "alice",
+        "POST",
+        "/api/v1/companies/acme/workspaces/w1/channels",
+        Some(json!({ "resource": { "id": "c0", "name": "x" } })),
+    );
+    assert_eq!(status, 201, "{v}");
+    // u0 twice (shards 0 and 1), u1 on shard 1, all in room 0; u2 (shard 0) only asks.
+    let clients: Vec<Value> = [("u0", 0), ("u0", 1), ("u1", 1), ("u2", 0)]
+        .iter()
+        .map(|(u, shard)| json!({"user": u, "token": token(u), "shard": shard}))
+        .collect();
+    let mut node = Node::start(major, &dir, &srv.url(), &clients);
+    for (i, u) in [(0, "u0"), (1, "u0"), (2, "u1")] {
+        assert_eq!(
+            node.join(i, &room(0), &room_token(srv.addr, u, 0)),
+            json!(["realtime:join:success", {"name": room(0)}])
+        );
+    }
+    let both = json!({"room": room(0), "count": 2, "users": ["u0", "u1"]});
+    assert_eq!(room_presence_becomes(srv.addr, "u2", both.clone()), both);
+    let online_get = |node: &mut Node| {
+        node.send(json!({"op": "emit_ack", "i": 3, "event": "online:get",
+            "payload": {"data": ["u0", "u1", "u2", "u9"]}}));
+        node.answer("ACK")
+    };
+    assert_eq!(
+        online_get(&mut node),
+        json!([{"data": [["u0", true], ["u1", true], ["u2", true], ["u9", false]]}])
+    );
+    node.send(json!({"op": "emit_ack", "i": 3, "event": "online:get", "payload": {"data": "u0"}}));
+    let bad = "payload must be {data: [user ids]}";
+    assert_eq!(node.answer("ACK"), json!([{"error": bad, "message": bad}]));
+    node.send(json!({"op": "emit_ack", "i": 2, "event": "online:set", "payload": {}}));
+    assert_eq!(node.answer("ACK"), json!([{"data": true}]));
+
+    // u0's socket on shard 0 goes: u0 still counts once (its socket on shard 1), and is still online.
+    node.send(json!({"op": "close", "i": 0}));
+    assert_eq!(node.line(), "CLOSED 0");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(room_presence_becomes(srv.addr, "u2", both.clone()), both);
+    assert_eq!(
+        online_get(&mut node),
+        json!([{"data": [["u0", true], ["u1", true], ["u2", true], ["u9", false]]}])
+    );
+    // Its last socket goes: dropped from the room and offline.
+    node.send(json!({"op": "close", "i": 1}));
+    assert_eq!(node.line(), "CLOSED 1");
+    let only_u1 = json!({"room": room(0), "count": 1, "users": ["u1"]});
+    assert_eq!(
+        room_presence_becomes(srv.addr, "u2", only_u1.clone()),
+        only_u1
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let offline = json!([{"data": [["u0", false], ["u1", true], ["u2", true], ["u9", false]]}]);
+    let mut got = online_get(&mut node);
+    while got != offline && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        got = online_get(&mut node);
+    }
+    assert_eq!(got, offline);
+
+    // Over REST, only for a room the caller may read: a token of another user or none is refused.
+    let other = room_token(srv.addr, "u1", 0);
+    let (status, v) = call(
+        srv.addr,
+        "u2",
+        "GET",
+        &format!("/api/v1/online?room={}&token={other}", room(0)),
+        None,
+    );
+    assert_eq!((status, &v["code"]), (403, &json!("forbidden")), "{v}");
+    let (status, v) = call(
+        srv.addr,
+        "u2",
+        "GET",
+        &format!("/api/v1/online?room={}", room(0)),
+        None,
+    );
+    assert_eq!(status, 403, "{v}");
+    node.send(json!({"op": "quit"}));
+    assert_eq!(node.line(), "PASS");
+}
+
+#[test]
+fn v4_presence_counts_a_user_once_across_shards_and_online_acks_like_twake() {
+    presence_and_online("4");
+}
+
+#[test]
+fn v2_presence_counts_a_user_once_across_shards_and_online_acks_like_twake() {
+    presence_and_online("2");
+}

@@ -74,6 +74,7 @@ use crate::server::{Event, MeshError, ShardCtx, Socket, SocketIo, TimerHandle};
 
 use super::bus::{BusError, EventBus, ResourceEvent, RoomEvent};
 use super::events::{self, SocketEvent, SocketHandlers, SocketUser};
+use super::presence::{Outgoing, Presence, PresenceMsg, home_shard};
 use super::protocol::{self, Action, ServerEvent, Session, SessionContext};
 use super::rooms::{self, Route, ShardRooms, SharedPayload};
 
@@ -141,6 +142,10 @@ pub struct LiveShard {
     retry_armed: Cell<bool>,
     stats: LiveStats,
     handlers: Rc<RefCell<SocketHandlers>>,
+    presence: RefCell<Presence>,
+    /// Per peer: presence messages waiting for room on the queue, in order.
+    presence_backlog: RefCell<Vec<VecDeque<PresenceMsg>>>,
+    presence_retry_armed: Cell<bool>,
 }
 
 impl std::fmt::Debug for LiveShard {
@@ -251,6 +256,9 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
         retry_armed: Cell::new(false),
         stats: LiveStats::default(),
         handlers: Rc::new(RefCell::new(SocketHandlers::default())),
+        presence: RefCell::new(Presence::new(shard.id(), shard.nr_shards())),
+        presence_backlog: RefCell::new((0..shard.nr_shards()).map(|_| VecDeque::new()).collect()),
+        presence_retry_armed: Cell::new(false),
     });
     let weak_live = Rc::downgrade(&live);
     let ns = io.namespace(NAMESPACE);
@@ -307,6 +315,15 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
             t.cancel();
         }
         let user = state.session.borrow().user().cloned();
+        if let Some(user) = &user {
+            let rooms = state.session.borrow().rooms().to_vec();
+            for room in rooms {
+                let out = live.presence.borrow_mut().left(&room, &user.id);
+                send_presence(&live, socket.shard(), out);
+            }
+            let out = live.presence.borrow_mut().user_socket_down(&user.id);
+            send_presence(&live, socket.shard(), out);
+        }
         if let Some(user) = user {
             let u = SocketUser {
                 user,
@@ -368,6 +385,8 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
 fn run_connected_hooks(live: &Rc<LiveShard>, socket: &Socket, state: &LiveSocket) {
     let user = state.session.borrow().user().cloned();
     let Some(user) = user else { return };
+    let out = live.presence.borrow_mut().user_socket_up(&user.id);
+    send_presence(live, socket.shard(), out);
     let u = SocketUser {
         user,
         socket_id: socket.id().to_owned(),
@@ -550,7 +569,10 @@ fn execute(
                 // Sent when the owner confirms the join (Route::JoinConfirmed).
             }
             Action::Emit(event) => emit(socket, &event),
-            Action::JoinRoom(room) => join(live, socket, state, room),
+            Action::JoinRoom(room) => {
+                presence_of_room(live, socket, state, &room, true);
+                join(live, socket, state, room)
+            }
             Action::LeaveRoom(room) => {
                 let was_pending = {
                     let mut p = state.pending_joins.borrow_mut();
@@ -563,6 +585,7 @@ fn execute(
                     emit(socket, &ServerEvent::JoinSuccess { name: room.clone() });
                 }
                 socket.leave(&room);
+                presence_of_room(live, socket, state, &room, false);
                 let routes = live.rooms.borrow_mut().leave(state.key, &room);
                 run_routes(live, socket.shard(), routes);
             }
@@ -682,6 +705,9 @@ fn run_routes(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, routes: Vec<Route<Sock
                     };
                     state.pending_joins.borrow_mut().retain(|r| **r != *room);
                     socket.leave(&room);
+                    if state.session.borrow().rooms().iter().any(|r| **r == *room) {
+                        presence_of_room(live, &socket, &state, &room, false);
+                    }
                     bump(&live.stats.sockets_evicted, 1);
                     let actions = state.session.borrow_mut().on_room_closed(&room);
                     execute(live, &socket, &state, actions, false);
@@ -956,6 +982,162 @@ impl EventBus for ShardBus {
             }
         }
     }
+}
+
+/// Counts a socket's join (`up`) or leave of `room` in the presence of its user.
+fn presence_of_room(
+    live: &Rc<LiveShard>,
+    socket: &Socket,
+    state: &LiveSocket,
+    room: &str,
+    up: bool,
+) {
+    let user = state.session.borrow().user().map(|u| u.id.clone());
+    let Some(user) = user else { return };
+    let out = if up {
+        live.presence.borrow_mut().joined(room, &user)
+    } else {
+        live.presence.borrow_mut().left(room, &user)
+    };
+    send_presence(live, socket.shard(), out);
+}
+
+/// Runs a presence message where it belongs, keeping the order of the messages to each peer: a full queue parks it
+/// (and everything after it) in that peer's backlog, retried every [`CONTROL_RETRY_MS`].
+fn send_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, out: Option<Outgoing>) {
+    let Some((to, msg)) = out else { return };
+    if to == shard.id() {
+        live.presence.borrow_mut().on_message(msg);
+        return;
+    }
+    let waiting = live
+        .presence_backlog
+        .borrow()
+        .get(to)
+        .is_some_and(|q| !q.is_empty());
+    if waiting {
+        park_presence(live, shard, to, msg);
+        return;
+    }
+    if let Err(e) = post_presence(shard, to, msg.clone()) {
+        match e {
+            MeshError::Full(_) => park_presence(live, shard, to, msg),
+            e => tracing::error!(shard = shard.id(), to, error = %e, "presence message not sent"),
+        }
+    }
+}
+
+fn post_presence(shard: &Rc<ShardCtx>, to: usize, msg: PresenceMsg) -> Result<(), MeshError> {
+    shard.send_to(to, move |ctx| {
+        if let Some(live) = ctx.state::<LiveShard>() {
+            live.presence.borrow_mut().on_message(msg);
+        }
+    })
+}
+
+fn park_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, to: usize, msg: PresenceMsg) {
+    {
+        let mut backlog = live.presence_backlog.borrow_mut();
+        let Some(q) = backlog.get_mut(to) else { return };
+        if q.len() >= CONTROL_BACKLOG_LEN_MAX {
+            tracing::error!(
+                shard = shard.id(),
+                to,
+                "presence message dropped: backlog to that shard is full"
+            );
+            return;
+        }
+        q.push_back(msg);
+    }
+    arm_presence_retry(live, shard);
+}
+
+fn arm_presence_retry(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>) {
+    if live.presence_retry_armed.replace(true) {
+        return;
+    }
+    let weak_live = Rc::downgrade(live);
+    let weak_shard = Rc::downgrade(shard);
+    shard.schedule(Duration::from_millis(CONTROL_RETRY_MS), move || {
+        let (Some(live), Some(shard)) = (weak_live.upgrade(), weak_shard.upgrade()) else {
+            return;
+        };
+        live.presence_retry_armed.set(false);
+        let peers = live.presence_backlog.borrow().len();
+        let mut left = false;
+        for to in 0..peers {
+            loop {
+                let next = live.presence_backlog.borrow()[to].front().cloned();
+                let Some(msg) = next else { break };
+                match post_presence(&shard, to, msg) {
+                    Ok(()) => {}
+                    Err(MeshError::Full(_)) => {
+                        left = true;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(shard = shard.id(), to, error = %e, "presence message not sent")
+                    }
+                }
+                live.presence_backlog.borrow_mut()[to].pop_front();
+            }
+        }
+        if left {
+            arm_presence_retry(&live, &shard);
+        }
+    });
+}
+
+/// The users connected in `room` right across shards (each once, sorted), asked of the room's owner shard.
+pub async fn online_users(shard: &Rc<ShardCtx>, room: &str) -> Result<Vec<String>, BusError> {
+    let owner = rooms::owner_shard(room, shard.nr_shards());
+    if owner == shard.id() {
+        let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
+        return Ok(live.presence.borrow().online_users(room));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let room = room.to_owned();
+    shard
+        .send_to(owner, move |ctx| {
+            let users = ctx
+                .state::<LiveShard>()
+                .map(|live| live.presence.borrow().online_users(&room))
+                .unwrap_or_default();
+            let _ = tx.send(users);
+        })
+        .map_err(|e| match e {
+            MeshError::Full(_) => BusError::Full,
+            _ => BusError::Closed,
+        })?;
+    rx.await.map_err(|_| BusError::Closed)
+}
+
+/// Whether each of `users` has an authenticated socket on some shard, asked of each user's home shard.
+pub async fn online(shard: &Rc<ShardCtx>, users: &[String]) -> Result<Vec<bool>, BusError> {
+    let mut answers = Vec::with_capacity(users.len());
+    for user in users {
+        let home = home_shard(user, shard.nr_shards());
+        if home == shard.id() {
+            let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
+            answers.push(live.presence.borrow().is_online(user));
+            continue;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let u = user.clone();
+        shard
+            .send_to(home, move |ctx| {
+                let online = ctx
+                    .state::<LiveShard>()
+                    .is_some_and(|live| live.presence.borrow().is_online(&u));
+                let _ = tx.send(online);
+            })
+            .map_err(|e| match e {
+                MeshError::Full(_) => BusError::Full,
+                _ => BusError::Closed,
+            })?;
+        answers.push(rx.await.map_err(|_| BusError::Closed)?);
+    }
+    Ok(answers)
 }
 
 /// The [`LiveShard`] of `shard`, if [`install`] ran there.
