@@ -1112,30 +1112,41 @@ pub async fn online_users(shard: &Rc<ShardCtx>, room: &str) -> Result<Vec<String
     rx.await.map_err(|_| BusError::Closed)
 }
 
-/// Whether each of `users` has an authenticated socket on some shard, asked of each user's home shard.
+/// Whether each of `users` has an authenticated socket on some shard, in order: one question to each home shard
+/// involved (all sent before any answer is awaited).
 pub async fn online(shard: &Rc<ShardCtx>, users: &[String]) -> Result<Vec<bool>, BusError> {
-    let mut answers = Vec::with_capacity(users.len());
-    for user in users {
+    let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
+    let mut answers = vec![false; users.len()];
+    let mut by_home: HashMap<usize, Vec<(usize, String)>> = HashMap::new();
+    for (i, user) in users.iter().enumerate() {
         let home = home_shard(user, shard.nr_shards());
         if home == shard.id() {
-            let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
-            answers.push(live.presence.borrow().is_online(user));
-            continue;
+            answers[i] = live.presence.borrow().is_online(user);
+        } else {
+            by_home.entry(home).or_default().push((i, user.clone()));
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let u = user.clone();
+    }
+    let mut pending = Vec::with_capacity(by_home.len());
+    for (home, asked) in by_home {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Vec<(usize, bool)>>();
         shard
             .send_to(home, move |ctx| {
-                let online = ctx
-                    .state::<LiveShard>()
-                    .is_some_and(|live| live.presence.borrow().is_online(&u));
-                let _ = tx.send(online);
+                let found = ctx.state::<LiveShard>().map(|live| {
+                    let p = live.presence.borrow();
+                    asked.iter().map(|(i, u)| (*i, p.is_online(u))).collect()
+                });
+                let _ = tx.send(found.unwrap_or_default());
             })
             .map_err(|e| match e {
                 MeshError::Full(_) => BusError::Full,
                 _ => BusError::Closed,
             })?;
-        answers.push(rx.await.map_err(|_| BusError::Closed)?);
+        pending.push(rx);
+    }
+    for rx in pending {
+        for (i, on) in rx.await.map_err(|_| BusError::Closed)? {
+            answers[i] = on;
+        }
     }
     Ok(answers)
 }
