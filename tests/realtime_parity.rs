@@ -456,6 +456,14 @@ fn start_app() -> server::ServerHandle {
         })
         .unwrap();
         assert!(events::on_event(shard, "realtime:join", |_: SocketEvent| async {}).is_err());
+        // Holds its call for 3 s, then acks `done`.
+        events::on_event(shard, "slow", |e: SocketEvent| async move {
+            glommio::timer::sleep(std::time::Duration::from_secs(3)).await;
+            if let Some(ack) = e.ack {
+                ack.send(&[json!("done")]);
+            }
+        })
+        .unwrap();
         let log = |what: &'static str, bus: ShardBus| {
             move |u: SocketUser| {
                 let bus = bus.clone();
@@ -623,6 +631,22 @@ fn socket_events(major: &str) {
         assert_eq!(ack[0]["args"], json!([{"q": i}]), "{ack}");
         assert!(!ack[0]["socket"].as_str().unwrap().is_empty(), "{ack}");
     }
+    // u2 starts HANDLERS_IN_FLIGHT_PER_SOCKET_MAX slow calls: one more is refused at once, with the bound in its ack.
+    let slow: Vec<Value> = (0..events::HANDLERS_IN_FLIGHT_PER_SOCKET_MAX)
+        .map(|k| json!(["slow", {"k": k}]))
+        .collect();
+    node.send(json!({"op": "emits", "i": 2, "list": slow}));
+    let started = std::time::Instant::now();
+    node.send(json!({"op": "emit_ack", "i": 2, "event": "slow", "payload": {}}));
+    let text = format!(
+        "too many events in flight (limit {})",
+        events::HANDLERS_IN_FLIGHT_PER_SOCKET_MAX
+    );
+    assert_eq!(
+        node.answer("ACK"),
+        json!([{"error": text, "message": text}])
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
     // Hooks: u1 goes and comes back, on its shard; the watcher sees both, with the user.
     node.send(json!({"op": "close", "i": 1}));
     assert_eq!(node.line(), "CLOSED 1");
