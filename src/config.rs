@@ -86,6 +86,7 @@ options! {
     "realtime.join_leave_per_s_max", "SHARDCAST_JOIN_LEAVE_PER_S_MAX", "50", "realtime:join plus realtime:leave per second per socket; over it the socket gets join/leave errors";
     "realtime.event_per_s_max", "SHARDCAST_EVENT_PER_S_MAX", "20", "client realtime:event per second per socket; over it the socket gets realtime:event:error and the event reaches nobody";
     "realtime.event_data_bytes_max", "SHARDCAST_EVENT_DATA_BYTES_MAX", "16384", "longest `data` of a client realtime:event, bytes of JSON";
+    "realtime.presence_events", "SHARDCAST_PRESENCE_EVENTS", "false", "publish realtime:event {presence: join|leave, user} to a room when a user appears in it or leaves it (counted across shards)";
 }
 
 /// The realtime layer's settings.
@@ -298,6 +299,7 @@ impl Config {
                 r.session.event_per_s_max = parse::<u32>(key, value)?.max(1)
             }
             "realtime.event_data_bytes_max" => r.session.event_data_bytes_max = parse(key, value)?,
+            "realtime.presence_events" => r.session.presence_events = parse_bool(key, value)?,
             _ => return Err(ConfigError(format!("unknown option `{key}`"))),
         }
         Ok(())
@@ -481,7 +483,8 @@ mod tests {
                 "auth.jwt_algorithm" => "ES256",
                 k if k.ends_with("pin_shards")
                     || k.ends_with("credentials")
-                    || k.ends_with("echo_event") =>
+                    || k.ends_with("echo_event")
+                    || k.ends_with("presence_events") =>
                 {
                     "true"
                 }

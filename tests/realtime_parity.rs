@@ -49,11 +49,16 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn serve(name: &str) -> (Server, PathBuf) {
+    serve_with(name, "")
+}
+
+/// [`serve`] with extra lines in the `[realtime]` table.
+fn serve_with(name: &str, realtime: &str) -> (Server, PathBuf) {
     let dir = scratch(name);
     let cfg = dir.join("shardcast.toml");
     let text = format!(
         "[server]\nping_interval_ms = 2000\nping_timeout_ms = 60000\n[auth]\njwt_secret = \"{SECRET}\"\n\
-         [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\nevent_per_s_max = {EVENT_PER_S_MAX}\n\
+         [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\nevent_per_s_max = {EVENT_PER_S_MAX}\n{realtime}\n\
          [orm]\nembedded_path = \"{}\"\n",
         dir.join("data.redb").display()
     );
@@ -698,7 +703,10 @@ fn room_presence_becomes(addr: SocketAddr, user: &str, want: Value) -> Value {
 
 fn presence_and_online(major: &str) {
     ensure_node_modules();
-    let (srv, dir) = serve(&format!("realtime-parity-presence-v{major}"));
+    let (srv, dir) = serve_with(
+        &format!("realtime-parity-presence-v{major}"),
+        "presence_events = true",
+    );
     let (status, v) = call(
         srv.addr,
         "alice",
@@ -721,6 +729,26 @@ fn presence_and_online(major: &str) {
     }
     let both = json!({"room": room(0), "count": 2, "users": ["u0", "u1"]});
     assert_eq!(room_presence_becomes(srv.addr, "u2", both.clone()), both);
+    // Presence events (presence_events = true): u0's second socket, on the other shard, announces nothing; u1's
+    // arrival reaches u0's first socket once. A marker from u1 closes the batch.
+    let u1_token = room_token(srv.addr, "u1", 0);
+    node.event(2, &room(0), json!({"marker": "p0"}), &u1_token);
+    node.send(json!({"op": "collect", "wait": [[0, ["p0"]], [1, ["p0"]], [2, ["p0"]]]}));
+    let got: Vec<Vec<Value>> = serde_json::from_value(node.answer("EVENTS")).unwrap();
+    let presence = |e: &Value, what: &str, user: &str| {
+        *e == ev(&room(0), json!({"presence": what, "user": user}))
+    };
+    for (i, events) in got.iter().enumerate() {
+        let joins_u0 = events.iter().filter(|e| presence(e, "join", "u0")).count();
+        assert!(joins_u0 <= 1, "client {i}: {events:?}");
+    }
+    assert_eq!(
+        got[0].iter().filter(|e| presence(e, "join", "u1")).count(),
+        1,
+        "{:?}",
+        got[0]
+    );
+    assert_eq!(got[3], Vec::<Value>::new(), "client 3 is in no room");
     let online_get = |node: &mut Node| {
         node.send(json!({"op": "emit_ack", "i": 3, "event": "online:get",
             "payload": {"data": ["u0", "u1", "u2", "u9"]}}));
@@ -753,6 +781,18 @@ fn presence_and_online(major: &str) {
         room_presence_becomes(srv.addr, "u2", only_u1.clone()),
         only_u1
     );
+    // The room's last remaining member saw exactly one presence change since: u0 leaving, after its last socket.
+    node.event(2, &room(0), json!({"marker": "p1"}), &u1_token);
+    node.send(json!({"op": "collect", "wait": [[2, ["p1"]]]}));
+    let got: Vec<Vec<Value>> = serde_json::from_value(node.answer("EVENTS")).unwrap();
+    assert_eq!(
+        got[2],
+        vec![
+            ev(&room(0), json!({"presence": "leave", "user": "u0"})),
+            ev(&room(0), json!({"marker": "p1"}))
+        ]
+    );
+    assert_eq!(got[3], Vec::<Value>::new(), "client 3 is in no room");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let offline = json!([{"data": [["u0", false], ["u1", true], ["u2", true], ["u9", false]]}]);
     let mut got = online_get(&mut node);

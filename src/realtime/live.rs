@@ -1007,7 +1007,7 @@ fn presence_of_room(
 fn send_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, out: Option<Outgoing>) {
     let Some((to, msg)) = out else { return };
     if to == shard.id() {
-        live.presence.borrow_mut().on_message(msg);
+        apply_presence(live, shard, msg);
         return;
     }
     let waiting = live
@@ -1030,9 +1030,28 @@ fn send_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, out: Option<Outgoin
 fn post_presence(shard: &Rc<ShardCtx>, to: usize, msg: PresenceMsg) -> Result<(), MeshError> {
     shard.send_to(to, move |ctx| {
         if let Some(live) = ctx.state::<LiveShard>() {
-            live.presence.borrow_mut().on_message(msg);
+            apply_presence(&live, ctx, msg);
         }
     })
+}
+
+/// Applies a presence message here; with [`protocol::SessionConfig::presence_events`] on, a change of a room's users
+/// is published to that room as `realtime:event {name: room, data: {presence, user}}` (this shard owns the room).
+fn apply_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, msg: PresenceMsg) {
+    let change = live.presence.borrow_mut().on_message(msg);
+    let Some(change) = change else { return };
+    if !live.session.config.presence_events {
+        return;
+    }
+    let data = serde_json::json!({
+        "presence": if change.joined { "join" } else { "leave" },
+        "user": change.user,
+    });
+    let payload: SharedPayload =
+        Arc::from(protocol::EventPayload::encode_args(&change.room, &data));
+    if publish_payload(live, shard, &change.room, payload).is_err() {
+        tracing::debug!(room = change.room, "presence event dropped");
+    }
 }
 
 fn park_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, to: usize, msg: PresenceMsg) {

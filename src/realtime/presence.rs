@@ -60,6 +60,17 @@ pub enum PresenceMsg {
     },
 }
 
+/// A user appeared in a room (`joined`) or disappeared from it, on the room's owner shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomChange {
+    /// Room.
+    pub room: String,
+    /// User id.
+    pub user: String,
+    /// True when the user appeared, false when its last socket left.
+    pub joined: bool,
+}
+
 /// One shard's part of presence.
 #[derive(Debug)]
 pub struct Presence {
@@ -157,8 +168,8 @@ impl Presence {
         ))
     }
 
-    /// A message from another shard (or this one).
-    pub fn on_message(&mut self, msg: PresenceMsg) {
+    /// A message from another shard (or this one). Returns the change of a room's users it made, if any.
+    pub fn on_message(&mut self, msg: PresenceMsg) -> Option<RoomChange> {
         match msg {
             PresenceMsg::UserUp { user, from } => {
                 self.home.entry(user).or_default().insert(from);
@@ -172,27 +183,46 @@ impl Presence {
                 }
             }
             PresenceMsg::RoomUp { room, user, from } => {
-                self.owned
-                    .entry(room)
+                let set = self
+                    .owned
+                    .entry(room.clone())
                     .or_default()
-                    .entry(user)
-                    .or_default()
-                    .insert(from);
+                    .entry(user.clone())
+                    .or_default();
+                let new = set.is_empty();
+                set.insert(from);
+                if new {
+                    return Some(RoomChange {
+                        room,
+                        user,
+                        joined: true,
+                    });
+                }
             }
             PresenceMsg::RoomDown { room, user, from } => {
+                let mut gone = false;
                 if let Some(users) = self.owned.get_mut(&room) {
                     if let Some(set) = users.get_mut(&user) {
                         set.remove(&from);
                         if set.is_empty() {
                             users.remove(&user);
+                            gone = true;
                         }
                     }
                     if users.is_empty() {
                         self.owned.remove(&room);
                     }
                 }
+                if gone {
+                    return Some(RoomChange {
+                        room,
+                        user,
+                        joined: false,
+                    });
+                }
             }
         }
+        None
     }
 
     /// The users connected in `room`, sorted, each once; right only on the room's owner shard.
@@ -217,10 +247,9 @@ mod tests {
     use super::*;
 
     /// Two shards' presence, with messages delivered at once.
-    fn run(shards: &mut [Presence], out: Option<Outgoing>) {
-        if let Some((to, msg)) = out {
-            shards[to].on_message(msg);
-        }
+    fn run(shards: &mut [Presence], out: Option<Outgoing>) -> Option<RoomChange> {
+        let (to, msg) = out?;
+        shards[to].on_message(msg)
     }
 
     #[test]
@@ -235,7 +264,14 @@ mod tests {
             run(&mut s, o);
         }
         let o = s[0].joined("/r", "u2");
-        run(&mut s, o);
+        assert_eq!(
+            run(&mut s, o),
+            Some(RoomChange {
+                room: "/r".into(),
+                user: "u2".into(),
+                joined: true
+            })
+        );
         assert_eq!(s[owner].online_users("/r"), ["u1", "u2"]);
         assert!(s[home].is_online("u1"));
         // u1 leaves on shard 0 and one of its two sockets on shard 1 goes: still there.
@@ -248,7 +284,7 @@ mod tests {
         assert_eq!(s[owner].online_users("/r"), ["u1", "u2"]);
         // The last socket in the room leaves: gone from the room, still online on shard 0.
         let o = s[1].left("/r", "u1");
-        run(&mut s, o);
+        assert_eq!(run(&mut s, o).map(|c| c.joined), Some(false));
         assert_eq!(s[owner].online_users("/r"), ["u2"]);
         assert!(s[home].is_online("u1"));
         for shard in [0, 1] {

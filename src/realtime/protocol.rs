@@ -417,6 +417,10 @@ pub struct SessionConfig {
     pub event_per_s_max: u32,
     /// Longest `data` of a client's `realtime:event`, bytes of JSON. Default [`EVENT_DATA_BYTES_MAX_DEFAULT`].
     pub event_data_bytes_max: usize,
+    /// Publish presence changes to the room they happen in: when a user appears in a room (first socket on any shard)
+    /// or disappears (last socket gone), its members get `realtime:event {name: room, data: {presence: "join" |
+    /// "leave", user}}`. Off by default.
+    pub presence_events: bool,
 }
 
 /// Default of [`SessionConfig::join_leave_per_s_max`].
@@ -436,6 +440,7 @@ impl Default for SessionConfig {
             join_leave_per_s_max: JOIN_LEAVE_PER_S_MAX_DEFAULT,
             event_per_s_max: EVENT_PER_S_MAX_DEFAULT,
             event_data_bytes_max: EVENT_DATA_BYTES_MAX_DEFAULT,
+            presence_events: false,
         }
     }
 }
