@@ -1015,11 +1015,11 @@ fn send_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, out: Option<Outgoin
         .borrow()
         .get(to)
         .is_some_and(|q| !q.is_empty());
-    if waiting {
+    if waiting || !control_lane_free(live, to) {
         park_presence(live, shard, to, msg);
         return;
     }
-    if let Err(e) = post_presence(shard, to, msg.clone()) {
+    if let Err(e) = post_presence(live, shard, to, msg.clone()) {
         match e {
             MeshError::Full(_) => park_presence(live, shard, to, msg),
             e => tracing::error!(shard = shard.id(), to, error = %e, "presence message not sent"),
@@ -1027,12 +1027,29 @@ fn send_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, out: Option<Outgoin
     }
 }
 
-fn post_presence(shard: &Rc<ShardCtx>, to: usize, msg: PresenceMsg) -> Result<(), MeshError> {
-    shard.send_to(to, move |ctx| {
+/// Presence messages are control messages: they travel in the membership lane ([`control_in_flight_max`]), so
+/// presence churn cannot crowd events out of a cross-shard queue either.
+fn post_presence(
+    live: &LiveShard,
+    shard: &Rc<ShardCtx>,
+    to: usize,
+    msg: PresenceMsg,
+) -> Result<(), MeshError> {
+    let Some(counter) = live.control_in_flight.get(to).cloned() else {
+        return Err(MeshError::NoSuchShard(to));
+    };
+    counter.fetch_add(1, Ordering::AcqRel);
+    let done = counter.clone();
+    let r = shard.send_to(to, move |ctx| {
+        done.fetch_sub(1, Ordering::AcqRel);
         if let Some(live) = ctx.state::<LiveShard>() {
             apply_presence(&live, ctx, msg);
         }
-    })
+    });
+    if r.is_err() {
+        counter.fetch_sub(1, Ordering::AcqRel);
+    }
+    r
 }
 
 /// Applies a presence message here; with [`protocol::SessionConfig::presence_events`] on, a change of a room's users
@@ -1088,7 +1105,11 @@ fn arm_presence_retry(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>) {
             loop {
                 let next = live.presence_backlog.borrow()[to].front().cloned();
                 let Some(msg) = next else { break };
-                match post_presence(&shard, to, msg) {
+                if !control_lane_free(&live, to) {
+                    left = true;
+                    break;
+                }
+                match post_presence(&live, &shard, to, msg) {
                     Ok(()) => {}
                     Err(MeshError::Full(_)) => {
                         left = true;
