@@ -104,6 +104,9 @@ options! {
     "serve.db_retry_max_ms", "SHARDCAST_DB_RETRY_MAX_MS", "5000", "longest wait between two start-up retries";
     "serve.db_exit_on_unavailable", "SHARDCAST_DB_EXIT_ON_UNAVAILABLE", "false", "exit (status 1) when the database does not answer at start-up instead of retrying";
     "serve.db_probe_interval_ms", "SHARDCAST_DB_PROBE_INTERVAL_MS", "1000", "how often `/readyz` health is refreshed by a cheap database read";
+    "realtime.event_per_s_max", "SHARDCAST_EVENT_PER_S_MAX", "20", "client realtime:event per second per socket; over it the socket gets realtime:event:error and the event reaches nobody";
+    "realtime.event_data_bytes_max", "SHARDCAST_EVENT_DATA_BYTES_MAX", "16384", "longest `data` of a client realtime:event, bytes of JSON";
+    "realtime.presence_events", "SHARDCAST_PRESENCE_EVENTS", "false", "publish realtime:event {presence: join|leave, user} to a room when a user appears in it or leaves it (counted across shards)";
 }
 
 /// How `shardcast serve` runs: dev mode, the live page, port sharing, database start-up retries and health probes.
@@ -412,6 +415,11 @@ impl Config {
             "serve.db_probe_interval_ms" => {
                 self.serve.db_probe_interval_ms = parse::<u64>(key, value)?.max(10)
             }
+            "realtime.event_per_s_max" => {
+                r.session.event_per_s_max = parse::<u32>(key, value)?.max(1)
+            }
+            "realtime.event_data_bytes_max" => r.session.event_data_bytes_max = parse(key, value)?,
+            "realtime.presence_events" => r.session.presence_events = parse_bool(key, value)?,
             _ => return Err(ConfigError(format!("unknown option `{key}`"))),
         }
         Ok(())
@@ -650,7 +658,8 @@ mod tests {
                     || k.ends_with(".dev")
                     || k.ends_with("live_page")
                     || k.ends_with("listen_shared")
-                    || k.ends_with("exit_on_unavailable") =>
+                    || k.ends_with("exit_on_unavailable")
+                    || k.ends_with("presence_events") =>
                 {
                     "true"
                 }

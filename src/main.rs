@@ -16,6 +16,7 @@ use shardcast::realtime::auth::{
 };
 use shardcast::realtime::demo::{self, Channel, DemoRepositories};
 use shardcast::realtime::live;
+use shardcast::realtime::online::OnlineService;
 use shardcast::realtime::protocol::SessionContext;
 use shardcast::realtime::rest::RestApi;
 use shardcast::realtime::rest::UserWriteLimiter as RestWriteLimiter;
@@ -356,13 +357,19 @@ impl IoSlot {
 }
 
 /// What a successful database start gives: the IO shard, the demo tables, and a repository the health probe reads.
-type DbParts = (IoShard, DemoRepositories, Repository<Channel>);
+type DbParts = (
+    IoShard,
+    DemoRepositories,
+    Repository<Channel>,
+    OnlineService,
+);
 
 fn connect_db(cfg: &shardcast::orm::OrmConfig) -> Result<DbParts, shardcast::orm::OrmError> {
     let (io_shard, orm) = shardcast::orm::start(cfg)?;
     let repos = futures_lite::future::block_on(DemoRepositories::open(&orm))?;
     let probe = futures_lite::future::block_on(Repository::<Channel>::open(&orm))?;
-    Ok((io_shard, repos, probe))
+    let online = futures_lite::future::block_on(OnlineService::open(&orm))?;
+    Ok((io_shard, repos, probe, online))
 }
 
 /// One cheap read through the IO shard: `Err` (with the driver's words, for the log) when the database is unreachable.
@@ -426,17 +433,20 @@ fn serve_app(cfg: &mut Config) -> Result<(AppFactory, IoSlot, Option<Banner>), (
     let backend = cfg.backend_description();
     let health = health::Health::new(cfg.server.shards.max(1), backend.clone());
     let repos_slot: Arc<OnceLock<DemoRepositories>> = Arc::new(OnceLock::new());
+    let online_slot: Arc<OnceLock<OnlineService>> = Arc::new(OnceLock::new());
     let io_slot = IoSlot::default();
     let probe_interval = Duration::from_millis(cfg.serve.db_probe_interval_ms.max(10));
     let install = {
         let repos_slot = repos_slot.clone();
         let io_slot = io_slot.clone();
+        let online_slot = online_slot.clone();
         let health = health.clone();
-        move |(io, repos, probe): DbParts| {
+        move |(io, repos, probe, online): DbParts| {
             if let Ok(mut g) = io_slot.0.lock() {
                 *g = Some(io);
             }
             let _ = repos_slot.set(repos);
+            let _ = online_slot.set(online);
             health.set_up();
             let spawned =
                 health::spawn_probe(health.clone(), probe_interval, move || probe_db(&probe));
@@ -583,6 +593,18 @@ fn serve_app(cfg: &mut Config) -> Result<(AppFactory, IoSlot, Option<Banner>), (
                 c.clone(),
                 Some(router),
             ));
+        }
+        // The online service (socket events online:get / online:set, last seen) registers its handlers when the shard
+        // starts; a database that was unavailable then leaves it out until the next start (logged).
+        match online_slot.get() {
+            Some(online) => {
+                if let Err(e) = online.install(shard) {
+                    tracing::error!(error = %e, "online service not installed");
+                }
+            }
+            None => tracing::warn!(
+                "online service not installed on this shard: the database was unavailable when it started"
+            ),
         }
         ShardApp {
             socketio: Some(io),

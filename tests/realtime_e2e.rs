@@ -374,12 +374,13 @@ fn refusals(major: &str) {
             "invalid algorithm",
         ),
     ];
-    let refused = |err: &str| json!([["unauthorized", { "err": err }], ["disconnect", "io server disconnect"]]);
+    let refused = |err: &str| json!([["unauthorized", { "err": err, "message": err }], ["disconnect", "io server disconnect"]]);
     let u1 = token("u1");
     let own = room_token(&srv, "u1", 0);
     let (other_user, other_room) = (room_token(&srv, "u2", 0), room_token(&srv, "u1", 1));
     let join = |t: &str| json!(["realtime:join", { "name": room(0), "token": t }]);
-    let join_error = |e: &str| json!(["realtime:join:error", { "name": room(0), "error": e }]);
+    let join_error =
+        |e: &str| json!(["realtime:join:error", { "name": room(0), "error": e, "message": e }]);
     let authenticate = json!(["authenticate", { "token": u1 }]);
     // (name, case, expected events)
     let mut cases: Vec<(String, Value, Value)> = vec![

@@ -325,7 +325,10 @@ fn resource(action: &str, room: &str, id: &str, text: &str) -> Value {
 }
 
 fn unauthorized_then_disconnect(c: &mut Client, err: &str) {
-    assert_eq!(c.next(), json!(["unauthorized", {"err": err}]));
+    assert_eq!(
+        c.next(),
+        json!(["unauthorized", {"err": err, "message": err}])
+    );
     assert_eq!(c.next(), json!(["<disconnect>"]));
 }
 
@@ -384,7 +387,7 @@ fn echo_acks_carry_the_arguments_once_authenticated() {
     c.ws.send_text(r#"427["echo",{"pad":"x"}]"#);
     assert_eq!(
         c.next(),
-        json!(["unauthorized", {"err": "not authenticated"}])
+        json!(["unauthorized", {"err": "not authenticated", "message": "not authenticated"}])
     );
     c.authenticate("u1");
     c.ws.send_text(r#"428["echo",{"pad":"x"},2]"#);
@@ -407,17 +410,17 @@ fn events_before_authentication_get_errors_and_timeout_disconnects() {
     );
     assert_eq!(
         c.next(),
-        json!(["realtime:join:error", {"name": "/r", "error": "not authenticated"}])
+        json!(["realtime:join:error", {"name": "/r", "error": "not authenticated", "message": "not authenticated"}])
     );
     c.emit("realtime:leave", json!({"name": "/r"}));
     assert_eq!(
         c.next(),
-        json!(["realtime:leave:error", {"name": "/r", "error": "not authenticated"}])
+        json!(["realtime:leave:error", {"name": "/r", "error": "not authenticated", "message": "not authenticated"}])
     );
     c.emit("something", json!(1));
     assert_eq!(
         c.next(),
-        json!(["unauthorized", {"err": "not authenticated"}])
+        json!(["unauthorized", {"err": "not authenticated", "message": "not authenticated"}])
     );
     // Then nothing until the authentication timeout (configured to 300 ms here).
     unauthorized_then_disconnect(&mut c, "authentication timeout");
@@ -441,7 +444,7 @@ fn room_tokens_are_bound_to_user_and_room_and_rooms_are_limited() {
     );
     assert_eq!(
         c.next(),
-        json!(["realtime:join:error", {"name": "/r", "error": "room token is for another user"}])
+        json!(["realtime:join:error", {"name": "/r", "error": "room token is for another user", "message": "room token is for another user"}])
     );
     c.emit(
         "realtime:join",
@@ -449,7 +452,7 @@ fn room_tokens_are_bound_to_user_and_room_and_rooms_are_limited() {
     );
     assert_eq!(
         c.next(),
-        json!(["realtime:join:error", {"name": "/r", "error": "room token is for another room"}])
+        json!(["realtime:join:error", {"name": "/r", "error": "room token is for another room", "message": "room token is for another room"}])
     );
     c.emit(
         "realtime:join",
@@ -457,7 +460,7 @@ fn room_tokens_are_bound_to_user_and_room_and_rooms_are_limited() {
     );
     assert_eq!(
         c.next(),
-        json!(["realtime:join:error", {"name": "/r", "error": "invalid signature"}])
+        json!(["realtime:join:error", {"name": "/r", "error": "invalid signature", "message": "invalid signature"}])
     );
     c.emit("realtime:leave", json!({"name": "/never-joined"}));
     assert_eq!(
@@ -473,7 +476,7 @@ fn room_tokens_are_bound_to_user_and_room_and_rooms_are_limited() {
     );
     assert_eq!(
         c.next(),
-        json!(["realtime:join:error", {"name": "/d", "error": "too many rooms (limit 3)"}])
+        json!(["realtime:join:error", {"name": "/d", "error": "too many rooms (limit 3)", "message": "too many rooms (limit 3)"}])
     );
     srv.shutdown();
     srv.join().unwrap();

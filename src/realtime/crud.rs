@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::auth::AuthenticatedUser;
-use super::bus::{EventBus, ResourceAction, ResourceEvent};
+use super::bus::{BusError, EventBus, ResourceAction, ResourceEvent};
 
 /// Which way a request came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,6 +43,10 @@ pub struct ExecutionContext {
     pub request_id: String,
     /// How the request arrived.
     pub transport: Transport,
+    /// The request's method (`GET`, `POST`, ...); empty for internal work.
+    pub method: String,
+    /// The request's path parameters by name (`company_id`, `channel_id`, ... of the route that matched).
+    pub path_params: BTreeMap<String, String>,
 }
 
 impl ExecutionContext {
@@ -56,6 +60,8 @@ impl ExecutionContext {
             user: Some(user),
             request_id: request_id.into(),
             transport,
+            method: String::new(),
+            path_params: BTreeMap::new(),
         }
     }
 
@@ -65,7 +71,32 @@ impl ExecutionContext {
             user: None,
             request_id: request_id.into(),
             transport: Transport::Internal,
+            method: String::new(),
+            path_params: BTreeMap::new(),
         }
+    }
+
+    /// With the request's method.
+    pub fn with_method(mut self, method: impl Into<String>) -> Self {
+        self.method = method.into();
+        self
+    }
+
+    /// With the request's path parameters.
+    pub fn with_path_params<K: Into<String>, V: Into<String>>(
+        mut self,
+        params: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.path_params = params
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        self
+    }
+
+    /// The path parameter `name`, if the route had one.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.path_params.get(name).map(String::as_str)
     }
 
     /// The caller, or [`CrudError::Unauthenticated`].
@@ -252,12 +283,18 @@ pub trait CrudService<E> {
     }
 }
 
-/// A room or path: a fixed string, or computed from the result entity.
+/// A function of the entity and the request's context.
+pub type ContextFn<E, T> = Arc<dyn Fn(&E, &ExecutionContext) -> T + Send + Sync>;
+
+/// A room or path: a fixed string, or computed from the result entity and, if needed, the request's context (user,
+/// path parameters, method, transport).
 pub enum Template<E> {
     /// The same string for every entity.
     Fixed(String),
     /// A function of the entity.
     Computed(Arc<dyn Fn(&E) -> String + Send + Sync>),
+    /// A function of the entity and the request's [`ExecutionContext`].
+    Contextual(ContextFn<E, String>),
 }
 
 impl<E> Template<E> {
@@ -271,11 +308,39 @@ impl<E> Template<E> {
         Self::Computed(Arc::new(f))
     }
 
-    /// The string for `entity`.
+    /// Computed from the entity and the request's context: Twake's `(entity, context) => path`. Here the room of a
+    /// channel comes from the URL's `company_id`, which the entity does not carry:
+    ///
+    /// ```
+    /// use shardcast::realtime::crud::{ExecutionContext, Template};
+    ///
+    /// struct Channel {
+    ///     id: String,
+    /// }
+    /// let room = Template::from_ctx_fn(|c: &Channel, ctx: &ExecutionContext| {
+    ///     format!("/companies/{}/channels/{}", ctx.param("company_id").unwrap_or_default(), c.id)
+    /// });
+    /// let ctx = ExecutionContext::internal("req-1").with_path_params([("company_id", "acme")]);
+    /// let channel = Channel { id: "c1".into() };
+    /// assert_eq!(room.render_in(&channel, &ctx), "/companies/acme/channels/c1");
+    /// ```
+    pub fn from_ctx_fn(
+        f: impl Fn(&E, &ExecutionContext) -> String + Send + Sync + 'static,
+    ) -> Self {
+        Self::Contextual(Arc::new(f))
+    }
+
+    /// The string for `entity` with no request context ([`ExecutionContext::internal`]).
     pub fn render(&self, entity: &E) -> String {
+        self.render_in(entity, &ExecutionContext::internal(""))
+    }
+
+    /// The string for `entity` in the request `ctx`.
+    pub fn render_in(&self, entity: &E, ctx: &ExecutionContext) -> String {
         match self {
             Self::Fixed(s) => s.clone(),
             Self::Computed(f) => f(entity),
+            Self::Contextual(f) => f(entity, ctx),
         }
     }
 }
@@ -285,6 +350,7 @@ impl<E> Clone for Template<E> {
         match self {
             Self::Fixed(s) => Self::Fixed(s.clone()),
             Self::Computed(f) => Self::Computed(f.clone()),
+            Self::Contextual(f) => Self::Contextual(f.clone()),
         }
     }
 }
@@ -294,6 +360,7 @@ impl<E> fmt::Debug for Template<E> {
         match self {
             Self::Fixed(s) => f.debug_tuple("Fixed").field(s).finish(),
             Self::Computed(_) => f.write_str("Computed(<fn>)"),
+            Self::Contextual(_) => f.write_str("Contextual(<fn>)"),
         }
     }
 }
@@ -322,6 +389,8 @@ pub struct Recipient<E> {
     pub path: Template<E>,
     /// The `resource` payload; `None` serialises the entity.
     pub resource: Option<Projection<E>>,
+    /// Several rooms per call, computed from the entity and the context; when set it replaces [`Self::room`].
+    pub rooms: Option<ContextFn<E, Vec<String>>>,
 }
 
 impl<E> Recipient<E> {
@@ -331,6 +400,28 @@ impl<E> Recipient<E> {
             room: room.into(),
             path: path.into(),
             resource: None,
+            rooms: None,
+        }
+    }
+
+    /// A recipient publishing to every room `rooms(entity, ctx)` returns (one event per room, all with `path`).
+    pub fn to_rooms(
+        rooms: impl Fn(&E, &ExecutionContext) -> Vec<String> + Send + Sync + 'static,
+        path: impl Into<Template<E>>,
+    ) -> Self {
+        Self {
+            room: Template::fixed(""),
+            path: path.into(),
+            resource: None,
+            rooms: Some(Arc::new(rooms)),
+        }
+    }
+
+    /// The rooms `entity` goes to in `ctx`.
+    pub fn rooms_in(&self, entity: &E, ctx: &ExecutionContext) -> Vec<String> {
+        match &self.rooms {
+            Some(f) => f(entity, ctx),
+            None => vec![self.room.render_in(entity, ctx)],
         }
     }
 
@@ -347,6 +438,7 @@ impl<E> Clone for Recipient<E> {
             room: self.room.clone(),
             path: self.path.clone(),
             resource: self.resource.clone(),
+            rooms: self.rooms.clone(),
         }
     }
 }
@@ -357,6 +449,7 @@ impl<E> fmt::Debug for Recipient<E> {
             .field("room", &self.room)
             .field("path", &self.path)
             .field("resource", &self.resource.as_ref().map(|_| "<fn>"))
+            .field("rooms", &self.rooms.as_ref().map(|_| "<fn>"))
             .finish()
     }
 }
@@ -372,6 +465,9 @@ pub struct Recipients<E> {
     pub deleted: Vec<Recipient<E>>,
     /// Published with action `saved` after a `save` that created or updated.
     pub saved: Vec<Recipient<E>>,
+    /// Where a service's non-CRUD events go: `realtime:resource` with action `event`
+    /// ([`Realtime::publish_resource_event`]) and `realtime:event` ([`Realtime::publish_room_event`]).
+    pub event: Vec<Recipient<E>>,
 }
 
 impl<E> Default for Recipients<E> {
@@ -381,6 +477,7 @@ impl<E> Default for Recipients<E> {
             updated: Vec::new(),
             deleted: Vec::new(),
             saved: Vec::new(),
+            event: Vec::new(),
         }
     }
 }
@@ -392,6 +489,7 @@ impl<E> Clone for Recipients<E> {
             updated: self.updated.clone(),
             deleted: self.deleted.clone(),
             saved: self.saved.clone(),
+            event: self.event.clone(),
         }
     }
 }
@@ -403,6 +501,7 @@ impl<E> fmt::Debug for Recipients<E> {
             .field("updated", &self.updated)
             .field("deleted", &self.deleted)
             .field("saved", &self.saved)
+            .field("event", &self.event)
             .finish()
     }
 }
@@ -437,7 +536,13 @@ impl<E> Recipients<E> {
         self
     }
 
-    /// Adds the same recipient to all four operations.
+    /// Adds a recipient for a service's events (action `event`, and `realtime:event`).
+    pub fn event(mut self, r: Recipient<E>) -> Self {
+        self.event.push(r);
+        self
+    }
+
+    /// Adds the same recipient to all four operations (not to [`Self::event`]).
     pub fn all(self, r: Recipient<E>) -> Self {
         self.created(r.clone())
             .updated(r.clone())
@@ -448,6 +553,11 @@ impl<E> Recipients<E> {
     /// The distinct rooms `entity` is published to, over all operations, in declaration order. The REST API hands
     /// out room tokens for these (`websocket: {room, token}`).
     pub fn rooms_for(&self, entity: &E) -> Vec<String> {
+        self.rooms_for_in(entity, &ExecutionContext::internal(""))
+    }
+
+    /// [`Self::rooms_for`] in the request `ctx` (for recipients computed from the context).
+    pub fn rooms_for_in(&self, entity: &E, ctx: &ExecutionContext) -> Vec<String> {
         let mut rooms: Vec<String> = Vec::new();
         for r in self
             .created
@@ -455,10 +565,12 @@ impl<E> Recipients<E> {
             .chain(&self.updated)
             .chain(&self.deleted)
             .chain(&self.saved)
+            .chain(&self.event)
         {
-            let room = r.room.render(entity);
-            if !rooms.contains(&room) {
-                rooms.push(room);
+            for room in r.rooms_in(entity, ctx) {
+                if !rooms.contains(&room) {
+                    rooms.push(room);
+                }
             }
         }
         rooms
@@ -469,11 +581,26 @@ impl<E> Recipients<E> {
     where
         E: Serialize,
     {
+        self.events_in(action, type_name, entity, &ExecutionContext::internal(""))
+    }
+
+    /// The events `entity` produces for `action` in the request `ctx`: one per recipient and room.
+    pub fn events_in(
+        &self,
+        action: ResourceAction,
+        type_name: &str,
+        entity: &E,
+        ctx: &ExecutionContext,
+    ) -> Vec<ResourceEvent>
+    where
+        E: Serialize,
+    {
         let list = match action {
             ResourceAction::Created => &self.created,
             ResourceAction::Updated => &self.updated,
             ResourceAction::Deleted => &self.deleted,
             ResourceAction::Saved => &self.saved,
+            ResourceAction::Event => &self.event,
         };
         if list.is_empty() {
             return Vec::new();
@@ -494,13 +621,16 @@ impl<E> Recipients<E> {
                     },
                 },
             };
-            events.push(ResourceEvent {
-                action,
-                room: r.room.render(entity),
-                type_name: type_name.to_owned(),
-                path: r.path.render(entity),
-                resource,
-            });
+            let path = r.path.render_in(entity, ctx);
+            for room in r.rooms_in(entity, ctx) {
+                events.push(ResourceEvent {
+                    action,
+                    room,
+                    type_name: type_name.to_owned(),
+                    path: path.clone(),
+                    resource: resource.clone(),
+                });
+            }
         }
         events
     }
@@ -536,12 +666,65 @@ impl<S, B, E> Realtime<S, B, E> {
 }
 
 impl<S, B: EventBus, E: Serialize> Realtime<S, B, E> {
-    async fn publish(&self, action: ResourceAction, type_name: &str, entity: &E) {
-        for event in self.recipients.events(action, type_name, entity) {
+    async fn publish(
+        &self,
+        ctx: &ExecutionContext,
+        action: ResourceAction,
+        type_name: &str,
+        entity: &E,
+    ) {
+        let _ = self.try_publish(ctx, action, type_name, entity).await;
+    }
+
+    async fn try_publish(
+        &self,
+        ctx: &ExecutionContext,
+        action: ResourceAction,
+        type_name: &str,
+        entity: &E,
+    ) -> Result<(), BusError> {
+        let mut result = Ok(());
+        for event in self.recipients.events_in(action, type_name, entity, ctx) {
             if let Err(e) = self.bus.publish(event).await {
                 tracing::warn!(type_name, action = action.as_str(), error = %e, "realtime event not published");
+                if result.is_ok() {
+                    result = Err(e);
+                }
             }
         }
+        result
+    }
+
+    /// Publishes a non-CRUD change of `entity` to its [`Recipients::event`] recipients, as `realtime:resource` with
+    /// action `event` (the rooms, paths and projection of those recipients). Tries every recipient; the first bus
+    /// error, if any.
+    pub async fn publish_resource_event(
+        &self,
+        ctx: &ExecutionContext,
+        type_name: &str,
+        entity: &E,
+    ) -> Result<(), BusError> {
+        self.try_publish(ctx, ResourceAction::Event, type_name, entity)
+            .await
+    }
+
+    /// Publishes `data` as `realtime:event {name: room, data}` to each distinct room of `entity`'s
+    /// [`Recipients::event`] recipients (a typing indicator, a reaction). Tries every room; the first bus error, if any.
+    pub async fn publish_room_event(
+        &self,
+        ctx: &ExecutionContext,
+        entity: &E,
+        data: &Value,
+    ) -> Result<(), BusError> {
+        let mut rooms: Vec<String> = Vec::new();
+        for r in &self.recipients.event {
+            for room in r.rooms_in(entity, ctx) {
+                if !rooms.contains(&room) {
+                    rooms.push(room);
+                }
+            }
+        }
+        super::bus::publish_event_to(&self.bus, rooms, data).await
     }
 }
 
@@ -555,8 +738,13 @@ where
 
     async fn create(&self, ctx: &ExecutionContext, item: E) -> Result<CreateResult<E>, CrudError> {
         let result = self.inner.create(ctx, item).await?;
-        self.publish(ResourceAction::Created, result.type_name, &result.entity)
-            .await;
+        self.publish(
+            ctx,
+            ResourceAction::Created,
+            result.type_name,
+            &result.entity,
+        )
+        .await;
         Ok(result)
     }
 
@@ -571,16 +759,26 @@ where
         patch: Self::Patch,
     ) -> Result<UpdateResult<E>, CrudError> {
         let result = self.inner.update(ctx, id, patch).await?;
-        self.publish(ResourceAction::Updated, result.type_name, &result.entity)
-            .await;
+        self.publish(
+            ctx,
+            ResourceAction::Updated,
+            result.type_name,
+            &result.entity,
+        )
+        .await;
         Ok(result)
     }
 
     async fn delete(&self, ctx: &ExecutionContext, id: &str) -> Result<DeleteResult<E>, CrudError> {
         let result = self.inner.delete(ctx, id).await?;
         if result.deleted {
-            self.publish(ResourceAction::Deleted, result.type_name, &result.entity)
-                .await;
+            self.publish(
+                ctx,
+                ResourceAction::Deleted,
+                result.type_name,
+                &result.entity,
+            )
+            .await;
         }
         Ok(result)
     }
@@ -596,7 +794,7 @@ where
     async fn save(&self, ctx: &ExecutionContext, item: E) -> Result<SaveResult<E>, CrudError> {
         let result = self.inner.save(ctx, item).await?;
         if result.operation != SaveOperation::Exists {
-            self.publish(ResourceAction::Saved, result.type_name, &result.entity)
+            self.publish(ctx, ResourceAction::Saved, result.type_name, &result.entity)
                 .await;
         }
         Ok(result)
@@ -611,7 +809,7 @@ mod tests {
     use futures_lite::future::block_on;
     use serde_json::json;
 
-    use super::super::bus::{BusError, InMemoryBus};
+    use super::super::bus::InMemoryBus;
     use super::*;
 
     #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -976,6 +1174,9 @@ mod tests {
             async fn publish(&self, _: ResourceEvent) -> Result<(), BusError> {
                 Err(BusError::Closed)
             }
+            async fn publish_event(&self, _: super::super::bus::RoomEvent) -> Result<(), BusError> {
+                Err(BusError::Closed)
+            }
         }
         let s = Realtime::new(
             Messages::default(),
@@ -984,6 +1185,86 @@ mod tests {
         );
         assert!(block_on(s.create(&ctx(), msg("1", "c", "a"))).is_ok());
         assert!(block_on(s.get(&ctx(), "1")).unwrap().is_some());
+    }
+
+    #[test]
+    fn recipients_see_the_request_context() {
+        let bus = InMemoryBus::new();
+        let from_url = Recipient::new(
+            Template::from_ctx_fn(|m: &Message, ctx: &ExecutionContext| {
+                format!(
+                    "/companies/{}/channels/{}/messages",
+                    ctx.param("company_id").unwrap_or("none"),
+                    m.channel
+                )
+            }),
+            Template::from_ctx_fn(|m: &Message, ctx: &ExecutionContext| {
+                format!("/messages/{}?by={}", m.id, ctx.method)
+            }),
+        );
+        let per_user = Recipient::to_rooms(
+            |m: &Message, ctx: &ExecutionContext| {
+                let mut rooms = vec!["/feed".to_string()];
+                if let Some(u) = &ctx.user {
+                    rooms.push(format!("/users/{}/{}", u.id, m.channel));
+                }
+                rooms
+            },
+            "/fixed",
+        );
+        let recipients = Recipients::new().created(from_url).created(per_user);
+        let s = Realtime::new(Messages::default(), bus.clone(), recipients.clone());
+        let ctx = ExecutionContext::internal("r")
+            .with_method("POST")
+            .with_path_params([("company_id", "acme")]);
+        block_on(s.create(&ctx, msg("1", "c1", "a"))).unwrap();
+        let got: Vec<(String, String)> = bus.take().into_iter().map(|e| (e.room, e.path)).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "/companies/acme/channels/c1/messages".to_string(),
+                    "/messages/1?by=POST".to_string()
+                ),
+                ("/feed".into(), "/fixed".into())
+            ]
+        );
+        // Without a context the functions see an internal one; rooms_for_in lists every room of the call.
+        assert_eq!(
+            recipients.rooms_for(&msg("1", "c1", "")),
+            ["/companies/none/channels/c1/messages", "/feed"]
+        );
+        assert_eq!(
+            recipients.rooms_for_in(&msg("1", "c1", ""), &ctx),
+            ["/companies/acme/channels/c1/messages", "/feed"]
+        );
+    }
+
+    #[test]
+    fn service_events_use_the_event_recipients() {
+        let bus = InMemoryBus::new();
+        let s = Realtime::new(
+            Messages::default(),
+            bus.clone(),
+            Recipients::new()
+                .created(by_channel())
+                .event(by_channel())
+                .event(Recipient::new("/feed", "/feed").with_resource(|_| json!(null))),
+        );
+        let m = msg("1", "c4", "a");
+        block_on(s.publish_resource_event(&ctx(), "message", &m)).unwrap();
+        let events = bus.take();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].action, ResourceAction::Event);
+        assert_eq!(events[0].room, "/channels/c4/messages");
+        assert_eq!(
+            (events[1].room.as_str(), &events[1].resource),
+            ("/feed", &json!(null))
+        );
+        block_on(s.publish_room_event(&ctx(), &m, &json!({"typing": true}))).unwrap();
+        let rooms: Vec<String> = bus.room_events().into_iter().map(|e| e.room).collect();
+        assert_eq!(rooms, ["/channels/c4/messages", "/feed"]);
+        assert!(bus.is_empty());
     }
 
     #[test]

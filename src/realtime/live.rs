@@ -74,7 +74,9 @@ use serde_json::Value;
 use crate::proto::{EncodedMessage, RawJson};
 use crate::server::{Event, MeshError, ShardCtx, Socket, SocketIo, TimerHandle};
 
-use super::bus::{BusError, EventBus, ResourceEvent};
+use super::bus::{BusError, EventBus, ResourceEvent, RoomEvent};
+use super::events::{self, SocketEvent, SocketHandlers, SocketUser};
+use super::presence::{Outgoing, Presence, PresenceMsg, home_shard};
 use super::protocol::{self, Action, ServerEvent, Session, SessionContext};
 use super::rooms::{self, Route, ShardRooms, SharedPayload};
 
@@ -124,6 +126,10 @@ pub struct LiveStats {
     pub joins_busy: Cell<u64>,
     /// Sockets removed from rooms by [`ShardBus::evict_room`].
     pub sockets_evicted: Cell<u64>,
+    /// Client `realtime:event`s relayed to their room.
+    pub client_events_relayed: Cell<u64>,
+    /// Client `realtime:event`s refused by the per-socket rate bound.
+    pub client_events_refused: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>, n: u64) {
@@ -144,6 +150,11 @@ pub struct LiveShard {
     control_in_flight_max: usize,
     retry_armed: Cell<bool>,
     stats: LiveStats,
+    handlers: Rc<RefCell<SocketHandlers>>,
+    presence: RefCell<Presence>,
+    /// Per peer: presence messages waiting for room on the queue, in order.
+    presence_backlog: RefCell<Vec<VecDeque<PresenceMsg>>>,
+    presence_retry_armed: Cell<bool>,
 }
 
 impl std::fmt::Debug for LiveShard {
@@ -171,6 +182,11 @@ impl LiveShard {
         self.rooms.borrow().owned().room_count()
     }
 
+    /// The socket-event handlers and hooks of this shard ([`super::events`]).
+    pub fn socket_handlers(&self) -> Rc<RefCell<SocketHandlers>> {
+        self.handlers.clone()
+    }
+
     /// The shards holding members of `room`, if this shard owns it (empty otherwise).
     pub fn member_shards(&self, room: &str) -> Vec<usize> {
         self.rooms.borrow().owned().member_shards(room).collect()
@@ -187,9 +203,34 @@ struct LiveSocket {
     /// Join/leave token bucket: tokens left and when it was last refilled.
     join_leave_tokens: Cell<f64>,
     join_leave_refill: Cell<Instant>,
+    /// `realtime:event` token bucket: tokens left and when it was last refilled.
+    event_tokens: Cell<f64>,
+    event_refill: Cell<Instant>,
+    /// Handler calls of this socket still running ([`events::HANDLERS_IN_FLIGHT_PER_SOCKET_MAX`]).
+    handlers_in_flight: Rc<Cell<usize>>,
+}
+
+/// Takes one token from the bucket `(tokens, refilled)` holding `per_s` per second; false when it is empty.
+fn take_token(tokens: &Cell<f64>, refilled: &Cell<Instant>, per_s: u32) -> bool {
+    let per_s = f64::from(per_s.max(1));
+    let now = Instant::now();
+    let elapsed = now.duration_since(refilled.replace(now)).as_secs_f64();
+    let left = (tokens.get() + elapsed * per_s).min(per_s);
+    if left >= 1.0 {
+        tokens.set(left - 1.0);
+        true
+    } else {
+        tokens.set(left);
+        false
+    }
 }
 
 impl LiveSocket {
+    /// Takes one `realtime:event` token; false when the socket is over `per_s` per second.
+    fn take_event(&self, per_s: u32) -> bool {
+        take_token(&self.event_tokens, &self.event_refill, per_s)
+    }
+
     /// Takes one join/leave token; false when the socket is over `per_s` per second.
     fn take_join_leave(&self, per_s: u32) -> bool {
         let per_s = f64::from(per_s.max(1));
@@ -224,6 +265,10 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
         control_in_flight_max: control_in_flight_max(shard.config().mesh_queue_len),
         retry_armed: Cell::new(false),
         stats: LiveStats::default(),
+        handlers: Rc::new(RefCell::new(SocketHandlers::default())),
+        presence: RefCell::new(Presence::new(shard.id(), shard.nr_shards())),
+        presence_backlog: RefCell::new((0..shard.nr_shards()).map(|_| VecDeque::new()).collect()),
+        presence_retry_armed: Cell::new(false),
     });
     let weak_live = Rc::downgrade(&live);
     let ns = io.namespace(NAMESPACE);
@@ -249,15 +294,24 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
             let Some(state) = socket.data::<LiveSocket>() else {
                 return;
             };
-            if let Some(refusal) = refuse_join_leave(&live, socket, &state, &event.name, &args) {
+            let refusal = refuse_join_leave(&live, socket, &state, &event.name, &args)
+                .or_else(|| refuse_event(&live, socket, &state, &event.name, &args));
+            if let Some(refusal) = refusal {
                 emit(socket, &refusal);
                 return;
             }
+            if dispatch_to_handler(&live, socket, &state, &mut event, &args) {
+                return;
+            }
+            let was_authenticated = state.session.borrow().user().is_some();
             let actions = state
                 .session
                 .borrow_mut()
                 .on_event(&live.session, &event.name, &args);
             execute_for_event(&live, socket, &state, actions, &mut event);
+            if !was_authenticated {
+                run_connected_hooks(&live, socket, &state);
+            }
         });
     }
     ns.on_disconnect(move |socket, _reason| {
@@ -270,6 +324,24 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
         };
         if let Some(t) = state.auth_timer.borrow_mut().take() {
             t.cancel();
+        }
+        let user = state.session.borrow().user().cloned();
+        if let Some(user) = &user {
+            let rooms = state.session.borrow().rooms().to_vec();
+            for room in rooms {
+                let out = live.presence.borrow_mut().left(&room, &user.id);
+                send_presence(&live, socket.shard(), out);
+            }
+            let out = live.presence.borrow_mut().user_socket_down(&user.id);
+            send_presence(&live, socket.shard(), out);
+        }
+        if let Some(user) = user {
+            let u = SocketUser {
+                user,
+                socket_id: socket.id().to_owned(),
+            };
+            let hooks = live.handlers.borrow().disconnected(&u);
+            hooks.into_iter().for_each(events::spawn);
         }
         // Keep the protocol session's view consistent, then leave every room in one pass.
         let _ = state.session.borrow_mut().on_disconnect();
@@ -308,6 +380,9 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
         pending_joins: RefCell::new(Vec::new()),
         join_leave_tokens: Cell::new(f64::from(live.session.config.join_leave_per_s_max.max(1))),
         join_leave_refill: Cell::new(Instant::now()),
+        event_tokens: Cell::new(f64::from(live.session.config.event_per_s_max.max(1))),
+        event_refill: Cell::new(Instant::now()),
+        handlers_in_flight: Rc::new(Cell::new(0)),
     });
     let auth = auth_value(auth);
     let actions = state
@@ -315,6 +390,65 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
         .borrow_mut()
         .on_connect(&live.session, auth.as_ref());
     execute(live, socket, &state, actions, true);
+    run_connected_hooks(live, socket, &state);
+}
+
+/// Runs the `on_connected` hooks if the socket is authenticated now (call it only where it may just have become so).
+fn run_connected_hooks(live: &Rc<LiveShard>, socket: &Socket, state: &LiveSocket) {
+    let user = state.session.borrow().user().cloned();
+    let Some(user) = user else { return };
+    let out = live.presence.borrow_mut().user_socket_up(&user.id);
+    send_presence(live, socket.shard(), out);
+    let u = SocketUser {
+        user,
+        socket_id: socket.id().to_owned(),
+    };
+    let hooks = live.handlers.borrow().connected(&u);
+    hooks.into_iter().for_each(events::spawn);
+}
+
+/// Hands an authenticated socket's event to the service handler registered for its name, if any (never a contract
+/// event). True if a handler took it (or it was refused for too many calls in flight).
+fn dispatch_to_handler(
+    live: &Rc<LiveShard>,
+    socket: &Socket,
+    state: &LiveSocket,
+    event: &mut Event,
+    args: &[Value],
+) -> bool {
+    if events::is_contract_event(&event.name) || !live.handlers.borrow().handles(&event.name) {
+        return false;
+    }
+    let user = state.session.borrow().user().cloned();
+    // before authentication the session refuses it, as for any event
+    let Some(user) = user else { return false };
+    let in_flight = state.handlers_in_flight.clone();
+    if in_flight.get() >= events::HANDLERS_IN_FLIGHT_PER_SOCKET_MAX {
+        tracing::debug!(
+            socket = socket.id(),
+            event = event.name,
+            "socket event refused: too many in flight"
+        );
+        if let Some(ack) = event.ack.take() {
+            events::SocketAck::new(ack).send(&events::too_many_in_flight());
+        }
+        return true;
+    }
+    let e = SocketEvent {
+        user,
+        socket_id: socket.id().to_owned(),
+        args: args.to_vec(),
+        ack: event.ack.take().map(events::SocketAck::new),
+    };
+    let fut = live.handlers.borrow().call(&event.name, e);
+    if let Some(fut) = fut {
+        in_flight.set(in_flight.get() + 1);
+        events::spawn(Box::pin(async move {
+            fut.await;
+            in_flight.set(in_flight.get().saturating_sub(1));
+        }));
+    }
+    true
 }
 
 /// The error a join or leave gets before the session sees it: over the socket's join/leave rate, or (joins) the
@@ -373,6 +507,43 @@ fn refuse_join_leave(
     None
 }
 
+/// The error a `realtime:event` of an authenticated socket gets before the session sees it: over the socket's event
+/// rate. `None`: let the session decide.
+fn refuse_event(
+    live: &Rc<LiveShard>,
+    socket: &Socket,
+    state: &LiveSocket,
+    event: &str,
+    args: &[Value],
+) -> Option<ServerEvent> {
+    if event != protocol::EVENT {
+        return None;
+    }
+    state.session.borrow().user()?;
+    let per_s = live.session.config.event_per_s_max;
+    if state.take_event(per_s) {
+        return None;
+    }
+    bump(&live.stats.client_events_refused, 1);
+    tracing::debug!(
+        socket = socket.id(),
+        limit = per_s,
+        "realtime:event over the per-socket rate"
+    );
+    let max = live.session.config.room_name_bytes_max;
+    let name = args
+        .first()
+        .and_then(|a| a.get("name"))
+        .and_then(Value::as_str)
+        .filter(|n| n.len() <= max)
+        .unwrap_or_default()
+        .to_owned();
+    Some(ServerEvent::EventError {
+        name,
+        error: format!("too many events (limit {per_s} per second)"),
+    })
+}
+
 /// Performs the actions a client event led to; [`Action::AckWithArguments`] answers that event's ack.
 fn execute_for_event(
     live: &Rc<LiveShard>,
@@ -410,7 +581,10 @@ fn execute(
                 // Sent when the owner confirms the join (Route::JoinConfirmed).
             }
             Action::Emit(event) => emit(socket, &event),
-            Action::JoinRoom(room) => join(live, socket, state, room),
+            Action::JoinRoom(room) => {
+                presence_of_room(live, socket, state, &room, true);
+                join(live, socket, state, room)
+            }
             Action::LeaveRoom(room) => {
                 let was_pending = {
                     let mut p = state.pending_joins.borrow_mut();
@@ -423,6 +597,7 @@ fn execute(
                     emit(socket, &ServerEvent::JoinSuccess { name: room.clone() });
                 }
                 socket.leave(&room);
+                presence_of_room(live, socket, state, &room, false);
                 let routes = live.rooms.borrow_mut().leave(state.key, &room);
                 run_routes(live, socket.shard(), routes);
             }
@@ -444,6 +619,13 @@ fn execute(
             Action::CancelAuthTimeout => {
                 if let Some(t) = state.auth_timer.borrow_mut().take() {
                     t.cancel();
+                }
+            }
+            Action::PublishEvent { room, args } => {
+                bump(&live.stats.client_events_relayed, 1);
+                let shard = socket.shard();
+                if publish_payload(live, shard, &room, Arc::from(args)).is_err() {
+                    tracing::debug!(socket = socket.id(), room, "realtime:event dropped");
                 }
             }
             Action::AckWithArguments => {
@@ -535,6 +717,9 @@ fn run_routes(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, routes: Vec<Route<Sock
                     };
                     state.pending_joins.borrow_mut().retain(|r| **r != *room);
                     socket.leave(&room);
+                    if state.session.borrow().rooms().iter().any(|r| **r == *room) {
+                        presence_of_room(live, &socket, &state, &room, false);
+                    }
                     bump(&live.stats.sockets_evicted, 1);
                     let actions = state.session.borrow_mut().on_room_closed(&room);
                     execute(live, &socket, &state, actions, false);
@@ -741,13 +926,15 @@ fn flush_backlog(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>) {
 
 /// The prefix of every payload [`ResourceEvent::encode_args`] produces.
 const RESOURCE_ARGS_PREFIX: &str = "[\"realtime:resource\",";
+/// The prefix of every `realtime:event` payload ([`protocol::EventPayload::encode_args`]).
+const EVENT_ARGS_PREFIX: &str = "[\"realtime:event\",";
 
 /// Frames `payload` once and queues the frame for every confirmed local member of `room`.
 fn deliver_local(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, room: &str, payload: &SharedPayload) {
     let Some(msg) = frame(payload) else {
         tracing::error!(
             room,
-            "realtime payload is not a realtime:resource argument list"
+            "realtime payload is not a realtime:resource or realtime:event argument list"
         );
         return;
     };
@@ -756,18 +943,38 @@ fn deliver_local(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, room: &str, payload
     bump(&live.stats.frames_queued, n as u64);
 }
 
-/// `42["realtime:resource",{...}]` from `["realtime:resource",{...}]`.
+/// `42["realtime:resource",{...}]` from `["realtime:resource",{...}]` (and the same for `realtime:event`).
 fn frame(payload: &str) -> Option<EncodedMessage> {
-    let rest = payload.strip_prefix(RESOURCE_ARGS_PREFIX)?;
+    let (name, rest) = match payload.strip_prefix(RESOURCE_ARGS_PREFIX) {
+        Some(rest) => (protocol::RESOURCE, rest),
+        None => (protocol::EVENT, payload.strip_prefix(EVENT_ARGS_PREFIX)?),
+    };
     let mut args = String::with_capacity(rest.len() + 1);
     args.push('[');
     args.push_str(rest);
     let args = RawJson::new(args).ok()?;
-    Some(EncodedMessage::event_raw(
-        NAMESPACE,
-        protocol::RESOURCE,
-        &args,
-    ))
+    Some(EncodedMessage::event_raw(NAMESPACE, name, &args))
+}
+
+/// Hands an encoded payload to `room`'s owner shard (or fans it out here if this shard owns it). Never waits; an error
+/// means a cross-shard queue was full and the event was dropped there.
+fn publish_payload(
+    live: &Rc<LiveShard>,
+    shard: &Rc<ShardCtx>,
+    room: &str,
+    payload: SharedPayload,
+) -> Result<(), BusError> {
+    // Other nodes of the cluster (no-op in a single process); a drop there does not fail local delivery.
+    crate::cluster::node::publish_to_room(shard, room, &payload);
+    let routes = live.rooms.borrow_mut().publish(room, payload);
+    let mut ok = true;
+    for route in routes {
+        match route {
+            Route::Send { to, msg } => ok &= send(live, shard, to, msg),
+            other => run_routes(live, shard, vec![other]),
+        }
+    }
+    if ok { Ok(()) } else { Err(BusError::Full) }
 }
 
 /// The event bus of one shard: publishing hands the event to its room's owner shard, which forwards it to the
@@ -791,17 +998,16 @@ impl ShardBus {
         let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
         bump(&live.stats.events_published, 1);
         let payload: SharedPayload = Arc::from(event.encode_args());
-        // Other nodes of the cluster (no-op in a single process); a drop there does not fail local delivery.
-        crate::cluster::node::publish_to_room(&shard, &event.room, &payload);
-        let routes = live.rooms.borrow_mut().publish(&event.room, payload);
-        let mut ok = true;
-        for route in routes {
-            match route {
-                Route::Send { to, msg } => ok &= send(&live, &shard, to, msg),
-                other => run_routes(&live, &shard, vec![other]),
-            }
-        }
-        if ok { Ok(()) } else { Err(BusError::Full) }
+        publish_payload(&live, &shard, &event.room, payload)
+    }
+
+    /// Publishes a service's `realtime:event` now; never waits.
+    pub fn publish_event_now(&self, event: &RoomEvent) -> Result<(), BusError> {
+        let shard = self.shard.upgrade().ok_or(BusError::Closed)?;
+        let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
+        bump(&live.stats.events_published, 1);
+        let payload: SharedPayload = Arc::from(event.encode_args());
+        publish_payload(&live, &shard, &event.room, payload)
     }
 }
 
@@ -815,6 +1021,14 @@ impl EventBus for ShardBus {
 
     /// Sends [`rooms::ShardMessage::Evict`] to every other shard (a control message: never dropped while the backlog
     /// has room) and evicts this shard's members at once.
+    /// Encoded once, then the same path as [`ShardBus::publish_now`].
+    fn publish_event(
+        &self,
+        event: RoomEvent,
+    ) -> impl std::future::Future<Output = Result<(), BusError>> {
+        std::future::ready(self.publish_event_now(&event))
+    }
+
     fn evict_room(&self, room: &str) {
         let Some(shard) = self.shard.upgrade() else {
             return;
@@ -837,6 +1051,213 @@ impl EventBus for ShardBus {
             }
         }
     }
+}
+
+/// Counts a socket's join (`up`) or leave of `room` in the presence of its user.
+fn presence_of_room(
+    live: &Rc<LiveShard>,
+    socket: &Socket,
+    state: &LiveSocket,
+    room: &str,
+    up: bool,
+) {
+    let user = state.session.borrow().user().map(|u| u.id.clone());
+    let Some(user) = user else { return };
+    let out = if up {
+        live.presence.borrow_mut().joined(room, &user)
+    } else {
+        live.presence.borrow_mut().left(room, &user)
+    };
+    send_presence(live, socket.shard(), out);
+}
+
+/// Runs a presence message where it belongs, keeping the order of the messages to each peer: a full queue parks it
+/// (and everything after it) in that peer's backlog, retried every [`CONTROL_RETRY_MS`].
+fn send_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, out: Option<Outgoing>) {
+    let Some((to, msg)) = out else { return };
+    if to == shard.id() {
+        apply_presence(live, shard, msg);
+        return;
+    }
+    let waiting = live
+        .presence_backlog
+        .borrow()
+        .get(to)
+        .is_some_and(|q| !q.is_empty());
+    if waiting || !control_lane_free(live, to) {
+        park_presence(live, shard, to, msg);
+        return;
+    }
+    if let Err(e) = post_presence(live, shard, to, msg.clone()) {
+        match e {
+            MeshError::Full(_) => park_presence(live, shard, to, msg),
+            e => tracing::error!(shard = shard.id(), to, error = %e, "presence message not sent"),
+        }
+    }
+}
+
+/// Presence messages are control messages: they travel in the membership lane ([`control_in_flight_max`]), so
+/// presence churn cannot crowd events out of a cross-shard queue either.
+fn post_presence(
+    live: &LiveShard,
+    shard: &Rc<ShardCtx>,
+    to: usize,
+    msg: PresenceMsg,
+) -> Result<(), MeshError> {
+    let Some(counter) = live.control_in_flight.get(to).cloned() else {
+        return Err(MeshError::NoSuchShard(to));
+    };
+    counter.fetch_add(1, Ordering::AcqRel);
+    let done = counter.clone();
+    let r = shard.send_to(to, move |ctx| {
+        done.fetch_sub(1, Ordering::AcqRel);
+        if let Some(live) = ctx.state::<LiveShard>() {
+            apply_presence(&live, ctx, msg);
+        }
+    });
+    if r.is_err() {
+        counter.fetch_sub(1, Ordering::AcqRel);
+    }
+    r
+}
+
+/// Applies a presence message here; with [`protocol::SessionConfig::presence_events`] on, a change of a room's users
+/// is published to that room as `realtime:event {name: room, data: {presence, user}}` (this shard owns the room).
+fn apply_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, msg: PresenceMsg) {
+    let change = live.presence.borrow_mut().on_message(msg);
+    let Some(change) = change else { return };
+    if !live.session.config.presence_events {
+        return;
+    }
+    let data = serde_json::json!({
+        "presence": if change.joined { "join" } else { "leave" },
+        "user": change.user,
+    });
+    let payload: SharedPayload =
+        Arc::from(protocol::EventPayload::encode_args(&change.room, &data));
+    if publish_payload(live, shard, &change.room, payload).is_err() {
+        tracing::debug!(room = change.room, "presence event dropped");
+    }
+}
+
+fn park_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, to: usize, msg: PresenceMsg) {
+    {
+        let mut backlog = live.presence_backlog.borrow_mut();
+        let Some(q) = backlog.get_mut(to) else { return };
+        if q.len() >= CONTROL_BACKLOG_LEN_MAX {
+            tracing::error!(
+                shard = shard.id(),
+                to,
+                "presence message dropped: backlog to that shard is full"
+            );
+            return;
+        }
+        q.push_back(msg);
+    }
+    arm_presence_retry(live, shard);
+}
+
+fn arm_presence_retry(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>) {
+    if live.presence_retry_armed.replace(true) {
+        return;
+    }
+    let weak_live = Rc::downgrade(live);
+    let weak_shard = Rc::downgrade(shard);
+    shard.schedule(Duration::from_millis(CONTROL_RETRY_MS), move || {
+        let (Some(live), Some(shard)) = (weak_live.upgrade(), weak_shard.upgrade()) else {
+            return;
+        };
+        live.presence_retry_armed.set(false);
+        let peers = live.presence_backlog.borrow().len();
+        let mut left = false;
+        for to in 0..peers {
+            loop {
+                let next = live.presence_backlog.borrow()[to].front().cloned();
+                let Some(msg) = next else { break };
+                if !control_lane_free(&live, to) {
+                    left = true;
+                    break;
+                }
+                match post_presence(&live, &shard, to, msg) {
+                    Ok(()) => {}
+                    Err(MeshError::Full(_)) => {
+                        left = true;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(shard = shard.id(), to, error = %e, "presence message not sent")
+                    }
+                }
+                live.presence_backlog.borrow_mut()[to].pop_front();
+            }
+        }
+        if left {
+            arm_presence_retry(&live, &shard);
+        }
+    });
+}
+
+/// The users connected in `room` right across shards (each once, sorted), asked of the room's owner shard.
+pub async fn online_users(shard: &Rc<ShardCtx>, room: &str) -> Result<Vec<String>, BusError> {
+    let owner = rooms::owner_shard(room, shard.nr_shards());
+    if owner == shard.id() {
+        let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
+        return Ok(live.presence.borrow().online_users(room));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let room = room.to_owned();
+    shard
+        .send_to(owner, move |ctx| {
+            let users = ctx
+                .state::<LiveShard>()
+                .map(|live| live.presence.borrow().online_users(&room))
+                .unwrap_or_default();
+            let _ = tx.send(users);
+        })
+        .map_err(|e| match e {
+            MeshError::Full(_) => BusError::Full,
+            _ => BusError::Closed,
+        })?;
+    rx.await.map_err(|_| BusError::Closed)
+}
+
+/// Whether each of `users` has an authenticated socket on some shard, in order: one question to each home shard
+/// involved (all sent before any answer is awaited).
+pub async fn online(shard: &Rc<ShardCtx>, users: &[String]) -> Result<Vec<bool>, BusError> {
+    let live = shard.state::<LiveShard>().ok_or(BusError::Closed)?;
+    let mut answers = vec![false; users.len()];
+    let mut by_home: HashMap<usize, Vec<(usize, String)>> = HashMap::new();
+    for (i, user) in users.iter().enumerate() {
+        let home = home_shard(user, shard.nr_shards());
+        if home == shard.id() {
+            answers[i] = live.presence.borrow().is_online(user);
+        } else {
+            by_home.entry(home).or_default().push((i, user.clone()));
+        }
+    }
+    let mut pending = Vec::with_capacity(by_home.len());
+    for (home, asked) in by_home {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Vec<(usize, bool)>>();
+        shard
+            .send_to(home, move |ctx| {
+                let found = ctx.state::<LiveShard>().map(|live| {
+                    let p = live.presence.borrow();
+                    asked.iter().map(|(i, u)| (*i, p.is_online(u))).collect()
+                });
+                let _ = tx.send(found.unwrap_or_default());
+            })
+            .map_err(|e| match e {
+                MeshError::Full(_) => BusError::Full,
+                _ => BusError::Closed,
+            })?;
+        pending.push(rx);
+    }
+    for rx in pending {
+        for (i, on) in rx.await.map_err(|_| BusError::Closed)? {
+            answers[i] = on;
+        }
+    }
+    Ok(answers)
 }
 
 /// The [`LiveShard`] of `shard`, if [`install`] ran there.
@@ -873,6 +1294,11 @@ mod tests {
             r#"42["realtime:resource",{"action":"created","room":"/r","type":"message","path":"/messages/1","resource":{"id":"1","text":"é\"x"}}]"#
         );
         assert!(frame(r#"["other",{}]"#).is_none());
+        let args = protocol::EventPayload::encode_args("/r", &json!({"typing": true}));
+        assert_eq!(
+            &**frame(&args).unwrap().ws_text(),
+            r#"42["realtime:event",{"name":"/r","data":{"typing":true}}]"#
+        );
     }
 
     #[test]

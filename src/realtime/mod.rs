@@ -7,12 +7,15 @@
 //! - [`rooms`]: room owners, per-shard memberships, the messages between shards and their routing.
 //! - [`crud`]: [`crud::CrudService`], the result types, [`crud::Recipients`] and the [`crud::Realtime`] wrapper.
 //! - [`bus`]: [`bus::EventBus`] and the in-memory bus for tests.
+//! - [`presence`]: who is connected per room and per user, right across shards.
 //!
 //! The glue to the server and the ORM:
 //! - [`live`]: the Socket.IO handlers of the wire contract on each shard, rooms across shards over the mesh, and
 //!   [`live::ShardBus`], the bus whose listener delivers `realtime:resource` to sockets.
+//! - [`events`]: named socket events of authenticated sockets for services, and connect/disconnect hooks.
 //! - [`rest`]: the REST API generated from registered CRUD services (room tokens in `websocket`/`websockets`).
 //! - [`demo`]: the `channels` and `messages` services shipped with `shardcast serve`, stored through the ORM.
+//! - [`online`]: the online demo service (`online:get`, `online:set`, last-seen on the ORM), on [`events`].
 //!
 //! **Architecture invariant:** nothing in `auth`, `protocol`, `rooms`, `crud` and `bus` knows about sockets, runtimes
 //! or databases (`tests/layering.rs` checks it). Services publish to an [`bus::EventBus`]; the server owns the bus's
@@ -135,7 +138,10 @@ pub mod auth;
 pub mod bus;
 pub mod crud;
 pub mod demo;
+pub mod events;
 pub mod live;
+pub mod online;
+pub mod presence;
 pub mod protocol;
 pub mod rest;
 pub mod rooms;

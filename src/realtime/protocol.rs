@@ -55,6 +55,13 @@ pub const LEAVE_SUCCESS: &str = "realtime:leave:success";
 pub const LEAVE_ERROR: &str = "realtime:leave:error";
 /// Server -> room members: a CRUD change.
 pub const RESOURCE: &str = "realtime:resource";
+/// Client -> server: an event for every member of a room (`{name, data, token}`); server -> room members: the
+/// relayed event (`{name, data}`), from a client or a service.
+pub const EVENT: &str = "realtime:event";
+/// Server -> client: a `realtime:event` was refused (`{name, error, message}`).
+pub const EVENT_ERROR: &str = "realtime:event:error";
+/// The prefix of public user rooms: a user joins `/users/{own id}` with their access token.
+pub const USER_ROOM_PREFIX: &str = "/users/";
 /// Client -> server, only when [`SessionConfig::echo_event`] is on: acknowledged with its own arguments.
 pub const ECHO: &str = "echo";
 
@@ -82,6 +89,8 @@ pub enum ResourceAction {
     Deleted,
     /// `saved`
     Saved,
+    /// `event`: a non-CRUD change a service pushes for a resource ([`super::crud::Realtime::publish_resource_event`]).
+    Event,
 }
 
 impl ResourceAction {
@@ -92,6 +101,7 @@ impl ResourceAction {
             Self::Updated => "updated",
             Self::Deleted => "deleted",
             Self::Saved => "saved",
+            Self::Event => "event",
         }
     }
 }
@@ -155,6 +165,13 @@ pub enum ServerEvent {
         /// Reason.
         error: String,
     },
+    /// `realtime:event:error {name, error, message}`.
+    EventError {
+        /// Room (empty when the payload had none).
+        name: String,
+        /// Reason.
+        error: String,
+    },
 }
 
 impl ServerEvent {
@@ -167,6 +184,7 @@ impl ServerEvent {
             Self::JoinError { .. } => JOIN_ERROR,
             Self::LeaveSuccess { .. } => LEAVE_SUCCESS,
             Self::LeaveError { .. } => LEAVE_ERROR,
+            Self::EventError { .. } => EVENT_ERROR,
         }
     }
 
@@ -174,12 +192,16 @@ impl ServerEvent {
     pub fn payload(&self) -> Option<Value> {
         match self {
             Self::Authenticated => None,
-            Self::Unauthorized { err } => Some(json!({ "err": err })),
+            // `err` stays a string (clients of the documented contract); `message` is what Twake's clients read.
+            Self::Unauthorized { err } => Some(json!({ "err": err, "message": err })),
             Self::JoinSuccess { name } | Self::LeaveSuccess { name } => {
                 Some(json!({ "name": name }))
             }
-            Self::JoinError { name, error } | Self::LeaveError { name, error } => {
-                Some(json!({ "name": name, "error": error }))
+            // Both `error` (the documented contract) and `message` (Twake's clients) carry the reason.
+            Self::JoinError { name, error }
+            | Self::LeaveError { name, error }
+            | Self::EventError { name, error } => {
+                Some(json!({ "name": name, "error": error, "message": error }))
             }
         }
     }
@@ -211,6 +233,9 @@ pub enum PayloadError {
     /// The room name is longer than allowed.
     #[error("room name too long (limit {0} bytes)")]
     RoomNameTooLong(usize),
+    /// The `data` of a `realtime:event` is longer than allowed once encoded.
+    #[error("event data too large (limit {0} bytes)")]
+    EventDataTooLarge(usize),
 }
 
 /// `authenticate {token}`.
@@ -281,6 +306,58 @@ fn echo_name(args: &[Value], room_name_bytes_max: usize) -> String {
     name[..end].to_owned()
 }
 
+/// `realtime:event {name, data, token}`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventPayload {
+    /// Room.
+    pub name: String,
+    /// What the members receive; `null` when absent.
+    pub data: Value,
+    /// Room token (or, for `/users/{own id}`, the access token); empty when absent.
+    pub token: String,
+}
+
+impl EventPayload {
+    /// Parses the event arguments; `data` must encode to at most `data_bytes_max` bytes of JSON.
+    pub fn parse(
+        args: &[Value],
+        room_name_bytes_max: usize,
+        data_bytes_max: usize,
+    ) -> Result<Self, PayloadError> {
+        let obj = first_object(args)?;
+        let name = room_name(obj, room_name_bytes_max)?;
+        let token = string_field(obj, "token")?.unwrap_or_default();
+        let data = obj.get("data").cloned().unwrap_or(Value::Null);
+        if encoded_len(&data) > data_bytes_max {
+            return Err(PayloadError::EventDataTooLarge(data_bytes_max));
+        }
+        Ok(Self { name, data, token })
+    }
+
+    /// The Socket.IO arguments the room's members receive, `["realtime:event",{"name":...,"data":...}]`, as JSON
+    /// text: encoded once, framed once per member shard.
+    pub fn encode_args(name: &str, data: &Value) -> String {
+        serde_json::to_string(&(EVENT, json!({ "name": name, "data": data }))).unwrap_or_default()
+    }
+}
+
+/// Bytes of `v` encoded as JSON, counted without building the text.
+fn encoded_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 impl AuthenticatePayload {
     /// Parses the event arguments. A bare string argument is accepted as the token too.
     pub fn parse(args: &[Value]) -> Result<Self, PayloadError> {
@@ -334,10 +411,24 @@ pub struct SessionConfig {
     /// join or leave is refused with `realtime:join:error` / `realtime:leave:error {name, error: "too many joins and
     /// leaves (limit N per second)"}` and nothing crosses shards. Default [`JOIN_LEAVE_PER_S_MAX_DEFAULT`].
     pub join_leave_per_s_max: u32,
+    /// `realtime:event`s one socket may send per second (a token bucket holding one second's worth). Over it the event
+    /// gets `realtime:event:error {name, error: "too many events (limit N per second)"}` and reaches nobody. Default
+    /// [`EVENT_PER_S_MAX_DEFAULT`].
+    pub event_per_s_max: u32,
+    /// Longest `data` of a client's `realtime:event`, bytes of JSON. Default [`EVENT_DATA_BYTES_MAX_DEFAULT`].
+    pub event_data_bytes_max: usize,
+    /// Publish presence changes to the room they happen in: when a user appears in a room (first socket on any shard)
+    /// or disappears (last socket gone), its members get `realtime:event {name: room, data: {presence: "join" |
+    /// "leave", user}}`. Off by default.
+    pub presence_events: bool,
 }
 
 /// Default of [`SessionConfig::join_leave_per_s_max`].
 pub const JOIN_LEAVE_PER_S_MAX_DEFAULT: u32 = 50;
+/// Default of [`SessionConfig::event_per_s_max`].
+pub const EVENT_PER_S_MAX_DEFAULT: u32 = 20;
+/// Default of [`SessionConfig::event_data_bytes_max`].
+pub const EVENT_DATA_BYTES_MAX_DEFAULT: usize = 16_384;
 
 impl Default for SessionConfig {
     fn default() -> Self {
@@ -347,6 +438,9 @@ impl Default for SessionConfig {
             room_name_bytes_max: ROOM_NAME_BYTES_MAX_DEFAULT,
             echo_event: false,
             join_leave_per_s_max: JOIN_LEAVE_PER_S_MAX_DEFAULT,
+            event_per_s_max: EVENT_PER_S_MAX_DEFAULT,
+            event_data_bytes_max: EVENT_DATA_BYTES_MAX_DEFAULT,
+            presence_events: false,
         }
     }
 }
@@ -382,6 +476,13 @@ pub enum Action {
     Disconnect,
     /// Answer the event's acknowledgement request, if it made one, with the event's own arguments.
     AckWithArguments,
+    /// Relay a client's `realtime:event` to every member of `room` (through the room's owner shard).
+    PublishEvent {
+        /// Room.
+        room: String,
+        /// The encoded arguments, [`EventPayload::encode_args`].
+        args: String,
+    },
 }
 
 /// One socket's state: who it is and which rooms it is in.
@@ -444,6 +545,10 @@ impl Session {
                 name: echo_name(args, max),
                 error: NOT_AUTHENTICATED.into(),
             })],
+            EVENT if self.user.is_none() => vec![Action::Emit(ServerEvent::EventError {
+                name: echo_name(args, max),
+                error: NOT_AUTHENTICATED.into(),
+            })],
             _ if self.user.is_none() => {
                 vec![Action::Emit(ServerEvent::Unauthorized {
                     err: NOT_AUTHENTICATED.into(),
@@ -464,6 +569,13 @@ impl Session {
                         error: e.to_string(),
                     })]
                 }
+            },
+            EVENT => match EventPayload::parse(args, max, ctx.config.event_data_bytes_max) {
+                Ok(p) => self.event(ctx, p),
+                Err(e) => vec![Action::Emit(ServerEvent::EventError {
+                    name: echo_name(args, max),
+                    error: e.to_string(),
+                })],
             },
             ECHO if ctx.config.echo_event => vec![Action::AckWithArguments],
             _ => Vec::new(),
@@ -524,10 +636,10 @@ impl Session {
                 error: NOT_AUTHENTICATED.into(),
             })];
         };
-        if let Err(e) = ctx.rooms.verify(&p.token, &user.id, &p.name) {
+        if let Err(error) = may_enter(ctx, &user.id, &p.name, &p.token) {
             return vec![Action::Emit(ServerEvent::JoinError {
                 name: p.name,
-                error: token_error_text(&e),
+                error,
             })];
         }
         if self.rooms.contains(&p.name) {
@@ -559,6 +671,46 @@ impl Session {
             None => vec![Action::Emit(ServerEvent::LeaveSuccess { name })],
         }
     }
+}
+
+impl Session {
+    fn event(&mut self, ctx: &SessionContext, p: EventPayload) -> Vec<Action> {
+        let Some(user) = &self.user else {
+            return vec![Action::Emit(ServerEvent::EventError {
+                name: p.name,
+                error: NOT_AUTHENTICATED.into(),
+            })];
+        };
+        if let Err(error) = may_enter(ctx, &user.id, &p.name, &p.token) {
+            return vec![Action::Emit(ServerEvent::EventError {
+                name: p.name,
+                error,
+            })];
+        }
+        let args = EventPayload::encode_args(&p.name, &p.data);
+        vec![Action::PublishEvent { room: p.name, args }]
+    }
+}
+
+/// Error text when an access token is offered for a user room that is not the caller's own.
+pub const NOT_YOUR_USER_ROOM: &str = "a user room can be joined by its own user only";
+
+/// The one check behind `realtime:join` and `realtime:event`: `token` is a room token of `user` for `room`, or `room`
+/// is the public user room `/users/{user}` and `token` is `user`'s own access token. An access token never opens any
+/// other room (another user's room included), and there is no other bypass.
+fn may_enter(ctx: &SessionContext, user: &str, room: &str, token: &str) -> Result<(), String> {
+    if let Some(owner) = room.strip_prefix(USER_ROOM_PREFIX)
+        && let Ok(holder) = ctx.access.verify(token)
+    {
+        return if holder.id == user && owner == user {
+            Ok(())
+        } else {
+            Err(NOT_YOUR_USER_ROOM.into())
+        };
+    }
+    ctx.rooms
+        .verify(token, user, room)
+        .map_err(|e| token_error_text(&e))
 }
 
 fn token_error_text(e: &TokenError) -> String {
@@ -664,7 +816,7 @@ mod tests {
                 err: "jwt expired".into()
             }
             .to_args(),
-            json!(["unauthorized", {"err": "jwt expired"}])
+            json!(["unauthorized", {"err": "jwt expired", "message": "jwt expired"}])
         );
         assert_eq!(
             ServerEvent::JoinSuccess { name: "/r".into() }.to_args(),
@@ -676,7 +828,7 @@ mod tests {
                 error: "x".into()
             }
             .to_args(),
-            json!(["realtime:join:error", {"name": "/r", "error": "x"}])
+            json!(["realtime:join:error", {"name": "/r", "error": "x", "message": "x"}])
         );
         assert_eq!(
             ServerEvent::LeaveSuccess { name: "/r".into() }.to_args(),
@@ -688,7 +840,7 @@ mod tests {
                 error: "x".into()
             }
             .to_args(),
-            json!(["realtime:leave:error", {"name": "/r", "error": "x"}])
+            json!(["realtime:leave:error", {"name": "/r", "error": "x", "message": "x"}])
         );
         let ev = ResourceEvent {
             action: ResourceAction::Created,
@@ -1030,6 +1182,173 @@ mod tests {
         let ctx = ctx();
         let mut s = authed(&ctx, "u1");
         assert_eq!(s.on_event(&ctx, "custom", &[json!(1)]), vec![]);
+    }
+
+    #[test]
+    fn realtime_event_needs_the_room_token_and_bounds_its_data() {
+        let ctx = ctx_with(SessionConfig {
+            event_data_bytes_max: 10,
+            ..SessionConfig::default()
+        });
+        let mut s = Session::new();
+        s.on_connect(&ctx, None);
+        let t = room_token(&ctx, "u1", "/r");
+        let error = |name: &str, error: &str| {
+            vec![emit(ServerEvent::EventError {
+                name: name.into(),
+                error: error.into(),
+            })]
+        };
+        let ev = json!({"name": "/r", "data": {"a": 1}, "token": t});
+        assert_eq!(
+            s.on_event(&ctx, EVENT, std::slice::from_ref(&ev)),
+            error("/r", "not authenticated")
+        );
+        let mut s = authed(&ctx, "u1");
+        assert_eq!(
+            s.on_event(&ctx, EVENT, &[ev]),
+            vec![Action::PublishEvent {
+                room: "/r".into(),
+                args: r#"["realtime:event",{"name":"/r","data":{"a":1}}]"#.into(),
+            }]
+        );
+        // `data` of exactly the limit passes, one byte more does not.
+        let ten = json!("12345678");
+        assert_eq!(encoded_len(&ten), 10);
+        assert!(matches!(
+            s.on_event(
+                &ctx,
+                EVENT,
+                &[json!({"name": "/r", "data": ten, "token": t})]
+            )[0],
+            Action::PublishEvent { .. }
+        ));
+        assert_eq!(
+            s.on_event(
+                &ctx,
+                EVENT,
+                &[json!({"name": "/r", "data": "123456789", "token": t})]
+            ),
+            error("/r", "event data too large (limit 10 bytes)")
+        );
+        let other_user = room_token(&ctx, "u2", "/r");
+        let other_room = room_token(&ctx, "u1", "/o");
+        for (token, e) in [
+            (json!(other_user), "room token is for another user"),
+            (json!(other_room), "room token is for another room"),
+            (json!("twake"), "jwt malformed"),
+            (json!(null), "jwt must be provided"),
+            (json!(access("u1")), "invalid signature"),
+        ] {
+            assert_eq!(
+                s.on_event(
+                    &ctx,
+                    EVENT,
+                    &[json!({"name": "/r", "data": 1, "token": token})]
+                ),
+                error("/r", e)
+            );
+        }
+        assert_eq!(
+            s.on_event(&ctx, EVENT, &[json!(3)]),
+            error("", "payload must be an object")
+        );
+        // Sending needs no membership, and does not make one.
+        assert!(s.rooms().is_empty());
+    }
+
+    #[test]
+    fn own_user_room_opens_with_the_access_token_only() {
+        let ctx = ctx();
+        let mut s = authed(&ctx, "u1");
+        assert_eq!(
+            s.on_event(
+                &ctx,
+                JOIN,
+                &[json!({"name": "/users/u1", "token": access("u1")})]
+            ),
+            vec![
+                Action::JoinRoom("/users/u1".into()),
+                emit(ServerEvent::JoinSuccess {
+                    name: "/users/u1".into()
+                })
+            ]
+        );
+        let refused = |name: &str, error: &str| {
+            vec![emit(ServerEvent::JoinError {
+                name: name.into(),
+                error: error.into(),
+            })]
+        };
+        // Another user's room: neither with one's own access token nor with theirs.
+        assert_eq!(
+            s.on_event(
+                &ctx,
+                JOIN,
+                &[json!({"name": "/users/u2", "token": access("u1")})]
+            ),
+            refused("/users/u2", NOT_YOUR_USER_ROOM)
+        );
+        assert_eq!(
+            s.on_event(
+                &ctx,
+                JOIN,
+                &[json!({"name": "/users/u2", "token": access("u2")})]
+            ),
+            refused("/users/u2", NOT_YOUR_USER_ROOM)
+        );
+        // A look-alike of one's own room is not it, and the access token opens no other room.
+        assert_eq!(
+            s.on_event(
+                &ctx,
+                JOIN,
+                &[json!({"name": "/users/u1/x", "token": access("u1")})]
+            ),
+            refused("/users/u1/x", NOT_YOUR_USER_ROOM)
+        );
+        assert_eq!(
+            s.on_event(
+                &ctx,
+                JOIN,
+                &[json!({"name": "/channels", "token": access("u1")})]
+            ),
+            refused("/channels", "invalid signature")
+        );
+        // A room token for another user's room still works as for any room (the REST API decides who gets one).
+        let t = room_token(&ctx, "u1", "/users/u2");
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": "/users/u2", "token": t})])[0],
+            Action::JoinRoom("/users/u2".into())
+        );
+        assert_eq!(
+            s.rooms(),
+            ["/users/u1".to_string(), "/users/u2".to_string()]
+        );
+    }
+
+    #[test]
+    fn error_payloads_carry_error_and_message() {
+        let e = ServerEvent::JoinError {
+            name: "/r".into(),
+            error: "x".into(),
+        };
+        assert_eq!(
+            e.to_args(),
+            json!(["realtime:join:error", {"name": "/r", "error": "x", "message": "x"}])
+        );
+        let e = ServerEvent::EventError {
+            name: "/r".into(),
+            error: "x".into(),
+        };
+        assert_eq!(
+            e.to_args(),
+            json!(["realtime:event:error", {"name": "/r", "error": "x", "message": "x"}])
+        );
+        let e = ServerEvent::Unauthorized { err: "y".into() };
+        assert_eq!(
+            e.to_args(),
+            json!(["unauthorized", {"err": "y", "message": "y"}])
+        );
     }
 
     #[test]

@@ -363,7 +363,7 @@ where
             Ok(Outcome::One {
                 status: 201,
                 resource: to_json(&created.entity)?,
-                rooms: service.recipients().rooms_for(&created.entity),
+                rooms: service.recipients().rooms_for_in(&created.entity, &ctx),
             })
         })
     }
@@ -375,7 +375,7 @@ where
             Ok(Outcome::One {
                 status: 200,
                 resource: to_json(&entity)?,
-                rooms: service.recipients().rooms_for(&entity),
+                rooms: service.recipients().rooms_for_in(&entity, &ctx),
             })
         })
     }
@@ -393,7 +393,7 @@ where
             Ok(Outcome::One {
                 status: 200,
                 resource: to_json(&updated.entity)?,
-                rooms: service.recipients().rooms_for(&updated.entity),
+                rooms: service.recipients().rooms_for_in(&updated.entity, &ctx),
             })
         })
     }
@@ -586,7 +586,9 @@ impl RestApi {
             return Err(RestError::RateLimited(retry_after_s));
         }
         let user_id = user.id.clone();
-        let ctx = ExecutionContext::new(user, request_id, Transport::Http);
+        let ctx = ExecutionContext::new(user, request_id, Transport::Http)
+            .with_method(method)
+            .with_path_params(params.clone());
         let endpoint = &service.endpoint;
         let id = || params.get("id").cloned().unwrap_or_default();
         let outcome = match (is_collection, method) {
@@ -832,8 +834,61 @@ impl Router for RestRouter {
             return None;
         }
         let api = self.0.clone();
+        if request.path.strip_prefix(&self.0.prefix) == Some(ONLINE_PATH) {
+            let shard = shard.clone();
+            return Some(Box::pin(async move {
+                match api.online(&shard, &request).await {
+                    Ok(r) => r,
+                    Err(e) => error_response(&e),
+                }
+            }));
+        }
         let shard_id = shard.id();
         Some(Box::pin(async move { api.handle(shard_id, request).await }))
+    }
+}
+
+/// The presence route under the prefix: `GET /api/v1/online?room=<room>&token=<room token>`.
+pub const ONLINE_PATH: &str = "/online";
+
+impl RestApi {
+    /// `GET {prefix}/online?room=R&token=T`: the users connected in room `R` right across shards, for a caller who
+    /// may read it: `T` is a room token of the caller for `R`, exactly what `realtime:join` needs. Answers
+    /// `{room, users, count}`; 401 without a valid access token, 403 `forbidden` with the token error otherwise.
+    async fn online(&self, shard: &Rc<ShardCtx>, request: &Request) -> Result<Response, RestError> {
+        if request.method != "GET" {
+            return Err(RestError::MethodNotAllowed("GET".into()));
+        }
+        let user = self.authenticate(request)?;
+        let (mut room, mut token) = (String::new(), String::new());
+        for pair in request.query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v).map_err(|_| {
+                RestError::Crud(CrudError::InvalidInput(
+                    "invalid percent-encoding in the query".into(),
+                ))
+            })?;
+            match k {
+                "room" => room = v,
+                "token" => token = v,
+                _ => {}
+            }
+        }
+        if room.is_empty() {
+            return Err(RestError::Crud(CrudError::InvalidInput(
+                "`room` is required".into(),
+            )));
+        }
+        if let Err(e) = self.room_tokens.verify(&token, &user.id, &room) {
+            return Err(RestError::Crud(CrudError::Forbidden(e.to_string())));
+        }
+        let users = super::live::online_users(shard, &room)
+            .await
+            .map_err(|e| RestError::Crud(CrudError::Unavailable(e.to_string())))?;
+        Ok(Response::json(
+            200,
+            &json!({ "room": room, "count": users.len(), "users": users }),
+        ))
     }
 }
 

@@ -1,0 +1,303 @@
+//! Presence across shards, transport-free: who is connected in each room (user ids, each counted once over all its
+//! sockets, devices and shards) and whether a user is online.
+//!
+//! Every shard counts its own authenticated sockets per user and its sockets per (room, user). Only the first and
+//! the last of each count cross shards:
+//! - a user's **home shard** ([`home_shard`], the room-owner hash of the user id) learns [`PresenceMsg::UserUp`] /
+//!   [`PresenceMsg::UserDown`] from each shard where the user gets a first / loses a last socket, and keeps the set of
+//!   shards where the user is connected: online = that set is not empty;
+//! - a room's **owner shard** ([`super::rooms::owner_shard`]) learns [`PresenceMsg::RoomUp`] / [`PresenceMsg::RoomDown`]
+//!   and keeps, per user, the shards where the user has a socket in the room: the room's online users are the users
+//!   with a non-empty set.
+//!
+//! The messages of one shard to another must arrive in order and none may be lost (the glue in `live.rs` keeps a FIFO
+//! backlog per peer). Memory is bounded by what clients already hold: at most one entry per (room, user) membership
+//! and per connected user.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::rooms::{ShardId, owner_shard};
+
+/// The shard that knows whether `user` is online.
+pub fn home_shard(user: &str, shard_count: usize) -> ShardId {
+    owner_shard(user, shard_count)
+}
+
+/// What one shard tells another about presence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PresenceMsg {
+    /// `user` got its first authenticated socket on shard `from` (to the user's home shard).
+    UserUp {
+        /// User id.
+        user: String,
+        /// The sending shard.
+        from: ShardId,
+    },
+    /// `user`'s last socket on shard `from` went (to the user's home shard).
+    UserDown {
+        /// User id.
+        user: String,
+        /// The sending shard.
+        from: ShardId,
+    },
+    /// `user` got its first socket in `room` on shard `from` (to the room's owner).
+    RoomUp {
+        /// Room.
+        room: String,
+        /// User id.
+        user: String,
+        /// The sending shard.
+        from: ShardId,
+    },
+    /// `user`'s last socket in `room` on shard `from` left it (to the room's owner).
+    RoomDown {
+        /// Room.
+        room: String,
+        /// User id.
+        user: String,
+        /// The sending shard.
+        from: ShardId,
+    },
+}
+
+/// A user appeared in a room (`joined`) or disappeared from it, on the room's owner shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomChange {
+    /// Room.
+    pub room: String,
+    /// User id.
+    pub user: String,
+    /// True when the user appeared, false when its last socket left.
+    pub joined: bool,
+}
+
+/// One shard's part of presence.
+#[derive(Debug)]
+pub struct Presence {
+    shard: ShardId,
+    shard_count: usize,
+    local_users: HashMap<String, usize>,
+    local_rooms: HashMap<(String, String), usize>,
+    home: HashMap<String, BTreeSet<ShardId>>,
+    owned: HashMap<String, HashMap<String, BTreeSet<ShardId>>>,
+}
+
+/// Where a message goes: `(shard, message)`; the glue runs it there with [`Presence::on_message`].
+pub type Outgoing = (ShardId, PresenceMsg);
+
+impl Presence {
+    /// Presence state of `shard` out of `shard_count`.
+    pub fn new(shard: ShardId, shard_count: usize) -> Self {
+        Self {
+            shard,
+            shard_count: shard_count.max(1),
+            local_users: HashMap::new(),
+            local_rooms: HashMap::new(),
+            home: HashMap::new(),
+            owned: HashMap::new(),
+        }
+    }
+
+    /// A socket of `user` authenticated on this shard.
+    pub fn user_socket_up(&mut self, user: &str) -> Option<Outgoing> {
+        let n = self.local_users.entry(user.to_owned()).or_insert(0);
+        *n += 1;
+        (*n == 1).then(|| {
+            (
+                home_shard(user, self.shard_count),
+                PresenceMsg::UserUp {
+                    user: user.to_owned(),
+                    from: self.shard,
+                },
+            )
+        })
+    }
+
+    /// An authenticated socket of `user` on this shard went.
+    pub fn user_socket_down(&mut self, user: &str) -> Option<Outgoing> {
+        let n = self.local_users.get_mut(user)?;
+        *n -= 1;
+        if *n > 0 {
+            return None;
+        }
+        self.local_users.remove(user);
+        Some((
+            home_shard(user, self.shard_count),
+            PresenceMsg::UserDown {
+                user: user.to_owned(),
+                from: self.shard,
+            },
+        ))
+    }
+
+    /// A socket of `user` on this shard joined `room`.
+    pub fn joined(&mut self, room: &str, user: &str) -> Option<Outgoing> {
+        let n = self
+            .local_rooms
+            .entry((room.to_owned(), user.to_owned()))
+            .or_insert(0);
+        *n += 1;
+        (*n == 1).then(|| {
+            (
+                owner_shard(room, self.shard_count),
+                PresenceMsg::RoomUp {
+                    room: room.to_owned(),
+                    user: user.to_owned(),
+                    from: self.shard,
+                },
+            )
+        })
+    }
+
+    /// A socket of `user` on this shard left `room` (or went).
+    pub fn left(&mut self, room: &str, user: &str) -> Option<Outgoing> {
+        let key = (room.to_owned(), user.to_owned());
+        let n = self.local_rooms.get_mut(&key)?;
+        *n -= 1;
+        if *n > 0 {
+            return None;
+        }
+        self.local_rooms.remove(&key);
+        Some((
+            owner_shard(room, self.shard_count),
+            PresenceMsg::RoomDown {
+                room: key.0,
+                user: key.1,
+                from: self.shard,
+            },
+        ))
+    }
+
+    /// A message from another shard (or this one). Returns the change of a room's users it made, if any.
+    pub fn on_message(&mut self, msg: PresenceMsg) -> Option<RoomChange> {
+        match msg {
+            PresenceMsg::UserUp { user, from } => {
+                self.home.entry(user).or_default().insert(from);
+            }
+            PresenceMsg::UserDown { user, from } => {
+                if let Some(set) = self.home.get_mut(&user) {
+                    set.remove(&from);
+                    if set.is_empty() {
+                        self.home.remove(&user);
+                    }
+                }
+            }
+            PresenceMsg::RoomUp { room, user, from } => {
+                let set = self
+                    .owned
+                    .entry(room.clone())
+                    .or_default()
+                    .entry(user.clone())
+                    .or_default();
+                let new = set.is_empty();
+                set.insert(from);
+                if new {
+                    return Some(RoomChange {
+                        room,
+                        user,
+                        joined: true,
+                    });
+                }
+            }
+            PresenceMsg::RoomDown { room, user, from } => {
+                let mut gone = false;
+                if let Some(users) = self.owned.get_mut(&room) {
+                    if let Some(set) = users.get_mut(&user) {
+                        set.remove(&from);
+                        if set.is_empty() {
+                            users.remove(&user);
+                            gone = true;
+                        }
+                    }
+                    if users.is_empty() {
+                        self.owned.remove(&room);
+                    }
+                }
+                if gone {
+                    return Some(RoomChange {
+                        room,
+                        user,
+                        joined: false,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// The users connected in `room`, sorted, each once; right only on the room's owner shard.
+    pub fn online_users(&self, room: &str) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .owned
+            .get(room)
+            .map(|u| u.keys().cloned().collect())
+            .unwrap_or_default();
+        users.sort();
+        users
+    }
+
+    /// Whether `user` has an authenticated socket on some shard; right only on the user's home shard.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.home.contains_key(user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two shards' presence, with messages delivered at once.
+    fn run(shards: &mut [Presence], out: Option<Outgoing>) -> Option<RoomChange> {
+        let (to, msg) = out?;
+        shards[to].on_message(msg)
+    }
+
+    #[test]
+    fn a_user_on_two_shards_counts_once_until_the_last_socket_goes() {
+        let mut s = [Presence::new(0, 2), Presence::new(1, 2)];
+        let owner = owner_shard("/r", 2);
+        let home = home_shard("u1", 2);
+        for shard in [0, 1, 1] {
+            let o = s[shard].user_socket_up("u1");
+            run(&mut s, o);
+            let o = s[shard].joined("/r", "u1");
+            run(&mut s, o);
+        }
+        let o = s[0].joined("/r", "u2");
+        assert_eq!(
+            run(&mut s, o),
+            Some(RoomChange {
+                room: "/r".into(),
+                user: "u2".into(),
+                joined: true
+            })
+        );
+        assert_eq!(s[owner].online_users("/r"), ["u1", "u2"]);
+        assert!(s[home].is_online("u1"));
+        // u1 leaves on shard 0 and one of its two sockets on shard 1 goes: still there.
+        let o = s[0].left("/r", "u1");
+        run(&mut s, o);
+        let o = s[1].left("/r", "u1");
+        run(&mut s, o);
+        let o = s[1].user_socket_down("u1");
+        run(&mut s, o);
+        assert_eq!(s[owner].online_users("/r"), ["u1", "u2"]);
+        // The last socket in the room leaves: gone from the room, still online on shard 0.
+        let o = s[1].left("/r", "u1");
+        assert_eq!(run(&mut s, o).map(|c| c.joined), Some(false));
+        assert_eq!(s[owner].online_users("/r"), ["u2"]);
+        assert!(s[home].is_online("u1"));
+        for shard in [0, 1] {
+            let o = s[shard].user_socket_down("u1");
+            run(&mut s, o);
+        }
+        assert!(!s[home].is_online("u1"));
+        // Unbalanced downs change nothing.
+        assert_eq!(s[0].user_socket_down("nobody"), None);
+        assert_eq!(s[0].left("/r", "nobody"), None);
+        let o = s[0].left("/r", "u2");
+        run(&mut s, o);
+        assert!(s[owner].online_users("/r").is_empty());
+        assert!(s[owner].owned.is_empty() && s[home].home.is_empty());
+    }
+}

@@ -1,0 +1,835 @@
+//! Twake realtime parity (issue 12) end to end: the real `shardcast serve` binary on 2 shards (demo services on the
+//! embedded store) and the real socket.io-client 4.x and 2.x (`tests/interop/realtime_parity.js`), with clients placed
+//! on both shards.
+//!
+//! - `realtime:event` from a client reaches every member of the room exactly once (the sender too, as a member), on
+//!   both shards, and nobody else; a bad token gets `realtime:event:error {name, error, message}` and delivers nothing;
+//!   the per-socket rate bound holds.
+//! - `/users/{own id}` can be joined with the access token and `/users/{other}` cannot; join errors carry both `error`
+//!   and `message`.
+//! - Service events (in-process server with the same `live` layer, routes that publish through the shard's bus): a
+//!   `realtime:event` published with `bus::publish_event_to` to two rooms, one from `Realtime::publish_room_event`
+//!   and a `realtime:resource` with action `event` from `Realtime::publish_resource_event` reach exactly the rooms'
+//!   members on both shards; a recipient returning two rooms, one built from a URL parameter the entity does not
+//!   carry, routes to exactly those rooms.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Lines, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use common::*;
+use serde::Serialize;
+use serde_json::{Value, json};
+use shardcast::realtime::auth::{AccessSigner, AccessVerifier, AuthConfig, RoomTokens, Secret};
+use shardcast::realtime::bus::{RoomEvent, publish_event_to};
+use shardcast::realtime::crud::{ExecutionContext, Realtime, Recipient, Recipients, Template};
+use shardcast::realtime::events::{self, SocketEvent, SocketUser};
+use shardcast::realtime::live::{self, ShardBus};
+use shardcast::realtime::protocol::{SessionConfig, SessionContext};
+use shardcast::server::{
+    self, Request, Response, ResponseFuture, Router, ServerConfig, ShardApp, ShardCtx, SocketIo,
+};
+
+const SECRET: &str = "parity-access-secret-0123456789abcdef";
+const ROOM_SECRET: &str = "parity-room-secret-0123456789abcdef!";
+const EVENT_PER_S_MAX: usize = 5;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+fn serve(name: &str) -> (Server, PathBuf) {
+    serve_with(name, "")
+}
+
+/// [`serve`] with extra lines in the `[realtime]` table.
+fn serve_with(name: &str, realtime: &str) -> (Server, PathBuf) {
+    let dir = scratch(name);
+    let cfg = dir.join("shardcast.toml");
+    let text = format!(
+        "[server]\nping_interval_ms = 2000\nping_timeout_ms = 60000\n[auth]\njwt_secret = \"{SECRET}\"\n\
+         [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\nevent_per_s_max = {EVENT_PER_S_MAX}\n{realtime}\n\
+         [orm]\nembedded_path = \"{}\"\n",
+        dir.join("data.redb").display()
+    );
+    std::fs::write(&cfg, text).expect("config");
+    let srv = Server::start(&["serve", "--shards", "2", "--config", cfg.to_str().unwrap()]);
+    (srv, dir)
+}
+
+fn token(sub: &str) -> String {
+    let mut extra = serde_json::Map::new();
+    extra.insert("companies".into(), json!(["acme"]));
+    AccessSigner::new(&AuthConfig::hs256(SECRET))
+        .unwrap()
+        .sign(sub, 3600, &extra)
+        .unwrap()
+}
+
+fn call(
+    addr: SocketAddr,
+    user: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut s: TcpStream = connect(addr);
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = format!("Bearer {}", token(user));
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    send_request(&mut s, method, path, &headers, body.as_bytes());
+    s.flush().unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).expect("a response");
+    let v = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {}", r.text()));
+    (r.status, v)
+}
+
+fn room(c: usize) -> String {
+    format!("/channels/c{c}/messages")
+}
+
+/// The room token the REST API hands `user` for channel `c`'s messages room.
+fn room_token(addr: SocketAddr, user: &str, c: usize) -> String {
+    let (status, v) = call(
+        addr,
+        user,
+        "GET",
+        &format!("/api/v1/channels/c{c}/messages?websockets=true&limit=1"),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["websockets"][0]["room"], json!(room(c)));
+    v["websockets"][0]["token"].as_str().unwrap().to_owned()
+}
+
+struct Node {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Node {
+    fn start(major: &str, dir: &std::path::Path, url: &str, clients: &[Value]) -> Node {
+        let config = dir.join("clients.json");
+        std::fs::write(
+            &config,
+            json!({ "url": url, "clients": clients }).to_string(),
+        )
+        .unwrap();
+        let mut child = Command::new("node")
+            .arg(interop_dir().join("realtime_parity.js"))
+            .arg(major)
+            .arg(&config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut node = Node {
+            child,
+            stdin,
+            lines,
+        };
+        for (i, c) in clients.iter().enumerate() {
+            assert_eq!(node.line(), format!("CLIENT {i} {}", c["shard"]));
+        }
+        assert_eq!(node.line(), "READY");
+        node
+    }
+    fn line(&mut self) -> String {
+        let line = self
+            .lines
+            .next()
+            .expect("node client output")
+            .expect("utf-8 line");
+        assert!(!line.starts_with("FAIL"), "{line}");
+        line
+    }
+    fn send(&mut self, cmd: Value) {
+        writeln!(self.stdin, "{cmd}").expect("write to node");
+        self.stdin.flush().unwrap();
+    }
+    /// `line` must start with `prefix `; the JSON after it.
+    fn answer(&mut self, prefix: &str) -> Value {
+        let line = self.line();
+        let json = line
+            .strip_prefix(&format!("{prefix} "))
+            .unwrap_or_else(|| panic!("expected {prefix}: {line}"));
+        serde_json::from_str(json).unwrap()
+    }
+    fn join(&mut self, i: usize, name: &str, token: &str) -> Value {
+        self.send(json!({"op": "join", "i": i, "name": name, "token": token}));
+        self.answer("JOINED")
+    }
+    fn event(&mut self, i: usize, name: &str, data: Value, token: &str) {
+        self.send(json!({"op": "emit", "i": i, "event": "realtime:event",
+            "payload": {"name": name, "data": data, "token": token}}));
+    }
+    /// Waits for `markers` at the clients `expect`; every client's events since the last collect.
+    fn collect(&mut self, markers: &[&str], expect: &[usize]) -> Vec<Vec<Value>> {
+        self.send(json!({"op": "collect", "markers": markers, "expect": expect}));
+        serde_json::from_value(self.answer("EVENTS")).unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ev(name: &str, data: Value) -> Value {
+    json!(["realtime:event", {"name": name, "data": data}])
+}
+
+fn ev_error(name: &str, error: &str) -> Value {
+    json!(["realtime:event:error", {"name": name, "error": error, "message": error}])
+}
+
+/// `events` sorted by their JSON text (relayed events of two senders have no order between them).
+fn sorted(mut events: Vec<Value>) -> Vec<Value> {
+    events.sort_by_key(|v| v.to_string());
+    events
+}
+
+fn client_events(major: &str) {
+    ensure_node_modules();
+    let (srv, dir) = serve(&format!("realtime-parity-events-v{major}"));
+    for c in 0..2 {
+        let (status, v) = call(
+            srv.addr,
+            "alice",
+            "POST",
+            "/api/v1/companies/acme/workspaces/w1/channels",
+            Some(json!({ "resource": { "id": format!("c{c}"), "name": "x" } })),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    // u0..u5: members of room 0, three per shard. u6, u7: members of room 1, one per shard. u8: sends to room 0
+    // without being a member. u9: floods room 1.
+    let shards = [0, 0, 0, 1, 1, 1, 0, 1, 1, 0];
+    let users: Vec<String> = (0..shards.len()).map(|i| format!("u{i}")).collect();
+    let clients: Vec<Value> = users
+        .iter()
+        .zip(shards)
+        .map(|(u, shard)| json!({"user": u, "token": token(u), "shard": shard, "connect_auth": true}))
+        .collect();
+    let mut node = Node::start(major, &dir, &srv.url(), &clients);
+    let tokens0: Vec<String> = users.iter().map(|u| room_token(srv.addr, u, 0)).collect();
+    let tokens1: Vec<String> = users.iter().map(|u| room_token(srv.addr, u, 1)).collect();
+    for (i, t) in tokens0.iter().enumerate().take(6) {
+        assert_eq!(
+            node.join(i, &room(0), t),
+            json!(["realtime:join:success", {"name": room(0)}])
+        );
+    }
+    for (i, t) in tokens1.iter().enumerate().take(8).skip(6) {
+        assert_eq!(
+            node.join(i, &room(1), t),
+            json!(["realtime:join:success", {"name": room(1)}])
+        );
+    }
+
+    // Public user rooms: one's own with the access token, nobody else's.
+    assert_eq!(
+        node.join(0, "/users/u0", &token("u0")),
+        json!(["realtime:join:success", {"name": "/users/u0"}])
+    );
+    let not_yours = "a user room can be joined by its own user only";
+    assert_eq!(
+        node.join(1, "/users/u0", &token("u1")),
+        json!(["realtime:join:error", {"name": "/users/u0", "error": not_yours, "message": not_yours}])
+    );
+    assert_eq!(
+        node.join(1, "/users/u0", &token("u0")),
+        json!(["realtime:join:error", {"name": "/users/u0", "error": not_yours, "message": not_yours}])
+    );
+    // The access token opens no other room.
+    assert_eq!(
+        node.join(1, &room(1), &token("u1")),
+        json!(["realtime:join:error", {"name": room(1), "error": "invalid signature", "message": "invalid signature"}])
+    );
+
+    // A member (shard 0) and a non-member (shard 1) send to room 0; the non-member's bad tokens deliver nothing.
+    node.event(0, &room(0), json!({"n": 1}), &tokens0[0]);
+    node.event(8, &room(0), json!({"n": 2}), &tokens0[8]);
+    node.event(8, &room(0), json!({"n": 3}), &tokens0[0]);
+    node.event(8, &room(0), json!({"n": 4}), &tokens1[8]);
+    node.event(8, &room(0), json!({"n": 5}), "twake");
+    node.event(0, "/users/u0", json!({"n": 6}), &token("u0"));
+    node.event(1, "/users/u0", json!({"n": 7}), &token("u1"));
+    node.event(0, &room(0), json!({"marker": "a0"}), &tokens0[0]);
+    node.event(8, &room(0), json!({"marker": "a8"}), &tokens0[8]);
+    let got = node.collect(&["a0", "a8"], &[0, 1, 2, 3, 4, 5]);
+    let room0 = |extra: Vec<Value>| {
+        let mut v = vec![
+            ev(&room(0), json!({"n": 1})),
+            ev(&room(0), json!({"n": 2})),
+            ev(&room(0), json!({"marker": "a0"})),
+            ev(&room(0), json!({"marker": "a8"})),
+        ];
+        v.extend(extra);
+        sorted(v)
+    };
+    assert_eq!(
+        sorted(got[0].clone()),
+        room0(vec![ev("/users/u0", json!({"n": 6}))]),
+        "client 0"
+    );
+    let (errors1, events1): (Vec<Value>, Vec<Value>) = got[1]
+        .iter()
+        .cloned()
+        .partition(|e| e[0] == "realtime:event:error");
+    assert_eq!(errors1, vec![ev_error("/users/u0", not_yours)], "client 1");
+    assert_eq!(sorted(events1), room0(vec![]), "client 1");
+    for (i, got) in got.iter().enumerate().take(6).skip(2) {
+        assert_eq!(sorted(got.clone()), room0(vec![]), "client {i}");
+    }
+    assert_eq!(got[6], Vec::<Value>::new(), "client 6 (room 1)");
+    assert_eq!(got[7], Vec::<Value>::new(), "client 7 (room 1)");
+    assert_eq!(
+        got[8],
+        vec![
+            ev_error(&room(0), "room token is for another user"),
+            ev_error(&room(0), "room token is for another room"),
+            ev_error(&room(0), "jwt malformed"),
+        ],
+        "client 8 (sender, not a member)"
+    );
+    assert_eq!(got[9], Vec::<Value>::new(), "client 9");
+
+    // Client 9 floods room 1 with 20 events at once: all but about EVENT_PER_S_MAX are refused, and the members get
+    // exactly the others, once, in order. A second later its bucket has refilled and the marker passes.
+    let flood: Vec<Value> = (0..20)
+        .map(
+            |f| json!(["realtime:event", {"name": room(1), "data": {"f": f}, "token": tokens1[9]}]),
+        )
+        .collect();
+    node.send(json!({"op": "emits", "i": 9, "list": flood}));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    node.event(9, &room(1), json!({"marker": "f"}), &tokens1[9]);
+    let got = node.collect(&["f"], &[6, 7]);
+    let refused = got[9].len();
+    let limit_text = format!("too many events (limit {EVENT_PER_S_MAX} per second)");
+    assert!(
+        got[9].iter().all(|e| *e == ev_error(&room(1), &limit_text)),
+        "{:?}",
+        got[9]
+    );
+    assert!(
+        refused >= 20 - EVENT_PER_S_MAX - 1,
+        "only {refused} of 20 refused"
+    );
+    let delivered: Vec<Value> = got[6][..got[6].len() - 1].to_vec();
+    assert_eq!(delivered.len(), 20 - refused, "{:?}", got[6]);
+    let fs: Vec<u64> = delivered
+        .iter()
+        .map(|e| e[1]["data"]["f"].as_u64().expect("a flood event"))
+        .collect();
+    assert_eq!(
+        &fs[..EVENT_PER_S_MAX],
+        &(0..EVENT_PER_S_MAX as u64).collect::<Vec<_>>()[..]
+    );
+    assert!(fs.windows(2).all(|w| w[0] < w[1]), "{fs:?}");
+    assert_eq!(got[6].last(), Some(&ev(&room(1), json!({"marker": "f"}))));
+    assert_eq!(got[7], got[6], "both members of room 1, on two shards");
+    for (i, got) in got.iter().enumerate().take(6) {
+        assert_eq!(*got, Vec::<Value>::new(), "client {i}");
+    }
+    node.send(json!({"op": "quit"}));
+    assert_eq!(node.line(), "PASS");
+}
+
+#[test]
+fn v4_realtime_events_reach_exactly_the_room_on_two_shards() {
+    client_events("4");
+}
+
+#[test]
+fn v2_realtime_events_reach_exactly_the_room_on_two_shards() {
+    client_events("2");
+}
+
+/// What a typing indicator is about: a channel. Its events go to `/channels/{channel}/typing`.
+#[derive(Clone, Debug, Serialize)]
+struct Typing {
+    channel: String,
+    user: String,
+}
+
+/// `POST /events {rooms, data}` -> `publish_event_to`; `POST /typing {channel, user}` -> `publish_room_event` and
+/// `publish_resource_event`. Answers 200 `{"ok": bool}`.
+struct EventsApi {
+    bus: ShardBus,
+    typing: Rc<Realtime<(), ShardBus, Typing>>,
+}
+
+impl Router for EventsApi {
+    fn route(&self, _: &Rc<ShardCtx>, request: Request) -> Option<ResponseFuture> {
+        let bus = self.bus.clone();
+        let typing = self.typing.clone();
+        let v: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        match (request.method.as_str(), request.path.as_str()) {
+            ("POST", "/events") => Some(Box::pin(async move {
+                let rooms: Vec<String> =
+                    serde_json::from_value(v["rooms"].clone()).unwrap_or_default();
+                let ok = publish_event_to(&bus, rooms, &v["data"]).await.is_ok();
+                Response::json(200, &json!({ "ok": ok }))
+            })),
+            ("POST", path) if path.starts_with("/companies/") && path.ends_with("/typing") => {
+                // `/companies/{company}/typing`: the company is a URL parameter the entity does not carry.
+                let company = path["/companies/".len()..path.len() - "/typing".len()].to_owned();
+                let ctx = ExecutionContext::internal("t")
+                    .with_method("POST")
+                    .with_path_params([("company", company)]);
+                Some(Box::pin(async move {
+                    let t = Typing {
+                        channel: v["channel"].as_str().unwrap_or_default().into(),
+                        user: v["user"].as_str().unwrap_or_default().into(),
+                    };
+                    let a = typing
+                        .publish_room_event(&ctx, &t, &json!({ "typing": t.user }))
+                        .await;
+                    let b = typing.publish_resource_event(&ctx, "typing", &t).await;
+                    Response::json(200, &json!({ "ok": a.is_ok() && b.is_ok() }))
+                }))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn typing_room(channel: &str) -> String {
+    format!("/channels/{channel}/typing")
+}
+
+fn company_typing_room(company: &str, channel: &str) -> String {
+    format!("/companies/{company}/channels/{channel}/typing")
+}
+
+/// The in-process server of the service tests: `live` on 2 shards, [`EventsApi`], and socket events: `whoami`
+/// acks `{user, socket, args}`; connects and disconnects are published to `/log` as `realtime:event`s.
+fn start_app() -> server::ServerHandle {
+    let config = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        shards: 2,
+        pin_shards: false,
+        ping_interval_ms: 60_000,
+        ping_timeout_ms: 60_000,
+        ..ServerConfig::default()
+    };
+    let app: server::AppFactory = Arc::new(|shard: &Rc<ShardCtx>| {
+        let session = SessionContext {
+            access: AccessVerifier::new(&AuthConfig::hs256(SECRET)).unwrap(),
+            rooms: RoomTokens::new(&Secret::from(ROOM_SECRET), 3600, 0).unwrap(),
+            config: SessionConfig::default(),
+        };
+        let mut io = SocketIo::new();
+        let bus = live::install(shard, &mut io, session);
+        // Two rooms per call, the second built from the URL's `company`.
+        let recipients = Recipients::new().event(Recipient::to_rooms(
+            |t: &Typing, ctx: &ExecutionContext| {
+                vec![
+                    typing_room(&t.channel),
+                    company_typing_room(ctx.param("company").unwrap_or_default(), &t.channel),
+                ]
+            },
+            Template::from_fn(|t: &Typing| format!("/typing/{}", t.user)),
+        ));
+        let typing = Rc::new(Realtime::new((), bus.clone(), recipients));
+        events::on_event(shard, "whoami", |e: SocketEvent| async move {
+            if let Some(ack) = e.ack {
+                ack.send(&[json!({"user": e.user.id, "socket": e.socket_id, "args": e.args})]);
+            }
+        })
+        .unwrap();
+        assert!(events::on_event(shard, "realtime:join", |_: SocketEvent| async {}).is_err());
+        // Holds its call for 3 s, then acks `done`.
+        events::on_event(shard, "slow", |e: SocketEvent| async move {
+            glommio::timer::sleep(std::time::Duration::from_secs(3)).await;
+            if let Some(ack) = e.ack {
+                ack.send(&[json!("done")]);
+            }
+        })
+        .unwrap();
+        let log = |what: &'static str, bus: ShardBus| {
+            move |u: SocketUser| {
+                let bus = bus.clone();
+                async move {
+                    let _ =
+                        bus.publish_event_now(&RoomEvent::new("/log", json!({ what: u.user.id })));
+                }
+            }
+        };
+        events::on_connected(shard, log("connected", bus.clone())).unwrap();
+        events::on_disconnected(shard, log("disconnected", bus.clone())).unwrap();
+        ShardApp {
+            socketio: Some(io),
+            router: Some(Rc::new(EventsApi { bus, typing })),
+        }
+    });
+    server::start(config, app).expect("server starts")
+}
+
+fn service_events(major: &str) {
+    ensure_node_modules();
+    let srv = start_app();
+    let addr = srv.local_addr;
+    let room_token = |sub: &str, room: &str| {
+        RoomTokens::new(&Secret::from(ROOM_SECRET), 3600, 0)
+            .unwrap()
+            .sign(sub, room)
+            .unwrap()
+    };
+    // u0, u1: room /a (one per shard); u2, u3: room /b (one per shard); u4: in no room; u5, u6: the typing room of
+    // channel c1 (one per shard). Channel c2's typing room has no member. u7: acme's c1 typing room; u8: another
+    // company's.
+    let shards = [0, 1, 0, 1, 0, 0, 1, 1, 0];
+    let clients: Vec<Value> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| json!({"user": format!("u{i}"), "token": token(&format!("u{i}")), "shard": shard}))
+        .collect();
+    let dir = scratch(&format!("realtime-parity-service-v{major}"));
+    let mut node = Node::start(major, &dir, &format!("http://{addr}"), &clients);
+    let joins = [
+        (0, "/a".to_owned()),
+        (1, "/a".into()),
+        (2, "/b".into()),
+        (3, "/b".into()),
+        (5, typing_room("c1")),
+        (6, typing_room("c1")),
+        (7, company_typing_room("acme", "c1")),
+        (8, company_typing_room("other", "c1")),
+    ];
+    for (i, room) in &joins {
+        assert_eq!(
+            node.join(*i, room, &room_token(&format!("u{i}"), room)),
+            json!(["realtime:join:success", {"name": room}])
+        );
+    }
+    let post = |path: &str, body: Value| {
+        let mut s: TcpStream = connect(addr);
+        send_request(
+            &mut s,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+        s.flush().unwrap();
+        let r = read_response(&mut s, &mut Vec::new()).expect("a response");
+        assert_eq!((r.status, r.text()), (200, json!({"ok": true}).to_string()));
+    };
+    post(
+        "/events",
+        json!({"rooms": ["/a", "/b"], "data": {"marker": "e1", "x": [1, 2]}}),
+    );
+    post(
+        "/events",
+        json!({"rooms": ["/b"], "data": {"marker": "e2"}}),
+    );
+    post(
+        "/companies/acme/typing",
+        json!({"channel": "c1", "user": "u9"}),
+    );
+    post(
+        "/companies/acme/typing",
+        json!({"channel": "c2", "user": "u9"}),
+    );
+    post(
+        "/events",
+        json!({"rooms": [typing_room("c1"), company_typing_room("acme", "c1")], "data": {"marker": "t"}}),
+    );
+    // Each client waits for the last marker of its own room (the POSTs were answered one after the other).
+    node.send(json!({"op": "collect", "wait": [
+        [0, ["e1"]], [1, ["e1"]], [2, ["e2"]], [3, ["e2"]], [5, ["t"]], [6, ["t"]], [7, ["t"]],
+    ]}));
+    let rest: Vec<Vec<Value>> = serde_json::from_value(node.answer("EVENTS")).unwrap();
+    let e1 = |room: &str| ev(room, json!({"marker": "e1", "x": [1, 2]}));
+    assert_eq!(rest[0], vec![e1("/a")], "client 0");
+    assert_eq!(rest[1], vec![e1("/a")], "client 1");
+    for i in [2, 3] {
+        assert_eq!(
+            rest[i],
+            vec![e1("/b"), ev("/b", json!({"marker": "e2"}))],
+            "client {i}"
+        );
+    }
+    assert_eq!(rest[4], Vec::<Value>::new(), "client 4 (in no room)");
+    let typing = |room: &str| {
+        vec![
+            ev(room, json!({"typing": "u9"})),
+            json!(["realtime:resource", {
+                "action": "event", "room": room, "type": "typing", "path": "/typing/u9",
+                "resource": {"channel": "c1", "user": "u9"},
+            }]),
+            ev(room, json!({"marker": "t"})),
+        ]
+    };
+    for i in [5, 6] {
+        assert_eq!(rest[i], typing(&typing_room("c1")), "client {i}");
+    }
+    assert_eq!(
+        rest[7],
+        typing(&company_typing_room("acme", "c1")),
+        "client 7 (room from the URL)"
+    );
+    assert_eq!(rest[8], Vec::<Value>::new(), "client 8 (another company)");
+    node.send(json!({"op": "quit"}));
+    assert_eq!(node.line(), "PASS");
+    srv.shutdown();
+    srv.join().unwrap();
+}
+
+#[test]
+fn v4_service_events_reach_exactly_their_rooms_on_two_shards() {
+    service_events("4");
+}
+
+#[test]
+fn v2_service_events_reach_exactly_their_rooms_on_two_shards() {
+    service_events("2");
+}
+
+fn socket_events(major: &str) {
+    ensure_node_modules();
+    let srv = start_app();
+    let addr = srv.local_addr;
+    // u0 watches /log (shard 0); u1 (shard 1) and u2 (shard 0) use the socket-event API.
+    let clients: Vec<Value> = [0, 1, 0]
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| json!({"user": format!("u{i}"), "token": token(&format!("u{i}")), "shard": shard}))
+        .collect();
+    let dir = scratch(&format!("realtime-parity-socket-events-v{major}"));
+    let mut node = Node::start(major, &dir, &format!("http://{addr}"), &clients);
+    let log_token = RoomTokens::new(&Secret::from(ROOM_SECRET), 3600, 0)
+        .unwrap()
+        .sign("u0", "/log")
+        .unwrap();
+    assert_eq!(
+        node.join(0, "/log", &log_token),
+        json!(["realtime:join:success", {"name": "/log"}])
+    );
+    for i in [1, 2] {
+        node.send(json!({"op": "emit_ack", "i": i, "event": "whoami", "payload": {"q": i}}));
+        let ack = node.answer("ACK");
+        assert_eq!(ack[0]["user"], json!(format!("u{i}")), "{ack}");
+        assert_eq!(ack[0]["args"], json!([{"q": i}]), "{ack}");
+        assert!(!ack[0]["socket"].as_str().unwrap().is_empty(), "{ack}");
+    }
+    // u2 starts HANDLERS_IN_FLIGHT_PER_SOCKET_MAX slow calls: one more is refused at once, with the bound in its ack.
+    let slow: Vec<Value> = (0..events::HANDLERS_IN_FLIGHT_PER_SOCKET_MAX)
+        .map(|k| json!(["slow", {"k": k}]))
+        .collect();
+    node.send(json!({"op": "emits", "i": 2, "list": slow}));
+    let started = std::time::Instant::now();
+    node.send(json!({"op": "emit_ack", "i": 2, "event": "slow", "payload": {}}));
+    let text = format!(
+        "too many events in flight (limit {})",
+        events::HANDLERS_IN_FLIGHT_PER_SOCKET_MAX
+    );
+    assert_eq!(
+        node.answer("ACK"),
+        json!([{"error": text, "message": text}])
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // Hooks: u1 goes and comes back, on its shard; the watcher sees both, with the user.
+    node.send(json!({"op": "close", "i": 1}));
+    assert_eq!(node.line(), "CLOSED 1");
+    node.send(json!({"op": "open", "i": 1}));
+    assert_eq!(node.line(), "OPENED 1");
+    let want = vec![
+        ev("/log", json!({"disconnected": "u1"})),
+        ev("/log", json!({"connected": "u1"})),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut got: Vec<Value> = Vec::new();
+    while got.len() < want.len() && std::time::Instant::now() < deadline {
+        node.send(json!({"op": "collect", "markers": [], "expect": []}));
+        let all: Vec<Vec<Value>> = serde_json::from_value(node.answer("EVENTS")).unwrap();
+        got.extend(all[0].clone());
+    }
+    assert_eq!(got, want);
+    node.send(json!({"op": "quit"}));
+    assert_eq!(node.line(), "PASS");
+    srv.shutdown();
+    srv.join().unwrap();
+}
+
+#[test]
+fn v4_socket_events_reach_service_handlers_with_the_user() {
+    socket_events("4");
+}
+
+#[test]
+fn v2_socket_events_reach_service_handlers_with_the_user() {
+    socket_events("2");
+}
+
+/// `GET /api/v1/online` for room 0, asked by `user` with its own room token, polled until it answers `want` (at
+/// most 5 s: presence travels between shards after the join or disconnect that changed it).
+fn room_presence_becomes(addr: SocketAddr, user: &str, want: Value) -> Value {
+    let token = room_token(addr, user, 0);
+    let path = format!("/api/v1/online?room={}&token={token}", room(0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (status, v) = call(addr, user, "GET", &path, None);
+        assert_eq!(status, 200, "{v}");
+        if v == want || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn presence_and_online(major: &str) {
+    ensure_node_modules();
+    let (srv, dir) = serve_with(
+        &format!("realtime-parity-presence-v{major}"),
+        "presence_events = true",
+    );
+    let (status, v) = call(
+        srv.addr,
+        "alice",
+        "POST",
+        "/api/v1/companies/acme/workspaces/w1/channels",
+        Some(json!({ "resource": { "id": "c0", "name": "x" } })),
+    );
+    assert_eq!(status, 201, "{v}");
+    // u0 twice (shards 0 and 1), u1 on shard 1, all in room 0; u2 (shard 0) only asks.
+    let clients: Vec<Value> = [("u0", 0), ("u0", 1), ("u1", 1), ("u2", 0)]
+        .iter()
+        .map(|(u, shard)| json!({"user": u, "token": token(u), "shard": shard}))
+        .collect();
+    let mut node = Node::start(major, &dir, &srv.url(), &clients);
+    for (i, u) in [(0, "u0"), (1, "u0"), (2, "u1")] {
+        assert_eq!(
+            node.join(i, &room(0), &room_token(srv.addr, u, 0)),
+            json!(["realtime:join:success", {"name": room(0)}])
+        );
+    }
+    let both = json!({"room": room(0), "count": 2, "users": ["u0", "u1"]});
+    assert_eq!(room_presence_becomes(srv.addr, "u2", both.clone()), both);
+    // Presence events (presence_events = true): u0's second socket, on the other shard, announces nothing; u1's
+    // arrival reaches u0's first socket once. A marker from u1 closes the batch.
+    let u1_token = room_token(srv.addr, "u1", 0);
+    node.event(2, &room(0), json!({"marker": "p0"}), &u1_token);
+    node.send(json!({"op": "collect", "wait": [[0, ["p0"]], [1, ["p0"]], [2, ["p0"]]]}));
+    let got: Vec<Vec<Value>> = serde_json::from_value(node.answer("EVENTS")).unwrap();
+    let presence = |e: &Value, what: &str, user: &str| {
+        *e == ev(&room(0), json!({"presence": what, "user": user}))
+    };
+    for (i, events) in got.iter().enumerate() {
+        let joins_u0 = events.iter().filter(|e| presence(e, "join", "u0")).count();
+        assert!(joins_u0 <= 1, "client {i}: {events:?}");
+    }
+    assert_eq!(
+        got[0].iter().filter(|e| presence(e, "join", "u1")).count(),
+        1,
+        "{:?}",
+        got[0]
+    );
+    assert_eq!(got[3], Vec::<Value>::new(), "client 3 is in no room");
+    let online_get = |node: &mut Node| {
+        node.send(json!({"op": "emit_ack", "i": 3, "event": "online:get",
+            "payload": {"data": ["u0", "u1", "u2", "u9"]}}));
+        node.answer("ACK")
+    };
+    assert_eq!(
+        online_get(&mut node),
+        json!([{"data": [["u0", true], ["u1", true], ["u2", true], ["u9", false]]}])
+    );
+    node.send(json!({"op": "emit_ack", "i": 3, "event": "online:get", "payload": {"data": "u0"}}));
+    let bad = "payload must be {data: [user ids]}";
+    assert_eq!(node.answer("ACK"), json!([{"error": bad, "message": bad}]));
+    node.send(json!({"op": "emit_ack", "i": 2, "event": "online:set", "payload": {}}));
+    assert_eq!(node.answer("ACK"), json!([{"data": true}]));
+
+    // u0's socket on shard 0 goes: u0 still counts once (its socket on shard 1), and is still online.
+    node.send(json!({"op": "close", "i": 0}));
+    assert_eq!(node.line(), "CLOSED 0");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(room_presence_becomes(srv.addr, "u2", both.clone()), both);
+    assert_eq!(
+        online_get(&mut node),
+        json!([{"data": [["u0", true], ["u1", true], ["u2", true], ["u9", false]]}])
+    );
+    // Its last socket goes: dropped from the room and offline.
+    node.send(json!({"op": "close", "i": 1}));
+    assert_eq!(node.line(), "CLOSED 1");
+    let only_u1 = json!({"room": room(0), "count": 1, "users": ["u1"]});
+    assert_eq!(
+        room_presence_becomes(srv.addr, "u2", only_u1.clone()),
+        only_u1
+    );
+    // The room's last remaining member saw exactly one presence change since: u0 leaving, after its last socket.
+    node.event(2, &room(0), json!({"marker": "p1"}), &u1_token);
+    node.send(json!({"op": "collect", "wait": [[2, ["p1"]]]}));
+    let got: Vec<Vec<Value>> = serde_json::from_value(node.answer("EVENTS")).unwrap();
+    assert_eq!(
+        got[2],
+        vec![
+            ev(&room(0), json!({"presence": "leave", "user": "u0"})),
+            ev(&room(0), json!({"marker": "p1"}))
+        ]
+    );
+    assert_eq!(got[3], Vec::<Value>::new(), "client 3 is in no room");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let offline = json!([{"data": [["u0", false], ["u1", true], ["u2", true], ["u9", false]]}]);
+    let mut got = online_get(&mut node);
+    while got != offline && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        got = online_get(&mut node);
+    }
+    assert_eq!(got, offline);
+
+    // Over REST, only for a room the caller may read: a token of another user or none is refused.
+    let other = room_token(srv.addr, "u1", 0);
+    let (status, v) = call(
+        srv.addr,
+        "u2",
+        "GET",
+        &format!("/api/v1/online?room={}&token={other}", room(0)),
+        None,
+    );
+    assert_eq!((status, &v["code"]), (403, &json!("forbidden")), "{v}");
+    let (status, v) = call(
+        srv.addr,
+        "u2",
+        "GET",
+        &format!("/api/v1/online?room={}", room(0)),
+        None,
+    );
+    assert_eq!(status, 403, "{v}");
+    node.send(json!({"op": "quit"}));
+    assert_eq!(node.line(), "PASS");
+}
+
+#[test]
+fn v4_presence_counts_a_user_once_across_shards_and_online_acks_like_twake() {
+    presence_and_online("4");
+}
+
+#[test]
+fn v2_presence_counts_a_user_once_across_shards_and_online_acks_like_twake() {
+    presence_and_online("2");
+}
