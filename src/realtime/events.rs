@@ -1,7 +1,7 @@
 //! Socket events for services: named events from **authenticated** sockets, and hooks when a user's socket connects
 //! or disconnects (Twake's `socket.on("online:get", (req, ack) => ...)`, `onUserConnected`, `onUserDisconnected`).
 //!
-//! Register on each shard after [`super::live::install`]:
+//! Register on each shard after the realtime layer's `install` (`live.rs`):
 //!
 //! ```no_run
 //! # use std::rc::Rc;
@@ -123,7 +123,7 @@ pub enum RegisterError {
     /// The name belongs to the wire contract (`authenticate`, `realtime:*`).
     #[error("`{0}` is an event of the wire contract")]
     Reserved(String),
-    /// [`super::live::install`] has not run on this shard.
+    /// the realtime layer's `install` (`live.rs`) has not run on this shard.
     #[error("the realtime layer is not installed on this shard")]
     NotInstalled,
 }
@@ -134,9 +134,15 @@ pub fn is_contract_event(name: &str) -> bool {
 }
 
 fn handlers(shard: &Rc<ShardCtx>) -> Result<Rc<RefCell<SocketHandlers>>, RegisterError> {
-    super::live::shard_state(shard)
-        .map(|live| live.socket_handlers())
+    shard
+        .state::<RefCell<SocketHandlers>>()
         .ok_or(RegisterError::NotInstalled)
+}
+
+/// Creates this shard's (empty) handler table; the realtime layer's `install` calls it once per shard and keeps the
+/// table to dispatch events and hooks.
+pub(crate) fn install_handlers(shard: &ShardCtx) -> Rc<RefCell<SocketHandlers>> {
+    shard.set_state(RefCell::new(SocketHandlers::default()))
 }
 
 /// Registers `handler` for the event `name` on this shard (replacing an earlier one).

@@ -182,11 +182,6 @@ impl LiveShard {
         self.rooms.borrow().owned().room_count()
     }
 
-    /// The socket-event handlers and hooks of this shard ([`super::events`]).
-    pub fn socket_handlers(&self) -> Rc<RefCell<SocketHandlers>> {
-        self.handlers.clone()
-    }
-
     /// The shards holding members of `room`, if this shard owns it (empty otherwise).
     pub fn member_shards(&self, room: &str) -> Vec<usize> {
         self.rooms.borrow().owned().member_shards(room).collect()
@@ -265,7 +260,7 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
         control_in_flight_max: control_in_flight_max(shard.config().mesh_queue_len),
         retry_armed: Cell::new(false),
         stats: LiveStats::default(),
-        handlers: Rc::new(RefCell::new(SocketHandlers::default())),
+        handlers: events::install_handlers(shard),
         presence: RefCell::new(Presence::new(shard.id(), shard.nr_shards())),
         presence_backlog: RefCell::new((0..shard.nr_shards()).map(|_| VecDeque::new()).collect()),
         presence_retry_armed: Cell::new(false),
@@ -1258,11 +1253,6 @@ pub async fn online(shard: &Rc<ShardCtx>, users: &[String]) -> Result<Vec<bool>,
         }
     }
     Ok(answers)
-}
-
-/// The [`LiveShard`] of `shard`, if [`install`] ran there.
-pub fn shard_state(shard: &ShardCtx) -> Option<Rc<LiveShard>> {
-    shard.state::<LiveShard>()
 }
 
 /// The frame a member shard queues for one event, `42["realtime:resource",{...}]`, built from the event's
