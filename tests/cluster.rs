@@ -885,3 +885,118 @@ fn the_rust_api_sends_broadcasts_and_requests_that_other_nodes_answer() {
     let (_, stats) = ready(b.addr);
     assert_eq!(stats["malformed"], json!(0), "{stats}");
 }
+
+/// The same API on a node with shards of its own (in-process, 2 shards): a broadcast also reaches this node's
+/// selected sockets, and fetchSockets lists them first, then the Node server's.
+#[test]
+fn the_rust_api_includes_the_nodes_own_shards() {
+    use futures_lite::future::block_on;
+    use shardcast::cluster::{AdapterState, Cluster, ClusterConfig, node};
+    use shardcast::proto::RawJson;
+    use shardcast::server::{self, Event, ServerConfig, ShardApp, ShardCtx, Socket, SocketIo};
+    use std::rc::Rc;
+    use std::sync::Arc;
+
+    let mut redis = Redis::new("api-local");
+    redis.start();
+    let mut node_side = NodeSide::start(&redis.url());
+    let config = ClusterConfig {
+        redis_url: Some(redis.url()),
+        request_timeout_ms: 1500,
+        ..ClusterConfig::default()
+    };
+    let cluster = Cluster::start(config, 2, Default::default()).expect("adapter");
+    let c = cluster.clone();
+    let app = move |shard: &Rc<ShardCtx>| {
+        node::install(shard, &c);
+        let mut io = SocketIo::new();
+        io.namespace("/")
+            .on_connect(|socket: Socket, _auth: Option<RawJson>| async move {
+                node::socket_connected(&socket);
+                Ok(())
+            })
+            .on("join", |socket: &Socket, event: Event| {
+                let (room,): (String,) = event.args.parse().unwrap();
+                socket.join(&room);
+                event.ack.unwrap().send(RawJson::empty_array());
+            })
+            .on_disconnect(|socket: &Socket, _reason: &str| node::socket_disconnected(socket));
+        ShardApp {
+            socketio: Some(io),
+            router: None,
+        }
+    };
+    let cfg = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 2,
+        pin_shards: false,
+        ..ServerConfig::default()
+    };
+    let handle = server::start(cfg, Arc::new(app)).expect("start");
+    let addr = handle.local_addr;
+    let deadline = Instant::now() + WAIT;
+    while cluster.stats().state() != AdapterState::Up
+        || node_side.call(json!({"cmd": "serverCount"}))["count"] != json!(2)
+    {
+        assert!(Instant::now() < deadline, "the cluster never had 2 nodes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let connect = || {
+        let mut ws = Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket");
+        ws.recv();
+        ws.send_text("40");
+        let reply = ws.recv_text_skip_ping();
+        let sid: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+        (ws, sid["sid"].as_str().unwrap().to_owned())
+    };
+    let (mut w1, s1) = connect();
+    let (mut w2, s2) = connect();
+    w1.send_text(r#"421["join","r1"]"#);
+    assert_eq!(w1.recv_text_skip_ping(), "431[]");
+    let n1 = node_side.call(json!({"cmd": "client", "name": "n1", "url": node_side.url()}))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    node_side.call(json!({"cmd": "clientEmit", "name": "n1", "event": "join", "args": ["r1"]}));
+
+    let r1 = codec::Selector {
+        rooms: vec!["r1".into()],
+        except: Vec::new(),
+    };
+    let in_r1 = block_on(cluster.fetch_sockets(r1.clone())).unwrap();
+    let ids: Vec<&str> = in_r1.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [s1.as_str(), n1.as_str()], "this node's sockets first");
+    let everyone = block_on(cluster.fetch_sockets(codec::Selector::default())).unwrap();
+    let mut ids: Vec<String> = everyone
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut want = vec![s1.clone(), s2.clone(), n1.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+
+    assert!(cluster.broadcast(r1.clone(), "to-r1", &[json!("x")]));
+    assert!(cluster.broadcast(
+        codec::Selector {
+            rooms: Vec::new(),
+            except: vec!["r1".into()],
+        },
+        "not-r1",
+        &[]
+    ));
+    assert!(cluster.broadcast(codec::Selector::default(), "marker", &[json!(1)]));
+    // Each shard's queue keeps the order: what precedes the marker is exactly what the socket was selected for.
+    assert_eq!(w1.recv_text_skip_ping(), r#"42["to-r1","x"]"#);
+    assert_eq!(w1.recv_text_skip_ping(), r#"42["marker",1]"#);
+    assert_eq!(w2.recv_text_skip_ping(), r#"42["not-r1"]"#);
+    assert_eq!(w2.recv_text_skip_ping(), r#"42["marker",1]"#);
+    node_side.wait_for("the marker", |evs| {
+        evs.iter()
+            .any(|e| e["ev"] == "recv" && e["client"] == "n1" && e["event"] == "marker")
+    });
+    assert_eq!(node_side.received("n1", "to-r1"), vec![json!(["x"])]);
+    assert_eq!(count(&node_side, "n1", "not-r1"), 0);
+    handle.shutdown();
+    let _ = handle.join();
+}
