@@ -186,7 +186,7 @@ run_cluster() { # rate_args...
     redis_pid=$!; cluster_pids+=("$redis_pid")
     ok=0
     for _ in $(seq 100); do
-      if [ "$( (exec 3<>"/dev/tcp/127.0.0.1/$rport" && printf 'PING\r\n' >&3 && head -c 7 <&3) 2>/dev/null)" = $'+PONG\r\n' ]; then ok=1; break; fi
+      if [[ "$( (exec 3<>"/dev/tcp/127.0.0.1/$rport" && printf 'PING\r\n' >&3 && head -c 5 <&3) 2>/dev/null)" == +PONG ]]; then ok=1; break; fi
       sleep 0.1
     done
     if [ $ok = 0 ]; then
