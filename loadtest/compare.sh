@@ -2,7 +2,12 @@
 # Runs the same load-test scenarios against shardcast, socket.io 4.8 (Node) and socketioxide 0.18, one server at a
 # time on this machine, and prints one comparison table per scenario; writes a PNG plot.
 #
-#   bash loadtest/compare.sh [scenario...]   # default: fanout hotroom publish publish@4000 connect idle echo
+#   bash loadtest/compare.sh [scenario...]   # default: fanout hotroom publish publish@4000 connect idle echo cluster
+#
+# `cluster` is a block of its own: per server, one redis-server (the one tests/services/redis.sh installs, or
+# $SHARDCAST_TEST_REDIS_BIN) and two server processes joined through it (shardcast: `serve --shards 1` each; node: two
+# socket.io processes with @socket.io/redis-adapter 8; socketioxide has no classic-protocol adapter and is skipped);
+# clients split between the two, REST publishes on both, CPU summed over the two servers and Redis.
 #
 # `publish@4000` is the publish scenario at 4,000 REST creates/s (any `scenario@RATE` passes `--rate RATE`).
 # For each scenario with a CPU-per-delivery figure, the kernel floor (../shared/tools/floor.c, built here with cc) runs
@@ -27,7 +32,7 @@ SECRET=${SHARDCAST_JWT_SECRET:-shardcast-loadtest-secret-0123456789abcdef}
 SERVERS=${SERVERS:-"shardcast node socketioxide"}
 SHARDCAST_ARGS=${SHARDCAST_ARGS:-}
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout hotroom publish publish@4000 connect idle echo)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout hotroom publish publish@4000 connect idle echo cluster)
 FLOOR_SECONDS=${FLOOR_SECONDS:-5}
 FLOOR=${FLOOR:-1}
 RESULTS=${RESULTS:-target/loadtest/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -127,7 +132,6 @@ stop_server() {
   fi
   server_pid=""
 }
-trap stop_server EXIT
 
 start_server() { # name port -> sets server_pid; returns 1 if it does not listen within 20 s
   local name=$1 PORT=$2 cmd
@@ -136,7 +140,8 @@ start_server() { # name port -> sets server_pid; returns 1 if it does not listen
     node) cmd=$NODE_CMD ;;
     socketioxide) cmd=$SIOXIDE_CMD ;;
   esac
-  cmd=$(PORT=$PORT SECRET=$SECRET eval "echo \"$cmd\"")
+  cmd="$(PORT=$PORT SECRET=$SECRET eval "echo \"$cmd\"") ${CLUSTER_ARGS:-}"
+  [ -n "${CLUSTER_ENV:-}" ] && cmd="env $CLUSTER_ENV $cmd"
   log "starting $name: ${cmd//$SECRET/<secret>}"
   # exec: the PID is the server's own, so its /proc entry is what gets measured.
   bash -c "exec $cmd" >>"$RESULTS/$name.log" 2>&1 &
@@ -151,6 +156,84 @@ start_server() { # name port -> sets server_pid; returns 1 if it does not listen
   log "$name is not listening on $PORT after 20 s"; stop_server; return 1
 }
 
+# >>> The cluster scenario: two nodes of one server kind plus Redis (see the header).
+cluster_pids=()
+stop_cluster() {
+  local p
+  for p in "${cluster_pids[@]}"; do
+    kill "$p" 2>/dev/null || true
+  done
+  for p in "${cluster_pids[@]}"; do
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  cluster_pids=()
+}
+trap 'stop_server; stop_cluster' EXIT
+
+run_cluster() { # rate_args...
+  local redis_bin=${SHARDCAST_TEST_REDIS_BIN:-redis-server} s rport redis_pid a_port b_port a_pid b_pid ok
+  if ! command -v "$redis_bin" >/dev/null 2>&1; then
+    log "cluster: no redis-server (bash tests/services/redis.sh start installs it)"
+    echo '{"scenario":"cluster","server":"shardcast","error":"no redis-server"}' >>"$jsonl"
+    return 0
+  fi
+  for s in $SERVERS; do
+    [ "$s" = socketioxide ] && { log "cluster: socketioxide speaks no classic redis-adapter protocol, skipped"; continue; }
+    port=$((port + 1)); rport=$port
+    "$redis_bin" --port "$rport" --bind 127.0.0.1 --save '' --appendonly no >"$RESULTS/redis-$s.log" 2>&1 &
+    redis_pid=$!; cluster_pids+=("$redis_pid")
+    ok=0
+    for _ in $(seq 100); do
+      if [[ "$( (exec 3<>"/dev/tcp/127.0.0.1/$rport" && printf 'PING\r\n' >&3 && head -c 5 <&3) 2>/dev/null)" == +PONG ]]; then ok=1; break; fi
+      sleep 0.1
+    done
+    if [ $ok = 0 ]; then
+      log "cluster: redis-server did not answer on $rport"; stop_cluster
+      echo "{\"scenario\":\"cluster\",\"server\":\"$s\",\"error\":\"redis did not start\"}" >>"$jsonl"; continue
+    fi
+    case $s in
+      shardcast) CLUSTER_ARGS="--shards 1 --redis-url redis://127.0.0.1:$rport"
+        CLUSTER_ENV="SHARDCAST_ROOM_TOKEN_SECRET=$SECRET-room" ;;
+      node) CLUSTER_ARGS="--redis-url redis://127.0.0.1:$rport" ;;
+    esac
+    port=$((port + 1)); a_port=$port; port=$((port + 1)); b_port=$port
+    ok=1
+    # One shard per shardcast process (two processes share this machine's cores with Redis and the generator).
+    if start_server "$s" "$a_port"; then
+      a_pid=$server_pid; cluster_pids+=("$a_pid"); server_pid=""
+    else ok=0; fi
+    if [ $ok = 1 ] && start_server "$s" "$b_port"; then
+      b_pid=$server_pid; cluster_pids+=("$b_pid"); server_pid=""
+    else ok=0; fi
+    CLUSTER_ARGS=""; CLUSTER_ENV=""
+    if [ $ok = 1 ] && [ "$s" = shardcast ]; then
+      # Subscribed to Redis before the clients come.
+      for port_ in $a_port $b_port; do
+        for _ in $(seq 100); do
+          curl -fs "http://127.0.0.1:$port_/readyz/cluster" >/dev/null 2>&1 && break; sleep 0.1
+        done
+      done
+    fi
+    if [ $ok = 0 ]; then
+      echo "{\"scenario\":\"cluster\",\"server\":\"$s\",\"error\":\"server did not start\"}" >>"$jsonl"
+      stop_cluster; continue
+    fi
+    log "cluster against two $s nodes (pids $a_pid $b_pid) and redis (pid $redis_pid)"
+    server_args=()
+    [ "$s" = shardcast ] && server_args=("${SHARDCAST_LOADTEST_ARGS[@]}")
+    # shellcheck disable=SC2086
+    if ! SHARDCAST_JWT_SECRET=$SECRET target/release/shardcast-loadtest cluster \
+        --url "http://127.0.0.1:$a_port" --url "http://127.0.0.1:$b_port" \
+        --server-pid "$a_pid" --server-pid "$b_pid" --server-pid "$redis_pid" --label "$s" --json-out "$jsonl" \
+        "${server_args[@]}" "$@" ${LOADTEST_ARGS:-} ${LOADTEST_ARGS_CLUSTER:-}; then
+      echo "{\"scenario\":\"cluster\",\"server\":\"$s\",\"error\":\"load test failed\"}" >>"$jsonl"
+    fi
+    stop_cluster
+  done
+}
+
 port=3100
 for spec in "${scenarios[@]}"; do
   scenario=${spec%@*}
@@ -158,6 +241,10 @@ for spec in "${scenarios[@]}"; do
   [ "$spec" != "$scenario" ] && rate_args=(--rate "${spec#*@}")
   upper=$(echo "$scenario" | tr '[:lower:]' '[:upper:]')
   extra_var="LOADTEST_ARGS_$upper"
+  if [ "$scenario" = cluster ]; then
+    run_cluster "${rate_args[@]}"
+    continue
+  fi
   for s in $SERVERS; do
     port=$((port + 1))
     if ! start_server "$s" "$port"; then

@@ -109,6 +109,18 @@ COLUMNS = {
         ("lost acks", lambda r: r.get("acks_sent", 0) - r.get("acks_received", 0), 0, None),
     ],
 }
+# Two nodes and Redis: CPU summed over the three processes; cross-node = delivered on the node the publish did not go to.
+COLUMNS["cluster"] = [
+    ("deliveries/s", lambda r: r.get("deliveries_per_s"), 0, True),
+    ("CPU us/delivery (2 nodes + Redis)", lambda r: r.get("server_cpu_us_per_delivery"), 2, False),
+    ("p50 us", lambda r: r["latency_us"]["p50"], 0, False),
+    ("cross-node p50 us", lambda r: (r.get("latency_cross_node_us") or {}).get("p50"), 0, False),
+    ("cross-node p99 us", lambda r: (r.get("latency_cross_node_us") or {}).get("p99"), 0, False),
+    ("cross-node p999 us", lambda r: (r.get("latency_cross_node_us") or {}).get("p999"), 0, False),
+    ("failed", lambda r: r.get("publishes_failed"), 0, None),
+    ("missed", lambda r: r.get("missed"), 0, None),
+    ("dup", lambda r: r.get("duplicated"), 0, None),
+]
 COLUMNS["hotroom"] = COLUMNS["fanout"][:3] + [
     ("ratio to 16-frame floor", lambda r: r.get("_ratio_to_floor16"), 2, None)
 ] + COLUMNS["fanout"][3:]

@@ -721,3 +721,291 @@ fn a_clustered_node_needs_the_shared_room_token_secret() {
         "{err}"
     );
 }
+
+/// A node's own requests and broadcasts through the Rust API ([`Cluster::broadcast`], [`Cluster::fetch_sockets`],
+/// [`Cluster::server_side_emit`], [`Cluster::server_side_emit_with_ack`]), sent from this test process's adapter
+/// (no shards of its own) to a real Node socket.io server with the adapter and a `shardcast serve` process, which
+/// receive and answer them; and the adapter's timeout semantics when a node does not answer.
+#[test]
+fn the_rust_api_sends_broadcasts_and_requests_that_other_nodes_answer() {
+    use futures_lite::future::block_on;
+    use shardcast::cluster::adapter::ClusterError;
+    use shardcast::cluster::{AdapterState, Cluster, ClusterConfig};
+
+    let mut redis = Redis::new("api");
+    redis.start();
+    let mut node = NodeSide::start(&redis.url());
+    let config = ClusterConfig {
+        redis_url: Some(redis.url()),
+        request_timeout_ms: 1500,
+        ..ClusterConfig::default()
+    };
+    let cluster = Cluster::start(config, 0, Default::default()).expect("adapter");
+    let deadline = Instant::now() + WAIT;
+    while cluster.stats().state() != AdapterState::Up {
+        assert!(Instant::now() < deadline, "the adapter never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wait_count = |node: &mut NodeSide, n: u64| {
+        let deadline = Instant::now() + WAIT;
+        while node.call(json!({"cmd": "serverCount"}))["count"] != json!(n) {
+            assert!(Instant::now() < deadline, "PUBSUB NUMSUB never reached {n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_count(&mut node, 2);
+
+    // serverSideEmit with an ack, the Node server the only other node: its listener's answer.
+    let acks = block_on(cluster.server_side_emit_with_ack("test:ping", &[json!(5)])).unwrap();
+    assert_eq!(acks, vec![json!({"from": "node", "arg": 5})]);
+    // Without an ack: the Node server's listener gets the arguments.
+    block_on(cluster.server_side_emit("test:note", &[json!("hi"), json!({"n": 1})])).unwrap();
+    node.wait_for("the serverSideEmit", |evs| {
+        evs.iter().any(|e| {
+            e["ev"] == "serverSide"
+                && e["event"] == "test:note"
+                && e["args"] == json!(["hi", {"n": 1}])
+        })
+    });
+
+    // A shardcast node joins; clients on both.
+    let b = serve("api-b", 1, &redis.url(), "");
+    wait_ready(b.addr, 200);
+    wait_count(&mut node, 3);
+    let tok = token("alice");
+    let n1 = node.call(json!({"cmd": "client", "name": "n1", "url": node.url()}))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let n2 = node.call(json!({"cmd": "client", "name": "n2", "url": node.url()}))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b1 = node.call(json!({"cmd": "client", "name": "b1", "url": b.url(), "token": tok}))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    node.call(json!({"cmd": "clientEmit", "name": "n1", "event": "join", "args": ["r1"]}));
+    node.call(json!({"cmd": "socketsJoin", "in": [b1], "rooms": ["r1"]}));
+
+    // fetchSockets from the Rust side lists both nodes' sockets (r1: once the join has applied on node B).
+    let ids = |sockets: &[Value]| {
+        let mut ids: Vec<String> = sockets
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let r1 = codec::Selector {
+        rooms: vec!["r1".into()],
+        except: Vec::new(),
+    };
+    let deadline = Instant::now() + WAIT;
+    let in_r1 = loop {
+        let got = block_on(cluster.fetch_sockets(r1.clone())).unwrap();
+        if got.len() == 2 || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        ids(&in_r1),
+        sorted(vec![n1.clone(), b1.clone()]),
+        "{in_r1:?}"
+    );
+    for s in &in_r1 {
+        let rooms = s["rooms"].as_array().unwrap();
+        assert!(
+            rooms.contains(&json!("r1")) && rooms.contains(&s["id"]),
+            "{s}"
+        );
+        assert!(s["handshake"].is_object(), "{s}");
+    }
+    let everyone = block_on(cluster.fetch_sockets(codec::Selector::default())).unwrap();
+    assert_eq!(
+        ids(&everyone),
+        sorted(vec![n1.clone(), n2.clone(), b1.clone()])
+    );
+
+    // Broadcasts to all, to a room, with except (a room, then a socket id), then a marker on the same path.
+    let sel = |rooms: &[&str], except: &[&str]| codec::Selector {
+        rooms: rooms.iter().map(|r| r.to_string()).collect(),
+        except: except.iter().map(|r| r.to_string()).collect(),
+    };
+    assert!(cluster.broadcast(
+        sel(&[], &[]),
+        "to-all",
+        &[json!(1), json!({"k": [true, null]})]
+    ));
+    assert!(cluster.broadcast(sel(&["r1"], &[]), "to-r1", &[json!("x")]));
+    assert!(cluster.broadcast(sel(&[], &["r1"]), "not-r1", &[]));
+    assert!(cluster.broadcast(sel(&["r1"], &[&n1]), "r1-not-n1", &[]));
+    assert!(cluster.broadcast(sel(&[], &[]), "marker", &[json!(9)]));
+    let all = ["n1", "n2", "b1"];
+    node.wait_for("the marker everywhere", |evs| {
+        all.iter().all(|c| {
+            evs.iter()
+                .any(|e| e["ev"] == "recv" && e["client"] == json!(c) && e["event"] == "marker")
+        })
+    });
+    for c in all {
+        assert_eq!(
+            node.received(c, "to-all"),
+            vec![json!([1, {"k": [true, null]}])],
+            "{c}"
+        );
+    }
+    let counts = |event: &str| {
+        (
+            count(&node, "n1", event),
+            count(&node, "n2", event),
+            count(&node, "b1", event),
+        )
+    };
+    assert_eq!(counts("to-r1"), (1, 0, 1));
+    assert_eq!(node.received("b1", "to-r1"), vec![json!(["x"])]);
+    assert_eq!(counts("not-r1"), (0, 1, 0));
+    assert_eq!(counts("r1-not-n1"), (0, 0, 1));
+
+    // serverSideEmit with an ack while node B has no listener for the event: the adapter's timeout semantics.
+    let err = block_on(cluster.server_side_emit_with_ack("test:ping", &[json!(6)])).unwrap_err();
+    assert_eq!(
+        err,
+        ClusterError::AckTimeout {
+            received: 1,
+            expected: 2
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "timeout reached: only 1 responses received out of 2"
+    );
+    // ... and the event node B answers while the Node server does not: the other way round.
+    let err = block_on(cluster.server_side_emit_with_ack("shardcast:info", &[])).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "timeout reached: only 1 responses received out of 2"
+    );
+    let (_, stats) = ready(b.addr);
+    assert_eq!(stats["malformed"], json!(0), "{stats}");
+}
+
+/// The same API on a node with shards of its own (in-process, 2 shards): a broadcast also reaches this node's
+/// selected sockets, and fetchSockets lists them first, then the Node server's.
+#[test]
+fn the_rust_api_includes_the_nodes_own_shards() {
+    use futures_lite::future::block_on;
+    use shardcast::cluster::{AdapterState, Cluster, ClusterConfig, node};
+    use shardcast::proto::RawJson;
+    use shardcast::server::{self, Event, ServerConfig, ShardApp, ShardCtx, Socket, SocketIo};
+    use std::rc::Rc;
+    use std::sync::Arc;
+
+    let mut redis = Redis::new("api-local");
+    redis.start();
+    let mut node_side = NodeSide::start(&redis.url());
+    let config = ClusterConfig {
+        redis_url: Some(redis.url()),
+        request_timeout_ms: 1500,
+        ..ClusterConfig::default()
+    };
+    let cluster = Cluster::start(config, 2, Default::default()).expect("adapter");
+    let c = cluster.clone();
+    let app = move |shard: &Rc<ShardCtx>| {
+        node::install(shard, &c);
+        let mut io = SocketIo::new();
+        io.namespace("/")
+            .on_connect(|socket: Socket, _auth: Option<RawJson>| async move {
+                node::socket_connected(&socket);
+                Ok(())
+            })
+            .on("join", |socket: &Socket, event: Event| {
+                let (room,): (String,) = event.args.parse().unwrap();
+                socket.join(&room);
+                event.ack.unwrap().send(RawJson::empty_array());
+            })
+            .on_disconnect(|socket: &Socket, _reason: &str| node::socket_disconnected(socket));
+        ShardApp {
+            socketio: Some(io),
+            router: None,
+        }
+    };
+    let cfg = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 2,
+        pin_shards: false,
+        ..ServerConfig::default()
+    };
+    let handle = server::start(cfg, Arc::new(app)).expect("start");
+    let addr = handle.local_addr;
+    let deadline = Instant::now() + WAIT;
+    while cluster.stats().state() != AdapterState::Up
+        || node_side.call(json!({"cmd": "serverCount"}))["count"] != json!(2)
+    {
+        assert!(Instant::now() < deadline, "the cluster never had 2 nodes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let connect = || {
+        let mut ws = Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket");
+        ws.recv();
+        ws.send_text("40");
+        let reply = ws.recv_text_skip_ping();
+        let sid: Value = serde_json::from_str(reply.strip_prefix("40").unwrap()).unwrap();
+        (ws, sid["sid"].as_str().unwrap().to_owned())
+    };
+    let (mut w1, s1) = connect();
+    let (mut w2, s2) = connect();
+    w1.send_text(r#"421["join","r1"]"#);
+    assert_eq!(w1.recv_text_skip_ping(), "431[]");
+    let n1 = node_side.call(json!({"cmd": "client", "name": "n1", "url": node_side.url()}))["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    node_side.call(json!({"cmd": "clientEmit", "name": "n1", "event": "join", "args": ["r1"]}));
+
+    let r1 = codec::Selector {
+        rooms: vec!["r1".into()],
+        except: Vec::new(),
+    };
+    let in_r1 = block_on(cluster.fetch_sockets(r1.clone())).unwrap();
+    let ids: Vec<&str> = in_r1.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [s1.as_str(), n1.as_str()], "this node's sockets first");
+    let everyone = block_on(cluster.fetch_sockets(codec::Selector::default())).unwrap();
+    let mut ids: Vec<String> = everyone
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut want = vec![s1.clone(), s2.clone(), n1.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+
+    assert!(cluster.broadcast(r1.clone(), "to-r1", &[json!("x")]));
+    assert!(cluster.broadcast(
+        codec::Selector {
+            rooms: Vec::new(),
+            except: vec!["r1".into()],
+        },
+        "not-r1",
+        &[]
+    ));
+    assert!(cluster.broadcast(codec::Selector::default(), "marker", &[json!(1)]));
+    // Each shard's queue keeps the order: what precedes the marker is exactly what the socket was selected for.
+    assert_eq!(w1.recv_text_skip_ping(), r#"42["to-r1","x"]"#);
+    assert_eq!(w1.recv_text_skip_ping(), r#"42["marker",1]"#);
+    assert_eq!(w2.recv_text_skip_ping(), r#"42["not-r1"]"#);
+    assert_eq!(w2.recv_text_skip_ping(), r#"42["marker",1]"#);
+    node_side.wait_for("the marker", |evs| {
+        evs.iter()
+            .any(|e| e["ev"] == "recv" && e["client"] == "n1" && e["event"] == "marker")
+    });
+    assert_eq!(node_side.received("n1", "to-r1"), vec![json!(["x"])]);
+    assert_eq!(count(&node_side, "n1", "not-r1"), 0);
+    handle.shutdown();
+    let _ = handle.join();
+}

@@ -74,6 +74,8 @@ pub struct ClientSpec {
     pub polling: bool,
     /// Emit `echo` with an ack at this period once ready.
     pub echo_every: Option<Duration>,
+    /// The server this client talks to (`None`: [`Shared::addr`]; the cluster scenario spreads clients over nodes).
+    pub addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -292,7 +294,7 @@ fn io_reason(e: &std::io::Error) -> String {
 async fn run_websocket(spec: ClientSpec, shared: &Shared, permit: OwnedSemaphorePermit) -> Step {
     let mut permit = Some(permit);
     let source = crate::net::source_ip(spec.id as usize, shared.source_ips);
-    let mut stream = crate::net::connect(shared.addr, source)
+    let mut stream = crate::net::connect(spec.addr.unwrap_or(shared.addr), source)
         .await
         .map_err(|e| format!("connect: {}", e.kind()))?;
     let path = format!("{}?EIO=4&transport=websocket", shared.socket_path);
@@ -484,7 +486,8 @@ async fn run_polling(spec: ClientSpec, shared: Rc<Shared>, permit: OwnedSemaphor
     let shared: &Shared = &shared_rc;
     let mut permit = Some(permit);
     let source: Option<Ipv4Addr> = crate::net::source_ip(spec.id as usize, shared.source_ips);
-    let mut get = HttpConn::new(shared.addr, &shared.host, source);
+    let addr = spec.addr.unwrap_or(shared.addr);
+    let mut get = HttpConn::new(addr, &shared.host, source);
     let base = format!("{}?EIO=4&transport=polling", shared.socket_path);
     let limits = Limits::default();
     let echo_every = spec.echo_every;
@@ -513,7 +516,7 @@ async fn run_polling(spec: ClientSpec, shared: Rc<Shared>, permit: OwnedSemaphor
     // Writes go through their own connection so a pending long-poll never delays them.
     let (tx, rx) = mpsc::unbounded_channel::<String>();
     let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<String>();
-    let post = HttpConn::new(shared.addr, &shared.host, source);
+    let post = HttpConn::new(addr, &shared.host, source);
     let writer = tokio::task::spawn_local(post_loop(post, url.clone(), rx, failed_tx));
     let echo = echo_every.map(|period| {
         let session = Rc::clone(&session);

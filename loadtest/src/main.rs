@@ -12,12 +12,12 @@ use shardcast_loadtest::scenario::{self, Config, Scenario};
 #[derive(Debug, Parser)]
 #[command(name = "shardcast-loadtest", version)]
 struct Args {
-    /// fanout, hotroom, connect, idle, echo or publish.
+    /// fanout, hotroom, connect, idle, echo, publish or cluster.
     #[arg(value_enum)]
     scenario: Scenario,
-    /// The server's base URL; loopback addresses only.
-    #[arg(long, default_value = "http://127.0.0.1:3000")]
-    url: String,
+    /// The server's base URL; loopback addresses only. Repeat for the cluster scenario's nodes.
+    #[arg(long = "url", default_value = "http://127.0.0.1:3000")]
+    urls: Vec<String>,
     /// The Socket.IO endpoint path.
     #[arg(long, default_value = "/socket/")]
     socket_path: String,
@@ -35,9 +35,10 @@ struct Args {
     /// (e.g. `/companies/loadtest/workspaces/loadtest/channels` for shardcast's demo services).
     #[arg(long)]
     create_rooms_path: Option<String>,
-    /// The server's PID, to measure its CPU time and RSS.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's PID, to measure its CPU time and RSS. Repeat to add other processes (the cluster scenario's
+    /// other nodes and Redis): their CPU and RSS are summed.
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
     /// Name of the server in the output.
     #[arg(long, default_value = "server")]
     label: String,
@@ -131,19 +132,26 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let (host, port) = parse_url(&args.url)?;
-    let addr = net::resolve_loopback(&host, port)?;
+    let mut addrs = Vec::with_capacity(args.urls.len());
+    for url in &args.urls {
+        let (host, port) = parse_url(url)?;
+        addrs.push(net::resolve_loopback(&host, port)?);
+    }
+    let (host, port) = parse_url(&args.urls[0])?;
+    let addr = addrs[0];
     let cfg = Config {
         scenario: args.scenario,
         label: args.label,
         addr,
+        addrs,
+        extra_server_pids: args.server_pids.iter().skip(1).copied().collect(),
         host: format!("{host}:{port}"),
         socket_path: args.socket_path,
         collection: args.collection,
         jwt_secret: args.jwt_secret,
         claims: parse_claims(&args.claims)?,
         create_rooms_path: args.create_rooms_path,
-        server_pid: args.server_pid,
+        server_pid: args.server_pids.first().copied(),
         clients: args.clients.unwrap_or(args.scenario.default_clients()),
         rooms: args.rooms,
         publish_rate_per_s: args.rate.unwrap_or(args.scenario.default_rate_per_s()),

@@ -92,6 +92,10 @@ pub struct Summary {
     pub malformed: u64,
     /// Publish -> receive latency.
     pub latency_us: Percentiles,
+    /// Servers the clients were spread over (cluster scenario: the nodes; 1 otherwise).
+    pub nodes: usize,
+    /// Publish -> receive latency of the deliveries on another node than the publish's (cluster scenario).
+    pub latency_cross_node_us: Option<Percentiles>,
     /// Echo requests sent.
     pub acks_sent: u64,
     /// Echo acks received.
@@ -153,6 +157,12 @@ impl Summary {
             unexpected: 0,
             malformed: 0,
             latency_us: empty,
+            nodes: if cfg.scenario == Scenario::Cluster {
+                cfg.addrs.len().max(1)
+            } else {
+                1
+            },
+            latency_cross_node_us: None,
             acks_sent: 0,
             acks_received: 0,
             ack_rtt_us: empty,
@@ -161,8 +171,11 @@ impl Summary {
             server_cpu_us_per_delivery: None,
             server_cpu_us_per_ack: None,
             server_cpu_us_per_crud_event: None,
-            publish_rate_target_per_s: matches!(cfg.scenario, Scenario::Fanout | Scenario::Publish)
-                .then_some(cfg.publish_rate_per_s),
+            publish_rate_target_per_s: matches!(
+                cfg.scenario,
+                Scenario::Fanout | Scenario::Publish | Scenario::Cluster
+            )
+            .then_some(cfg.publish_rate_per_s),
             server_connect_cpu_us_per_connection: None,
             server_rss_before_bytes: None,
             server_rss_after_bytes: None,
@@ -191,6 +204,8 @@ impl Summary {
         self.unexpected = t.unexpected;
         self.malformed = s.malformed;
         self.latency_us = Percentiles::of(&s.latency);
+        self.latency_cross_node_us =
+            (self.nodes > 1).then(|| Percentiles::of(&s.latency_cross_node));
         self.acks_sent = s.acks_sent;
         self.acks_received = s.acks_received;
         self.ack_rtt_us = Percentiles::of(&s.ack_rtt);
@@ -242,7 +257,7 @@ impl Summary {
             );
         }
         match self.scenario {
-            Scenario::Fanout | Scenario::Hotroom | Scenario::Publish => {
+            Scenario::Fanout | Scenario::Hotroom | Scenario::Publish | Scenario::Cluster => {
                 row(
                     "publishes ok / failed (per s)",
                     format!(
@@ -267,6 +282,12 @@ impl Summary {
                     "latency us p50/p99/p999/max",
                     format!("{} / {} / {} / {}", l.p50, l.p99, l.p999, l.max),
                 );
+                if let Some(l) = &self.latency_cross_node_us {
+                    row(
+                        "cross-node latency us p50/p99/p999/max",
+                        format!("{} / {} / {} / {}", l.p50, l.p99, l.p999, l.max),
+                    );
+                }
                 row(
                     "server CPU us/delivery",
                     opt(self.server_cpu_us_per_delivery, 3),

@@ -33,6 +33,11 @@ pub enum Scenario {
     /// C clients in C rooms (each room has exactly one member); P REST creates per second to random rooms. Measures
     /// the server CPU per CRUD event: REST parse + JWT + durable store write + bus + one delivery.
     Publish,
+    /// Fanout over several servers of one cluster (`--url` repeated, e.g. two shardcast nodes and Redis): C clients
+    /// in R rooms, client `i` on node `(i / R) % N` so every room has members on every node; room `r` is published
+    /// (REST create) on node `r % N`. Reports the cross-node latency apart; `--server-pid` may be repeated (Redis
+    /// included) and the CPU is the sum.
+    Cluster,
 }
 
 impl Scenario {
@@ -44,6 +49,7 @@ impl Scenario {
             Scenario::Connect | Scenario::Idle => 15_000,
             Scenario::Echo => 1_000,
             Scenario::Publish => 100,
+            Scenario::Cluster => 2_000,
         }
     }
 
@@ -54,7 +60,7 @@ impl Scenario {
             Scenario::Hotroom => 5.0,
             Scenario::Connect => 0.0,
             Scenario::Idle => 60.0,
-            Scenario::Echo | Scenario::Publish => 10.0,
+            Scenario::Echo | Scenario::Publish | Scenario::Cluster => 10.0,
         }
     }
 
@@ -89,6 +95,10 @@ pub struct Config {
     pub label: String,
     /// Server address (loopback only).
     pub addr: SocketAddr,
+    /// Every server of the run, `addr` first (the cluster scenario's nodes; one otherwise).
+    pub addrs: Vec<SocketAddr>,
+    /// Further processes whose CPU and RSS are added to the server's (the other nodes, Redis).
+    pub extra_server_pids: Vec<u32>,
     /// `Host` header.
     pub host: String,
     /// Socket.IO path.
@@ -216,7 +226,22 @@ fn collection_path(cfg: &Config, r: usize) -> String {
 }
 
 fn server_sample(cfg: &Config) -> Option<procstat::Sample> {
-    cfg.server_pid.and_then(|p| procstat::sample(p).ok())
+    let mut total = cfg.server_pid.and_then(|p| procstat::sample(p).ok())?;
+    for p in &cfg.extra_server_pids {
+        let s = procstat::sample(*p).ok()?;
+        total.cpu_us += s.cpu_us;
+        total.rss_bytes += s.rss_bytes;
+    }
+    Some(total)
+}
+
+/// The servers of the run (at least `cfg.addr`).
+fn nodes(cfg: &Config) -> Vec<SocketAddr> {
+    if cfg.addrs.is_empty() {
+        vec![cfg.addr]
+    } else {
+        cfg.addrs.clone()
+    }
 }
 
 /// Open files this run needs: one per websocket client, two per polling client, the publishers, and slack.
@@ -236,7 +261,9 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
     let start = Instant::now();
     let self_cpu0 = procstat::self_cpu_us();
     let rooms = match cfg.scenario {
-        Scenario::Fanout | Scenario::Connect | Scenario::Idle => cfg.rooms.max(1),
+        Scenario::Fanout | Scenario::Connect | Scenario::Idle | Scenario::Cluster => {
+            cfg.rooms.max(1)
+        }
         Scenario::Hotroom | Scenario::Echo => 1,
         // Rooms of exactly one member.
         Scenario::Publish => cfg.clients.max(1),
@@ -265,6 +292,21 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
 
     // Tokens: access tokens minted here, room tokens from the server's REST API (not measured).
     let mut specs = Vec::with_capacity(cfg.clients);
+    let servers = nodes(&cfg);
+    let node_of = |i: usize| {
+        if cfg.scenario == Scenario::Cluster {
+            (i / rooms) % servers.len()
+        } else {
+            0
+        }
+    };
+    if cfg.scenario == Scenario::Cluster {
+        let client_node = (0..cfg.clients).map(|i| node_of(i) as u8).collect();
+        shared
+            .stats
+            .borrow_mut()
+            .set_nodes(client_node, servers.len());
+    }
     for i in 0..cfg.clients {
         specs.push(ClientSpec {
             id: i as u32,
@@ -274,12 +316,16 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
                 && (i * polling) / cfg.clients != ((i + 1) * polling) / cfg.clients,
             echo_every: (cfg.scenario == Scenario::Echo && cfg.echo_rate_per_s > 0.0)
                 .then(|| Duration::from_secs_f64(1.0 / cfg.echo_rate_per_s)),
+            addr: Some(servers[node_of(i)]),
         });
     }
     if let Some(path) = &cfg.create_rooms_path
         && cfg.scenario.joins_rooms()
     {
-        create_rooms(&cfg, path, rooms, &key).await?;
+        // Each node has its own store: the channels exist on every one.
+        for addr in &servers {
+            create_rooms(&cfg, *addr, path, rooms, &key).await?;
+        }
     }
     if cfg.scenario.joins_rooms() {
         fetch_room_tokens(&cfg, rooms, &mut specs).await?;
@@ -336,7 +382,7 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
     let measured_start = Instant::now();
     let m0 = server_sample(&cfg);
     match cfg.scenario {
-        Scenario::Fanout | Scenario::Hotroom | Scenario::Publish => {
+        Scenario::Fanout | Scenario::Hotroom | Scenario::Publish | Scenario::Cluster => {
             phase.set("publish");
             publish(&cfg, &shared, rooms, &key).await;
             phase.set("drain");
@@ -403,7 +449,7 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
             (s.acks_received > 0).then(|| cpu_us as f64 / s.acks_received as f64);
         summary.server_cpu_us_per_crud_event = (matches!(
             cfg.scenario,
-            Scenario::Fanout | Scenario::Hotroom | Scenario::Publish
+            Scenario::Fanout | Scenario::Hotroom | Scenario::Publish | Scenario::Cluster
         ) && s.publishes_ok > 0)
             .then(|| cpu_us as f64 / s.publishes_ok as f64);
     }
@@ -424,11 +470,12 @@ pub async fn run(cfg: Config) -> Result<Summary, String> {
 
 async fn create_rooms(
     cfg: &Config,
+    addr: SocketAddr,
     path: &str,
     rooms: usize,
     key: &jsonwebtoken::EncodingKey,
 ) -> Result<(), String> {
-    let mut conn = HttpConn::new(cfg.addr, &cfg.host, None);
+    let mut conn = HttpConn::new(addr, &cfg.host, None);
     let auth = format!(
         "Bearer {}",
         access_token(key, "loadtest-admin", &cfg.claims)
@@ -551,9 +598,17 @@ async fn publish(cfg: &Config, shared: &Rc<Shared>, rooms: usize, key: &jsonwebt
             Rc::clone(&access),
         );
         handles.push(tokio::task::spawn_local(async move {
-            let mut conn = HttpConn::new(cfg.addr, &cfg.host, None);
+            // One connection per node; room `r` is published on node `r % N` (one node but in the cluster scenario).
+            let servers = nodes(&cfg);
+            let mut conns: Vec<HttpConn> = servers
+                .iter()
+                .map(|a| HttpConn::new(*a, &cfg.host, None))
+                .collect();
             let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
-            let at_a_rate = matches!(cfg.scenario, Scenario::Fanout | Scenario::Publish);
+            let at_a_rate = matches!(
+                cfg.scenario,
+                Scenario::Fanout | Scenario::Publish | Scenario::Cluster
+            );
             let mut ticker = (at_a_rate && cfg.publish_rate_per_s > 0.0).then(|| {
                 let period = Duration::from_secs_f64(workers as f64 / cfg.publish_rate_per_s);
                 // Stagger the workers over one period.
@@ -594,6 +649,7 @@ async fn publish(cfg: &Config, shared: &Rc<Shared>, rooms: usize, key: &jsonwebt
                 let body = serde_json::to_vec(&body).unwrap_or_default();
                 let path = collection_path(&cfg, room as usize);
                 let headers = [("Authorization", access.as_str()), ("Content-Type", "application/json")];
+                let conn = &mut conns[room as usize % servers.len()];
                 let ok = matches!(conn.request("POST", &path, &headers, &body).await, Ok(r) if (200..300).contains(&r.status));
                 shared.stats.borrow_mut().publish_done(room, seq, ok);
             }

@@ -113,6 +113,11 @@ pub struct Stats {
     pub malformed: u64,
     /// Publish -> receive latency of first receipts, microseconds.
     pub latency: Histogram,
+    /// Of those, the receipts on another node than the one the publish went to (cluster scenario), microseconds.
+    pub latency_cross_node: Histogram,
+    /// Node of each client and number of nodes (room `r` is published on node `r % nodes`); 1 node: no cross-node.
+    client_node: Vec<u8>,
+    nodes: usize,
 
     /// Echo acks requested / answered; acks for no pending request.
     pub acks_sent: u64,
@@ -166,6 +171,9 @@ impl Stats {
             misrouted: 0,
             malformed: 0,
             latency: Histogram::new(),
+            latency_cross_node: Histogram::new(),
+            client_node: Vec::new(),
+            nodes: 1,
             acks_sent: 0,
             acks_received: 0,
             acks_unexpected: 0,
@@ -285,6 +293,13 @@ impl Stats {
         }
     }
 
+    /// Spreads the clients over `nodes` servers (`client_node[c]`); room `r` is published on node `r % nodes`, so a
+    /// receipt by a client on another node is counted in [`Stats::latency_cross_node`] too.
+    pub fn set_nodes(&mut self, client_node: Vec<u8>, nodes: usize) {
+        self.client_node = client_node;
+        self.nodes = nodes.max(1);
+    }
+
     /// Client `c` received publish `seq` of `room` (`room_matches`: the event named the room the client joined),
     /// `latency_us` after it was sent.
     pub fn delivered(&mut self, c: u32, room: u32, room_matches: bool, seq: u64, latency_us: u64) {
@@ -296,6 +311,12 @@ impl Stats {
         if self.received[i].insert(seq) {
             self.deliveries += 1;
             self.latency.record(latency_us);
+            if self.nodes > 1
+                && self.client_node.get(i).map(|n| usize::from(*n))
+                    != Some(room as usize % self.nodes)
+            {
+                self.latency_cross_node.record(latency_us);
+            }
         } else {
             self.duplicated += 1;
         }

@@ -31,9 +31,19 @@ struct FakeState {
 type State = Rc<RefCell<FakeState>>;
 
 fn start_fake_server() -> SocketAddr {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let addr = std_listener.local_addr().unwrap();
+    start_fake_cluster(1)[0]
+}
+
+/// `n` listeners sharing one state: a publish on any of them reaches the room's members on all of them (a cluster).
+fn start_fake_cluster(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.set_nonblocking(true).unwrap();
+            l
+        })
+        .collect();
+    let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -41,15 +51,24 @@ fn start_fake_server() -> SocketAddr {
             .unwrap();
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async move {
-            let listener = TcpListener::from_std(std_listener).unwrap();
             let state: State = Rc::default();
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                tokio::task::spawn_local(connection(stream, Rc::clone(&state)));
+            let mut tasks = Vec::new();
+            for std_listener in listeners {
+                let state = Rc::clone(&state);
+                tasks.push(tokio::task::spawn_local(async move {
+                    let listener = TcpListener::from_std(std_listener).unwrap();
+                    loop {
+                        let (stream, _) = listener.accept().await.unwrap();
+                        tokio::task::spawn_local(connection(stream, Rc::clone(&state)));
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
             }
         });
     });
-    addr
+    addrs
 }
 
 async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
@@ -238,6 +257,8 @@ fn config(addr: SocketAddr, scenario: Scenario, clients: usize, rooms: usize) ->
         scenario,
         label: "fake".to_owned(),
         addr,
+        addrs: vec![addr],
+        extra_server_pids: Vec::new(),
         host: addr.to_string(),
         socket_path: "/socket/".to_owned(),
         collection: "/channels/{room}/messages".to_owned(),
@@ -366,4 +387,34 @@ fn publish_has_rooms_of_one_and_reports_cpu_per_crud_event() {
     let json: serde_json::Value = serde_json::from_str(&s.json_line()).unwrap();
     assert_eq!(json["scenario"], "publish");
     assert_eq!(json["publish_rate_target_per_s"], 40.0);
+}
+
+#[test]
+fn cluster_spreads_clients_and_publishes_over_the_nodes_and_reports_cross_node_latency() {
+    let addrs = start_fake_cluster(2);
+    let mut cfg = config(addrs[0], Scenario::Cluster, 16, 2);
+    cfg.addrs = addrs;
+    // The second "node" is this process too: its CPU is added.
+    cfg.extra_server_pids = vec![std::process::id()];
+    let s = run(cfg);
+    assert_eq!((s.clients_ready, s.clients_failed), (16, 0));
+    assert!(
+        s.publishes_ok > MISROUTE_ONE,
+        "{} publishes",
+        s.publishes_ok
+    );
+    assert_eq!(s.deliveries_expected, s.publishes_ok * 8);
+    assert_eq!((s.missed, s.duplicated, s.misrouted), (1, 8, 1));
+    assert_eq!(s.nodes, 2);
+    // Room r has 4 members on each node (client i on node (i / 2) % 2) and is published on node r % 2: half the
+    // deliveries crossed nodes (the one missed may be either).
+    let cross = s.latency_cross_node_us.expect("cross-node latency").count;
+    assert!(
+        cross.abs_diff(s.deliveries / 2) <= 1,
+        "{cross} of {}",
+        s.deliveries
+    );
+    let json: serde_json::Value = serde_json::from_str(&s.json_line()).unwrap();
+    assert_eq!(json["scenario"], "cluster");
+    assert!(json["latency_cross_node_us"]["p50"].is_u64(), "{json}");
 }

@@ -128,6 +128,60 @@ impl ClusterStats {
 /// sent back when the emitting server asked for one (`None`: no answer, as a Node listener that never calls back).
 pub type ServerSideHandler = Box<dyn Fn(&[Json]) -> Option<Json> + Send + Sync>;
 
+/// Most requests of this node ([`Cluster::fetch_sockets`], [`Cluster::server_side_emit_with_ack`]) waiting for
+/// other nodes' answers at once; more fail at once with [`ClusterError::TooManyRequests`].
+pub const OWN_REQUESTS_MAX: usize = 1024;
+
+/// Why a request of this node to the cluster failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// Redis is unreachable (or this node's queue to the adapter's thread is full): nothing was sent.
+    #[error("the cluster adapter is not connected to Redis")]
+    Unavailable,
+    /// [`OWN_REQUESTS_MAX`] requests are already waiting.
+    #[error("too many cluster requests in flight (at most {OWN_REQUESTS_MAX})")]
+    TooManyRequests,
+    /// Redis did not answer PUBSUB NUMSUB or PUBLISH.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// fetchSockets: not every other node answered within `cluster.request_timeout_ms` (the adapter's text).
+    #[error("timeout reached while waiting for fetchSockets response")]
+    FetchTimeout,
+    /// serverSideEmit with acks: not every other node answered in time (the adapter's text).
+    #[error("timeout reached: only {received} responses received out of {expected}")]
+    AckTimeout {
+        /// Answers received.
+        received: usize,
+        /// Other nodes counted by PUBSUB NUMSUB when the request was sent.
+        expected: usize,
+    },
+}
+
+/// What this node asks the other nodes.
+#[derive(Debug, Clone)]
+pub enum OwnKind {
+    /// fetchSockets (REMOTE_FETCH): the selected sockets of every node, this one's included.
+    Fetch(Selector),
+    /// serverSideEmit of `[event, ...args]`; `true`: with acknowledgements.
+    ServerSideEmit(Vec<Json>, bool),
+}
+
+/// A request of this node, handed to the adapter's thread.
+#[derive(Debug)]
+pub struct OwnRequest {
+    kind: OwnKind,
+    reply: oneshot::Sender<Result<Vec<Json>, ClusterError>>,
+}
+
+/// A request of this node waiting for the other nodes' answers (on the adapter's thread).
+struct OwnWaiting {
+    fetch: bool,
+    expected: usize,
+    answers: usize,
+    responses: Vec<Json>,
+    done: Option<oneshot::Sender<()>>,
+}
+
 /// What a shard hands the adapter.
 #[derive(Debug)]
 pub enum Outbound {
@@ -140,6 +194,8 @@ pub enum Outbound {
         /// Binary attachments.
         attachments: Vec<Vec<u8>>,
     },
+    /// A request of this node ([`Cluster::fetch_sockets`], [`Cluster::server_side_emit`]...).
+    Request(OwnRequest),
 }
 
 /// A broadcast from another node, decoded once on the adapter's thread and shared by all shards.
@@ -231,6 +287,8 @@ pub struct Cluster {
     channels: Channels,
     outbound: mpsc::Sender<Outbound>,
     inbound: Vec<Mutex<Option<mpsc::Receiver<Inbound>>>>,
+    shard_txs: Vec<mpsc::Sender<Inbound>>,
+    own: Mutex<HashMap<String, OwnWaiting>>,
     stats: ClusterStats,
     handlers: HashMap<String, ServerSideHandler>,
 }
@@ -287,6 +345,8 @@ impl Cluster {
             channels,
             outbound: out_tx,
             inbound: in_rxs,
+            shard_txs: in_txs.clone(),
+            own: Mutex::new(HashMap::new()),
             stats: ClusterStats::default(),
             handlers,
         });
@@ -336,6 +396,78 @@ impl Cluster {
         self.inbound.get(shard)?.lock().ok()?.take()
     }
 
+    /// Broadcasts `event(...args)` to the sockets `selector` picks on every node of the cluster: this node's shards
+    /// (whatever the state of Redis) and, through Redis, every other node, as `io.to(rooms).except(except).emit`.
+    /// Never waits; false if the remote part was dropped (counted: Redis unreachable or the queue full) or a
+    /// local shard's queue was full (counted in `inbound_full`).
+    pub fn broadcast(&self, selector: Selector, event: &str, args: &[Json]) -> bool {
+        let data = emit_data(event, args);
+        let delivery = Arc::new(Delivery {
+            selector: selector.clone(),
+            event: SocketEvent {
+                name: event.to_owned(),
+                args: Json::Array(args.to_vec()).to_string(),
+                attachments: Vec::new(),
+            },
+        });
+        let mut all = true;
+        for tx in &self.shard_txs {
+            if tx.try_send(Inbound::Broadcast(delivery.clone())).is_err() {
+                add(&self.stats.inbound_full);
+                all = false;
+            }
+        }
+        let remote = self.send(Outbound::Broadcast {
+            selector,
+            data: Arc::from(Json::Array(data).to_string()),
+            attachments: Vec::new(),
+        });
+        all && remote
+    }
+
+    /// fetchSockets: the sockets `selector` picks on every node, as `{id, handshake, rooms, data}` objects (this
+    /// node's first). Waits for every other node (PUBSUB NUMSUB of the request channel, minus one) up to
+    /// `cluster.request_timeout_ms`, then fails with [`ClusterError::FetchTimeout`], as the adapter does.
+    pub async fn fetch_sockets(&self, selector: Selector) -> Result<Vec<Json>, ClusterError> {
+        self.ask(OwnKind::Fetch(selector)).await
+    }
+
+    /// serverSideEmit without acknowledgement: `event(...args)` reaches the listeners of every other node. Returns
+    /// once published.
+    pub async fn server_side_emit(&self, event: &str, args: &[Json]) -> Result<(), ClusterError> {
+        self.ask(OwnKind::ServerSideEmit(emit_data(event, args), false))
+            .await
+            .map(drop)
+    }
+
+    /// serverSideEmit with acknowledgements: one answer per other node (the first argument its listener called
+    /// back with), in arrival order. Not every node answered within `cluster.request_timeout_ms`:
+    /// [`ClusterError::AckTimeout`] ("timeout reached: only N responses received out of M", the adapter's text).
+    pub async fn server_side_emit_with_ack(
+        &self,
+        event: &str,
+        args: &[Json],
+    ) -> Result<Vec<Json>, ClusterError> {
+        self.ask(OwnKind::ServerSideEmit(emit_data(event, args), true))
+            .await
+    }
+
+    async fn ask(&self, kind: OwnKind) -> Result<Vec<Json>, ClusterError> {
+        if self.stats.state() != AdapterState::Up {
+            return Err(ClusterError::Unavailable);
+        }
+        let (reply, rx) = oneshot::channel();
+        if self
+            .outbound
+            .try_send(Outbound::Request(OwnRequest { kind, reply }))
+            .is_err()
+        {
+            add(&self.stats.outbound_full);
+            return Err(ClusterError::Unavailable);
+        }
+        rx.await.unwrap_or(Err(ClusterError::Unavailable))
+    }
+
     /// Hands a message to the adapter's thread without waiting; false (and counted) if the queue is full or
     /// Redis is known to be unreachable.
     pub fn send(&self, msg: Outbound) -> bool {
@@ -351,6 +483,13 @@ impl Cluster {
             }
         }
     }
+}
+
+fn emit_data(event: &str, args: &[Json]) -> Vec<Json> {
+    let mut data = Vec::with_capacity(args.len() + 1);
+    data.push(Json::String(event.to_owned()));
+    data.extend_from_slice(args);
+    data
 }
 
 async fn run(
@@ -450,9 +589,162 @@ async fn serve(
                         }
                     }
                 }
+                Some(Outbound::Request(req)) => start_own_request(cluster, &publisher, in_txs, req),
                 None => return true,
             },
         }
+    }
+}
+
+/// Sends a request of this node: the local part (fetchSockets) is queued on the shards now, in channel order;
+/// counting the other nodes, publishing and waiting for their answers happen in a task of their own.
+fn start_own_request(
+    cluster: &Arc<Cluster>,
+    publisher: &Publisher,
+    in_txs: &Arc<Vec<mpsc::Sender<Inbound>>>,
+    req: OwnRequest,
+) {
+    let OwnRequest { kind, reply } = req;
+    let local = match &kind {
+        OwnKind::Fetch(selector) => dispatch(cluster, in_txs, ShardOp::Fetch(selector.clone())),
+        OwnKind::ServerSideEmit(..) => Vec::new(),
+    };
+    let cluster = cluster.clone();
+    let publisher = publisher.clone();
+    tokio::spawn(async move {
+        let result = own_request(&cluster, &publisher, kind, local).await;
+        let _ = reply.send(result);
+    });
+}
+
+async fn own_request(
+    cluster: &Arc<Cluster>,
+    publisher: &Publisher,
+    kind: OwnKind,
+    local: Vec<oneshot::Receiver<ShardAnswer>>,
+) -> Result<Vec<Json>, ClusterError> {
+    let timeout = Duration::from_millis(cluster.config.request_timeout_ms);
+    let redis_timeout = Duration::from_millis(connection::CONNECT_TIMEOUT_MS);
+    let request_id = new_uid();
+    let (payload, fetch, wants_answers) = match &kind {
+        OwnKind::Fetch(selector) => (
+            codec::encode_fetch_request(&cluster.uid, &request_id, selector),
+            true,
+            true,
+        ),
+        OwnKind::ServerSideEmit(data, ack) => (
+            codec::encode_server_side_emit(&cluster.uid, ack.then_some(request_id.as_str()), data),
+            false,
+            *ack,
+        ),
+    };
+    // This node's own part first (the adapter's fetchSockets lists the local sockets first).
+    let mut responses = Vec::new();
+    for a in collect(cluster, local).await {
+        if let ShardAnswer::Sockets(v) = a {
+            responses.extend(v.into_iter().map(|s| {
+                serde_json::json!({"id": s.id, "handshake": s.handshake, "rooms": s.rooms, "data": s.data})
+            }));
+        }
+    }
+    let request_channel = cluster.channels.request.as_str();
+    let mut waiting = None;
+    if wants_answers {
+        // The adapter's serverCount() - 1: every other node subscribed to the request channel.
+        let nodes =
+            match tokio::time::timeout(redis_timeout, publisher.numsub(request_channel)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(ClusterError::Redis(e.0)),
+                Err(_) => return Err(ClusterError::Redis("PUBSUB NUMSUB not answered".into())),
+            };
+        let expected = usize::try_from(nodes).unwrap_or(0).saturating_sub(1);
+        if expected == 0 {
+            return Ok(responses);
+        }
+        let (done, rx) = oneshot::channel();
+        let mut own = cluster.own.lock().map_err(|_| ClusterError::Unavailable)?;
+        if own.len() >= OWN_REQUESTS_MAX {
+            return Err(ClusterError::TooManyRequests);
+        }
+        own.insert(
+            request_id.clone(),
+            OwnWaiting {
+                fetch,
+                expected,
+                answers: 0,
+                responses: Vec::new(),
+                done: Some(done),
+            },
+        );
+        waiting = Some((rx, expected));
+    }
+    let published = tokio::time::timeout(
+        redis_timeout,
+        publisher.publish(request_channel, payload.as_bytes()),
+    )
+    .await;
+    let failed = match published {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(ClusterError::Redis(e.0)),
+        Err(_) => Some(ClusterError::Redis("PUBLISH not answered".into())),
+    };
+    let take = |cluster: &Cluster| {
+        cluster
+            .own
+            .lock()
+            .ok()
+            .and_then(|mut own| own.remove(&request_id))
+    };
+    if let Some(e) = failed {
+        take(cluster);
+        return Err(e);
+    }
+    let Some((rx, expected)) = waiting else {
+        return Ok(responses);
+    };
+    let answered = tokio::time::timeout(timeout, rx).await.is_ok();
+    let entry = take(cluster);
+    let received = entry.as_ref().map_or(0, |w| w.answers);
+    if !answered || received < expected {
+        return Err(if fetch {
+            ClusterError::FetchTimeout
+        } else {
+            ClusterError::AckTimeout { received, expected }
+        });
+    }
+    if let Some(w) = entry {
+        responses.extend(w.responses);
+    }
+    Ok(responses)
+}
+
+/// A message on a response channel: an answer to a request of this node (others' are not for it).
+fn on_response(cluster: &Cluster, payload: &[u8]) {
+    let Ok((id, response)) = codec::decode_response(payload) else {
+        // Answers to other nodes' requests may be MessagePack of any shape (BROADCAST_ACK): not ours to judge.
+        return;
+    };
+    let Ok(mut own) = cluster.own.lock() else {
+        return;
+    };
+    let Some(w) = own.get_mut(&id) else {
+        return;
+    };
+    if w.fetch {
+        let Some(sockets) = response.get("sockets").and_then(Json::as_array) else {
+            add(&cluster.stats.malformed);
+            return;
+        };
+        w.responses.extend(sockets.iter().cloned());
+    } else {
+        w.responses
+            .push(response.get("data").cloned().unwrap_or(Json::Null));
+    }
+    w.answers += 1;
+    if w.answers >= w.expected
+        && let Some(done) = w.done.take()
+    {
+        let _ = done.send(());
     }
 }
 
@@ -504,8 +796,11 @@ fn on_message(
         }
         return;
     }
+    if m.channel == cluster.channels.response || m.channel == cluster.channels.specific_response {
+        on_response(cluster, &m.payload);
+        return;
+    }
     if m.channel != cluster.channels.request {
-        // Responses: this node sends no requests of its own, so none is for it.
         return;
     }
     let request = match codec::decode_request(&m.payload) {

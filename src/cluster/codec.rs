@@ -505,6 +505,45 @@ pub fn encode_server_side_ack(request_id: &str, data: &Json) -> String {
     )
 }
 
+/// A fetchSockets request of this node (REMOTE_FETCH, 5), JSON as the adapter writes it:
+/// `{"uid":..,"requestId":..,"type":5,"opts":{"rooms":[..],"except":[..]}}`.
+pub fn encode_fetch_request(uid: &str, request_id: &str, selector: &Selector) -> String {
+    serde_json::json!({
+        "uid": uid,
+        "requestId": request_id,
+        "type": request_type::REMOTE_FETCH,
+        "opts": {"rooms": selector.rooms, "except": selector.except},
+    })
+    .to_string()
+}
+
+/// A serverSideEmit of this node (SERVER_SIDE_EMIT, 6): `{"uid":..,"type":6,"data":[event, ...args]}`, plus
+/// `"requestId"` when acknowledgements are expected.
+pub fn encode_server_side_emit(uid: &str, request_id: Option<&str>, data: &[Json]) -> String {
+    let mut m = serde_json::Map::new();
+    m.insert("uid".into(), Json::String(uid.to_owned()));
+    if let Some(id) = request_id {
+        m.insert("requestId".into(), Json::String(id.to_owned()));
+    }
+    m.insert("type".into(), Json::from(request_type::SERVER_SIDE_EMIT));
+    m.insert("data".into(), Json::Array(data.to_vec()));
+    Json::Object(m).to_string()
+}
+
+/// A message of a response channel as plain JSON (JSON when it starts with `{`, else MessagePack read with
+/// [`msgpack_to_plain_json`]), with its `requestId`.
+pub fn decode_response(bytes: &[u8]) -> Result<(String, Json), CodecError> {
+    let j: Json = if bytes.first() == Some(&b'{') {
+        serde_json::from_slice(bytes).map_err(|e| CodecError::Json(e.to_string()))?
+    } else {
+        msgpack_to_plain_json(&msgpack::decode(bytes)?)
+    };
+    let Some(id) = j.get("requestId").and_then(Json::as_str) else {
+        return Err(CodecError::Shape("response without a string requestId"));
+    };
+    Ok((id.to_owned(), j))
+}
+
 /// How many clients a BROADCAST (7) reached here: `{"type":8,"requestId":..,"clientCount":n}`.
 pub fn encode_client_count(request_id: &str, count: usize) -> String {
     format!(
@@ -895,5 +934,48 @@ mod tests {
             hex(&encode_broadcast_ack("xyz", Value::str("ok"))),
             "83a47479706509a9726571756573744964a378797aa67061636b6574a26f6b"
         );
+    }
+
+    #[test]
+    fn own_requests_read_back_as_the_adapter_reads_them() {
+        let sel = Selector {
+            rooms: vec!["r1".into()],
+            except: vec!["sid9".into()],
+        };
+        let text = encode_fetch_request("abcdef", "q1", &sel);
+        let j: Json = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            j,
+            json!({"uid": "abcdef", "requestId": "q1", "type": 5, "opts": {"rooms": ["r1"], "except": ["sid9"]}})
+        );
+        let r = decode_request(text.as_bytes()).unwrap();
+        assert_eq!(r.uid.as_deref(), Some("abcdef"));
+        assert_eq!(r.request_id.as_deref(), Some("q1"));
+        assert!(matches!(r.kind, RequestKind::Fetch { selector } if selector == sel));
+
+        let data = [json!("ev"), json!(1), json!({"a": null})];
+        let with_ack = encode_server_side_emit("abcdef", Some("q2"), &data);
+        let j: Json = serde_json::from_str(&with_ack).unwrap();
+        assert_eq!(
+            j,
+            json!({"uid": "abcdef", "requestId": "q2", "type": 6, "data": ["ev", 1, {"a": null}]})
+        );
+        let r = decode_request(with_ack.as_bytes()).unwrap();
+        assert!(matches!(r.kind, RequestKind::ServerSideEmit { data: d } if d == data));
+        let without: Json =
+            serde_json::from_str(&encode_server_side_emit("abcdef", None, &data)).unwrap();
+        assert!(without.get("requestId").is_none(), "{without}");
+    }
+
+    #[test]
+    fn responses_are_read_as_json_or_messagepack() {
+        let (id, j) = decode_response(br#"{"type":6,"requestId":"q","data":{"x":1}}"#).unwrap();
+        assert_eq!((id.as_str(), &j["data"]), ("q", &json!({"x": 1})));
+        let mp = encode_broadcast_ack("q3", Value::Array(vec![Value::Int(4)]));
+        let (id, j) = decode_response(&mp).unwrap();
+        assert_eq!((id.as_str(), &j["packet"]), ("q3", &json!([4])));
+        assert!(decode_response(br#"{"type":6}"#).is_err());
+        assert!(decode_response(b"{not json").is_err());
+        assert!(decode_response(b"\xc1").is_err());
     }
 }

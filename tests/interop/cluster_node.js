@@ -53,6 +53,7 @@ async function main() {
     });
   });
   io.on("test:ping", (arg, cb) => cb({ from: "node", arg }));
+  io.on("test:note", (...args) => out({ ev: "serverSide", event: "test:note", args: show(args) }));
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
 
   const clients = new Map();

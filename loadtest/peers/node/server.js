@@ -146,8 +146,29 @@ io.on("connection", (socket) => {
   socket.on("disconnect", () => clearTimeout(timer));
 });
 
-httpServer.listen(Number(port), host, () => {
-  console.log(`socket.io ${require("socket.io/package.json").version} peer listening on ${host}:${port}${socketPath}`);
+// --redis-url redis://host:port: join a cluster through @socket.io/redis-adapter 8 (the classic protocol), as the
+// cluster scenario's peer (two of these processes and one Redis).
+const redisUrl = arg("redis-url", "");
+
+async function listen() {
+  if (redisUrl) {
+    const { createAdapter } = require("@socket.io/redis-adapter");
+    const { createClient } = require("redis");
+    const pub = createClient({ url: redisUrl });
+    const sub = pub.duplicate();
+    for (const c of [pub, sub]) c.on("error", (e) => console.error(`redis: ${e.message}`));
+    await Promise.all([pub.connect(), sub.connect()]);
+    io.adapter(createAdapter(pub, sub));
+  }
+  httpServer.listen(Number(port), host, () => {
+    const cluster = redisUrl ? " (redis adapter)" : "";
+    console.log(`socket.io ${require("socket.io/package.json").version} peer listening on ${host}:${port}${socketPath}${cluster}`);
+  });
+}
+
+listen().catch((e) => {
+  console.error(`cannot start: ${e.message}`);
+  process.exit(1);
 });
 
 process.on("SIGTERM", () => {
