@@ -3,7 +3,7 @@
 //! - `online:get {data: [user ids]}` acks `{data: [[id, online], ...]}`: online means the user has an authenticated
 //!   socket on some shard ([`super::live::online`]). At most [`ONLINE_GET_USERS_MAX`] ids per call; more, or a payload
 //!   that is not `{data: [strings]}`, acks `{error, message}`.
-//! - `online:set` acks `{data: true}` and records the caller's last-seen time (table `user_last_seen`).
+//! - `online:set` acks with no arguments (as Twake's online service does) and records the caller's last-seen time (table `user_last_seen`).
 //! - When a socket of a user disconnects, the user's last-seen time is recorded: after the last socket goes, it is
 //!   the time that socket went.
 
@@ -120,8 +120,9 @@ impl OnlineService {
             let me = me.clone();
             async move {
                 me.touch(&e.user.id).await;
+                // Twake's online service acks `online:set` with no arguments.
                 if let Some(ack) = e.ack {
-                    ack.send(&[json!({ "data": true })]);
+                    ack.send(&[]);
                 }
             }
         })?;
