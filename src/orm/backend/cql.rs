@@ -878,26 +878,7 @@ impl CqlBackend {
             .execute_unpaged(&stmt, values)
             .await
             .map_err(exec_err)?;
-        let rows = res
-            .into_rows_result()
-            .map_err(|e| BackendError::Database(e.to_string()))?;
-        let mut iter = rows
-            .rows::<ColumnIterator<'_, '_>>()
-            .map_err(|e| BackendError::Database(e.to_string()))?;
-        let Some(row) = iter.next() else {
-            return Err(BackendError::Database(
-                "UPDATE IF EXISTS returned no [applied] row".into(),
-            ));
-        };
-        let mut cols = row.map_err(|e| BackendError::Data(e.to_string()))?;
-        let applied = cols
-            .next()
-            .transpose()
-            .map_err(|e| BackendError::Data(e.to_string()))?
-            .and_then(|c| c.slice.map(|s| s.as_slice().first().copied()))
-            .flatten()
-            .ok_or_else(|| BackendError::Data("[applied] has no value".into()))?;
-        Ok(applied != 0)
+        applied_of(res, "UPDATE IF EXISTS")
     }
 
     /// Waits until the index on `column` answers queries: a new index is built in the background, and Cassandra
@@ -1060,26 +1041,7 @@ impl CqlBackend {
             .execute_unpaged(&stmt, values)
             .await
             .map_err(exec_err)?;
-        let rows = res
-            .into_rows_result()
-            .map_err(|e| BackendError::Database(e.to_string()))?;
-        let mut iter = rows
-            .rows::<ColumnIterator<'_, '_>>()
-            .map_err(|e| BackendError::Database(e.to_string()))?;
-        let Some(row) = iter.next() else {
-            return Err(BackendError::Database(
-                "INSERT IF NOT EXISTS returned no [applied] row".into(),
-            ));
-        };
-        let mut cols = row.map_err(|e| BackendError::Data(e.to_string()))?;
-        let applied = cols
-            .next()
-            .transpose()
-            .map_err(|e| BackendError::Data(e.to_string()))?
-            .and_then(|c| c.slice.map(|s| s.as_slice().first().copied()))
-            .flatten()
-            .ok_or_else(|| BackendError::Data("[applied] has no value".into()))?;
-        Ok(applied != 0)
+        applied_of(res, "INSERT IF NOT EXISTS")
     }
 
     /// Writes the rows with up to [`CqlConfig::write_concurrency_max`] requests in flight; on the first error the
@@ -1821,6 +1783,31 @@ fn key_values(schema: &TableSchema, key: &Row) -> BackendResult<Vec<Option<CqlVa
             Ok(Some(key_value(k, column_type(schema, k)?, v)?))
         })
         .collect()
+}
+
+/// The first column of a lightweight transaction's answer, `[applied]`: whether the statement (`what`, named in the
+/// errors) wrote.
+fn applied_of(res: QueryResult, what: &str) -> BackendResult<bool> {
+    let rows = res
+        .into_rows_result()
+        .map_err(|e| BackendError::Database(e.to_string()))?;
+    let mut iter = rows
+        .rows::<ColumnIterator<'_, '_>>()
+        .map_err(|e| BackendError::Database(e.to_string()))?;
+    let Some(row) = iter.next() else {
+        return Err(BackendError::Database(format!(
+            "{what} returned no [applied] row"
+        )));
+    };
+    let mut cols = row.map_err(|e| BackendError::Data(e.to_string()))?;
+    let applied = cols
+        .next()
+        .transpose()
+        .map_err(|e| BackendError::Data(e.to_string()))?
+        .and_then(|c| c.slice.map(|s| s.as_slice().first().copied()))
+        .flatten()
+        .ok_or_else(|| BackendError::Data("[applied] has no value".into()))?;
+    Ok(applied != 0)
 }
 
 fn decode_rows(schema: &TableSchema, res: QueryResult) -> BackendResult<Vec<Row>> {

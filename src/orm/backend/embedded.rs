@@ -52,8 +52,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError,
-    WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError, WriteTransaction,
 };
 
 use super::{
@@ -760,6 +760,23 @@ fn scan_segments<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok((out, false))
 }
 
+/// [`scan_segments`] of the local or global index table `name` (its keys end with the row's primary key); a table
+/// not created yet has no entries.
+fn scan_side_table(
+    txn: &ReadTransaction,
+    name: &str,
+    segments: &[Segment],
+    reversed: bool,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> BackendResult<(Vec<(Bytes, Bytes)>, bool)> {
+    match txn.open_table(data_def(name)) {
+        Ok(table) => scan_segments(&table, segments, reversed, after, limit),
+        Err(TableError::TableDoesNotExist(_)) => Ok((Vec::new(), false)),
+        Err(e) => Err(db_err(e)),
+    }
+}
+
 fn run_query(db: &Database, schema: &TableSchema, query: &Query) -> BackendResult<Page> {
     let after = match &query.page_token {
         Some(t) => Some(decode_token(t)?),
@@ -784,13 +801,9 @@ fn run_query(db: &Database, schema: &TableSchema, query: &Query) -> BackendResul
         }
         QueryShape::Key if query.local_filter(schema).is_some() => {
             let (column, segs) = local_segments(schema, query)?;
-            let lname = local_table_name(&schema.name, &column);
-            let local = match txn.open_table(data_def(&lname)) {
-                Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Page::default()),
-                Err(e) => return Err(db_err(e)),
-            };
-            let (e, m) = scan_segments(&local, &segs, query.reversed, after.as_deref(), limit)?;
+            let name = local_table_name(&schema.name, &column);
+            let (e, m) =
+                scan_side_table(&txn, &name, &segs, query.reversed, after.as_deref(), limit)?;
             (e, m, true)
         }
         QueryShape::Key => {
@@ -800,13 +813,9 @@ fn run_query(db: &Database, schema: &TableSchema, query: &Query) -> BackendResul
         }
         QueryShape::Index => {
             let (column, segs) = index_segments(schema, query)?;
-            let iname = index_table_name(&schema.name, &column);
-            let index = match txn.open_table(data_def(&iname)) {
-                Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Page::default()),
-                Err(e) => return Err(db_err(e)),
-            };
-            let (e, m) = scan_segments(&index, &segs, query.reversed, after.as_deref(), limit)?;
+            let name = index_table_name(&schema.name, &column);
+            let (e, m) =
+                scan_side_table(&txn, &name, &segs, query.reversed, after.as_deref(), limit)?;
             (e, m, true)
         }
     };
