@@ -64,6 +64,29 @@ impl Running {
         }
     }
 
+    /// `serve --db-path <db> --listen <listen> --shards <shards> --no-pin <extra>`.
+    fn serve(
+        db: &str,
+        listen: &str,
+        shards: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Running {
+        let mut args = vec![
+            "serve",
+            "--db-path",
+            db,
+            "--listen",
+            listen,
+            "--shards",
+            shards,
+            "--no-pin",
+        ];
+        args.extend_from_slice(extra);
+        Running::start(&args, env, log)
+    }
+
     /// Stdout lines up to and including the first one starting with `prefix`.
     fn lines_until(&mut self, prefix: &str) -> Vec<String> {
         let mut seen = Vec::new();
@@ -271,20 +294,7 @@ fn a_port_another_process_listens_on_is_refused_unless_shared_on_purpose() {
     let db = d.join("db.redb");
     let db_s = db.to_str().expect("utf8");
     let env = [("SHARDCAST_JWT_SECRET", SECRET)];
-    let first = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db_s,
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ],
-        &env,
-        &d.join("first.log"),
-    );
+    let first = Running::serve(db_s, "127.0.0.1:0", "1", &[], &env, &d.join("first.log"));
     let addr = first.addr.to_string();
     let db2 = d.join("db2.redb");
     let out = shardcast(
@@ -308,18 +318,11 @@ fn a_port_another_process_listens_on_is_refused_unless_shared_on_purpose() {
     assert!(err.contains("--listen-shared"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
     // Sharing on purpose: both listen.
-    let shared = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db2.to_str().expect("utf8"),
-            "--listen",
-            &addr,
-            "--shards",
-            "1",
-            "--no-pin",
-            "--listen-shared",
-        ],
+    let shared = Running::serve(
+        db2.to_str().expect("utf8"),
+        &addr,
+        "1",
+        &["--listen-shared"],
         &env,
         &d.join("shared.log"),
     );
@@ -525,20 +528,7 @@ fn readyz_and_the_live_page_route() {
     let db = d.join("db.redb");
     let db_s = db.to_str().expect("utf8");
     let env = [("SHARDCAST_JWT_SECRET", SECRET)];
-    let plain = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db_s,
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--no-pin",
-        ],
-        &env,
-        &d.join("plain.log"),
-    );
+    let plain = Running::serve(db_s, "127.0.0.1:0", "2", &[], &env, &d.join("plain.log"));
     let r = request(plain.addr, "GET", "/readyz", b"");
     assert_eq!(r.status, 200, "{}", r.text());
     let v: Value = serde_json::from_slice(&r.body).expect("json");
@@ -553,18 +543,11 @@ fn readyz_and_the_live_page_route() {
     assert!(plain.log().contains("backend=embedded"), "{}", plain.log());
     drop(plain);
 
-    let page = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db_s,
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-            "--live-page",
-        ],
+    let page = Running::serve(
+        db_s,
+        "127.0.0.1:0",
+        "1",
+        &["--live-page"],
         &env,
         &d.join("page.log"),
     );
@@ -600,17 +583,11 @@ fn the_python_client_example_receives_a_realtime_resource_event() {
 
     let d = scratch_dir("python-client");
     let db = d.join("db.redb");
-    let server = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db.to_str().expect("utf8"),
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ],
+    let server = Running::serve(
+        db.to_str().expect("utf8"),
+        "127.0.0.1:0",
+        "1",
+        &[],
         &[("SHARDCAST_JWT_SECRET", SECRET)],
         &d.join("serve.log"),
     );
@@ -690,17 +667,11 @@ fn readyz_never_answers_200_once_shutdown_begins() {
     use std::io::Write;
     let d = scratch_dir("readyz-shutdown");
     let db = d.join("db.redb");
-    let mut server = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db.to_str().expect("utf8"),
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ],
+    let mut server = Running::serve(
+        db.to_str().expect("utf8"),
+        "127.0.0.1:0",
+        "1",
+        &[],
         &[
             ("SHARDCAST_JWT_SECRET", SECRET),
             ("SHARDCAST_SHUTDOWN_GRACE_MS", "2000"),
@@ -763,20 +734,7 @@ fn the_demo_client_reports_connection_errors_and_refreshes_room_tokens_on_reconn
         ("SHARDCAST_JWT_SECRET", SECRET),
         ("SHARDCAST_ROOM_TOKEN_KEY_RANDOM", "true"),
     ];
-    let server = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db_s,
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ],
-        &env,
-        &d.join("first.log"),
-    );
+    let server = Running::serve(db_s, "127.0.0.1:0", "1", &[], &env, &d.join("first.log"));
     let addr = server.addr;
     let token = alice_token();
     let (status, _) = create_channel(
@@ -831,17 +789,11 @@ fn the_demo_client_reports_connection_errors_and_refreshes_room_tokens_on_reconn
         vec!["authenticated".to_string(), format!("joined {room}")]
     );
     drop(server);
-    let restarted = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db_s,
-            "--listen",
-            &addr.to_string(),
-            "--shards",
-            "1",
-            "--no-pin",
-        ],
+    let restarted = Running::serve(
+        db_s,
+        &addr.to_string(),
+        "1",
+        &[],
         &env,
         &d.join("second.log"),
     );

@@ -867,21 +867,33 @@ fn split_index_key(k: &[u8]) -> BackendResult<(&[u8], &[u8])> {
     Ok(rest.split_at(rest.len() - n))
 }
 
+/// The key of `row` in a side table for `column`: `prefix()` ++ value ++ primary key ++ u32 length of the primary
+/// key; `None` when the row has no value in `column` (then `prefix` is not called).
+fn side_entry(
+    schema: &TableSchema,
+    column: &str,
+    row: &Row,
+    pk: &[u8],
+    prefix: impl FnOnce() -> BackendResult<Bytes>,
+) -> BackendResult<Option<Bytes>> {
+    match row.get(column) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            let t = schema.column_type(column).unwrap_or(ColumnType::Blob);
+            let mut e = prefix()?;
+            encode_key_value(&mut e, column, t, v, Order::Asc)?;
+            Ok(Some(index_key(&e, pk)))
+        }
+    }
+}
+
 fn index_entry(
     schema: &TableSchema,
     column: &str,
     row: &Row,
     pk: &[u8],
 ) -> BackendResult<Option<Bytes>> {
-    match row.get(column) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            let t = schema.column_type(column).unwrap_or(ColumnType::Blob);
-            let mut e = Vec::new();
-            encode_key_value(&mut e, column, t, v, Order::Asc)?;
-            Ok(Some(index_key(&e, pk)))
-        }
-    }
+    side_entry(schema, column, row, pk, || Ok(Vec::new()))
 }
 
 /// Writes `new` at `pk` inside `txn`, replacing `old`, and keeps the index tables in step.
@@ -964,15 +976,9 @@ fn local_entry(
     row: &Row,
     pk: &[u8],
 ) -> BackendResult<Option<Bytes>> {
-    match row.get(column) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            let t = schema.column_type(column).unwrap_or(ColumnType::Blob);
-            let mut e = encode_partition_key(schema, row)?;
-            encode_key_value(&mut e, column, t, v, Order::Asc)?;
-            Ok(Some(index_key(&e, pk)))
-        }
-    }
+    side_entry(schema, column, row, pk, || {
+        encode_partition_key(schema, row)
+    })
 }
 
 fn expiry_entry(row: &Row, pk: &[u8]) -> Option<Bytes> {
