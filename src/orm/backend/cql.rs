@@ -762,32 +762,10 @@ impl CqlBackend {
         rows: Vec<Row>,
         ttl_seconds: Option<u32>,
     ) -> BackendResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let c = Arc::clone(self.conn().await?);
-        let mut tasks = tokio::task::JoinSet::new();
-        let in_flight_max = self.config.write_concurrency_max.max(1);
-        for row in rows {
-            let (cql, values) = self.insert_ttl_statement(schema, &row, ttl_seconds)?;
-            let mut stmt = self.prepared(&c.session, &cql).await?;
-            stmt.set_is_idempotent(true);
-            while tasks.len() >= in_flight_max {
-                join_one(&mut tasks).await?;
-            }
-            let c = Arc::clone(&c);
-            tasks.spawn(async move {
-                c.session
-                    .execute_unpaged(&stmt, values)
-                    .await
-                    .map(|_| ())
-                    .map_err(exec_err)
-            });
-        }
-        while !tasks.is_empty() {
-            join_one(&mut tasks).await?;
-        }
-        Ok(())
+        self.write_rows(rows, |row| {
+            self.insert_ttl_statement(schema, row, ttl_seconds)
+        })
+        .await
     }
 
     async fn patch_impl(
@@ -1044,9 +1022,14 @@ impl CqlBackend {
         applied_of(res, "INSERT IF NOT EXISTS")
     }
 
-    /// Writes the rows with up to [`CqlConfig::write_concurrency_max`] requests in flight; on the first error the
-    /// writes not yet sent are dropped (some rows may have been written, as the trait allows).
-    async fn upsert_all_impl(&self, schema: &TableSchema, rows: Vec<Row>) -> BackendResult<()> {
+    /// Writes each row with the (idempotent) statement `statement` makes of it, with up to
+    /// [`CqlConfig::write_concurrency_max`] requests in flight; on the first error the writes not yet sent are dropped
+    /// (some rows may have been written, as the trait allows).
+    async fn write_rows(
+        &self,
+        rows: Vec<Row>,
+        statement: impl Fn(&Row) -> BackendResult<(String, Vec<Option<CqlValue>>)>,
+    ) -> BackendResult<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -1054,7 +1037,7 @@ impl CqlBackend {
         let mut tasks = tokio::task::JoinSet::new();
         let in_flight_max = self.config.write_concurrency_max.max(1);
         for row in rows {
-            let (cql, values) = self.insert_statement(schema, &row)?;
+            let (cql, values) = statement(&row)?;
             let mut stmt = self.prepared(&c.session, &cql).await?;
             stmt.set_is_idempotent(true);
             while tasks.len() >= in_flight_max {
@@ -1073,6 +1056,12 @@ impl CqlBackend {
             join_one(&mut tasks).await?;
         }
         Ok(())
+    }
+
+    /// [`CqlBackend::write_rows`] of plain upserts.
+    async fn upsert_all_impl(&self, schema: &TableSchema, rows: Vec<Row>) -> BackendResult<()> {
+        self.write_rows(rows, |row| self.insert_statement(schema, row))
+            .await
     }
 
     async fn delete_impl(&self, schema: &TableSchema, key: &Row) -> BackendResult<()> {
