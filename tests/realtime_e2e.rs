@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Lines, Write as _};
+use std::io::{BufReader, Lines, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -158,23 +158,8 @@ fn e2e(major: &str) {
             })
         })
         .collect();
-    let config = dir.join("clients.json");
-    std::fs::write(
-        &config,
-        json!({ "url": srv.url(), "clients": clients }).to_string(),
-    )
-    .unwrap();
-    let mut child = Command::new("node")
-        .arg(interop_dir().join("realtime_clients.js"))
-        .arg(major)
-        .arg(&config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn node");
-    let stdin = child.stdin.take().unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (child, stdin, lines) =
+        spawn_node_clients("realtime_clients.js", major, &dir, &srv.url(), &clients);
     let mut node = Clients {
         child,
         stdin,

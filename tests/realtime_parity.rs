@@ -15,10 +15,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Lines, Write as _};
+use std::io::{BufReader, Lines, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout};
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -107,23 +107,8 @@ struct Node {
 
 impl Node {
     fn start(major: &str, dir: &std::path::Path, url: &str, clients: &[Value]) -> Node {
-        let config = dir.join("clients.json");
-        std::fs::write(
-            &config,
-            json!({ "url": url, "clients": clients }).to_string(),
-        )
-        .unwrap();
-        let mut child = Command::new("node")
-            .arg(interop_dir().join("realtime_parity.js"))
-            .arg(major)
-            .arg(&config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn node");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (child, stdin, lines) =
+            spawn_node_clients("realtime_parity.js", major, dir, url, clients);
         let mut node = Node {
             child,
             stdin,

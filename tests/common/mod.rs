@@ -535,3 +535,36 @@ pub fn read_listening_addr(child: &mut Child, log: Option<&std::path::Path>) -> 
         .parse()
         .expect("address")
 }
+
+/// `node tests/interop/<script> <major> <dir>/clients.json`, the file holding `{"url": url, "clients": clients}`:
+/// the child (stderr inherited), its stdin and its stdout lines.
+pub fn spawn_node_clients(
+    script: &str,
+    major: &str,
+    dir: &std::path::Path,
+    url: &str,
+    clients: &[serde_json::Value],
+) -> (
+    Child,
+    std::process::ChildStdin,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let config = dir.join("clients.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({ "url": url, "clients": clients }).to_string(),
+    )
+    .unwrap();
+    let mut child = Command::new("node")
+        .arg(interop_dir().join(script))
+        .arg(major)
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node");
+    let stdin = child.stdin.take().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, stdin, lines)
+}
