@@ -137,17 +137,7 @@ fn invalid_packets_close_that_session() {
 
 #[test]
 fn slow_reader_is_disconnected() {
-    let srv = Server::start(&[
-        "conformance",
-        "--shards",
-        "1",
-        "--ping-interval-ms",
-        "25000",
-        "--ping-timeout-ms",
-        "20000",
-        "--socket-queued-bytes-max",
-        "65536",
-    ]);
+    let srv = Server::conformance_quiet(&["--socket-queued-bytes-max", "65536"]);
     let mut w = Witness::new(&srv);
     let (s, head, _) = ws_upgrade_raw(srv.addr, "/socket.io/?EIO=4&transport=websocket");
     assert_eq!(head.status, 101);
