@@ -8,51 +8,6 @@ use std::net::Shutdown;
 
 use common::*;
 
-/// A connected Socket.IO websocket client that proves the server still serves others.
-struct Witness(Ws);
-
-impl Witness {
-    fn new(srv: &Server) -> Witness {
-        let mut ws = Ws::connect(srv.addr, "/socket.io/?EIO=4&transport=websocket");
-        ws.recv();
-        ws.send_text("40");
-        assert!(ws.recv_text_skip_ping().starts_with("40"));
-        assert_eq!(ws.recv_text_skip_ping(), r#"42["auth",{}]"#);
-        Witness(ws)
-    }
-    fn exchange(&mut self, n: u32) {
-        self.0.send_text(&format!(r#"42["message",{n}]"#));
-        assert_eq!(
-            self.0.recv_text_skip_ping(),
-            format!(r#"42["message-back",{n}]"#)
-        );
-    }
-}
-
-fn server() -> Server {
-    // long heartbeat: only the bad input may end a connection
-    Server::start(&[
-        "conformance",
-        "--shards",
-        "1",
-        "--ping-interval-ms",
-        "25000",
-        "--ping-timeout-ms",
-        "20000",
-    ])
-}
-
-fn wait_for_log(srv: &Server, needle: &str) {
-    // The reason is logged when the server closes the connection, which the client has already observed.
-    for _ in 0..200 {
-        if srv.log().contains(needle) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
-    panic!("log does not mention {needle:?}:\n{}", srv.log());
-}
-
 fn read_to_end(mut s: std::net::TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
@@ -61,7 +16,7 @@ fn read_to_end(mut s: std::net::TcpStream) -> Vec<u8> {
 
 #[test]
 fn garbage_http_gets_400_and_close() {
-    let srv = server();
+    let srv = Server::conformance_quiet(&[]);
     let mut w = Witness::new(&srv);
     w.exchange(1);
     let mut s = connect(srv.addr);
@@ -71,13 +26,13 @@ fn garbage_http_gets_400_and_close() {
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(answer.contains("Connection: close"));
     assert!(answer.contains(r#""code":400"#), "{answer}");
-    wait_for_log(&srv, "HTTP request rejected");
+    srv.wait_for_log("HTTP request rejected");
     w.exchange(2);
 }
 
 #[test]
 fn oversized_headers_get_431() {
-    let srv = server();
+    let srv = Server::conformance_quiet(&[]);
     let mut w = Witness::new(&srv);
     let mut s = connect(srv.addr);
     let big = "x".repeat(20 * 1024);
@@ -90,7 +45,7 @@ fn oversized_headers_get_431() {
 
 #[test]
 fn truncated_websocket_frame_closes_that_connection() {
-    let srv = server();
+    let srv = Server::conformance_quiet(&[]);
     let mut w = Witness::new(&srv);
     let (mut s, head, _) = ws_upgrade_raw(srv.addr, "/socket.io/?EIO=4&transport=websocket");
     assert_eq!(head.status, 101);
@@ -100,13 +55,13 @@ fn truncated_websocket_frame_closes_that_connection() {
     s.write_all(&frame).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     read_to_end(s);
-    wait_for_log(&srv, "truncated websocket frame");
+    srv.wait_for_log("truncated websocket frame");
     w.exchange(1);
 }
 
 #[test]
 fn oversized_websocket_message_closes_with_1009() {
-    let srv = server();
+    let srv = Server::conformance_quiet(&[]);
     let mut w = Witness::new(&srv);
     let mut ws = Ws::connect(srv.addr, "/socket.io/?EIO=4&transport=websocket");
     ws.recv();
@@ -124,13 +79,13 @@ fn oversized_websocket_message_closes_with_1009() {
     };
     let close = close.expect("close frame with a code");
     assert_eq!(u16::from(close.code), 1009);
-    wait_for_log(&srv, "websocket message too big");
+    srv.wait_for_log("websocket message too big");
     w.exchange(1);
 }
 
 #[test]
 fn oversized_polling_payload_gets_413() {
-    let srv = server();
+    let srv = Server::conformance_quiet(&[]);
     let mut w = Witness::new(&srv);
     let sid = polling_handshake(srv.addr, "/socket.io/");
     let body = vec![b'4'; 1_000_001];
@@ -141,7 +96,7 @@ fn oversized_polling_payload_gets_413() {
         &body,
     );
     assert_eq!(r.status, 413);
-    wait_for_log(&srv, "exceeds payload_bytes_max");
+    srv.wait_for_log("exceeds payload_bytes_max");
     let r = request(
         srv.addr,
         "GET",
@@ -154,7 +109,7 @@ fn oversized_polling_payload_gets_413() {
 
 #[test]
 fn invalid_packets_close_that_session() {
-    let srv = server();
+    let srv = Server::conformance_quiet(&[]);
     let mut w = Witness::new(&srv);
     for (bad, reason) in [
         ("42{}", "invalid Socket.IO packet"),
@@ -168,7 +123,7 @@ fn invalid_packets_close_that_session() {
         ws.recv_text_skip_ping();
         ws.send_text(bad);
         ws.until_closed();
-        wait_for_log(&srv, reason);
+        srv.wait_for_log(reason);
         w.exchange(1);
     }
     // invalid binary frame in a v3 session (must start with the type byte 4)
@@ -176,23 +131,13 @@ fn invalid_packets_close_that_session() {
     ws.recv();
     ws.send_binary(&[7, 1, 2]);
     ws.until_closed();
-    wait_for_log(&srv, "invalid Engine.IO binary packet");
+    srv.wait_for_log("invalid Engine.IO binary packet");
     w.exchange(2);
 }
 
 #[test]
 fn slow_reader_is_disconnected() {
-    let srv = Server::start(&[
-        "conformance",
-        "--shards",
-        "1",
-        "--ping-interval-ms",
-        "25000",
-        "--ping-timeout-ms",
-        "20000",
-        "--socket-queued-bytes-max",
-        "65536",
-    ]);
+    let srv = Server::conformance_quiet(&["--socket-queued-bytes-max", "65536"]);
     let mut w = Witness::new(&srv);
     let (s, head, _) = ws_upgrade_raw(srv.addr, "/socket.io/?EIO=4&transport=websocket");
     assert_eq!(head.status, 101);
@@ -217,7 +162,7 @@ fn slow_reader_is_disconnected() {
             break;
         }
     }
-    wait_for_log(&srv, "slow reader");
+    srv.wait_for_log("slow reader");
     s.shutdown(Shutdown::Both).ok();
     let metrics = request(srv.addr, "GET", "/metrics", b"").text();
     assert!(

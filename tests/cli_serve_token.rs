@@ -1,38 +1,25 @@
 //! The `shardcast` command line: `token` prints a token the same configuration verifies, `serve` refuses to start
 //! without a JWT secret, and configuration precedence is file < environment < flag.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+mod common;
+
 use std::process::{Child, Command, Stdio};
 
+use common::{read_listening_addr, scratch_dir, shardcast_command};
 use shardcast::realtime::auth::{AccessVerifier, AuthConfig};
-
-fn dir(name: &str) -> PathBuf {
-    let d = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("dir");
-    d
-}
 
 /// `shardcast <args>` with every SHARDCAST_* variable of the test's own environment removed, plus `env`.
 fn shardcast(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SHARDCAST_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = shardcast_command(args);
     // Not the repository root: `token` would find the secret a local `serve --dev` left in ./shardcast-data.
-    cmd.args(args)
-        .envs(env.iter().copied())
+    cmd.envs(env.iter().copied())
         .current_dir(env!("CARGO_TARGET_TMPDIR"));
     cmd
 }
 
 #[test]
 fn token_prints_a_token_the_configuration_verifies_and_env_beats_the_file() {
-    let d = dir("cli-token");
+    let d = scratch_dir("cli-token");
     let cfg = d.join("c.toml");
     std::fs::write(
         &cfg,
@@ -167,16 +154,7 @@ fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("line");
-    let addr = line
-        .trim()
-        .strip_prefix("shardcast listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .expect("addr");
+    let addr = read_listening_addr(&mut child, None);
     Running(child, addr)
 }
 
@@ -196,7 +174,7 @@ fn shard_count(addr: std::net::SocketAddr) -> usize {
 
 #[test]
 fn serve_configuration_precedence_is_file_then_env_then_flag() {
-    let d = dir("cli-precedence");
+    let d = scratch_dir("cli-precedence");
     let cfg = d.join("c.toml");
     std::fs::write(
         &cfg,
@@ -223,7 +201,7 @@ fn serve_configuration_precedence_is_file_then_env_then_flag() {
 
 #[test]
 fn rs256_keys_from_files_sign_with_token_and_verify_in_serve() {
-    let d = dir("cli-rs256");
+    let d = scratch_dir("cli-rs256");
     let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/realtime/testdata");
     let cfg = d.join("c.toml");
     std::fs::write(

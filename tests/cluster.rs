@@ -17,7 +17,6 @@ use common::*;
 use serde_json::{Value, json};
 use shardcast::cluster::codec::{self, Selector};
 use shardcast::cluster::msgpack::Value as Mp;
-use shardcast::realtime::auth::{AccessSigner, AuthConfig};
 
 const SECRET: &str = "cluster-access-secret-0123456789abcdef";
 const ROOM_SECRET: &str = "cluster-room-secret-0123456789abcdef!!";
@@ -25,19 +24,7 @@ const ROOM_SECRET: &str = "cluster-room-secret-0123456789abcdef!!";
 const WAIT: Duration = Duration::from_secs(15);
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("cluster-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    scratch_dir(&format!("cluster-{name}"))
 }
 
 /// A redis-server of our own (stopped on drop).
@@ -127,15 +114,6 @@ impl Drop for Redis {
     }
 }
 
-fn token(sub: &str) -> String {
-    let mut extra = serde_json::Map::new();
-    extra.insert("companies".into(), json!(["acme"]));
-    AccessSigner::new(&AuthConfig::hs256(SECRET))
-        .unwrap()
-        .sign(sub, 3600, &extra)
-        .unwrap()
-}
-
 /// `shardcast serve` joined to the cluster at `redis_url`.
 fn serve(name: &str, shards: usize, redis_url: &str, cluster_extra: &str) -> Server {
     let dir = scratch(name);
@@ -175,7 +153,7 @@ fn wait_ready(addr: SocketAddr, want: u16) -> Value {
 }
 
 fn rest(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let auth = format!("Bearer {}", token("alice"));
+    let auth = format!("Bearer {}", acme_token(SECRET, "alice"));
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let r = request_with(
         addr,
@@ -352,7 +330,7 @@ fn node_server_emitter_and_two_shardcast_nodes_share_one_cluster() {
         "PUBSUB NUMSUB counts the three nodes"
     );
 
-    let tok = token("alice");
+    let tok = acme_token(SECRET, "alice");
     let a1 = node.call(json!({"cmd": "client", "name": "a1", "url": a.url(), "token": tok}))["sid"]
         .as_str()
         .unwrap()
@@ -569,7 +547,10 @@ fn node_server_emitter_and_two_shardcast_nodes_share_one_cluster() {
 fn ws_client(addr: SocketAddr) -> Ws {
     let mut ws = Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket");
     assert!(ws.recv_text_skip_ping().starts_with('0'));
-    ws.send_text(&format!("40{}", json!({"token": token("alice")})));
+    ws.send_text(&format!(
+        "40{}",
+        json!({"token": acme_token(SECRET, "alice")})
+    ));
     assert!(ws.recv_text_skip_ping().starts_with("40"));
     assert_eq!(ws.recv_text_skip_ping(), r#"42["authenticated"]"#);
     ws
@@ -772,7 +753,7 @@ fn the_rust_api_sends_broadcasts_and_requests_that_other_nodes_answer() {
     let b = serve("api-b", 1, &redis.url(), "");
     wait_ready(b.addr, 200);
     wait_count(&mut node, 3);
-    let tok = token("alice");
+    let tok = acme_token(SECRET, "alice");
     let n1 = node.call(json!({"cmd": "client", "name": "n1", "url": node.url()}))["sid"]
         .as_str()
         .unwrap()

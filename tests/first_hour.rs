@@ -11,29 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{ensure_node_modules, interop_dir, request, request_with};
+use common::{
+    ensure_node_modules, interop_dir, request, request_with, scratch_dir, shardcast_command,
+};
 use serde_json::{Value, json};
 
 const SECRET: &str = "first-hour-test-secret-0123456789abcdef";
 
-fn dir(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("dir");
-    d
-}
-
 /// `shardcast <args>` with the SHARDCAST_* variables of the test's environment removed, plus `env`.
 fn shardcast(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SHARDCAST_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(args)
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "info");
+    let mut cmd = shardcast_command(args);
+    cmd.envs(env.iter().copied()).env("RUST_LOG", "info");
     cmd
 }
 
@@ -74,6 +62,29 @@ impl Running {
             stdout,
             log: log.to_path_buf(),
         }
+    }
+
+    /// `serve --db-path <db> --listen <listen> --shards <shards> --no-pin <extra>`.
+    fn serve(
+        db: &str,
+        listen: &str,
+        shards: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Running {
+        let mut args = vec![
+            "serve",
+            "--db-path",
+            db,
+            "--listen",
+            listen,
+            "--shards",
+            shards,
+            "--no-pin",
+        ];
+        args.extend_from_slice(extra);
+        Running::start(&args, env, log)
     }
 
     /// Stdout lines up to and including the first one starting with `prefix`.
@@ -136,9 +147,39 @@ fn post_with_token(addr: SocketAddr, path: &str, token: &str, body: &Value) -> (
     )
 }
 
+/// `shardcast token` for alice of company acme, signed with [`SECRET`].
+fn alice_token() -> String {
+    let out = shardcast(
+        &[
+            "token",
+            "--sub",
+            "alice",
+            "--claim",
+            r#"companies=["acme"]"#,
+        ],
+        &[("SHARDCAST_JWT_SECRET", SECRET)],
+    )
+    .output()
+    .expect("token");
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned()
+}
+
+/// POSTs `body` (`{"resource": {...}}`) to acme's `main` workspace channels with `token`.
+fn create_channel(addr: SocketAddr, token: &str, body: &Value) -> (u16, Value) {
+    post_with_token(
+        addr,
+        "/api/v1/companies/acme/workspaces/main/channels",
+        token,
+        body,
+    )
+}
+
 #[test]
 fn dev_mode_keeps_one_secret_prints_a_working_token_and_token_finds_the_secret() {
-    let d = dir("dev-mode");
+    let d = scratch_dir("dev-mode");
     let data = d.join("data");
     let data_s = data.to_str().expect("utf8");
     let db = data.join("db.redb");
@@ -249,24 +290,11 @@ fn dev_mode_keeps_one_secret_prints_a_working_token_and_token_finds_the_secret()
 
 #[test]
 fn a_port_another_process_listens_on_is_refused_unless_shared_on_purpose() {
-    let d = dir("port-in-use");
+    let d = scratch_dir("port-in-use");
     let db = d.join("db.redb");
     let db_s = db.to_str().expect("utf8");
     let env = [("SHARDCAST_JWT_SECRET", SECRET)];
-    let first = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db_s,
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ],
-        &env,
-        &d.join("first.log"),
-    );
+    let first = Running::serve(db_s, "127.0.0.1:0", "1", &[], &env, &d.join("first.log"));
     let addr = first.addr.to_string();
     let db2 = d.join("db2.redb");
     let out = shardcast(
@@ -290,18 +318,11 @@ fn a_port_another_process_listens_on_is_refused_unless_shared_on_purpose() {
     assert!(err.contains("--listen-shared"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
     // Sharing on purpose: both listen.
-    let shared = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db2.to_str().expect("utf8"),
-            "--listen",
-            &addr,
-            "--shards",
-            "1",
-            "--no-pin",
-            "--listen-shared",
-        ],
+    let shared = Running::serve(
+        db2.to_str().expect("utf8"),
+        &addr,
+        "1",
+        &["--listen-shared"],
         &env,
         &d.join("shared.log"),
     );
@@ -310,7 +331,7 @@ fn a_port_another_process_listens_on_is_refused_unless_shared_on_purpose() {
 
 #[test]
 fn a_memlock_limit_too_low_exits_at_once_naming_the_limit_and_how_to_raise_it() {
-    let d = dir("memlock");
+    let d = scratch_dir("memlock");
     let db = d.join("db.redb");
     let mut cmd = shardcast(
         &[
@@ -374,7 +395,7 @@ fn a_memlock_limit_too_low_exits_at_once_naming_the_limit_and_how_to_raise_it() 
 #[test]
 fn a_client_reconnecting_after_a_restart_rejoins_with_its_cached_room_token() {
     ensure_node_modules();
-    let d = dir("rejoin");
+    let d = scratch_dir("rejoin");
     let db = d.join("db.redb");
     let db_s = db.to_str().expect("utf8");
     let run = |random_key: bool, tag: &str| -> Vec<String> {
@@ -402,25 +423,9 @@ fn a_client_reconnecting_after_a_restart_rejoins_with_its_cached_room_token() {
         let a0: Vec<&str> = a0.iter().map(String::as_str).collect();
         let server = Running::start(&a0, &env, &d.join(format!("{tag}-1.log")));
         let addr = server.addr;
-        let token = shardcast(
-            &[
-                "token",
-                "--sub",
-                "alice",
-                "--claim",
-                r#"companies=["acme"]"#,
-            ],
-            &[("SHARDCAST_JWT_SECRET", SECRET)],
-        )
-        .output()
-        .expect("token");
-        let token = String::from_utf8(token.stdout)
-            .expect("utf8")
-            .trim()
-            .to_owned();
-        let (status, _) = post_with_token(
+        let token = alice_token();
+        let (status, _) = create_channel(
             addr,
-            "/api/v1/companies/acme/workspaces/main/channels",
             &token,
             &json!({"resource": {"id": format!("rejoin-{tag}"), "name": "r"}}),
         );
@@ -519,24 +524,11 @@ fn a_client_reconnecting_after_a_restart_rejoins_with_its_cached_room_token() {
 
 #[test]
 fn readyz_and_the_live_page_route() {
-    let d = dir("readyz");
+    let d = scratch_dir("readyz");
     let db = d.join("db.redb");
     let db_s = db.to_str().expect("utf8");
     let env = [("SHARDCAST_JWT_SECRET", SECRET)];
-    let plain = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db_s,
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--no-pin",
-        ],
-        &env,
-        &d.join("plain.log"),
-    );
+    let plain = Running::serve(db_s, "127.0.0.1:0", "2", &[], &env, &d.join("plain.log"));
     let r = request(plain.addr, "GET", "/readyz", b"");
     assert_eq!(r.status, 200, "{}", r.text());
     let v: Value = serde_json::from_slice(&r.body).expect("json");
@@ -551,18 +543,11 @@ fn readyz_and_the_live_page_route() {
     assert!(plain.log().contains("backend=embedded"), "{}", plain.log());
     drop(plain);
 
-    let page = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db_s,
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-            "--live-page",
-        ],
+    let page = Running::serve(
+        db_s,
+        "127.0.0.1:0",
+        "1",
+        &["--live-page"],
         &env,
         &d.join("page.log"),
     );
@@ -596,41 +581,19 @@ fn the_python_client_example_receives_a_realtime_resource_event() {
         .trim()
         .to_owned();
 
-    let d = dir("python-client");
+    let d = scratch_dir("python-client");
     let db = d.join("db.redb");
-    let server = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db.to_str().expect("utf8"),
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ],
+    let server = Running::serve(
+        db.to_str().expect("utf8"),
+        "127.0.0.1:0",
+        "1",
+        &[],
         &[("SHARDCAST_JWT_SECRET", SECRET)],
         &d.join("serve.log"),
     );
-    let token = shardcast(
-        &[
-            "token",
-            "--sub",
-            "alice",
-            "--claim",
-            r#"companies=["acme"]"#,
-        ],
-        &[("SHARDCAST_JWT_SECRET", SECRET)],
-    )
-    .output()
-    .expect("token");
-    let token = String::from_utf8(token.stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned();
-    let (status, _) = post_with_token(
+    let token = alice_token();
+    let (status, _) = create_channel(
         server.addr,
-        "/api/v1/companies/acme/workspaces/main/channels",
         &token,
         &json!({"resource": {"id": "py", "name": "py"}}),
     );
@@ -702,19 +665,13 @@ fn the_python_client_example_receives_a_realtime_resource_event() {
 #[test]
 fn readyz_never_answers_200_once_shutdown_begins() {
     use std::io::Write;
-    let d = dir("readyz-shutdown");
+    let d = scratch_dir("readyz-shutdown");
     let db = d.join("db.redb");
-    let mut server = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db.to_str().expect("utf8"),
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ],
+    let mut server = Running::serve(
+        db.to_str().expect("utf8"),
+        "127.0.0.1:0",
+        "1",
+        &[],
         &[
             ("SHARDCAST_JWT_SECRET", SECRET),
             ("SHARDCAST_SHUTDOWN_GRACE_MS", "2000"),
@@ -770,47 +727,18 @@ fn the_demo_client_reports_connection_errors_and_refreshes_room_tokens_on_reconn
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.starts_with("connection error: "), "{text}");
 
-    let d = dir("demo-refresh");
+    let d = scratch_dir("demo-refresh");
     let db = d.join("db.redb");
     let db_s = db.to_str().expect("utf8");
     let env = [
         ("SHARDCAST_JWT_SECRET", SECRET),
         ("SHARDCAST_ROOM_TOKEN_KEY_RANDOM", "true"),
     ];
-    let server = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db_s,
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--no-pin",
-        ],
-        &env,
-        &d.join("first.log"),
-    );
+    let server = Running::serve(db_s, "127.0.0.1:0", "1", &[], &env, &d.join("first.log"));
     let addr = server.addr;
-    let token = shardcast(
-        &[
-            "token",
-            "--sub",
-            "alice",
-            "--claim",
-            r#"companies=["acme"]"#,
-        ],
-        &[("SHARDCAST_JWT_SECRET", SECRET)],
-    )
-    .output()
-    .expect("token");
-    let token = String::from_utf8(token.stdout)
-        .expect("utf8")
-        .trim()
-        .to_owned();
-    let (status, _) = post_with_token(
+    let token = alice_token();
+    let (status, _) = create_channel(
         addr,
-        "/api/v1/companies/acme/workspaces/main/channels",
         &token,
         &json!({"resource": {"id": "refresh", "name": "r"}}),
     );
@@ -861,17 +789,11 @@ fn the_demo_client_reports_connection_errors_and_refreshes_room_tokens_on_reconn
         vec!["authenticated".to_string(), format!("joined {room}")]
     );
     drop(server);
-    let restarted = Running::start(
-        &[
-            "serve",
-            "--db-path",
-            db_s,
-            "--listen",
-            &addr.to_string(),
-            "--shards",
-            "1",
-            "--no-pin",
-        ],
+    let restarted = Running::serve(
+        db_s,
+        &addr.to_string(),
+        "1",
+        &[],
         &env,
         &d.join("second.log"),
     );

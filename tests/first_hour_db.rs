@@ -5,38 +5,24 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{request, request_with};
+use common::{
+    acme_token, free_port, read_listening_addr, request, request_with, scratch_dir,
+    shardcast_command,
+};
 use futures_lite::future::block_on;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use shardcast::orm::{
     BackendKind, Entity, EntitySchema, FieldType, Find, Order, OrmConfig, Repository, SchemaBuilder,
 };
-use shardcast::realtime::auth::{AccessSigner, AuthConfig};
 
 const SECRET: &str = "first-hour-db-test-secret-0123456789abcdef";
 const GENERIC_503: &str = r#"{"code":"unavailable","message":"database unavailable; retry"}"#;
-
-fn dir(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("dir");
-    d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// Our own MongoDB-wire server (the binary tests/services/mongo.sh installed), started and stopped by PID.
 struct OwnMongo {
@@ -55,7 +41,7 @@ impl OwnMongo {
             bin,
             kind: std::env::var("SHARDCAST_TEST_MONGO_KIND").unwrap_or_else(|_| "secantus".into()),
             port: free_port(),
-            dir: dir(name),
+            dir: scratch_dir(name),
             child: None,
         }
     }
@@ -129,49 +115,28 @@ struct Serve {
 impl Serve {
     fn start(d: &Path, backend_args: &[&str], env: &[(&str, &str)]) -> Serve {
         let log = d.join(format!("serve-{}.log", free_port()));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("SHARDCAST_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                "2",
-                "--no-pin",
-            ])
-            .args(backend_args)
-            .env("SHARDCAST_JWT_SECRET", SECRET)
-            .env("SHARDCAST_ORM_REQUEST_TIMEOUT_MS", "1500")
-            .env("SHARDCAST_ORM_UNAVAILABLE_RETRY_MS", "200")
-            .env("SHARDCAST_DB_RETRY_INITIAL_MS", "100")
-            .env("SHARDCAST_DB_RETRY_MAX_MS", "500")
-            .env("SHARDCAST_DB_PROBE_INTERVAL_MS", "200")
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("line");
-        let addr = line
-            .trim()
-            .strip_prefix("shardcast listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "serve did not start: {line:?}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .parse()
-            .expect("addr");
+        let mut child = shardcast_command(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--no-pin",
+        ])
+        .args(backend_args)
+        .env("SHARDCAST_JWT_SECRET", SECRET)
+        .env("SHARDCAST_ORM_REQUEST_TIMEOUT_MS", "1500")
+        .env("SHARDCAST_ORM_UNAVAILABLE_RETRY_MS", "200")
+        .env("SHARDCAST_DB_RETRY_INITIAL_MS", "100")
+        .env("SHARDCAST_DB_RETRY_MAX_MS", "500")
+        .env("SHARDCAST_DB_PROBE_INTERVAL_MS", "200")
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+        let addr = read_listening_addr(&mut child, Some(&log));
         Serve { child, addr, log }
     }
 
@@ -228,18 +193,9 @@ impl Drop for Serve {
     }
 }
 
-fn token() -> String {
-    let mut extra = serde_json::Map::new();
-    extra.insert("companies".into(), json!(["acme"]));
-    AccessSigner::new(&AuthConfig::hs256(SECRET))
-        .expect("signer")
-        .sign("alice", 3600, &extra)
-        .expect("sign")
-}
-
 #[test]
 fn mongo_down_at_start_then_up_then_down_mid_run_then_back() {
-    let d = dir("health-mongo");
+    let d = scratch_dir("health-mongo");
     let mut mongo = OwnMongo::new("health-mongo-db");
     let uri = mongo.uri();
     let db = format!("health_{}", std::process::id());
@@ -249,7 +205,7 @@ fn mongo_down_at_start_then_up_then_down_mid_run_then_back() {
         &["--mongo-uri", &uri],
         &[("SHARDCAST_MONGO_DATABASE", &db)],
     );
-    let token = token();
+    let token = acme_token(SECRET, "alice");
     let v = serve.wait_readyz(503);
     assert_eq!(v["status"], "unavailable");
     let (status, body) = serve.channels(&token);
@@ -355,7 +311,7 @@ fn cassandra_down_at_start_then_up_then_down_mid_run() {
         "SHARDCAST_TEST_CQL_NODES is not set: run `bash tests/services/cassandra.sh start` first (tests/run.sh does \
          it); this test reuses the jars it downloads"
     );
-    let d = dir("health-cql");
+    let d = scratch_dir("health-cql");
     let (native_port, mut storage_port) = (free_port(), free_port());
     while storage_port == native_port {
         storage_port = free_port();
@@ -372,7 +328,7 @@ fn cassandra_down_at_start_then_up_then_down_mid_run() {
         &["--cql-nodes", &nodes, "--cql-keyspace", "health_cql"],
         &[],
     );
-    let token = token();
+    let token = acme_token(SECRET, "alice");
     serve.wait_readyz(503);
     let (status, body) = serve.channels(&token);
     assert_eq!((status, body.as_str()), (503, GENERIC_503));
@@ -412,7 +368,7 @@ fn cassandra_down_at_start_then_up_then_down_mid_run() {
 
 #[test]
 fn exit_instead_of_waiting_when_asked_and_cassandra_down_at_start_answers_503() {
-    let d = dir("health-exit");
+    let d = scratch_dir("health-exit");
     let dead = format!("127.0.0.1:{}", free_port());
     let out = Command::new(env!("CARGO_BIN_EXE_shardcast"))
         .args([
@@ -444,7 +400,7 @@ fn exit_instead_of_waiting_when_asked_and_cassandra_down_at_start_answers_503() 
     );
     let v = serve.wait_readyz(503);
     assert_eq!(v["database"], "down");
-    let (status, body) = serve.channels(&token());
+    let (status, body) = serve.channels(&acme_token(SECRET, "alice"));
     assert_eq!((status, body.as_str()), (503, GENERIC_503));
     assert!(
         serve
@@ -506,7 +462,7 @@ fn exact_pages(config: OrmConfig) {
 
 #[test]
 fn an_exact_last_page_has_no_next_page_token_on_every_backend() {
-    let d = dir("exact-pages");
+    let d = scratch_dir("exact-pages");
     exact_pages(OrmConfig {
         embedded_path: d.join("e.redb"),
         ..OrmConfig::default()

@@ -6,31 +6,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Lines, Write as _};
+use std::io::{BufReader, Lines, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use common::*;
 use serde_json::{Value, json};
-use shardcast::realtime::auth::{AccessSigner, AuthConfig, now_s};
+use shardcast::realtime::auth::now_s;
 
 const SECRET: &str = "e2e-access-secret-0123456789abcdef";
 const ROOM_SECRET: &str = "e2e-room-secret-0123456789abcdef!";
 const CHANNELS: usize = 10;
 const CLIENTS: usize = 200;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    dir
-}
-
 /// `shardcast serve --shards 2` with its own embedded store; `realtime` is extra lines of the `[realtime]` table.
 fn serve(name: &str, realtime: &str) -> (Server, PathBuf) {
-    let dir = scratch(name);
+    let dir = scratch_dir(name);
     let cfg = dir.join("shardcast.toml");
     let text = format!(
         "[server]\nping_interval_ms = 2000\nping_timeout_ms = 60000\n[auth]\njwt_secret = \"{SECRET}\"\n\
@@ -40,15 +32,6 @@ fn serve(name: &str, realtime: &str) -> (Server, PathBuf) {
     std::fs::write(&cfg, text).expect("config");
     let srv = Server::start(&["serve", "--shards", "2", "--config", cfg.to_str().unwrap()]);
     (srv, dir)
-}
-
-fn token(sub: &str) -> String {
-    let mut extra = serde_json::Map::new();
-    extra.insert("companies".into(), json!(["acme"]));
-    AccessSigner::new(&AuthConfig::hs256(SECRET))
-        .unwrap()
-        .sign(sub, 3600, &extra)
-        .unwrap()
 }
 
 /// One keep-alive connection: every call lands on the same shard, so the events it publishes keep their order.
@@ -154,7 +137,7 @@ impl Drop for Clients {
 fn e2e(major: &str) {
     ensure_node_modules();
     let (srv, dir) = serve(&format!("realtime-e2e-v{major}"), "");
-    let mut rest = Rest::new(srv.addr, &token("alice"));
+    let mut rest = Rest::new(srv.addr, &acme_token(SECRET, "alice"));
     for c in 0..CHANNELS {
         let (status, v) = rest.call(
             "POST",
@@ -170,28 +153,13 @@ fn e2e(major: &str) {
         .map(|i| {
             let user = format!("u{i}");
             json!({
-                "user": user, "token": token(&user), "channel": format!("c{}", i % CHANNELS),
+                "user": user, "token": acme_token(SECRET, &user), "channel": format!("c{}", i % CHANNELS),
                 "auth": if i % 2 == 0 && major == "4" { "connect" } else { "event" },
             })
         })
         .collect();
-    let config = dir.join("clients.json");
-    std::fs::write(
-        &config,
-        json!({ "url": srv.url(), "clients": clients }).to_string(),
-    )
-    .unwrap();
-    let mut child = Command::new("node")
-        .arg(interop_dir().join("realtime_clients.js"))
-        .arg(major)
-        .arg(&config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn node");
-    let stdin = child.stdin.take().unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (child, stdin, lines) =
+        spawn_node_clients("realtime_clients.js", major, &dir, &srv.url(), &clients);
     let mut node = Clients {
         child,
         stdin,
@@ -323,7 +291,7 @@ fn hs256(secret: &str, claims: &Value) -> String {
 
 /// The room token the REST API hands `user` for channel `c`'s messages room.
 fn room_token(srv: &Server, user: &str, c: usize) -> String {
-    let mut rest = Rest::new(srv.addr, &token(user));
+    let mut rest = Rest::new(srv.addr, &acme_token(SECRET, user));
     let (status, v) = rest.call(
         "GET",
         &format!("/api/v1/channels/c{c}/messages?websockets=true"),
@@ -341,7 +309,7 @@ fn refusals(major: &str) {
         &format!("realtime-refusals-v{major}"),
         "auth_timeout_ms = 500",
     );
-    let mut rest = Rest::new(srv.addr, &token("alice"));
+    let mut rest = Rest::new(srv.addr, &acme_token(SECRET, "alice"));
     for c in 0..2 {
         let (status, v) = rest.call(
             "POST",
@@ -375,7 +343,7 @@ fn refusals(major: &str) {
         ),
     ];
     let refused = |err: &str| json!([["unauthorized", { "err": err, "message": err }], ["disconnect", "io server disconnect"]]);
-    let u1 = token("u1");
+    let u1 = acme_token(SECRET, "u1");
     let own = room_token(&srv, "u1", 0);
     let (other_user, other_room) = (room_token(&srv, "u2", 0), room_token(&srv, "u1", 1));
     let join = |t: &str| json!(["realtime:join", { "name": room(0), "token": t }]);

@@ -15,10 +15,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Lines, Write as _};
+use std::io::{BufReader, Lines, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout};
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use common::*;
 use serde::Serialize;
 use serde_json::{Value, json};
-use shardcast::realtime::auth::{AccessSigner, AccessVerifier, AuthConfig, RoomTokens, Secret};
+use shardcast::realtime::auth::{AccessVerifier, AuthConfig, RoomTokens, Secret};
 use shardcast::realtime::bus::{RoomEvent, publish_event_to};
 use shardcast::realtime::crud::{ExecutionContext, Realtime, Recipient, Recipients, Template};
 use shardcast::realtime::events::{self, SocketEvent, SocketUser};
@@ -40,21 +40,13 @@ const SECRET: &str = "parity-access-secret-0123456789abcdef";
 const ROOM_SECRET: &str = "parity-room-secret-0123456789abcdef!";
 const EVENT_PER_S_MAX: usize = 5;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    dir
-}
-
 fn serve(name: &str) -> (Server, PathBuf) {
     serve_with(name, "")
 }
 
 /// [`serve`] with extra lines in the `[realtime]` table.
 fn serve_with(name: &str, realtime: &str) -> (Server, PathBuf) {
-    let dir = scratch(name);
+    let dir = scratch_dir(name);
     let cfg = dir.join("shardcast.toml");
     let text = format!(
         "[server]\nping_interval_ms = 2000\nping_timeout_ms = 60000\n[auth]\njwt_secret = \"{SECRET}\"\n\
@@ -67,15 +59,6 @@ fn serve_with(name: &str, realtime: &str) -> (Server, PathBuf) {
     (srv, dir)
 }
 
-fn token(sub: &str) -> String {
-    let mut extra = serde_json::Map::new();
-    extra.insert("companies".into(), json!(["acme"]));
-    AccessSigner::new(&AuthConfig::hs256(SECRET))
-        .unwrap()
-        .sign(sub, 3600, &extra)
-        .unwrap()
-}
-
 fn call(
     addr: SocketAddr,
     user: &str,
@@ -85,7 +68,7 @@ fn call(
 ) -> (u16, Value) {
     let mut s: TcpStream = connect(addr);
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = format!("Bearer {}", token(user));
+    let auth = format!("Bearer {}", acme_token(SECRET, user));
     let headers = [
         ("Authorization", auth.as_str()),
         ("Content-Type", "application/json"),
@@ -124,23 +107,8 @@ struct Node {
 
 impl Node {
     fn start(major: &str, dir: &std::path::Path, url: &str, clients: &[Value]) -> Node {
-        let config = dir.join("clients.json");
-        std::fs::write(
-            &config,
-            json!({ "url": url, "clients": clients }).to_string(),
-        )
-        .unwrap();
-        let mut child = Command::new("node")
-            .arg(interop_dir().join("realtime_parity.js"))
-            .arg(major)
-            .arg(&config)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn node");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (child, stdin, lines) =
+            spawn_node_clients("realtime_parity.js", major, dir, url, clients);
         let mut node = Node {
             child,
             stdin,
@@ -229,7 +197,7 @@ fn client_events(major: &str) {
     let clients: Vec<Value> = users
         .iter()
         .zip(shards)
-        .map(|(u, shard)| json!({"user": u, "token": token(u), "shard": shard, "connect_auth": true}))
+        .map(|(u, shard)| json!({"user": u, "token": acme_token(SECRET, u), "shard": shard, "connect_auth": true}))
         .collect();
     let mut node = Node::start(major, &dir, &srv.url(), &clients);
     let tokens0: Vec<String> = users.iter().map(|u| room_token(srv.addr, u, 0)).collect();
@@ -249,21 +217,21 @@ fn client_events(major: &str) {
 
     // Public user rooms: one's own with the access token, nobody else's.
     assert_eq!(
-        node.join(0, "/users/u0", &token("u0")),
+        node.join(0, "/users/u0", &acme_token(SECRET, "u0")),
         json!(["realtime:join:success", {"name": "/users/u0"}])
     );
     let not_yours = "a user room can be joined by its own user only";
     assert_eq!(
-        node.join(1, "/users/u0", &token("u1")),
+        node.join(1, "/users/u0", &acme_token(SECRET, "u1")),
         json!(["realtime:join:error", {"name": "/users/u0", "error": not_yours, "message": not_yours}])
     );
     assert_eq!(
-        node.join(1, "/users/u0", &token("u0")),
+        node.join(1, "/users/u0", &acme_token(SECRET, "u0")),
         json!(["realtime:join:error", {"name": "/users/u0", "error": not_yours, "message": not_yours}])
     );
     // The access token opens no other room.
     assert_eq!(
-        node.join(1, &room(1), &token("u1")),
+        node.join(1, &room(1), &acme_token(SECRET, "u1")),
         json!(["realtime:join:error", {"name": room(1), "error": "invalid signature", "message": "invalid signature"}])
     );
 
@@ -273,8 +241,8 @@ fn client_events(major: &str) {
     node.event(8, &room(0), json!({"n": 3}), &tokens0[0]);
     node.event(8, &room(0), json!({"n": 4}), &tokens1[8]);
     node.event(8, &room(0), json!({"n": 5}), "twake");
-    node.event(0, "/users/u0", json!({"n": 6}), &token("u0"));
-    node.event(1, "/users/u0", json!({"n": 7}), &token("u1"));
+    node.event(0, "/users/u0", json!({"n": 6}), &acme_token(SECRET, "u0"));
+    node.event(1, "/users/u0", json!({"n": 7}), &acme_token(SECRET, "u1"));
     node.event(0, &room(0), json!({"marker": "a0"}), &tokens0[0]);
     node.event(8, &room(0), json!({"marker": "a8"}), &tokens0[8]);
     let got = node.collect(&["a0", "a8"], &[0, 1, 2, 3, 4, 5]);
@@ -505,9 +473,9 @@ fn service_events(major: &str) {
     let clients: Vec<Value> = shards
         .iter()
         .enumerate()
-        .map(|(i, shard)| json!({"user": format!("u{i}"), "token": token(&format!("u{i}")), "shard": shard}))
+        .map(|(i, shard)| json!({"user": format!("u{i}"), "token": acme_token(SECRET, &format!("u{i}")), "shard": shard}))
         .collect();
-    let dir = scratch(&format!("realtime-parity-service-v{major}"));
+    let dir = scratch_dir(&format!("realtime-parity-service-v{major}"));
     let mut node = Node::start(major, &dir, &format!("http://{addr}"), &clients);
     let joins = [
         (0, "/a".to_owned()),
@@ -617,9 +585,9 @@ fn socket_events(major: &str) {
     let clients: Vec<Value> = [0, 1, 0]
         .iter()
         .enumerate()
-        .map(|(i, shard)| json!({"user": format!("u{i}"), "token": token(&format!("u{i}")), "shard": shard}))
+        .map(|(i, shard)| json!({"user": format!("u{i}"), "token": acme_token(SECRET, &format!("u{i}")), "shard": shard}))
         .collect();
-    let dir = scratch(&format!("realtime-parity-socket-events-v{major}"));
+    let dir = scratch_dir(&format!("realtime-parity-socket-events-v{major}"));
     let mut node = Node::start(major, &dir, &format!("http://{addr}"), &clients);
     let log_token = RoomTokens::new(&Secret::from(ROOM_SECRET), 3600, 0)
         .unwrap()
@@ -718,7 +686,7 @@ fn presence_and_online(major: &str) {
     // u0 twice (shards 0 and 1), u1 on shard 1, all in room 0; u2 (shard 0) only asks.
     let clients: Vec<Value> = [("u0", 0), ("u0", 1), ("u1", 1), ("u2", 0)]
         .iter()
-        .map(|(u, shard)| json!({"user": u, "token": token(u), "shard": shard}))
+        .map(|(u, shard)| json!({"user": u, "token": acme_token(SECRET, u), "shard": shard}))
         .collect();
     let mut node = Node::start(major, &dir, &srv.url(), &clients);
     for (i, u) in [(0, "u0"), (1, "u0"), (2, "u1")] {

@@ -30,40 +30,6 @@ fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// A Socket.IO client connected to the main namespace of the conformance app over websocket.
-struct Witness(Ws);
-
-impl Witness {
-    fn new(srv: &Server) -> Witness {
-        let mut ws = Ws::connect(srv.addr, "/socket.io/?EIO=4&transport=websocket");
-        ws.recv();
-        ws.send_text("40");
-        assert!(ws.recv_text_skip_ping().starts_with("40"));
-        assert_eq!(ws.recv_text_skip_ping(), r#"42["auth",{}]"#);
-        Witness(ws)
-    }
-    /// One round trip; returns its duration.
-    fn exchange(&mut self, n: u32) -> Duration {
-        let t = Instant::now();
-        self.0.send_text(&format!(r#"42["message",{n}]"#));
-        assert_eq!(
-            self.0.recv_text_skip_ping(),
-            format!(r#"42["message-back",{n}]"#)
-        );
-        t.elapsed()
-    }
-}
-
-fn wait_for_log(srv: &Server, needle: &str) {
-    for _ in 0..400 {
-        if srv.log().contains(needle) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("log does not mention {needle:?}:\n{}", srv.log());
-}
-
 /// The value of one metric line, e.g. `shardcast_refusals_total{shard="0",reason="sessions"}`, summed over
 /// shards when `series` leaves the shard out.
 fn metric(srv: &Server, series: &str) -> u64 {
@@ -124,17 +90,7 @@ fn heavy() -> std::sync::MutexGuard<'static, ()> {
 fn ping_flood_without_reading_is_bounded_and_memory_comes_back() {
     let _one_at_a_time = heavy();
     // The heartbeat rate bound would end this flood after 100 pings: lift it to show the byte bound.
-    let srv = Server::start(&[
-        "conformance",
-        "--shards",
-        "1",
-        "--ping-interval-ms",
-        "25000",
-        "--ping-timeout-ms",
-        "20000",
-        "--heartbeats-per-session-per-s-max",
-        "1000000000",
-    ]);
+    let srv = Server::conformance_quiet(&["--heartbeats-per-session-per-s-max", "1000000000"]);
     let mut witness = Witness::new(&srv);
     witness.exchange(1);
     let before = srv.rss_bytes();
@@ -171,7 +127,7 @@ fn ping_flood_without_reading_is_bounded_and_memory_comes_back() {
         before / MB,
         srv.rss_bytes() / MB
     );
-    wait_for_log(&srv, "slow reader");
+    srv.wait_for_log("slow reader");
     assert!(
         srv.log().contains("control frames included"),
         "{}",
@@ -199,15 +155,7 @@ fn ping_flood_without_reading_is_bounded_and_memory_comes_back() {
 
 #[test]
 fn heartbeat_floods_close_only_the_flooding_session() {
-    let srv = Server::start(&[
-        "conformance",
-        "--shards",
-        "1",
-        "--ping-interval-ms",
-        "25000",
-        "--ping-timeout-ms",
-        "20000",
-    ]);
+    let srv = Server::conformance_quiet(&[]);
     let mut witness = Witness::new(&srv);
     for (what, frame) in [
         ("noop", client_frame(0x1, b"6")),
@@ -228,7 +176,7 @@ fn heartbeat_floods_close_only_the_flooding_session() {
         );
         witness.exchange(1);
     }
-    wait_for_log(&srv, "heartbeat flood");
+    srv.wait_for_log("heartbeat flood");
     assert_eq!(
         metric(&srv, "shardcast_refusals_total,reason=\"heartbeat_flood\""),
         2
@@ -237,17 +185,7 @@ fn heartbeat_floods_close_only_the_flooding_session() {
 
 #[test]
 fn partial_binary_packets_are_dropped_in_time() {
-    let srv = Server::start(&[
-        "conformance",
-        "--shards",
-        "1",
-        "--ping-interval-ms",
-        "25000",
-        "--ping-timeout-ms",
-        "20000",
-        "--partial-packet-timeout-ms",
-        "600",
-    ]);
+    let srv = Server::conformance_quiet(&["--partial-packet-timeout-ms", "600"]);
     let mut ws = Witness::new(&srv).0;
     // A complete binary packet is fine.
     ws.send_text(r#"451-["message",{"_placeholder":true,"num":0}]"#);
@@ -271,7 +209,7 @@ fn partial_binary_packets_are_dropped_in_time() {
     let waited = t.elapsed();
     assert!(seen.iter().all(|m| m == "2" || m == "1"), "{seen:?}");
     assert!(waited < Duration::from_secs(10), "closed after {waited:?}");
-    wait_for_log(&srv, "partial_packet_timeout_ms (600 ms)");
+    srv.wait_for_log("partial_packet_timeout_ms (600 ms)");
     // Attachments received so far count toward payload_bytes_max: 63 of 16 KiB (1 MiB) close at once.
     let mut ws = Witness::new(&srv).0;
     ws.send_text(&header);
@@ -279,22 +217,12 @@ fn partial_binary_packets_are_dropped_in_time() {
         ws.send_binary(&[7u8; 16 * 1024]);
     }
     ws.until_closed();
-    wait_for_log(&srv, "payload_bytes_max exceeded");
+    srv.wait_for_log("payload_bytes_max exceeded");
 }
 
 #[test]
 fn partial_binary_packets_of_a_shard_share_one_byte_bound() {
-    let srv = Server::start(&[
-        "conformance",
-        "--shards",
-        "1",
-        "--ping-interval-ms",
-        "25000",
-        "--ping-timeout-ms",
-        "20000",
-        "--partial-packets-bytes-per-shard-max",
-        "600000",
-    ]);
+    let srv = Server::conformance_quiet(&["--partial-packets-bytes-per-shard-max", "600000"]);
     let placeholders: Vec<String> = (0..64)
         .map(|i| format!(r#"{{"_placeholder":true,"num":{i}}}"#))
         .collect();
@@ -318,7 +246,7 @@ fn partial_binary_packets_of_a_shard_share_one_byte_bound() {
         }
     }
     b.until_closed();
-    wait_for_log(&srv, "partial_packets_bytes_per_shard_max is 600000");
+    srv.wait_for_log("partial_packets_bytes_per_shard_max is 600000");
     // A is untouched: it completes its packet and gets it back.
     for _ in 0..4 {
         a.send_binary(&attachment);
@@ -506,17 +434,7 @@ fn flood_duration() -> Duration {
 #[test]
 fn handshake_flood_is_bounded_and_a_joined_client_keeps_working() {
     let _one_at_a_time = heavy();
-    let srv = Server::start(&[
-        "conformance",
-        "--shards",
-        "1",
-        "--ping-interval-ms",
-        "25000",
-        "--ping-timeout-ms",
-        "20000",
-        "--sessions-per-shard-max",
-        "2000",
-    ]);
+    let srv = Server::conformance_quiet(&["--sessions-per-shard-max", "2000"]);
     let mut witness = Witness::new(&srv);
     witness.exchange(0);
     let before = srv.rss_bytes();
@@ -599,15 +517,7 @@ fn a_keep_alive_connection_that_reconnects_now_and_then_is_not_cut() {
 #[test]
 fn a_flooding_connection_does_not_starve_its_shard() {
     let _one_at_a_time = heavy();
-    let srv = Server::start(&[
-        "conformance",
-        "--shards",
-        "1",
-        "--ping-interval-ms",
-        "25000",
-        "--ping-timeout-ms",
-        "20000",
-    ]);
+    let srv = Server::conformance_quiet(&[]);
     let mut healthy = Witness::new(&srv);
     // The flooder: a Socket.IO client sending small nested events (no handler, no answer) as fast as loopback
     // allows, from its own thread.

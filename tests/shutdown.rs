@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,26 +13,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Ws, connect, read_response, send_request};
+use common::{
+    Ws, connect, read_listening_addr, read_response, scratch_dir, send_request, shardcast_command,
+};
 
 const SECRET: &str = "shutdown-test-secret-0123456789abcdef";
 
-fn dir(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("dir");
-    d
-}
-
 fn shardcast(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SHARDCAST_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(args)
-        .env("SHARDCAST_JWT_SECRET", SECRET)
+    let mut cmd = shardcast_command(args);
+    cmd.env("SHARDCAST_JWT_SECRET", SECRET)
         // The streams of creates come from one user, faster than the default per-user write rate: this file tests
         // durability, `tests/tenants.rs` the write limits.
         .env("SHARDCAST_USER_WRITES_PER_S", "0")
@@ -75,21 +63,7 @@ fn serve(db: &Path, sync_interval_ms: u64, log: PathBuf) -> Serve {
     .stderr(std::fs::File::create(&log).expect("log"))
     .spawn()
     .expect("spawn serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("shardcast listening on ")
-        .unwrap_or_else(|| {
-            panic!(
-                "unexpected line {line:?}: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        })
-        .parse()
-        .expect("addr");
+    let addr = read_listening_addr(&mut child, Some(&log));
     Serve { child, addr, log }
 }
 
@@ -171,7 +145,7 @@ fn sigterm(child: &Child) {
 }
 
 fn sigterm_loses_no_acknowledged_write(sync_interval_ms: u64) {
-    let d = dir(&format!("shutdown-{sync_interval_ms}"));
+    let d = scratch_dir(&format!("shutdown-{sync_interval_ms}"));
     let db = d.join("db.redb");
     let auth = token();
     let srv = serve(&db, sync_interval_ms, d.join("serve-1.log"));
@@ -338,7 +312,7 @@ fn half_request(addr: SocketAddr) -> TcpStream {
 
 #[test]
 fn shutdown_waits_at_most_the_grace_period_and_a_second_signal_exits_at_once() {
-    let d = dir("shutdown-second");
+    let d = scratch_dir("shutdown-second");
     let srv = serve(&d.join("db.redb"), 0, d.join("serve-1.log"));
     let _held = half_request(srv.addr);
     let t0 = Instant::now();

@@ -33,11 +33,7 @@ enum Backend {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("tenants-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
-    dir
+    scratch_dir(&format!("tenants-{name}"))
 }
 
 fn unique_name(name: &str) -> String {
@@ -390,15 +386,6 @@ fn concurrent_create(backend: Backend) {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// 1,000 messages of control characters: text is bounded by its JSON size; a `limit=1000` list is cut at
 /// `page_bytes_max` with a token, the pages reach every message exactly once, and memory comes back after slow and
 /// abandoned responses.
@@ -488,7 +475,7 @@ fn thousand_message_list(backend: Backend) {
     assert_eq!(r.status, 400, "{}", r.text());
 
     // Slow and abandoned readers: requests sent, answers never read, connections closed.
-    let before = rss_kib(server.pid());
+    let before = server.rss_bytes() / 1024;
     for _ in 0..3 {
         let mut abandoned: Vec<std::net::TcpStream> = (0..8)
             .map(|_| {
@@ -511,7 +498,7 @@ fn thousand_message_list(backend: Backend) {
     let r = rest.raw("GET", "/api/v1/channels/big/messages?limit=1", b"");
     assert_eq!(r.status, 200);
     std::thread::sleep(Duration::from_millis(1500));
-    let after = rss_kib(server.pid());
+    let after = server.rss_bytes() / 1024;
     eprintln!(
         "thousand_message_list {backend:?}: {pages} pages, RSS {before} KiB before, {after} KiB after"
     );

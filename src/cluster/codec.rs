@@ -700,17 +700,8 @@ pub fn iso8601(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::test_hex::{hex, unhex};
     use serde_json::json;
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
 
     #[test]
     fn channel_names_follow_the_adapter() {

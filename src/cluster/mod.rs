@@ -32,3 +32,18 @@ pub mod node;
 
 pub use adapter::{AdapterState, Cluster, ClusterStats};
 pub use config::ClusterConfig;
+
+/// Hex of bytes and back, for the unit tests that compare with bytes other implementations wrote.
+#[cfg(test)]
+mod test_hex {
+    pub(crate) fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    pub(crate) fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+}

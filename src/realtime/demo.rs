@@ -533,6 +533,36 @@ impl<T: Serialize> PageFill<T> {
     fn chunk(&self) -> u32 {
         (self.limit - self.rows.len()).clamp(1, LIST_CHUNK_ROWS as usize) as u32
     }
+
+    /// Fills the page with `repo`'s entities matching `find` (in chunks of [`PageFill::chunk`] at the start), each
+    /// turned into a row by `row`; true when the entities ran out before the page was cut (no later page).
+    async fn fill_from<E: Entity>(
+        &mut self,
+        repo: &Repository<E>,
+        find: &Find,
+        row: impl Fn(E) -> T,
+    ) -> Result<bool, CrudError> {
+        let chunk = self.chunk();
+        let mut token = None;
+        loop {
+            let page = repo
+                .find(find.clone().limit(chunk).page_token(token))
+                .await
+                .map_err(page_token_error)?;
+            for e in page.entities {
+                if !self.push(row(e)) {
+                    break;
+                }
+            }
+            if page.next_page_token.is_none() && !self.cut {
+                return Ok(true);
+            }
+            if self.full() {
+                return Ok(false);
+            }
+            token = page.next_page_token;
+        }
+    }
 }
 
 fn page_token_error(e: OrmError) -> CrudError {
@@ -855,28 +885,7 @@ impl CrudService<Channel> for ChannelService {
         if let Some(after) = &after {
             find = find.gt("id", after.as_str());
         }
-        let chunk = fill.chunk();
-        let mut token = None;
-        let exhausted = loop {
-            let page = self
-                .repos
-                .channels
-                .find(find.clone().limit(chunk).page_token(token))
-                .await
-                .map_err(page_token_error)?;
-            for c in page.entities {
-                if !fill.push(c) {
-                    break;
-                }
-            }
-            if page.next_page_token.is_none() && !fill.cut {
-                break true;
-            }
-            if fill.full() {
-                break false;
-            }
-            token = page.next_page_token;
-        };
+        let exhausted = fill.fill_from(&self.repos.channels, &find, |c| c).await?;
         let next_page_token = match fill.rows.last() {
             Some(last) if !exhausted => Some(cursor_token('c', &last.id)),
             None if !exhausted => options.page_token.clone(),
@@ -1082,28 +1091,9 @@ impl CrudService<Message> for MessageService {
             find = find.lt("id", after);
         }
         let mut fill = PageFill::new(limit_of(options) as usize, self.limits.page_bytes_max);
-        let chunk = fill.chunk();
-        let mut token = None;
-        let exhausted = loop {
-            let page = self
-                .repos
-                .messages
-                .find(find.clone().limit(chunk).page_token(token))
-                .await
-                .map_err(page_token_error)?;
-            for m in page.entities {
-                if !fill.push(Message::from(m)) {
-                    break;
-                }
-            }
-            if page.next_page_token.is_none() && !fill.cut {
-                break true;
-            }
-            if fill.full() {
-                break false;
-            }
-            token = page.next_page_token;
-        };
+        let exhausted = fill
+            .fill_from(&self.repos.messages, &find, Message::from)
+            .await?;
         let next_page_token = match fill.rows.last() {
             Some(last) if !exhausted => last.id.map(|id| cursor_token('m', &id.to_string())),
             None if !exhausted => options.page_token.clone(),

@@ -778,34 +778,55 @@ fn defer_data(
     to: usize,
     msg: rooms::ShardMessage,
 ) -> bool {
-    {
-        let mut backlog = live.data_backlog.borrow_mut();
-        let Some(q) = backlog.get_mut(to) else {
-            return false;
-        };
-        if q.len() >= DATA_BACKLOG_LEN_MAX {
-            bump(&live.stats.events_dropped, 1);
-            tracing::warn!(
-                shard = shard.id(),
-                to,
-                limit = DATA_BACKLOG_LEN_MAX,
-                "realtime event dropped: cross-shard queue full"
-            );
-            return false;
-        }
-        q.push_back(msg);
+    let queued = push_backlog(&live.data_backlog, to, DATA_BACKLOG_LEN_MAX, msg, || {
+        bump(&live.stats.events_dropped, 1);
+        tracing::warn!(
+            shard = shard.id(),
+            to,
+            limit = DATA_BACKLOG_LEN_MAX,
+            "realtime event dropped: cross-shard queue full"
+        );
+    });
+    if queued {
+        bump(&live.stats.events_deferred, 1);
+        arm_retry(live, shard);
     }
-    bump(&live.stats.events_deferred, 1);
-    arm_retry(live, shard);
+    queued
+}
+
+/// Appends `msg` to the queue for shard `to` in `backlog` unless that queue already holds `len_max` messages (then
+/// `on_full` runs and nothing is queued); false also when there is no shard `to`.
+fn push_backlog(
+    backlog: &RefCell<Vec<VecDeque<rooms::ShardMessage>>>,
+    to: usize,
+    len_max: usize,
+    msg: rooms::ShardMessage,
+    on_full: impl FnOnce(),
+) -> bool {
+    let mut backlog = backlog.borrow_mut();
+    let Some(q) = backlog.get_mut(to) else {
+        return false;
+    };
+    if q.len() >= len_max {
+        drop(backlog);
+        on_full();
+        return false;
+    }
+    q.push_back(msg);
     true
+}
+
+/// Runs, on the shard that received it, a room message another shard posted.
+fn on_room_message(ctx: &Rc<ShardCtx>, msg: rooms::ShardMessage) {
+    if let Some(live) = ctx.state::<LiveShard>() {
+        let routes = live.rooms.borrow_mut().on_message(msg);
+        run_routes(&live, ctx, routes);
+    }
 }
 
 fn post(shard: &Rc<ShardCtx>, to: usize, msg: rooms::ShardMessage) -> Result<(), MeshError> {
     shard.send_to(to, move |ctx| {
-        if let Some(live) = ctx.state::<LiveShard>() {
-            let routes = live.rooms.borrow_mut().on_message(msg);
-            run_routes(&live, ctx, routes);
-        }
+        on_room_message(ctx, msg);
     })
 }
 
@@ -830,10 +851,7 @@ fn post_control(
     let done = counter.clone();
     let r = shard.send_to(to, move |ctx| {
         done.fetch_sub(1, Ordering::AcqRel);
-        if let Some(live) = ctx.state::<LiveShard>() {
-            let routes = live.rooms.borrow_mut().on_message(msg);
-            run_routes(&live, ctx, routes);
-        }
+        on_room_message(ctx, msg);
     });
     if r.is_err() {
         counter.fetch_sub(1, Ordering::AcqRel);
@@ -842,25 +860,19 @@ fn post_control(
 }
 
 fn defer(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, to: usize, msg: rooms::ShardMessage) -> bool {
-    {
-        let mut backlog = live.backlog.borrow_mut();
-        let Some(q) = backlog.get_mut(to) else {
-            return false;
-        };
-        if q.len() >= CONTROL_BACKLOG_LEN_MAX {
-            tracing::error!(
-                shard = shard.id(),
-                to,
-                limit = CONTROL_BACKLOG_LEN_MAX,
-                "room control message dropped: backlog to that shard is full"
-            );
-            return false;
-        }
-        q.push_back(msg);
+    let queued = push_backlog(&live.backlog, to, CONTROL_BACKLOG_LEN_MAX, msg, || {
+        tracing::error!(
+            shard = shard.id(),
+            to,
+            limit = CONTROL_BACKLOG_LEN_MAX,
+            "room control message dropped: backlog to that shard is full"
+        );
+    });
+    if queued {
+        bump(&live.stats.control_deferred, 1);
+        arm_retry(live, shard);
     }
-    bump(&live.stats.control_deferred, 1);
-    arm_retry(live, shard);
-    true
+    queued
 }
 
 fn arm_retry(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>) {

@@ -37,22 +37,7 @@ impl Server {
             .stderr(stderr)
             .spawn()
             .expect("spawn shardcast");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("shardcast listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "unexpected first line {line:?}; log: {}",
-                    stderr_path.display()
-                )
-            })
-            .parse()
-            .expect("address");
+        let addr = read_listening_addr(&mut child, Some(&stderr_path));
         Server {
             child,
             addr,
@@ -71,6 +56,33 @@ impl Server {
     pub fn conformance_relaxed(shards: usize) -> Server {
         let n = shards.to_string();
         Server::start(&["conformance", "--shards", &n, "--ping-timeout-ms", "20000"])
+    }
+
+    /// A one-shard conformance server with heartbeats slow enough (25 s ping interval, 20 s timeout) that none ends a
+    /// session during a test, started with the `extra` flags too: only what the test does may end a connection.
+    pub fn conformance_quiet(extra: &[&str]) -> Server {
+        let mut args = vec![
+            "conformance",
+            "--shards",
+            "1",
+            "--ping-interval-ms",
+            "25000",
+            "--ping-timeout-ms",
+            "20000",
+        ];
+        args.extend_from_slice(extra);
+        Server::start(&args)
+    }
+
+    /// Waits (up to 10 s) until the server's log mentions `needle`; panics with the log otherwise.
+    pub fn wait_for_log(&self, needle: &str) {
+        for _ in 0..400 {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("log does not mention {needle:?}:\n{}", self.log());
     }
 
     /// The server's process id.
@@ -431,4 +443,128 @@ pub fn ensure_node_modules() {
             .expect("run npm (node and npm must be installed)");
         assert!(status.success(), "npm ci failed in {}", dir.display());
     });
+}
+
+/// A fresh, empty directory `<name>-<pid>` under the target's test scratch directory.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+/// A TCP port nothing listened on a moment ago (for a child process that must be told its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// An HS256 access token signed with `secret` for user `sub` of company `acme`, valid for an hour.
+pub fn acme_token(secret: &str, sub: &str) -> String {
+    let mut extra = serde_json::Map::new();
+    extra.insert("companies".into(), serde_json::json!(["acme"]));
+    shardcast::realtime::auth::AccessSigner::new(&shardcast::realtime::auth::AuthConfig::hs256(
+        secret,
+    ))
+    .expect("signer")
+    .sign(sub, 3600, &extra)
+    .expect("sign")
+}
+
+/// `shardcast <args>` (the binary under test) with the SHARDCAST_* variables of the test's environment removed.
+pub fn shardcast_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardcast"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SHARDCAST_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args);
+    cmd
+}
+
+/// A Socket.IO client connected to the main namespace of the conformance app over websocket: it proves the server
+/// still serves others.
+pub struct Witness(pub Ws);
+
+impl Witness {
+    pub fn new(srv: &Server) -> Witness {
+        let mut ws = Ws::connect(srv.addr, "/socket.io/?EIO=4&transport=websocket");
+        ws.recv();
+        ws.send_text("40");
+        assert!(ws.recv_text_skip_ping().starts_with("40"));
+        assert_eq!(ws.recv_text_skip_ping(), r#"42["auth",{}]"#);
+        Witness(ws)
+    }
+
+    /// One round trip (`message` answered by `message-back`); returns its duration.
+    pub fn exchange(&mut self, n: u32) -> Duration {
+        let t = std::time::Instant::now();
+        self.0.send_text(&format!(r#"42["message",{n}]"#));
+        assert_eq!(
+            self.0.recv_text_skip_ping(),
+            format!(r#"42["message-back",{n}]"#)
+        );
+        t.elapsed()
+    }
+}
+
+/// Takes `child`'s stdout and reads its first line, `shardcast listening on <addr>`; panics (with the text of `log`,
+/// the child's stderr file, if given) on any other line.
+pub fn read_listening_addr(child: &mut Child, log: Option<&std::path::Path>) -> SocketAddr {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read listening line");
+    line.trim()
+        .strip_prefix("shardcast listening on ")
+        .unwrap_or_else(|| {
+            let log = log.map_or_else(String::new, |p| {
+                format!(
+                    "; log {}:\n{}",
+                    p.display(),
+                    std::fs::read_to_string(p).unwrap_or_default()
+                )
+            });
+            panic!("unexpected first line {line:?}{log}")
+        })
+        .parse()
+        .expect("address")
+}
+
+/// `node tests/interop/<script> <major> <dir>/clients.json`, the file holding `{"url": url, "clients": clients}`:
+/// the child (stderr inherited), its stdin and its stdout lines.
+pub fn spawn_node_clients(
+    script: &str,
+    major: &str,
+    dir: &std::path::Path,
+    url: &str,
+    clients: &[serde_json::Value],
+) -> (
+    Child,
+    std::process::ChildStdin,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let config = dir.join("clients.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({ "url": url, "clients": clients }).to_string(),
+    )
+    .unwrap();
+    let mut child = Command::new("node")
+        .arg(interop_dir().join(script))
+        .arg(major)
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node");
+    let stdin = child.stdin.take().unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, stdin, lines)
 }

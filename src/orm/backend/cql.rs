@@ -762,32 +762,10 @@ impl CqlBackend {
         rows: Vec<Row>,
         ttl_seconds: Option<u32>,
     ) -> BackendResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let c = Arc::clone(self.conn().await?);
-        let mut tasks = tokio::task::JoinSet::new();
-        let in_flight_max = self.config.write_concurrency_max.max(1);
-        for row in rows {
-            let (cql, values) = self.insert_ttl_statement(schema, &row, ttl_seconds)?;
-            let mut stmt = self.prepared(&c.session, &cql).await?;
-            stmt.set_is_idempotent(true);
-            while tasks.len() >= in_flight_max {
-                join_one(&mut tasks).await?;
-            }
-            let c = Arc::clone(&c);
-            tasks.spawn(async move {
-                c.session
-                    .execute_unpaged(&stmt, values)
-                    .await
-                    .map(|_| ())
-                    .map_err(exec_err)
-            });
-        }
-        while !tasks.is_empty() {
-            join_one(&mut tasks).await?;
-        }
-        Ok(())
+        self.write_rows(rows, |row| {
+            self.insert_ttl_statement(schema, row, ttl_seconds)
+        })
+        .await
     }
 
     async fn patch_impl(
@@ -878,26 +856,7 @@ impl CqlBackend {
             .execute_unpaged(&stmt, values)
             .await
             .map_err(exec_err)?;
-        let rows = res
-            .into_rows_result()
-            .map_err(|e| BackendError::Database(e.to_string()))?;
-        let mut iter = rows
-            .rows::<ColumnIterator<'_, '_>>()
-            .map_err(|e| BackendError::Database(e.to_string()))?;
-        let Some(row) = iter.next() else {
-            return Err(BackendError::Database(
-                "UPDATE IF EXISTS returned no [applied] row".into(),
-            ));
-        };
-        let mut cols = row.map_err(|e| BackendError::Data(e.to_string()))?;
-        let applied = cols
-            .next()
-            .transpose()
-            .map_err(|e| BackendError::Data(e.to_string()))?
-            .and_then(|c| c.slice.map(|s| s.as_slice().first().copied()))
-            .flatten()
-            .ok_or_else(|| BackendError::Data("[applied] has no value".into()))?;
-        Ok(applied != 0)
+        applied_of(res, "UPDATE IF EXISTS")
     }
 
     /// Waits until the index on `column` answers queries: a new index is built in the background, and Cassandra
@@ -1060,31 +1019,17 @@ impl CqlBackend {
             .execute_unpaged(&stmt, values)
             .await
             .map_err(exec_err)?;
-        let rows = res
-            .into_rows_result()
-            .map_err(|e| BackendError::Database(e.to_string()))?;
-        let mut iter = rows
-            .rows::<ColumnIterator<'_, '_>>()
-            .map_err(|e| BackendError::Database(e.to_string()))?;
-        let Some(row) = iter.next() else {
-            return Err(BackendError::Database(
-                "INSERT IF NOT EXISTS returned no [applied] row".into(),
-            ));
-        };
-        let mut cols = row.map_err(|e| BackendError::Data(e.to_string()))?;
-        let applied = cols
-            .next()
-            .transpose()
-            .map_err(|e| BackendError::Data(e.to_string()))?
-            .and_then(|c| c.slice.map(|s| s.as_slice().first().copied()))
-            .flatten()
-            .ok_or_else(|| BackendError::Data("[applied] has no value".into()))?;
-        Ok(applied != 0)
+        applied_of(res, "INSERT IF NOT EXISTS")
     }
 
-    /// Writes the rows with up to [`CqlConfig::write_concurrency_max`] requests in flight; on the first error the
-    /// writes not yet sent are dropped (some rows may have been written, as the trait allows).
-    async fn upsert_all_impl(&self, schema: &TableSchema, rows: Vec<Row>) -> BackendResult<()> {
+    /// Writes each row with the (idempotent) statement `statement` makes of it, with up to
+    /// [`CqlConfig::write_concurrency_max`] requests in flight; on the first error the writes not yet sent are dropped
+    /// (some rows may have been written, as the trait allows).
+    async fn write_rows(
+        &self,
+        rows: Vec<Row>,
+        statement: impl Fn(&Row) -> BackendResult<(String, Vec<Option<CqlValue>>)>,
+    ) -> BackendResult<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -1092,7 +1037,7 @@ impl CqlBackend {
         let mut tasks = tokio::task::JoinSet::new();
         let in_flight_max = self.config.write_concurrency_max.max(1);
         for row in rows {
-            let (cql, values) = self.insert_statement(schema, &row)?;
+            let (cql, values) = statement(&row)?;
             let mut stmt = self.prepared(&c.session, &cql).await?;
             stmt.set_is_idempotent(true);
             while tasks.len() >= in_flight_max {
@@ -1111,6 +1056,12 @@ impl CqlBackend {
             join_one(&mut tasks).await?;
         }
         Ok(())
+    }
+
+    /// [`CqlBackend::write_rows`] of plain upserts.
+    async fn upsert_all_impl(&self, schema: &TableSchema, rows: Vec<Row>) -> BackendResult<()> {
+        self.write_rows(rows, |row| self.insert_statement(schema, row))
+            .await
     }
 
     async fn delete_impl(&self, schema: &TableSchema, key: &Row) -> BackendResult<()> {
@@ -1821,6 +1772,31 @@ fn key_values(schema: &TableSchema, key: &Row) -> BackendResult<Vec<Option<CqlVa
             Ok(Some(key_value(k, column_type(schema, k)?, v)?))
         })
         .collect()
+}
+
+/// The first column of a lightweight transaction's answer, `[applied]`: whether the statement (`what`, named in the
+/// errors) wrote.
+fn applied_of(res: QueryResult, what: &str) -> BackendResult<bool> {
+    let rows = res
+        .into_rows_result()
+        .map_err(|e| BackendError::Database(e.to_string()))?;
+    let mut iter = rows
+        .rows::<ColumnIterator<'_, '_>>()
+        .map_err(|e| BackendError::Database(e.to_string()))?;
+    let Some(row) = iter.next() else {
+        return Err(BackendError::Database(format!(
+            "{what} returned no [applied] row"
+        )));
+    };
+    let mut cols = row.map_err(|e| BackendError::Data(e.to_string()))?;
+    let applied = cols
+        .next()
+        .transpose()
+        .map_err(|e| BackendError::Data(e.to_string()))?
+        .and_then(|c| c.slice.map(|s| s.as_slice().first().copied()))
+        .flatten()
+        .ok_or_else(|| BackendError::Data("[applied] has no value".into()))?;
+    Ok(applied != 0)
 }
 
 fn decode_rows(schema: &TableSchema, res: QueryResult) -> BackendResult<Vec<Row>> {

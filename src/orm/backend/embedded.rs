@@ -52,8 +52,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableError,
-    WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    TableError, WriteTransaction,
 };
 
 use super::{
@@ -760,6 +760,23 @@ fn scan_segments<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok((out, false))
 }
 
+/// [`scan_segments`] of the local or global index table `name` (its keys end with the row's primary key); a table
+/// not created yet has no entries.
+fn scan_side_table(
+    txn: &ReadTransaction,
+    name: &str,
+    segments: &[Segment],
+    reversed: bool,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> BackendResult<(Vec<(Bytes, Bytes)>, bool)> {
+    match txn.open_table(data_def(name)) {
+        Ok(table) => scan_segments(&table, segments, reversed, after, limit),
+        Err(TableError::TableDoesNotExist(_)) => Ok((Vec::new(), false)),
+        Err(e) => Err(db_err(e)),
+    }
+}
+
 fn run_query(db: &Database, schema: &TableSchema, query: &Query) -> BackendResult<Page> {
     let after = match &query.page_token {
         Some(t) => Some(decode_token(t)?),
@@ -784,13 +801,9 @@ fn run_query(db: &Database, schema: &TableSchema, query: &Query) -> BackendResul
         }
         QueryShape::Key if query.local_filter(schema).is_some() => {
             let (column, segs) = local_segments(schema, query)?;
-            let lname = local_table_name(&schema.name, &column);
-            let local = match txn.open_table(data_def(&lname)) {
-                Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Page::default()),
-                Err(e) => return Err(db_err(e)),
-            };
-            let (e, m) = scan_segments(&local, &segs, query.reversed, after.as_deref(), limit)?;
+            let name = local_table_name(&schema.name, &column);
+            let (e, m) =
+                scan_side_table(&txn, &name, &segs, query.reversed, after.as_deref(), limit)?;
             (e, m, true)
         }
         QueryShape::Key => {
@@ -800,13 +813,9 @@ fn run_query(db: &Database, schema: &TableSchema, query: &Query) -> BackendResul
         }
         QueryShape::Index => {
             let (column, segs) = index_segments(schema, query)?;
-            let iname = index_table_name(&schema.name, &column);
-            let index = match txn.open_table(data_def(&iname)) {
-                Ok(t) => t,
-                Err(TableError::TableDoesNotExist(_)) => return Ok(Page::default()),
-                Err(e) => return Err(db_err(e)),
-            };
-            let (e, m) = scan_segments(&index, &segs, query.reversed, after.as_deref(), limit)?;
+            let name = index_table_name(&schema.name, &column);
+            let (e, m) =
+                scan_side_table(&txn, &name, &segs, query.reversed, after.as_deref(), limit)?;
             (e, m, true)
         }
     };
@@ -858,21 +867,33 @@ fn split_index_key(k: &[u8]) -> BackendResult<(&[u8], &[u8])> {
     Ok(rest.split_at(rest.len() - n))
 }
 
+/// The key of `row` in a side table for `column`: `prefix()` ++ value ++ primary key ++ u32 length of the primary
+/// key; `None` when the row has no value in `column` (then `prefix` is not called).
+fn side_entry(
+    schema: &TableSchema,
+    column: &str,
+    row: &Row,
+    pk: &[u8],
+    prefix: impl FnOnce() -> BackendResult<Bytes>,
+) -> BackendResult<Option<Bytes>> {
+    match row.get(column) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            let t = schema.column_type(column).unwrap_or(ColumnType::Blob);
+            let mut e = prefix()?;
+            encode_key_value(&mut e, column, t, v, Order::Asc)?;
+            Ok(Some(index_key(&e, pk)))
+        }
+    }
+}
+
 fn index_entry(
     schema: &TableSchema,
     column: &str,
     row: &Row,
     pk: &[u8],
 ) -> BackendResult<Option<Bytes>> {
-    match row.get(column) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            let t = schema.column_type(column).unwrap_or(ColumnType::Blob);
-            let mut e = Vec::new();
-            encode_key_value(&mut e, column, t, v, Order::Asc)?;
-            Ok(Some(index_key(&e, pk)))
-        }
-    }
+    side_entry(schema, column, row, pk, || Ok(Vec::new()))
 }
 
 /// Writes `new` at `pk` inside `txn`, replacing `old`, and keeps the index tables in step.
@@ -955,15 +976,9 @@ fn local_entry(
     row: &Row,
     pk: &[u8],
 ) -> BackendResult<Option<Bytes>> {
-    match row.get(column) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            let t = schema.column_type(column).unwrap_or(ColumnType::Blob);
-            let mut e = encode_partition_key(schema, row)?;
-            encode_key_value(&mut e, column, t, v, Order::Asc)?;
-            Ok(Some(index_key(&e, pk)))
-        }
-    }
+    side_entry(schema, column, row, pk, || {
+        encode_partition_key(schema, row)
+    })
 }
 
 fn expiry_entry(row: &Row, pk: &[u8]) -> Option<Bytes> {
