@@ -46,6 +46,7 @@ for i in $(seq "$RUNS"); do
         echo "run $i: exited before every shard listened: $(tail -n 2 "$log" | tr '\n' ' ')"
     fi
     kill "$pid" 2>/dev/null
+    ((i % 20 == 0)) && echo "after $i starts: $hangs hangs, $failed loud failures, $ok good"
     wait "$pid" 2>/dev/null
 done
 echo "mesh_join: $hangs hangs, $failed loud failures, $ok good starts in $RUNS starts (shards $SHARDS, hogs $HOGS, wait ${WAIT_S}s)"
