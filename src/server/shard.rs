@@ -667,3 +667,50 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
         Ok(TcpListener::from_raw_fd(owned.into_raw_fd()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mesh that is never formed (one of its two peers never joins) is reported as not joined once the timeout
+    /// passed, instead of waiting forever; a formed one joins.
+    #[test]
+    fn join_mesh_is_bounded_and_joins_a_formed_mesh() {
+        let lonely: FullMesh<u8> = MeshBuilder::full(2, 4);
+        let alone = LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let started = Instant::now();
+                let joined = join_mesh(lonely, Duration::from_millis(200)).await;
+                (joined.is_none(), started.elapsed())
+            })
+            .expect("executor");
+        let (timed_out, took) = alone.join().expect("join");
+        assert!(
+            timed_out,
+            "a mesh with a missing peer was reported as joined"
+        );
+        assert!(
+            took >= Duration::from_millis(200),
+            "gave up early: {took:?}"
+        );
+
+        let pair: FullMesh<u8> = MeshBuilder::full(2, 4);
+        let shards: Vec<_> = (0..2)
+            .map(|_| {
+                let mesh = pair.clone();
+                LocalExecutorBuilder::new(Placement::Unbound)
+                    .spawn(move || async move {
+                        matches!(
+                            join_mesh(mesh, Duration::from_millis(MESH_JOIN_TIMEOUT_MS)).await,
+                            Some(Ok(_))
+                        )
+                    })
+                    .expect("executor")
+            })
+            .collect();
+        drop(pair);
+        for s in shards {
+            assert!(s.join().expect("join"), "a formed mesh did not join");
+        }
+    }
+}
