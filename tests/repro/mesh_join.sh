@@ -12,10 +12,12 @@ SHARDS=${4:-3}
 tmp=${TMP_DIR:-target/mesh-repro}
 rm -rf "$tmp" && mkdir -p "$tmp"
 hogs=()
+pid=
 cleanup() {
-    for p in "${hogs[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${hogs[@]}" $pid; do kill "$p" 2>/dev/null; done
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 for _ in $(seq "$HOGS"); do
     yes >/dev/null &
     hogs+=($!)
