@@ -95,3 +95,99 @@ fn two_hundred_polling_clients_on_two_shards() {
         "no request reached the shard that does not own its session:\n{metrics}"
     );
 }
+
+/// Start-up of 3 shards on a loaded machine (busy threads on every core) either serves on every shard or fails
+/// loudly (non-zero exit, "cannot start" and the reason on stderr), within a bound: it never prints "listening"
+/// with a shard that does not accept (its connections would hang), and never hangs silently. A shard binds its
+/// listener only once the shard mesh is joined, and the join gives up after MESH_JOIN_TIMEOUT_MS (10 s).
+#[test]
+fn three_shard_start_under_load_serves_every_shard_or_fails_loudly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    const STARTS: usize = 5;
+    const HOGS: usize = 4;
+    // MESH_JOIN_TIMEOUT_MS twice (start-up's own guard) plus slack: past it start-up hung.
+    const START_BOUND: Duration = Duration::from_secs(25);
+    const HANDSHAKES: usize = 30;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<_> = (0..HOGS)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for run in 0..STARTS {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let log = dir.join(format!("mesh-start-{}-{run}.log", std::process::id()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+            .args([
+                "conformance",
+                "--shards",
+                "3",
+                "--no-pin",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn shardcast");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let Ok(line) = rx.recv_timeout(START_BOUND) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            stop.store(true, Ordering::Relaxed);
+            panic!(
+                "start {run}: start-up hung for {START_BOUND:?}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let Some(addr) = line.trim().strip_prefix("shardcast listening on ") else {
+            // A loud failure: the process ends non-zero and says why.
+            let status = child.wait().expect("wait");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                !status.success() && text.contains("cannot start"),
+                "start {run}: no listening line ({line:?}), {status}, log:\n{text}"
+            );
+            continue;
+        };
+        let addr: SocketAddr = addr.parse().expect("address");
+        // Every shard accepts: fresh connections land on every shard (the sid's first two characters name it).
+        let sids: Vec<String> = (0..HANDSHAKES)
+            .map(|_| polling_handshake(addr, "/socket.io/"))
+            .collect();
+        for shard in ["00", "01", "02"] {
+            assert!(
+                sids.iter().any(|s| s.starts_with(shard)),
+                "start {run}: no session on shard {shard} in {HANDSHAKES} connections: {sids:?}"
+            );
+        }
+        served += 1;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hogs {
+        h.join().expect("hog");
+    }
+    assert!(served > 0, "no start-up of {STARTS} served");
+}

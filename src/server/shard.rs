@@ -243,7 +243,34 @@ impl ServerHandle {
     }
 }
 
+/// How long start-up waits for every shard to join glommio's channel mesh. Past it, [`start`] fails with an error
+/// that says so (the process exits non-zero) instead of waiting forever. Generous: a loaded machine (load average
+/// 12-16 on 2 cores) joins in well under a second.
+pub const MESH_JOIN_TIMEOUT_MS: u64 = 10_000;
+
+/// While a shard joins the mesh it wakes at least this often and polls the join again. glommio 0.9 can lose the
+/// wake-up of a shared channel while its executor parks (glommio issue #261; `spin_before_park` used to hide it):
+/// a join that parked on a lost wake-up never ran again. The timer makes the executor leave its park, rerun its
+/// shared-channel checks (which wake every connecting channel and every receiver that has data) and poll the join.
+const MESH_JOIN_POLL_MS: u64 = 5;
+
+/// How long start-up waits for a shard to bind its listener once told the address.
+const BIND_TIMEOUT_MS: u64 = 10_000;
+
+/// What a shard reports to [`start`] during start-up.
+enum StartReport {
+    /// It joined the mesh (or there is no mesh: one shard) and waits for the address to bind.
+    Joined,
+    /// It bound its listener (here) and accepts connections from now on.
+    Listening(SocketAddr),
+}
+
 /// Start `config.shards` shards. Returns once every shard listens.
+///
+/// Every shard first joins the channel mesh (bounded by [`MESH_JOIN_TIMEOUT_MS`]); only then are the listeners
+/// bound, one shard after the other (shard 0 resolves port 0, the others bind the same port), and a shard accepts
+/// as soon as it has bound. So no listener exists on a shard that cannot accept yet: the kernel never hands a
+/// connection to a shard stuck in its start-up.
 pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> {
     let nr = config.shards.max(1);
     let cpus = std::thread::available_parallelism()
@@ -254,6 +281,12 @@ pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> 
     let mesh: FullMesh<ShardMessage> = MeshBuilder::full(nr, config.mesh_queue_len.max(1));
     let mut config = config;
     let mut joins = Vec::with_capacity(nr);
+    let mut shards = Vec::with_capacity(nr);
+    // Stops the shards already started when start-up fails: they leave their start-up and end.
+    let fail = |shutdown: &AtomicBool, e: io::Error| {
+        shutdown.store(true, Ordering::Release);
+        Err(e)
+    };
     for id in 0..nr {
         let placement = if config.pin_shards {
             Placement::Fixed(id % cpus)
@@ -264,29 +297,89 @@ pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> 
         let app = app.clone();
         let metrics = metrics.clone();
         let mesh = mesh.clone();
-        let shutdown = shutdown.clone();
-        // One channel per shard, its only sender moved into the shard: a shard thread that dies before it is ready
+        let shutdown_send = shutdown.clone();
+        // One channel per shard, its only sender moved into the shard: a shard thread that dies during its start-up
         // (its executor could not be built) closes it, and start-up fails instead of waiting forever.
-        let (ready, ready_rx) = mpsc::channel::<io::Result<SocketAddr>>();
-        let join = LocalExecutorBuilder::new(placement)
+        let (ready, ready_rx) = mpsc::channel::<io::Result<StartReport>>();
+        let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
+        let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(256 << 10)
             .ring_depth(RING_DEPTH)
             .spawn(move || async move {
-                shard_main(id, nr, cfg_send, app, metrics, mesh, shutdown, ready).await;
-            })
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        joins.push(join);
-        // Shard 0 resolves port 0; the others bind the same port.
-        let addr = ready_rx
-            .recv()
-            .map_err(|_| {
-                io::Error::other(format!(
-                    "shard {id} failed to start (its io_uring executor could not be created; see the log)"
-                ))
-            })??;
-        if id == 0 {
-            config.listen = addr;
+                shard_main(
+                    id,
+                    nr,
+                    cfg_send,
+                    app,
+                    metrics,
+                    mesh,
+                    shutdown_send,
+                    ready,
+                    addr_rx,
+                )
+                .await;
+            });
+        match spawned {
+            Ok(join) => joins.push(join),
+            Err(e) => return fail(&shutdown, io::Error::other(e.to_string())),
+        }
+        shards.push((ready_rx, addr_tx));
+    }
+    drop(mesh);
+    let died = |id: usize| {
+        io::Error::other(format!(
+            "shard {id} failed to start (its io_uring executor could not be created; see the log)"
+        ))
+    };
+    // Every shard joins the mesh (each gives up by itself after MESH_JOIN_TIMEOUT_MS; this deadline only guards
+    // against a shard that never reports at all).
+    let joined_by = Instant::now() + Duration::from_millis(2 * MESH_JOIN_TIMEOUT_MS);
+    for (id, (ready_rx, _)) in shards.iter().enumerate() {
+        let left = joined_by.saturating_duration_since(Instant::now());
+        match ready_rx.recv_timeout(left) {
+            Ok(Ok(StartReport::Joined)) => {}
+            Ok(Ok(StartReport::Listening(_))) => {
+                return fail(
+                    &shutdown,
+                    io::Error::other(format!("shard {id}: listened before the mesh was joined")),
+                );
+            }
+            Ok(Err(e)) => return fail(&shutdown, e),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return fail(&shutdown, mesh_timeout(id));
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return fail(&shutdown, died(id)),
+        }
+    }
+    // Then the listeners, in order: shard 0 resolves port 0; the others bind the same port.
+    for (id, (ready_rx, addr_tx)) in shards.iter().enumerate() {
+        if addr_tx.send(config.listen).is_err() {
+            return fail(&shutdown, died(id));
+        }
+        match ready_rx.recv_timeout(Duration::from_millis(BIND_TIMEOUT_MS)) {
+            Ok(Ok(StartReport::Listening(addr))) => {
+                if id == 0 {
+                    config.listen = addr;
+                }
+            }
+            Ok(Ok(StartReport::Joined)) => {
+                return fail(
+                    &shutdown,
+                    io::Error::other(format!("shard {id}: joined the mesh twice")),
+                );
+            }
+            Ok(Err(e)) => return fail(&shutdown, e),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return fail(
+                    &shutdown,
+                    io::Error::other(format!(
+                        "shard {id} did not bind {} within {BIND_TIMEOUT_MS} ms",
+                        config.listen
+                    )),
+                );
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return fail(&shutdown, died(id)),
         }
     }
     Ok(ServerHandle {
@@ -294,6 +387,35 @@ pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> 
         shutdown,
         joins,
     })
+}
+
+fn mesh_timeout(id: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!(
+            "the shard mesh was not formed within MESH_JOIN_TIMEOUT_MS ({MESH_JOIN_TIMEOUT_MS} ms): shard {id} did \
+             not join glommio's channel mesh"
+        ),
+    )
+}
+
+/// Join the channel mesh within `timeout`, polling the join at least every [`MESH_JOIN_POLL_MS`] (see there).
+/// `None`: not joined in time.
+pub(crate) async fn join_mesh<T: Send + 'static>(
+    mesh: FullMesh<T>,
+    timeout: Duration,
+) -> Option<glommio::Result<(Senders<T>, glommio::channels::channel_mesh::Receivers<T>), ()>> {
+    let give_up = Instant::now() + timeout;
+    futures_lite::future::or(async { Some(mesh.join().await) }, async {
+        while Instant::now() < give_up {
+            let nap = give_up
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(MESH_JOIN_POLL_MS));
+            glommio::timer::sleep(nap).await;
+        }
+        None
+    })
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -305,19 +427,9 @@ async fn shard_main(
     metrics: Arc<[ShardMetrics]>,
     mesh: FullMesh<ShardMessage>,
     shutdown: Arc<AtomicBool>,
-    ready: mpsc::Sender<io::Result<SocketAddr>>,
+    ready: mpsc::Sender<io::Result<StartReport>>,
+    addr_rx: mpsc::Receiver<SocketAddr>,
 ) {
-    let listener = match bind_listener(config.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(io::Error::other(format!(
-                "shard {id}: bind {}: {e}",
-                config.listen
-            ))));
-            return;
-        }
-    };
-    let local_addr = listener.local_addr().unwrap_or(config.listen);
     let ctx = Rc::new(ShardCtx {
         id,
         nr_shards: nr,
@@ -336,15 +448,26 @@ async fn shard_main(
     });
     let built = app(&ctx);
     *ctx.app.borrow_mut() = Rc::new(built);
-    let _ = ready.send(Ok(local_addr));
-    drop(ready);
 
     // Join the mesh (waits for every shard), then serve the queues from every peer.
     if nr > 1 {
-        let (senders, mut receivers) = match mesh.join().await {
-            Ok(pair) => pair,
-            Err(e) => {
+        let joined = join_mesh(mesh, Duration::from_millis(MESH_JOIN_TIMEOUT_MS)).await;
+        let (senders, mut receivers) = match joined {
+            Some(Ok(pair)) => pair,
+            Some(Err(e)) => {
                 tracing::error!(shard = id, error = %e, "could not join the shard mesh");
+                let _ = ready.send(Err(io::Error::other(format!(
+                    "shard {id}: could not join the shard mesh: {e}"
+                ))));
+                return;
+            }
+            None => {
+                tracing::error!(
+                    shard = id,
+                    timeout_ms = MESH_JOIN_TIMEOUT_MS,
+                    "the shard mesh was not formed in time (MESH_JOIN_TIMEOUT_MS)"
+                );
+                let _ = ready.send(Err(mesh_timeout(id)));
                 return;
             }
         };
@@ -366,6 +489,33 @@ async fn shard_main(
     } else {
         drop(mesh);
     }
+    if ready.send(Ok(StartReport::Joined)).is_err() {
+        return;
+    }
+
+    // Only now the listener: `start` hands out the address once every shard joined, shard 0 first (port 0).
+    let listen = loop {
+        match addr_rx.try_recv() {
+            Ok(addr) => break addr,
+            Err(mpsc::TryRecvError::Empty) if !ctx.shutdown_flag.load(Ordering::Acquire) => {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            // Start-up failed elsewhere.
+            Err(_) => return,
+        }
+    };
+    let listener = match bind_listener(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::other(format!(
+                "shard {id}: bind {listen}: {e}"
+            ))));
+            return;
+        }
+    };
+    let local_addr = listener.local_addr().unwrap_or(listen);
+    let _ = ready.send(Ok(StartReport::Listening(local_addr)));
+    drop(ready);
     tracing::info!(shard = id, addr = %local_addr, "shard listening");
 
     let accept_ctx = ctx.clone();
@@ -515,5 +665,52 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
             return Err(io::Error::last_os_error());
         }
         Ok(TcpListener::from_raw_fd(owned.into_raw_fd()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mesh that is never formed (one of its two peers never joins) is reported as not joined once the timeout
+    /// passed, instead of waiting forever; a formed one joins.
+    #[test]
+    fn join_mesh_is_bounded_and_joins_a_formed_mesh() {
+        let lonely: FullMesh<u8> = MeshBuilder::full(2, 4);
+        let alone = LocalExecutorBuilder::new(Placement::Unbound)
+            .spawn(move || async move {
+                let started = Instant::now();
+                let joined = join_mesh(lonely, Duration::from_millis(200)).await;
+                (joined.is_none(), started.elapsed())
+            })
+            .expect("executor");
+        let (timed_out, took) = alone.join().expect("join");
+        assert!(
+            timed_out,
+            "a mesh with a missing peer was reported as joined"
+        );
+        assert!(
+            took >= Duration::from_millis(200),
+            "gave up early: {took:?}"
+        );
+
+        let pair: FullMesh<u8> = MeshBuilder::full(2, 4);
+        let shards: Vec<_> = (0..2)
+            .map(|_| {
+                let mesh = pair.clone();
+                LocalExecutorBuilder::new(Placement::Unbound)
+                    .spawn(move || async move {
+                        matches!(
+                            join_mesh(mesh, Duration::from_millis(MESH_JOIN_TIMEOUT_MS)).await,
+                            Some(Ok(_))
+                        )
+                    })
+                    .expect("executor")
+            })
+            .collect();
+        drop(pair);
+        for s in shards {
+            assert!(s.join().expect("join"), "a formed mesh did not join");
+        }
     }
 }
