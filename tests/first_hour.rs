@@ -687,6 +687,12 @@ fn readyz_never_answers_200_once_shutdown_begins() {
         common::read_response(&mut conn, &mut Vec::new())
     };
     assert_eq!(ask().expect("an answer").status, 200);
+    // A connection holding half a request keeps the shutdown going for up to shutdown_grace_ms, so the probes below
+    // see the server while it shuts down (an idle server could exit before the first probe).
+    let mut held = std::net::TcpStream::connect(addr).expect("connect");
+    held.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a request");
+    std::thread::sleep(Duration::from_millis(100));
     // SAFETY: kill(2) on the PID of our own child.
     unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
     let mut answers = Vec::new();
@@ -701,6 +707,7 @@ fn readyz_never_answers_200_once_shutdown_begins() {
         answers.push(status);
         std::thread::sleep(Duration::from_millis(5));
     }
+    drop(held);
     // Requests before the shard noticed the signal may still be 200; after a 503 or a refusal, never again.
     let first_not_ready = answers.iter().position(|s| *s != Some(200));
     let first_not_ready = first_not_ready.expect("some /readyz after SIGTERM was not 200");
