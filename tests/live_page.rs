@@ -2,7 +2,7 @@
 //! over the Chrome DevTools protocol: the page connects with its own Socket.IO client, shows the server's shards,
 //! creates a channel through its form and joins its rooms; a message created over REST by the test, and one sent
 //! from the page's form, both appear on the page as `realtime:resource` events. A screenshot is written to
-//! `target/tmp/live-page.png` (and to `$SHARDCAST_SCREENSHOT_OUT` when set: the README's `docs/live-page.png`).
+//! `target/tmp/live-page.png` (and to `$SHARDCAST_SCREENSHOT_OUT` when set: the README's `src/app/live-page.png`, beside the page it shows).
 
 mod common;
 
