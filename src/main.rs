@@ -534,6 +534,8 @@ fn serve_app(cfg: &mut Config) -> Result<(AppFactory, IoSlot, Option<Banner>), (
         )
         .map_err(|e| (2, format!("shardcast: {e}")))?;
         tracing::info!(uid = c.uid(), prefix = %cfg.cluster.prefix, "cluster: this node's uid");
+        let watched = c.clone();
+        health.watch_cluster(move || watched.stats().state());
         Some(c)
     } else {
         None

@@ -116,11 +116,22 @@ impl Drop for Redis {
 
 /// `shardcast serve` joined to the cluster at `redis_url`.
 fn serve(name: &str, shards: usize, redis_url: &str, cluster_extra: &str) -> Server {
+    serve_with(name, shards, redis_url, cluster_extra, "")
+}
+
+/// [`serve`] with lines of its own in the `[cluster]` and `[realtime]` sections.
+fn serve_with(
+    name: &str,
+    shards: usize,
+    redis_url: &str,
+    cluster_extra: &str,
+    realtime_extra: &str,
+) -> Server {
     let dir = scratch(name);
     let cfg = dir.join("shardcast.toml");
     let text = format!(
         "[server]\nping_interval_ms = 2000\nping_timeout_ms = 60000\n[auth]\njwt_secret = \"{SECRET}\"\n\
-         [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\n[cluster]\nredis_url = \"{redis_url}\"\n\
+         [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\n{realtime_extra}\n[cluster]\nredis_url = \"{redis_url}\"\n\
          reconnect_backoff_max_ms = 300\n{cluster_extra}\n[orm]\nembedded_path = \"{}\"\n",
         dir.join("data.redb").display()
     );
@@ -135,6 +146,28 @@ fn ready(addr: SocketAddr) -> (u16, Value) {
         r.status,
         serde_json::from_slice(&r.body).unwrap_or(Value::Null),
     )
+}
+
+/// `GET /readyz`: the node's readiness, which Redis does not decide (its body reports the adapter).
+fn readyz(addr: SocketAddr) -> (u16, Value) {
+    let r = request(addr, "GET", "/readyz", b"");
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+/// Waits until `/readyz` answers `status` with `"cluster": cluster` in its body.
+fn wait_readyz(addr: SocketAddr, status: u16, cluster: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (s, v) = readyz(addr);
+        if s == status && v["cluster"] == json!(cluster) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {s} {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn wait_ready(addr: SocketAddr, want: u16) -> Value {
@@ -153,7 +186,18 @@ fn wait_ready(addr: SocketAddr, want: u16) -> Value {
 }
 
 fn rest(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let auth = format!("Bearer {}", acme_token(SECRET, "alice"));
+    rest_as("alice", addr, method, path, body)
+}
+
+/// A REST call with an access token of `user` (company `acme`).
+fn rest_as(
+    user: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let auth = format!("Bearer {}", acme_token(SECRET, user));
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let r = request_with(
         addr,
@@ -220,6 +264,23 @@ impl NodeSide {
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A socket.io-client 4.x client `name` of the server at `url`, authenticated with `token` (a shardcast node)
+    /// or as `user` (the Node server: `socket.data.user` and the room `user:<id>`); its socket id.
+    fn client(&mut self, name: &str, url: &str, token: Option<&str>, user: Option<&str>) -> String {
+        let v = self
+            .call(json!({"cmd": "client", "name": name, "url": url, "token": token, "user": user}));
+        v["sid"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the adapter's serverCount() (PUBSUB NUMSUB) is `n`: every node's subscription is in place.
+    fn wait_server_count(&mut self, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.call(json!({"cmd": "serverCount"}))["count"] != json!(n) {
+            assert!(Instant::now() < deadline, "PUBSUB NUMSUB never reached {n}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn call(&mut self, mut cmd: Value) -> Value {
@@ -307,6 +368,38 @@ fn count(node: &NodeSide, client: &str, event: &str) -> usize {
     node.received(client, event).len()
 }
 
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The `id`s of fetchSockets answers, sorted.
+fn sorted_ids(sockets: &[Value]) -> Vec<String> {
+    sorted(
+        sockets
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect(),
+    )
+}
+
+/// An adapter in this test process (shards of its own: `shards`), subscribed to `redis`.
+fn adapter(redis: &Redis, shards: usize) -> std::sync::Arc<shardcast::cluster::Cluster> {
+    use shardcast::cluster::{AdapterState, Cluster, ClusterConfig};
+    let config = ClusterConfig {
+        redis_url: Some(redis.url()),
+        request_timeout_ms: 1500,
+        ..ClusterConfig::default()
+    };
+    let cluster = Cluster::start(config, shards, Default::default()).expect("adapter");
+    let deadline = Instant::now() + WAIT;
+    while cluster.stats().state() != AdapterState::Up {
+        assert!(Instant::now() < deadline, "the adapter never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster
+}
+
 /// A Node socket.io server and two shardcast processes (2 shards and 1 shard) in one cluster, with clients on each.
 #[test]
 fn node_server_emitter_and_two_shardcast_nodes_share_one_cluster() {
@@ -317,32 +410,13 @@ fn node_server_emitter_and_two_shardcast_nodes_share_one_cluster() {
     let uid_a = wait_ready(a.addr, 200)["uid"].as_str().unwrap().to_owned();
     let uid_b = wait_ready(b.addr, 200)["uid"].as_str().unwrap().to_owned();
     let mut node = NodeSide::start(&redis.url());
-    // The harness's adapter subscribes asynchronously: wait until PUBSUB NUMSUB sees it too.
-    let deadline = Instant::now() + WAIT;
-    let mut count_now = node.call(json!({"cmd": "serverCount"}));
-    while count_now["count"] != json!(3) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        count_now = node.call(json!({"cmd": "serverCount"}));
-    }
-    assert_eq!(
-        count_now["count"],
-        json!(3),
-        "PUBSUB NUMSUB counts the three nodes"
-    );
+    // The harness's adapter subscribes asynchronously: PUBSUB NUMSUB counts the three nodes once it has.
+    node.wait_server_count(3);
 
     let tok = acme_token(SECRET, "alice");
-    let a1 = node.call(json!({"cmd": "client", "name": "a1", "url": a.url(), "token": tok}))["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let b1 = node.call(json!({"cmd": "client", "name": "b1", "url": b.url(), "token": tok}))["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let n1 = node.call(json!({"cmd": "client", "name": "n1", "url": node.url()}))["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let a1 = node.client("a1", &a.url(), Some(&tok), None);
+    let b1 = node.client("b1", &b.url(), Some(&tok), None);
+    let n1 = node.client("n1", &node.url(), None, None);
     let all = ["a1", "b1", "n1"];
 
     // Node -> everyone: binary stays binary, a Date arrives as its ISO text, nested values exactly.
@@ -383,16 +457,10 @@ fn node_server_emitter_and_two_shardcast_nodes_share_one_cluster() {
 
     // fetchSockets across the three nodes, with the rooms the join gave.
     let fetched = node.call(json!({"cmd": "fetchSockets", "in": ["r1"]}));
-    let mut ids: Vec<String> = fetched["sockets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    let mut want = vec![a1.clone(), b1.clone(), n1.clone()];
-    want.sort();
-    assert_eq!(ids, want);
+    assert_eq!(
+        sorted_ids(fetched["sockets"].as_array().unwrap()),
+        sorted(vec![a1.clone(), b1.clone(), n1.clone()])
+    );
     for s in fetched["sockets"].as_array().unwrap() {
         let rooms = s["rooms"].as_array().unwrap();
         assert!(
@@ -410,16 +478,17 @@ fn node_server_emitter_and_two_shardcast_nodes_share_one_cluster() {
 
     // serverSideEmit with an ack: both shardcast nodes answer (each with its uid).
     let sse = node.call(json!({"cmd": "serverSideEmitWithAck", "event": "shardcast:info"}));
-    let mut uids: Vec<String> = sse["responses"]
+    let uids: Vec<String> = sse["responses"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["uid"].as_str().unwrap().to_owned())
         .collect();
-    uids.sort();
-    let mut want = vec![uid_a.clone(), uid_b.clone()];
-    want.sort();
-    assert_eq!(uids, want, "{sse}");
+    assert_eq!(
+        sorted(uids),
+        sorted(vec![uid_a.clone(), uid_b.clone()]),
+        "{sse}"
+    );
 
     // A broadcast with acks from the Node server: every client in r1 acknowledges, on whichever node it is.
     let acked =
@@ -475,22 +544,7 @@ fn node_server_emitter_and_two_shardcast_nodes_share_one_cluster() {
     }
 
     // A REST create on shardcast node A reaches the room's members on node A, node B and the Node server once.
-    let (status, v) = rest(
-        a.addr,
-        "POST",
-        "/api/v1/companies/acme/workspaces/w1/channels",
-        Some(json!({"resource": {"id": "c0", "name": "C0"}})),
-    );
-    assert_eq!(status, 201, "{v}");
-    let (status, v) = rest(
-        a.addr,
-        "GET",
-        "/api/v1/channels/c0/messages?websockets=true",
-        None,
-    );
-    assert_eq!(status, 200, "{v}");
-    let room = v["websockets"][0]["room"].as_str().unwrap().to_owned();
-    let room_token = v["websockets"][0]["token"].as_str().unwrap().to_owned();
+    let (room, room_token) = messages_room(a.addr, "alice", "c0", true);
     for c in ["a1", "b1"] {
         // The room token node A issued is checked by node B too (shared room_token_secret).
         node.call(json!({"cmd": "clientSend", "name": c, "event": "realtime:join", "args": [{"name": room, "token": room_token}]}));
@@ -543,6 +597,201 @@ fn node_server_emitter_and_two_shardcast_nodes_share_one_cluster() {
     assert_eq!(stats_a["malformed"], json!(0));
 }
 
+/// The messages room of channel `channel` (created on `addr` by alice if `create`) and `user`'s room token for it.
+fn messages_room(addr: SocketAddr, user: &str, channel: &str, create: bool) -> (String, String) {
+    if create {
+        let (status, v) = rest(
+            addr,
+            "POST",
+            "/api/v1/companies/acme/workspaces/w1/channels",
+            Some(json!({"resource": {"id": channel, "name": channel}})),
+        );
+        assert_eq!(status, 201, "{v}");
+    }
+    let path = format!("/api/v1/channels/{channel}/messages?websockets=true");
+    let (status, v) = rest_as(user, addr, "GET", &path, None);
+    assert_eq!(status, 200, "{v}");
+    let ws = &v["websockets"][0];
+    (
+        ws["room"].as_str().unwrap().to_owned(),
+        ws["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// `GET /api/v1/online` of `room` on `addr`, asked by `user` with its room token: (users, complete).
+fn online_in(addr: SocketAddr, user: &str, room: &str, token: &str) -> (Vec<String>, bool) {
+    let path = format!(
+        "/api/v1/online?room={}&token={token}",
+        room.replace('/', "%2F")
+    );
+    let (status, v) = rest_as(user, addr, "GET", &path, None);
+    assert_eq!(status, 200, "{v}");
+    let users: Vec<String> = serde_json::from_value(v["users"].clone()).unwrap();
+    assert_eq!(v["count"], json!(users.len()), "{v}");
+    (users, v["complete"].as_bool().unwrap())
+}
+
+/// Polls `online_in` until its users are `want` (presence follows connects and disconnects asynchronously).
+fn wait_online(addr: SocketAddr, user: &str, room: &str, token: &str, want: &[&str]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (users, complete) = online_in(addr, user, room, token);
+        if users == want && complete {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "online stayed {users:?} (complete: {complete}), want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `online:get` of `users` from client `client`: each user's online flag, in order.
+fn online_get(node: &mut NodeSide, client: &str, users: &[&str]) -> Vec<bool> {
+    let v = node.call(json!({"cmd": "clientEmit", "name": client, "event": "online:get", "args": [{"data": users}]}));
+    let pairs = v["reply"]["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"));
+    pairs
+        .iter()
+        .zip(users)
+        .map(|(p, u)| {
+            assert_eq!(p[0], json!(u), "{v}");
+            p[1].as_bool().unwrap()
+        })
+        .collect()
+}
+
+/// `realtime:event` and presence across nodes: two shardcast nodes (node B publishes presence events) and a Node
+/// socket.io server whose sockets carry `socket.data.user` and join `user:<id>`, socket.io-client 4.x clients on each.
+/// A client's `realtime:event` on node A reaches the room's members on B and on the Node server once; a service event
+/// of node B (its presence event) reaches members on A once; `GET /api/v1/online` and `online:get` count each user
+/// once across nodes, shards and sockets, drop a user when its last socket goes, and drop a killed node's users in the
+/// first answer after the kill.
+#[test]
+fn realtime_events_and_presence_across_nodes() {
+    let mut redis = Redis::new("presence");
+    redis.start();
+    let timeout = "request_timeout_ms = 1000";
+    let a = serve("presence-a", 2, &redis.url(), timeout);
+    let b = serve_with(
+        "presence-b",
+        1,
+        &redis.url(),
+        timeout,
+        "presence_events = true",
+    );
+    wait_ready(a.addr, 200);
+    wait_ready(b.addr, 200);
+    let mut node = NodeSide::start(&redis.url());
+    node.wait_server_count(3);
+
+    let (room, alice_tok) = messages_room(a.addr, "alice", "p0", true);
+    // Each node has its own store: the channel is on A. Its room tokens are checked by B too (the shared
+    // room_token_secret).
+    let (_, bob_tok) = messages_room(a.addr, "bob", "p0", false);
+    let (_, dave_tok) = messages_room(a.addr, "dave", "p0", false);
+    let token = |u: &str| acme_token(SECRET, u);
+    let node_url = node.url();
+    // alice on A, bob on B, carol on the Node server, dave on A and on B.
+    node.client("a1", &a.url(), Some(&token("alice")), None);
+    let d_a = node.client("d_a", &a.url(), Some(&token("dave")), None);
+    node.client("n1", &node_url, None, Some("carol"));
+    node.client("b2", &b.url(), Some(&token("bob")), None);
+    let d_b = node.client("d_b", &b.url(), Some(&token("dave")), None);
+    let join = |node: &mut NodeSide, c: &str, tok: &str| {
+        node.call(json!({"cmd": "clientSend", "name": c, "event": "realtime:join", "args": [{"name": room, "token": tok}]}));
+        node.wait_for("the join", |evs| {
+            evs.iter()
+                .any(|e| e["client"] == json!(c) && e["event"] == "realtime:join:success")
+        });
+    };
+    join(&mut node, "a1", &alice_tok);
+    join(&mut node, "d_a", &dave_tok);
+    node.call(json!({"cmd": "clientEmit", "name": "n1", "event": "join", "args": [room]}));
+    join(&mut node, "b2", &bob_tok);
+    join(&mut node, "d_b", &dave_tok);
+    let members = ["a1", "d_a", "n1", "b2", "d_b"];
+
+    // The Node server sees shardcast's sockets with their users (data.user.id, the room user:<id>).
+    let fetched = node.call(json!({"cmd": "fetchSockets", "in": ["user:dave"]}));
+    let sockets = fetched["sockets"].as_array().unwrap();
+    assert_eq!(sorted_ids(sockets), sorted(vec![d_a.clone(), d_b.clone()]));
+    for s in sockets {
+        assert_eq!(s["data"], json!({"user": {"id": "dave"}}), "{s}");
+    }
+
+    // A service event of node B (its presence event for bob's join) reaches the members on A and on the Node server.
+    let bob_joined = json!([{"name": room, "data": {"presence": "join", "user": "bob"}}]);
+    node.wait_for("bob's presence event", |evs| {
+        ["a1", "d_a", "n1"].iter().all(|c| {
+            evs.iter().any(|e| {
+                e["client"] == json!(c) && e["event"] == "realtime:event" && e["args"] == bob_joined
+            })
+        })
+    });
+
+    // A client's realtime:event on node A reaches every member, on A, on B and on the Node server.
+    let said = json!([{"name": room, "data": {"typing": true}}]);
+    node.call(json!({"cmd": "clientSend", "name": "a1", "event": "realtime:event", "args": [{"name": room, "data": {"typing": true}, "token": alice_tok}]}));
+    node.wait_for("the realtime:event everywhere", |evs| {
+        members.iter().all(|c| {
+            evs.iter().any(|e| {
+                e["client"] == json!(c) && e["event"] == "realtime:event" && e["args"] == said
+            })
+        })
+    });
+    node.barrier(&members, 1);
+    for c in members {
+        let got = node.received(c, "realtime:event");
+        assert_eq!(
+            got.iter().filter(|g| **g == said).count(),
+            1,
+            "{c}: {got:?}"
+        );
+        if ["a1", "d_a", "n1"].contains(&c) {
+            let n = got.iter().filter(|g| **g == bob_joined).count();
+            assert_eq!(n, 1, "{c}: {got:?}");
+        }
+    }
+
+    // Who is in the room, asked on either node: each user once, whichever nodes and sockets they have.
+    let everyone = ["alice", "bob", "carol", "dave"];
+    wait_online(a.addr, "alice", &room, &alice_tok, &everyone);
+    wait_online(b.addr, "bob", &room, &bob_tok, &everyone);
+    let asked = ["alice", "bob", "carol", "dave", "erin"];
+    assert_eq!(
+        online_get(&mut node, "a1", &asked),
+        [true, true, true, true, false]
+    );
+
+    // dave leaves node A: still online through node B; then the last socket goes and so does dave.
+    node.call(json!({"cmd": "close", "name": "d_a"}));
+    assert_eq!(online_in(a.addr, "alice", &room, &alice_tok).0, everyone);
+    node.call(json!({"cmd": "close", "name": "d_b"}));
+    wait_online(
+        a.addr,
+        "alice",
+        &room,
+        &alice_tok,
+        &["alice", "bob", "carol"],
+    );
+    assert_eq!(
+        online_get(&mut node, "a1", &asked),
+        [true, true, true, false, false]
+    );
+
+    // Node B killed: bob (only there) is out of the first answer after the kill; complete or not, depending on
+    // whether Redis noticed the closed connection before the question (then B is not counted) or not (then B does
+    // not answer within request_timeout_ms and is left out).
+    drop(b);
+    let (users, _) = online_in(a.addr, "alice", &room, &alice_tok);
+    assert_eq!(users, ["alice", "carol"]);
+    assert_eq!(online_get(&mut node, "a1", &["bob"]), [false]);
+    wait_online(a.addr, "alice", &room, &alice_tok, &["alice", "carol"]);
+}
+
 /// Raw websocket client of a shardcast node: authenticates in the CONNECT.
 fn ws_client(addr: SocketAddr) -> Ws {
     let mut ws = Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket");
@@ -574,9 +823,12 @@ fn redis_faults_and_malformed_messages() {
     let a = serve("faults", 1, &redis.url(), "message_bytes_max = 4096");
     let (status, v) = ready(a.addr);
     assert_eq!(status, 503, "{v}");
+    // The node itself is ready (it serves its clients); /readyz says where the adapter stands.
+    wait_readyz(a.addr, 200, "down");
     let mut ws = ws_client(a.addr);
     redis.start();
     wait_ready(a.addr, 200);
+    wait_readyz(a.addr, 200, "up");
     assert_eq!(
         redis.publish("socket.io#/#", &emitter_broadcast("e1", "x")),
         1
@@ -601,21 +853,7 @@ fn redis_faults_and_malformed_messages() {
     );
 
     // Stopped mid-stream: local delivery continues, the remote copy is dropped and counted, /readyz says so.
-    let (status, v) = rest(
-        a.addr,
-        "POST",
-        "/api/v1/companies/acme/workspaces/w1/channels",
-        Some(json!({"resource": {"id": "f0", "name": "F"}})),
-    );
-    assert_eq!(status, 201, "{v}");
-    let (_, v) = rest(
-        a.addr,
-        "GET",
-        "/api/v1/channels/f0/messages?websockets=true",
-        None,
-    );
-    let room = v["websockets"][0]["room"].as_str().unwrap().to_owned();
-    let room_token = v["websockets"][0]["token"].as_str().unwrap().to_owned();
+    let (room, room_token) = messages_room(a.addr, "alice", "f0", true);
     ws.send_text(&format!(
         "42{}",
         json!(["realtime:join", {"name": room, "token": room_token}])
@@ -626,6 +864,7 @@ fn redis_faults_and_malformed_messages() {
     );
     redis.stop();
     wait_ready(a.addr, 503);
+    wait_readyz(a.addr, 200, "down");
     let (status, _) = rest(
         a.addr,
         "POST",
@@ -711,30 +950,12 @@ fn a_clustered_node_needs_the_shared_room_token_secret() {
 fn the_rust_api_sends_broadcasts_and_requests_that_other_nodes_answer() {
     use futures_lite::future::block_on;
     use shardcast::cluster::adapter::ClusterError;
-    use shardcast::cluster::{AdapterState, Cluster, ClusterConfig};
 
     let mut redis = Redis::new("api");
     redis.start();
     let mut node = NodeSide::start(&redis.url());
-    let config = ClusterConfig {
-        redis_url: Some(redis.url()),
-        request_timeout_ms: 1500,
-        ..ClusterConfig::default()
-    };
-    let cluster = Cluster::start(config, 0, Default::default()).expect("adapter");
-    let deadline = Instant::now() + WAIT;
-    while cluster.stats().state() != AdapterState::Up {
-        assert!(Instant::now() < deadline, "the adapter never subscribed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let wait_count = |node: &mut NodeSide, n: u64| {
-        let deadline = Instant::now() + WAIT;
-        while node.call(json!({"cmd": "serverCount"}))["count"] != json!(n) {
-            assert!(Instant::now() < deadline, "PUBSUB NUMSUB never reached {n}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_count(&mut node, 2);
+    let cluster = adapter(&redis, 0);
+    node.wait_server_count(2);
 
     // serverSideEmit with an ack, the Node server the only other node: its listener's answer.
     let acks = block_on(cluster.server_side_emit_with_ack("test:ping", &[json!(5)])).unwrap();
@@ -752,36 +973,16 @@ fn the_rust_api_sends_broadcasts_and_requests_that_other_nodes_answer() {
     // A shardcast node joins; clients on both.
     let b = serve("api-b", 1, &redis.url(), "");
     wait_ready(b.addr, 200);
-    wait_count(&mut node, 3);
+    node.wait_server_count(3);
     let tok = acme_token(SECRET, "alice");
-    let n1 = node.call(json!({"cmd": "client", "name": "n1", "url": node.url()}))["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let n2 = node.call(json!({"cmd": "client", "name": "n2", "url": node.url()}))["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let b1 = node.call(json!({"cmd": "client", "name": "b1", "url": b.url(), "token": tok}))["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let node_url = node.url();
+    let n1 = node.client("n1", &node_url, None, None);
+    let n2 = node.client("n2", &node_url, None, None);
+    let b1 = node.client("b1", &b.url(), Some(&tok), None);
     node.call(json!({"cmd": "clientEmit", "name": "n1", "event": "join", "args": ["r1"]}));
     node.call(json!({"cmd": "socketsJoin", "in": [b1], "rooms": ["r1"]}));
 
     // fetchSockets from the Rust side lists both nodes' sockets (r1: once the join has applied on node B).
-    let ids = |sockets: &[Value]| {
-        let mut ids: Vec<String> = sockets
-            .iter()
-            .map(|s| s["id"].as_str().unwrap().to_owned())
-            .collect();
-        ids.sort();
-        ids
-    };
-    let sorted = |mut v: Vec<String>| {
-        v.sort();
-        v
-    };
     let r1 = codec::Selector {
         rooms: vec!["r1".into()],
         except: Vec::new(),
@@ -795,7 +996,7 @@ fn the_rust_api_sends_broadcasts_and_requests_that_other_nodes_answer() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(
-        ids(&in_r1),
+        sorted_ids(&in_r1),
         sorted(vec![n1.clone(), b1.clone()]),
         "{in_r1:?}"
     );
@@ -809,7 +1010,7 @@ fn the_rust_api_sends_broadcasts_and_requests_that_other_nodes_answer() {
     }
     let everyone = block_on(cluster.fetch_sockets(codec::Selector::default())).unwrap();
     assert_eq!(
-        ids(&everyone),
+        sorted_ids(&everyone),
         sorted(vec![n1.clone(), n2.clone(), b1.clone()])
     );
 
@@ -881,7 +1082,7 @@ fn the_rust_api_sends_broadcasts_and_requests_that_other_nodes_answer() {
 #[test]
 fn the_rust_api_includes_the_nodes_own_shards() {
     use futures_lite::future::block_on;
-    use shardcast::cluster::{AdapterState, Cluster, ClusterConfig, node};
+    use shardcast::cluster::node;
     use shardcast::proto::RawJson;
     use shardcast::server::{self, Event, ServerConfig, ShardApp, ShardCtx, Socket, SocketIo};
     use std::rc::Rc;
@@ -890,12 +1091,7 @@ fn the_rust_api_includes_the_nodes_own_shards() {
     let mut redis = Redis::new("api-local");
     redis.start();
     let mut node_side = NodeSide::start(&redis.url());
-    let config = ClusterConfig {
-        redis_url: Some(redis.url()),
-        request_timeout_ms: 1500,
-        ..ClusterConfig::default()
-    };
-    let cluster = Cluster::start(config, 2, Default::default()).expect("adapter");
+    let cluster = adapter(&redis, 2);
     let c = cluster.clone();
     let app = move |shard: &Rc<ShardCtx>| {
         node::install(shard, &c);
@@ -924,13 +1120,7 @@ fn the_rust_api_includes_the_nodes_own_shards() {
     };
     let handle = server::start(cfg, Arc::new(app)).expect("start");
     let addr = handle.local_addr;
-    let deadline = Instant::now() + WAIT;
-    while cluster.stats().state() != AdapterState::Up
-        || node_side.call(json!({"cmd": "serverCount"}))["count"] != json!(2)
-    {
-        assert!(Instant::now() < deadline, "the cluster never had 2 nodes");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    node_side.wait_server_count(2);
     let connect = || {
         let mut ws = Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket");
         ws.recv();
@@ -943,10 +1133,8 @@ fn the_rust_api_includes_the_nodes_own_shards() {
     let (mut w2, s2) = connect();
     w1.send_text(r#"421["join","r1"]"#);
     assert_eq!(w1.recv_text_skip_ping(), "431[]");
-    let n1 = node_side.call(json!({"cmd": "client", "name": "n1", "url": node_side.url()}))["sid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let node_url = node_side.url();
+    let n1 = node_side.client("n1", &node_url, None, None);
     node_side.call(json!({"cmd": "clientEmit", "name": "n1", "event": "join", "args": ["r1"]}));
 
     let r1 = codec::Selector {
@@ -957,14 +1145,10 @@ fn the_rust_api_includes_the_nodes_own_shards() {
     let ids: Vec<&str> = in_r1.iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [s1.as_str(), n1.as_str()], "this node's sockets first");
     let everyone = block_on(cluster.fetch_sockets(codec::Selector::default())).unwrap();
-    let mut ids: Vec<String> = everyone
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    let mut want = vec![s1.clone(), s2.clone(), n1.clone()];
-    want.sort();
-    assert_eq!(ids, want);
+    assert_eq!(
+        sorted_ids(&everyone),
+        sorted(vec![s1.clone(), s2.clone(), n1.clone()])
+    );
 
     assert!(cluster.broadcast(r1.clone(), "to-r1", &[json!("x")]));
     assert!(cluster.broadcast(

@@ -4,15 +4,21 @@
 //!
 //! `/healthz` (served by the server itself) stays liveness: it answers while the process runs. `/readyz` answers 200
 //! only when every shard started, the database answers and no shutdown began; 503 otherwise, with the reason.
+//!
+//! Clustered, `/readyz`'s body also says where the Redis adapter stands (`"cluster": "up" | "connecting" | "down"`)
+//! without changing its status: with Redis down the node still serves its own clients (local delivery, REST), so a
+//! load balancer must keep sending it traffic. `/readyz/cluster` ([`crate::cluster::node::READY_PATH`]) is the
+//! probe that answers 503 while Redis is unreachable, for whoever wants to act on that.
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::json;
 
+use crate::cluster::AdapterState;
 use crate::realtime::rest::UNAVAILABLE_MESSAGE;
 use crate::server::{Request, Response, ResponseFuture, Router, ShardCtx};
 
@@ -45,6 +51,15 @@ impl DbState {
     }
 }
 
+/// Reads the cluster adapter's state (set when `cluster.redis_url` is).
+struct ClusterWatch(Box<dyn Fn() -> AdapterState + Send + Sync>);
+
+impl std::fmt::Debug for ClusterWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ClusterWatch").field(&(self.0)()).finish()
+    }
+}
+
 /// Shared by every shard, the start-up retry loop and the probe.
 #[derive(Debug)]
 pub struct Health {
@@ -52,6 +67,7 @@ pub struct Health {
     shards_started: AtomicUsize,
     shards: usize,
     backend: String,
+    cluster: OnceLock<ClusterWatch>,
 }
 
 impl Health {
@@ -62,7 +78,13 @@ impl Health {
             shards_started: AtomicUsize::new(0),
             shards,
             backend,
+            cluster: OnceLock::new(),
         })
+    }
+
+    /// Clustered: `/readyz` reports what `state` says (e.g. `move || cluster.stats().state()`); set once.
+    pub fn watch_cluster(&self, state: impl Fn() -> AdapterState + Send + Sync + 'static) {
+        let _ = self.cluster.set(ClusterWatch(Box::new(state)));
     }
 
     /// The database's state.
@@ -100,12 +122,16 @@ impl Health {
         let started = self.shards_started.load(Ordering::Acquire);
         let db = self.db();
         let ready = !shutting_down && started >= self.shards && db == DbState::Up;
-        let body = json!({
+        let mut body = json!({
             "status": if ready { "ready" } else { "unavailable" },
             "shards": {"started": started, "total": self.shards},
             "database": db.name(),
             "shutting_down": shutting_down,
         });
+        // Reported, not required: local delivery goes on without Redis (see the module's documentation).
+        if let Some(watch) = self.cluster.get() {
+            body["cluster"] = json!((watch.0)().name());
+        }
         (if ready { 200 } else { 503 }, body)
     }
 }
@@ -238,5 +264,26 @@ mod tests {
         );
         h.set_up();
         assert_eq!(h.readyz(false).0, 200);
+        assert!(h.readyz(false).1.get("cluster").is_none(), "not clustered");
+    }
+
+    #[test]
+    fn a_clustered_node_reports_the_adapter_but_stays_ready_without_redis() {
+        let h = Health::new(1, "embedded".into());
+        h.shard_started();
+        h.set_up();
+        let state = Arc::new(AtomicU8::new(0));
+        let s = state.clone();
+        h.watch_cluster(move || match s.load(Ordering::Acquire) {
+            0 => AdapterState::Up,
+            _ => AdapterState::Down,
+        });
+        let (code, body) = h.readyz(false);
+        assert_eq!((code, body["cluster"].as_str()), (200, Some("up")));
+        state.store(1, Ordering::Release);
+        let (code, body) = h.readyz(false);
+        assert_eq!((code, body["cluster"].as_str()), (200, Some("down")));
+        h.set_down("gone");
+        assert_eq!(h.readyz(false).0, 503, "the database still decides");
     }
 }

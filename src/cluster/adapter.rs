@@ -160,8 +160,8 @@ pub enum ClusterError {
 /// What this node asks the other nodes.
 #[derive(Debug, Clone)]
 pub enum OwnKind {
-    /// fetchSockets (REMOTE_FETCH): the selected sockets of every node, this one's included.
-    Fetch(Selector),
+    /// fetchSockets (REMOTE_FETCH): the selected sockets of every other node; `true`: this node's first.
+    Fetch(Selector, bool),
     /// serverSideEmit of `[event, ...args]`; `true`: with acknowledgements.
     ServerSideEmit(Vec<Json>, bool),
 }
@@ -170,7 +170,26 @@ pub enum OwnKind {
 #[derive(Debug)]
 pub struct OwnRequest {
     kind: OwnKind,
-    reply: oneshot::Sender<Result<Vec<Json>, ClusterError>>,
+    reply: oneshot::Sender<Result<Answers, ClusterError>>,
+}
+
+/// What came back for a request of this node within `cluster.request_timeout_ms`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answers {
+    /// This node's own part first (a fetchSockets that includes it), then the other nodes' answers in arrival order:
+    /// socket objects for a fetchSockets, one acknowledgement per node for a serverSideEmit.
+    pub responses: Vec<Json>,
+    /// Other nodes that answered in time.
+    pub received: usize,
+    /// Other nodes counted by PUBSUB NUMSUB of the request channel when the request was sent.
+    pub expected: usize,
+}
+
+impl Answers {
+    /// Every node counted answered.
+    pub fn complete(&self) -> bool {
+        self.received >= self.expected
+    }
 }
 
 /// A request of this node waiting for the other nodes' answers (on the adapter's thread).
@@ -429,7 +448,18 @@ impl Cluster {
     /// node's first). Waits for every other node (PUBSUB NUMSUB of the request channel, minus one) up to
     /// `cluster.request_timeout_ms`, then fails with [`ClusterError::FetchTimeout`], as the adapter does.
     pub async fn fetch_sockets(&self, selector: Selector) -> Result<Vec<Json>, ClusterError> {
-        self.ask(OwnKind::Fetch(selector)).await
+        let answers = self.ask(OwnKind::Fetch(selector, true)).await?;
+        if !answers.complete() {
+            return Err(ClusterError::FetchTimeout);
+        }
+        Ok(answers.responses)
+    }
+
+    /// fetchSockets of the other nodes only, never failing on a slow node: the sockets of the nodes that answered
+    /// within `cluster.request_timeout_ms`, with how many answered out of how many PUBSUB NUMSUB counted (a node
+    /// that died without Redis noticing yet is left out after the timeout). What presence across nodes asks.
+    pub async fn fetch_remote_sockets(&self, selector: Selector) -> Result<Answers, ClusterError> {
+        self.ask(OwnKind::Fetch(selector, false)).await
     }
 
     /// serverSideEmit without acknowledgement: `event(...args)` reaches the listeners of every other node. Returns
@@ -448,11 +478,19 @@ impl Cluster {
         event: &str,
         args: &[Json],
     ) -> Result<Vec<Json>, ClusterError> {
-        self.ask(OwnKind::ServerSideEmit(emit_data(event, args), true))
-            .await
+        let answers = self
+            .ask(OwnKind::ServerSideEmit(emit_data(event, args), true))
+            .await?;
+        if !answers.complete() {
+            return Err(ClusterError::AckTimeout {
+                received: answers.received,
+                expected: answers.expected,
+            });
+        }
+        Ok(answers.responses)
     }
 
-    async fn ask(&self, kind: OwnKind) -> Result<Vec<Json>, ClusterError> {
+    async fn ask(&self, kind: OwnKind) -> Result<Answers, ClusterError> {
         if self.stats.state() != AdapterState::Up {
             return Err(ClusterError::Unavailable);
         }
@@ -606,8 +644,10 @@ fn start_own_request(
 ) {
     let OwnRequest { kind, reply } = req;
     let local = match &kind {
-        OwnKind::Fetch(selector) => dispatch(cluster, in_txs, ShardOp::Fetch(selector.clone())),
-        OwnKind::ServerSideEmit(..) => Vec::new(),
+        OwnKind::Fetch(selector, true) => {
+            dispatch(cluster, in_txs, ShardOp::Fetch(selector.clone()))
+        }
+        OwnKind::Fetch(_, false) | OwnKind::ServerSideEmit(..) => Vec::new(),
     };
     let cluster = cluster.clone();
     let publisher = publisher.clone();
@@ -622,12 +662,12 @@ async fn own_request(
     publisher: &Publisher,
     kind: OwnKind,
     local: Vec<oneshot::Receiver<ShardAnswer>>,
-) -> Result<Vec<Json>, ClusterError> {
+) -> Result<Answers, ClusterError> {
     let timeout = Duration::from_millis(cluster.config.request_timeout_ms);
     let redis_timeout = Duration::from_millis(connection::CONNECT_TIMEOUT_MS);
     let request_id = new_uid();
     let (payload, fetch, wants_answers) = match &kind {
-        OwnKind::Fetch(selector) => (
+        OwnKind::Fetch(selector, _) => (
             codec::encode_fetch_request(&cluster.uid, &request_id, selector),
             true,
             true,
@@ -659,7 +699,10 @@ async fn own_request(
             };
         let expected = usize::try_from(nodes).unwrap_or(0).saturating_sub(1);
         if expected == 0 {
-            return Ok(responses);
+            return Ok(Answers {
+                responses,
+                ..Answers::default()
+            });
         }
         let (done, rx) = oneshot::channel();
         let mut own = cluster.own.lock().map_err(|_| ClusterError::Unavailable)?;
@@ -700,22 +743,20 @@ async fn own_request(
         return Err(e);
     }
     let Some((rx, expected)) = waiting else {
-        return Ok(responses);
-    };
-    let answered = tokio::time::timeout(timeout, rx).await.is_ok();
-    let entry = take(cluster);
-    let received = entry.as_ref().map_or(0, |w| w.answers);
-    if !answered || received < expected {
-        return Err(if fetch {
-            ClusterError::FetchTimeout
-        } else {
-            ClusterError::AckTimeout { received, expected }
+        return Ok(Answers {
+            responses,
+            ..Answers::default()
         });
-    }
-    if let Some(w) = entry {
-        responses.extend(w.responses);
-    }
-    Ok(responses)
+    };
+    // Timed out or not: what arrived by now (the callers decide whether a missing node is an error).
+    let _ = tokio::time::timeout(timeout, rx).await;
+    let (received, late) = take(cluster).map_or((0, Vec::new()), |w| (w.answers, w.responses));
+    responses.extend(late);
+    Ok(Answers {
+        responses,
+        received: received.min(expected),
+        expected,
+    })
 }
 
 /// A message on a response channel: an answer to a request of this node (others' are not for it).

@@ -10,6 +10,7 @@
 //!   sends with: [`Cluster::broadcast`], [`Cluster::fetch_sockets`], [`Cluster::server_side_emit`],
 //!   [`Cluster::server_side_emit_with_ack`].
 //! - [`node`]: the shard side: socket registry, the task applying remote broadcasts and requests, readiness route.
+//! - [`presence`]: who is online on the other nodes (fetchSockets of a room or of `user:<id>` rooms).
 //! - [`config`]: the settings, [`config::ClusterConfig`].
 //!
 //! # The cluster path of one event
@@ -29,6 +30,7 @@ pub mod config;
 pub mod connection;
 pub mod msgpack;
 pub mod node;
+pub mod presence;
 
 pub use adapter::{AdapterState, Cluster, ClusterStats};
 pub use config::ClusterConfig;

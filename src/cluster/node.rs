@@ -20,6 +20,7 @@ use super::adapter::{
     AdapterState, Cluster, Delivery, Inbound, NAMESPACE, OneAction, Outbound, ShardAnswer, ShardOp,
 };
 use super::codec::{self, Selector, SocketEvent, SocketInfo};
+use super::presence;
 
 /// The path that reports the adapter's state: 200 when subscribed to Redis, 503 otherwise, counters in the body.
 pub const READY_PATH: &str = "/readyz/cluster";
@@ -27,12 +28,16 @@ pub const READY_PATH: &str = "/readyz/cluster";
 struct Entry {
     socket: Socket,
     connected_at_ms: u64,
+    /// The user the socket authenticated as (its token's `sub`), once it did.
+    user: Option<Rc<str>>,
 }
 
 /// One shard's cluster state (reached with [`ShardCtx::state`]).
 pub struct ClusterShard {
     cluster: Arc<Cluster>,
     sockets: RefCell<HashMap<Rc<str>, Entry>>,
+    /// Authenticated sockets by user: the members of the room [`presence::user_room`] names.
+    users: RefCell<HashMap<Rc<str>, HashSet<Rc<str>>>>,
 }
 
 impl std::fmt::Debug for ClusterShard {
@@ -54,6 +59,7 @@ pub fn install(shard: &Rc<ShardCtx>, cluster: &Arc<Cluster>) {
     shard.set_state(ClusterShard {
         cluster: cluster.clone(),
         sockets: RefCell::new(HashMap::new()),
+        users: RefCell::new(HashMap::new()),
     });
     let Some(mut rx) = cluster.take_inbound(shard.id()) else {
         tracing::error!(
@@ -86,15 +92,46 @@ pub fn socket_connected(socket: &Socket) {
             Entry {
                 socket: socket.clone(),
                 connected_at_ms: now_ms(),
+                user: None,
             },
         );
     }
 }
 
+/// Records the user a socket authenticated as (the realtime layer calls it once the socket is authenticated): other
+/// nodes' fetchSockets see it in the socket's `data.user.id` and in the room `user:<id>` (presence across nodes).
+pub fn socket_authenticated(socket: &Socket, user: &str) {
+    let Some(state) = socket.shard().state::<ClusterShard>() else {
+        return;
+    };
+    let mut sockets = state.sockets.borrow_mut();
+    let Some(entry) = sockets.get_mut(socket.id()) else {
+        return;
+    };
+    let user: Rc<str> = Rc::from(user);
+    entry.user = Some(user.clone());
+    state
+        .users
+        .borrow_mut()
+        .entry(user)
+        .or_default()
+        .insert(Rc::from(socket.id()));
+}
+
 /// Forgets a socket (the realtime layer calls it on disconnect).
 pub fn socket_disconnected(socket: &Socket) {
-    if let Some(state) = socket.shard().state::<ClusterShard>() {
-        state.sockets.borrow_mut().remove(socket.id());
+    let Some(state) = socket.shard().state::<ClusterShard>() else {
+        return;
+    };
+    let removed = state.sockets.borrow_mut().remove(socket.id());
+    if let Some(user) = removed.and_then(|e| e.user) {
+        let mut users = state.users.borrow_mut();
+        if let Some(sids) = users.get_mut(&user) {
+            sids.remove(socket.id());
+            if sids.is_empty() {
+                users.remove(&user);
+            }
+        }
     }
 }
 
@@ -131,16 +168,31 @@ fn encode(event: &SocketEvent) -> Option<EncodedMessage> {
 }
 
 impl ClusterShard {
+    /// The members of `room` on this shard: the room's members, the socket named by the room (a socket is in the
+    /// room of its own id), and the sockets of the user a `user:<id>` room names.
+    fn room_members(&self, shard: &ShardCtx, room: &str) -> Vec<Socket> {
+        let sockets = self.sockets.borrow();
+        let mut out = shard.rooms().members(NAMESPACE, room);
+        if let Some(e) = sockets.get(room) {
+            out.push(e.socket.clone());
+        }
+        if let Some(sids) =
+            presence::user_of_room(room).and_then(|u| self.users.borrow().get(u).cloned())
+        {
+            out.extend(
+                sids.iter()
+                    .filter_map(|sid| sockets.get(sid).map(|e| e.socket.clone())),
+            );
+        }
+        out
+    }
+
     /// Connected sockets selected by `sel` on this shard.
     fn select(&self, shard: &ShardCtx, sel: &Selector) -> Vec<Socket> {
-        let sockets = self.sockets.borrow();
         let mut excluded: HashSet<Rc<str>> = HashSet::new();
         for room in &sel.except {
-            for s in shard.rooms().members(NAMESPACE, room) {
+            for s in self.room_members(shard, room) {
                 excluded.insert(Rc::from(s.id()));
-            }
-            if sockets.contains_key(room.as_str()) {
-                excluded.insert(Rc::from(room.as_str()));
             }
         }
         let mut seen: HashSet<Rc<str>> = HashSet::new();
@@ -151,16 +203,13 @@ impl ClusterShard {
             }
         };
         if sel.rooms.is_empty() {
-            for e in sockets.values() {
+            for e in self.sockets.borrow().values() {
                 take(&e.socket, &mut out);
             }
         } else {
             for room in &sel.rooms {
-                for s in shard.rooms().members(NAMESPACE, room) {
+                for s in self.room_members(shard, room) {
                     take(&s, &mut out);
-                }
-                if let Some(e) = sockets.get(room.as_str()) {
-                    take(&e.socket, &mut out);
                 }
             }
         }
@@ -192,13 +241,14 @@ impl ClusterShard {
     }
 
     fn info(&self, s: &Socket) -> SocketInfo {
-        let issued = self
+        let (issued, user) = self
             .sockets
             .borrow()
             .get(s.id())
-            .map_or(0, |e| e.connected_at_ms);
+            .map_or((0, None), |e| (e.connected_at_ms, e.user.clone()));
         let mut rooms = vec![s.id().to_owned()];
         rooms.extend(s.rooms().iter().map(|r| r.to_string()));
+        rooms.extend(user.as_deref().map(presence::user_room));
         SocketInfo {
             id: s.id().to_owned(),
             // What shardcast knows of the handshake; the auth payload (a token) is never sent to other nodes.
@@ -209,7 +259,7 @@ impl ClusterShard {
                 "auth": {},
             }),
             rooms,
-            data: json!({}),
+            data: presence::socket_data(user.as_deref()),
         }
     }
 
@@ -229,6 +279,7 @@ impl ClusterShard {
                     }
                     rooms.insert(e.socket.id().to_owned());
                     rooms.extend(e.socket.rooms().iter().map(|r| r.to_string()));
+                    rooms.extend(e.user.as_deref().map(presence::user_room));
                 }
                 ShardAnswer::Rooms(rooms.into_iter().collect())
             }

@@ -392,6 +392,7 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
 fn run_connected_hooks(live: &Rc<LiveShard>, socket: &Socket, state: &LiveSocket) {
     let user = state.session.borrow().user().cloned();
     let Some(user) = user else { return };
+    crate::cluster::node::socket_authenticated(socket, &user.id);
     let out = live.presence.borrow_mut().user_socket_up(&user.id);
     send_presence(live, socket.shard(), out);
     let u = SocketUser {
@@ -1264,6 +1265,8 @@ pub async fn online(shard: &Rc<ShardCtx>, users: &[String]) -> Result<Vec<bool>,
             answers[i] = on;
         }
     }
+    // Users not online here may be on another node of the cluster (nothing to ask in a single process).
+    crate::cluster::presence::online_elsewhere(shard, users, &mut answers).await;
     Ok(answers)
 }
 

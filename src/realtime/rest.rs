@@ -885,10 +885,13 @@ impl RestApi {
         let users = super::live::online_users(shard, &room)
             .await
             .map_err(|e| RestError::Crud(CrudError::Unavailable(e.to_string())))?;
-        Ok(Response::json(
-            200,
-            &json!({ "room": room, "count": users.len(), "users": users }),
-        ))
+        // Clustered: with the other nodes' users, and `complete` (every node answered in time).
+        let (users, complete) = crate::cluster::presence::merge_room(shard, &room, users).await;
+        let mut body = json!({ "room": room, "count": users.len(), "users": users });
+        if let Some(complete) = complete {
+            body["complete"] = json!(complete);
+        }
+        Ok(Response::json(200, &body))
     }
 }
 

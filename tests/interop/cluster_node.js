@@ -47,6 +47,13 @@ async function main() {
   const io = new Server(server, { adapter: createAdapter(pub, sub, { requestsTimeout: 3000 }) });
   const emitter = new Emitter(raw);
   io.on("connection", (socket) => {
+    // How a Node server takes part in shardcast's presence across nodes: the user in socket.data.user.id and the
+    // socket in the room "user:<id>".
+    const user = socket.handshake.auth && socket.handshake.auth.user;
+    if (typeof user === "string") {
+      socket.data.user = { id: user };
+      socket.join("user:" + user);
+    }
     socket.on("join", (room, cb) => {
       socket.join(room);
       if (cb) cb("joined");
@@ -59,7 +66,8 @@ async function main() {
   const clients = new Map();
   const handlers = {
     async client(m) {
-      const c = connect(m.url, { transports: ["websocket"], auth: m.token ? { token: m.token } : undefined, reconnection: false });
+      const auth = m.token ? { token: m.token } : m.user ? { user: m.user } : undefined;
+      const c = connect(m.url, { transports: ["websocket"], auth, reconnection: false });
       clients.set(m.name, c);
       c.onAny((event, ...args) => out({ ev: "recv", client: m.name, event, args: show(args) }));
       c.on("ask", (arg, cb) => cb({ from: m.name, arg }));
@@ -78,6 +86,13 @@ async function main() {
       const c = clients.get(m.name);
       const reply = await c.timeout(5000).emitWithAck(m.event, ...revive(m.args));
       return { reply: show(reply) };
+    },
+    async close(m) {
+      const c = clients.get(m.name);
+      const gone = new Promise((resolve) => c.once("disconnect", resolve));
+      c.disconnect();
+      await gone;
+      return {};
     },
     async clientSend(m) {
       clients.get(m.name).emit(m.event, ...revive(m.args));
@@ -117,7 +132,7 @@ async function main() {
     },
     async fetchSockets(m) {
       const sockets = await (m.in && m.in.length ? io.in(m.in) : io).fetchSockets();
-      return { sockets: sockets.map((s) => ({ id: s.id, rooms: [...s.rooms] })) };
+      return { sockets: sockets.map((s) => ({ id: s.id, rooms: [...s.rooms], data: s.data })) };
     },
     async allRooms() {
       const rooms = await io.of("/").adapter.allRooms();
