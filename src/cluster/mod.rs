@@ -7,8 +7,8 @@
 //! - [`codec`]: the protocol's channels, broadcasts, requests and responses (sans-IO).
 //! - [`connection`]: the Redis connection (the only file that names the `redis` crate).
 //! - [`adapter`]: [`adapter::Cluster`], the process's one Redis pipeline on a thread of its own, and the API this node
-//!   sends with: [`Cluster::broadcast`], [`Cluster::fetch_sockets`], [`Cluster::server_side_emit`],
-//!   [`Cluster::server_side_emit_with_ack`].
+//!   sends with: [`Cluster::broadcast`], [`Cluster::fetch_sockets`], [`Cluster::fetch_remote_sockets`],
+//!   [`Cluster::server_side_emit`], [`Cluster::server_side_emit_with_ack`].
 //! - [`node`]: the shard side: socket registry, the task applying remote broadcasts and requests, readiness route.
 //! - [`presence`]: who is online on the other nodes (fetchSockets of a room or of `user:<id>` rooms).
 //! - [`config`]: the settings, [`config::ClusterConfig`].
