@@ -12,6 +12,10 @@
 //!   and a `realtime:resource` with action `event` from `Realtime::publish_resource_event` reach exactly the rooms'
 //!   members on both shards; a recipient returning two rooms, one built from a URL parameter the entity does not
 //!   carry, routes to exactly those rooms.
+//! - Presence and the online service: a user with sockets on both shards counts once and is dropped after its last
+//!   socket; presence changes reach the configured presence room's watchers once and the room's own members never;
+//!   `online:get`/`online:set`/`online:last_seen` ack as documented and `user:online` reaches the company's online
+//!   room; with the database down at start the online service answers and works once the database is up.
 
 mod common;
 
@@ -46,13 +50,25 @@ fn serve(name: &str) -> (Server, PathBuf) {
 
 /// [`serve`] with extra lines in the `[realtime]` table.
 fn serve_with(name: &str, realtime: &str) -> (Server, PathBuf) {
+    serve_on(name, realtime, "")
+}
+
+/// [`serve_with`], with the `[orm]` and `[serve]` tables given (`orm` empty: the embedded store in the scratch dir).
+fn serve_on(name: &str, realtime: &str, orm: &str) -> (Server, PathBuf) {
     let dir = scratch_dir(name);
     let cfg = dir.join("shardcast.toml");
+    let orm = if orm.is_empty() {
+        format!(
+            "[orm]\nembedded_path = \"{}\"\n",
+            dir.join("data.redb").display()
+        )
+    } else {
+        orm.to_owned()
+    };
     let text = format!(
         "[server]\nping_interval_ms = 2000\nping_timeout_ms = 60000\n[auth]\njwt_secret = \"{SECRET}\"\n\
          [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\nevent_per_s_max = {EVENT_PER_S_MAX}\n{realtime}\n\
-         [orm]\nembedded_path = \"{}\"\n",
-        dir.join("data.redb").display()
+         {orm}"
     );
     std::fs::write(&cfg, text).expect("config");
     let srv = Server::start(&["serve", "--shards", "2", "--config", cfg.to_str().unwrap()]);
@@ -954,4 +970,115 @@ fn v4_presence_counts_a_user_once_across_shards_and_online_acks_like_twake() {
 #[test]
 fn v2_presence_counts_a_user_once_across_shards_and_online_acks_like_twake() {
     presence_and_online("2");
+}
+
+/// A MongoDB-wire server of this test's own (the binary tests/services/mongo.sh installed, as in
+/// tests/first_hour_db.rs), started late and stopped by PID on drop.
+struct LateMongo {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl LateMongo {
+    fn start(&mut self) {
+        let bin = std::env::var("SHARDCAST_TEST_MONGO_BIN")
+            .expect("SHARDCAST_TEST_MONGO_BIN (written by tests/services/mongo.sh; tests/run.sh sources it)");
+        let kind = std::env::var("SHARDCAST_TEST_MONGO_KIND").unwrap_or_else(|_| "secantus".into());
+        let data = self.dir.join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let port = self.port.to_string();
+        let mut cmd = std::process::Command::new(bin);
+        if kind == "nx" {
+            cmd.arg("--data-dir")
+                .arg(&data)
+                .args(["--host", "127.0.0.1", "-p", &port])
+                .arg("--pid-file")
+                .arg(self.dir.join("nx.pid"));
+        } else {
+            cmd.args(["--host", "127.0.0.1", "--port", &port, "--storage-path"])
+                .arg(&data);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the MongoDB-wire server starts");
+        self.child = Some(child);
+    }
+}
+
+impl Drop for LateMongo {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Issue 12 item "robustness": with the database down when `serve` starts, the online service is there at once
+/// (`online:get` answers from presence, the events that need the database ack `database unavailable`), and uses the
+/// database as soon as the start-up retry loop connected it.
+#[test]
+fn v4_online_service_answers_while_the_database_is_down_and_works_once_it_is_up() {
+    ensure_node_modules();
+    let mut mongo = LateMongo {
+        child: None,
+        port: free_port(),
+        dir: scratch_dir("realtime-parity-online-db-down-mongo"),
+    };
+    let orm = format!(
+        "[orm]\nbackend = \"mongo\"\nmongo_uri = \"mongodb://127.0.0.1:{}/?directConnection=true\"\n\
+         mongo_database = \"online_{}\"\nrequest_timeout_ms = 1500\nunavailable_retry_ms = 200\n\
+         [serve]\ndb_retry_initial_ms = 100\ndb_retry_max_ms = 500\ndb_probe_interval_ms = 200\n",
+        mongo.port,
+        std::process::id()
+    );
+    let (srv, dir) = serve_on("realtime-parity-online-db-down", "", &orm);
+    let clients: Vec<Value> = [("u0", 0), ("u1", 1)]
+        .iter()
+        .map(|(u, shard)| json!({"user": u, "token": acme_token(SECRET, u), "shard": shard}))
+        .collect();
+    let mut node = Node::start("4", &dir, &srv.url(), &clients);
+    let readyz = |want: u16| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let r = request(srv.addr, "GET", "/readyz", b"");
+            if r.status == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz stayed {}",
+                r.status
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    readyz(503);
+    let mut ask = |event: &str, payload: Value| {
+        node.send(json!({"op": "emit_ack", "i": 0, "event": event, "payload": payload}));
+        node.answer("ACK")
+    };
+    assert_eq!(
+        ask("online:get", json!({"data": ["u0", "u1", "u9"]})),
+        json!([{"data": [["u0", true], ["u1", true], ["u9", false]]}])
+    );
+    let down = json!([{"error": "database unavailable", "message": "database unavailable"}]);
+    assert_eq!(ask("online:set", json!({})), down);
+    assert_eq!(ask("online:last_seen", json!({"data": ["u0"]})), down);
+
+    // The database comes up: the retry loop connects it, and the same shards' service uses it.
+    mongo.start();
+    readyz(200);
+    std::thread::sleep(std::time::Duration::from_millis(
+        shardcast::realtime::online::ONLINE_SET_INTERVAL_MS_MIN,
+    ));
+    assert_eq!(ask("online:set", json!({})), json!([]));
+    let seen = ask("online:last_seen", json!({"data": ["u0"]}));
+    assert_eq!(seen[0]["data"][0]["user_id"], json!("u0"), "{seen}");
+    assert_eq!(seen[0]["data"][0]["is_connected"], json!(true), "{seen}");
+    node.send(json!({"op": "quit"}));
+    assert_eq!(node.line(), "PASS");
 }
