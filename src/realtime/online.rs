@@ -8,7 +8,8 @@
 //! - `online:set` (Twake's clients send it every 10 minutes) records the caller's last-seen time and connected state
 //!   (table `user_last_seen`), announces the caller online to its companies (below) and acks with no arguments once
 //!   the write is acknowledged. At most once per [`ONLINE_SET_INTERVAL_MS_MIN`] per user on a shard; sooner, or with
-//!   the database unavailable, it acks `{error, message}`.
+//!   the database unavailable, it acks `{error, message}`. Of a longer `companies` claim, the first
+//!   [`COMPANIES_PER_USER_MAX`] count, here as everywhere in presence.
 //! - A user coming online (first authenticated socket on any shard) or going offline (its last socket gone, wherever
 //!   it was) is recorded once, on the user's home shard ([`super::events::on_user_presence`]): last-seen time, and
 //!   `is_connected` true or false. Each is announced to every company of the user's token (the `companies` claim) as
@@ -40,6 +41,7 @@ use crate::server::ShardCtx;
 use super::bus::{ResourceAction, ResourceEvent};
 use super::events::{self, RegisterError, SocketEvent, UserPresence};
 use super::live::ShardBus;
+use super::presence::COMPANIES_PER_USER_MAX;
 use super::protocol::COMPANY_ONLINE_ROOM_PREFIX;
 
 /// Most user ids in one `online:get`.
@@ -210,7 +212,8 @@ impl OnlineService {
                     )),
                     (true, None, _) | (true, _, None) => Err(DATABASE_UNAVAILABLE.to_string()),
                     (true, Some(service), Some(shard)) => {
-                        let companies = &e.user.companies;
+                        let n = e.user.companies.len().min(COMPANIES_PER_USER_MAX);
+                        let companies = &e.user.companies[..n];
                         match service.record(&e.user.id, companies, true).await {
                             Ok(()) => {
                                 announce(shard, &e.user.id, companies, true);
