@@ -106,7 +106,7 @@ options! {
     "serve.db_probe_interval_ms", "SHARDCAST_DB_PROBE_INTERVAL_MS", "1000", "how often `/readyz` health is refreshed by a cheap database read";
     "realtime.event_per_s_max", "SHARDCAST_EVENT_PER_S_MAX", "20", "client realtime:event per second per socket; over it the socket gets realtime:event:error and the event reaches nobody";
     "realtime.event_data_bytes_max", "SHARDCAST_EVENT_DATA_BYTES_MAX", "16384", "longest `data` of a client realtime:event, bytes of JSON";
-    "realtime.presence_events", "SHARDCAST_PRESENCE_EVENTS", "false", "publish realtime:event {presence: join|leave, user} to a room when a user appears in it or leaves it (counted across shards)";
+    "realtime.presence_room", "SHARDCAST_PRESENCE_ROOM", "\"\" (off)", "room-name template with one `{room}` (e.g. `{room}/presence`): when a user appears in room R or its last socket leaves (counted across shards), the members of that presence room of R get realtime:event {presence: join|leave, room: R, user}; joined with a room token for its name";
 }
 
 /// How `shardcast serve` runs: dev mode, the live page, port sharing, database start-up retries and health probes.
@@ -419,7 +419,10 @@ impl Config {
                 r.session.event_per_s_max = parse::<u32>(key, value)?.max(1)
             }
             "realtime.event_data_bytes_max" => r.session.event_data_bytes_max = parse(key, value)?,
-            "realtime.presence_events" => r.session.presence_events = parse_bool(key, value)?,
+            "realtime.presence_room" => {
+                r.session.presence_room = crate::realtime::presence::PresenceRoom::parse(value)
+                    .map_err(|e| ConfigError(format!("{key}: {e}")))?
+            }
             _ => return Err(ConfigError(format!("unknown option `{key}`"))),
         }
         Ok(())
@@ -658,11 +661,11 @@ mod tests {
                     || k.ends_with(".dev")
                     || k.ends_with("live_page")
                     || k.ends_with("listen_shared")
-                    || k.ends_with("exit_on_unavailable")
-                    || k.ends_with("presence_events") =>
+                    || k.ends_with("exit_on_unavailable") =>
                 {
                     "true"
                 }
+                k if k.ends_with("presence_room") => "{room}/presence",
                 k if k.contains("secret")
                     || k.contains("data_dir")
                     || k.contains("file")

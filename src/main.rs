@@ -596,17 +596,10 @@ fn serve_app(cfg: &mut Config) -> Result<(AppFactory, IoSlot, Option<Banner>), (
                 Some(router),
             ));
         }
-        // The online service (socket events online:get / online:set, last seen) registers its handlers when the shard
-        // starts; a database that was unavailable then leaves it out until the next start (logged).
-        match online_slot.get() {
-            Some(online) => {
-                if let Err(e) = online.install(shard) {
-                    tracing::error!(error = %e, "online service not installed");
-                }
-            }
-            None => tracing::warn!(
-                "online service not installed on this shard: the database was unavailable when it started"
-            ),
+        // The online service (socket events online:get / online:set / online:last_seen, last seen) is installed on
+        // every shard at once; it uses the database once the start-up retry loop has connected it.
+        if let Err(e) = OnlineService::install_when_ready(shard, online_slot.clone()) {
+            tracing::error!(error = %e, "online service not installed");
         }
         ShardApp {
             socketio: Some(io),

@@ -17,6 +17,7 @@ use common::*;
 use serde_json::{Value, json};
 use shardcast::cluster::codec::{self, Selector};
 use shardcast::cluster::msgpack::Value as Mp;
+use shardcast::realtime::auth::{RoomTokens, Secret};
 
 const SECRET: &str = "cluster-access-secret-0123456789abcdef";
 const ROOM_SECRET: &str = "cluster-room-secret-0123456789abcdef!!";
@@ -663,10 +664,10 @@ fn online_get(node: &mut NodeSide, client: &str, users: &[&str]) -> Vec<bool> {
         .collect()
 }
 
-/// `realtime:event` and presence across nodes: two shardcast nodes (node B publishes presence events) and a Node
-/// socket.io server whose sockets carry `socket.data.user` and join `user:<id>`, socket.io-client 4.x clients on each.
-/// A client's `realtime:event` on node A reaches the room's members on B and on the Node server once; a service event
-/// of node B (its presence event) reaches members on A once; `GET /api/v1/online` and `online:get` count each user
+/// `realtime:event` and presence across nodes: two shardcast nodes (node B publishes presence changes to the presence
+/// room) and a Node socket.io server whose sockets carry `socket.data.user` and join `user:<id>`, socket.io-client 4.x
+/// clients on each. A client's `realtime:event` on node A reaches the room's members on B and on the Node server once;
+/// a service event of node B (its presence event) reaches the presence room's watchers on A and on the Node server once; `GET /api/v1/online` and `online:get` count each user
 /// once across nodes, shards and sockets, drop a user when its last socket goes, and drop a killed node's users in the
 /// first answer after the kill.
 #[test]
@@ -680,7 +681,7 @@ fn realtime_events_and_presence_across_nodes() {
         1,
         &redis.url(),
         timeout,
-        "presence_events = true",
+        "presence_room = \"{room}/presence\"",
     );
     wait_ready(a.addr, 200);
     wait_ready(b.addr, 200);
@@ -700,18 +701,29 @@ fn realtime_events_and_presence_across_nodes() {
     node.client("n1", &node_url, None, Some("carol"));
     node.client("b2", &b.url(), Some(&token("bob")), None);
     let d_b = node.client("d_b", &b.url(), Some(&token("dave")), None);
-    let join = |node: &mut NodeSide, c: &str, tok: &str| {
-        node.call(json!({"cmd": "clientSend", "name": c, "event": "realtime:join", "args": [{"name": room, "token": tok}]}));
+    let join = |node: &mut NodeSide, c: &str, r: &str, tok: &str| {
+        node.call(json!({"cmd": "clientSend", "name": c, "event": "realtime:join", "args": [{"name": r, "token": tok}]}));
         node.wait_for("the join", |evs| {
-            evs.iter()
-                .any(|e| e["client"] == json!(c) && e["event"] == "realtime:join:success")
+            evs.iter().any(|e| {
+                e["client"] == json!(c)
+                    && e["event"] == "realtime:join:success"
+                    && e["args"] == json!([{ "name": r }])
+            })
         });
     };
-    join(&mut node, "a1", &alice_tok);
-    join(&mut node, "d_a", &dave_tok);
+    // Watchers of the room's presence room: alice on A (a room token for its name, as a service hands out) and carol.
+    let presence = format!("{room}/presence");
+    let presence_tok = RoomTokens::new(&Secret::from(ROOM_SECRET), 3600, 0)
+        .unwrap()
+        .sign("alice", &presence)
+        .unwrap();
+    join(&mut node, "a1", &presence, &presence_tok);
+    node.call(json!({"cmd": "clientEmit", "name": "n1", "event": "join", "args": [presence]}));
+    join(&mut node, "a1", &room, &alice_tok);
+    join(&mut node, "d_a", &room, &dave_tok);
     node.call(json!({"cmd": "clientEmit", "name": "n1", "event": "join", "args": [room]}));
-    join(&mut node, "b2", &bob_tok);
-    join(&mut node, "d_b", &dave_tok);
+    join(&mut node, "b2", &room, &bob_tok);
+    join(&mut node, "d_b", &room, &dave_tok);
     let members = ["a1", "d_a", "n1", "b2", "d_b"];
 
     // The Node server sees shardcast's sockets with their users (data.user.id, the room user:<id>).
@@ -722,10 +734,12 @@ fn realtime_events_and_presence_across_nodes() {
         assert_eq!(s["data"], json!({"user": {"id": "dave"}}), "{s}");
     }
 
-    // A service event of node B (its presence event for bob's join) reaches the members on A and on the Node server.
-    let bob_joined = json!([{"name": room, "data": {"presence": "join", "user": "bob"}}]);
+    // A service event of node B (its presence event for bob's join) reaches the presence room's watchers on A and on
+    // the Node server.
+    let bob_joined =
+        json!([{"name": presence, "data": {"presence": "join", "room": room, "user": "bob"}}]);
     node.wait_for("bob's presence event", |evs| {
-        ["a1", "d_a", "n1"].iter().all(|c| {
+        ["a1", "n1"].iter().all(|c| {
             evs.iter().any(|e| {
                 e["client"] == json!(c) && e["event"] == "realtime:event" && e["args"] == bob_joined
             })
@@ -750,10 +764,10 @@ fn realtime_events_and_presence_across_nodes() {
             1,
             "{c}: {got:?}"
         );
-        if ["a1", "d_a", "n1"].contains(&c) {
-            let n = got.iter().filter(|g| **g == bob_joined).count();
-            assert_eq!(n, 1, "{c}: {got:?}");
-        }
+        // Once to each watcher; the room's members who do not watch its presence room get nothing of it.
+        let n = got.iter().filter(|g| **g == bob_joined).count();
+        let watcher = ["a1", "n1"].contains(&c);
+        assert_eq!(n, usize::from(watcher), "{c}: {got:?}");
     }
 
     // Who is in the room, asked on either node: each user once, whichever nodes and sockets they have.

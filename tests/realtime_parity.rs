@@ -12,6 +12,10 @@
 //!   and a `realtime:resource` with action `event` from `Realtime::publish_resource_event` reach exactly the rooms'
 //!   members on both shards; a recipient returning two rooms, one built from a URL parameter the entity does not
 //!   carry, routes to exactly those rooms.
+//! - Presence and the online service: a user with sockets on both shards counts once and is dropped after its last
+//!   socket; presence changes reach the configured presence room's watchers once and the room's own members never;
+//!   `online:get`/`online:set`/`online:last_seen` ack as documented and `user:online` reaches the company's online
+//!   room; with the database down at start the online service answers and works once the database is up.
 
 mod common;
 
@@ -46,13 +50,25 @@ fn serve(name: &str) -> (Server, PathBuf) {
 
 /// [`serve`] with extra lines in the `[realtime]` table.
 fn serve_with(name: &str, realtime: &str) -> (Server, PathBuf) {
+    serve_on(name, realtime, "")
+}
+
+/// [`serve_with`], with the `[orm]` and `[serve]` tables given (`orm` empty: the embedded store in the scratch dir).
+fn serve_on(name: &str, realtime: &str, orm: &str) -> (Server, PathBuf) {
     let dir = scratch_dir(name);
     let cfg = dir.join("shardcast.toml");
+    let orm = if orm.is_empty() {
+        format!(
+            "[orm]\nembedded_path = \"{}\"\n",
+            dir.join("data.redb").display()
+        )
+    } else {
+        orm.to_owned()
+    };
     let text = format!(
         "[server]\nping_interval_ms = 2000\nping_timeout_ms = 60000\n[auth]\njwt_secret = \"{SECRET}\"\n\
          [realtime]\nroom_token_secret = \"{ROOM_SECRET}\"\nevent_per_s_max = {EVENT_PER_S_MAX}\n{realtime}\n\
-         [orm]\nembedded_path = \"{}\"\n",
-        dir.join("data.redb").display()
+         {orm}"
     );
     std::fs::write(&cfg, text).expect("config");
     let srv = Server::start(&["serve", "--shards", "2", "--config", cfg.to_str().unwrap()]);
@@ -669,11 +685,46 @@ fn room_presence_becomes(addr: SocketAddr, user: &str, want: Value) -> Value {
     }
 }
 
+/// A room token for `room`, signed with the server's room-token key (what a service hands out for a presence room).
+fn signed_room_token(user: &str, room: &str) -> String {
+    RoomTokens::new(&Secret::from(ROOM_SECRET), 3600, 0)
+        .unwrap()
+        .sign(user, room)
+        .unwrap()
+}
+
+/// An access token of `sub` in `company`.
+fn company_token(sub: &str, company: &str) -> String {
+    let mut extra = serde_json::Map::new();
+    extra.insert("companies".into(), json!([company]));
+    shardcast::realtime::auth::AccessSigner::new(&AuthConfig::hs256(SECRET))
+        .unwrap()
+        .sign(sub, 3600, &extra)
+        .unwrap()
+}
+
+/// Twake's announcement of `user`'s state in `company`'s online room.
+fn user_online(company: &str, user: &str, online: bool) -> Value {
+    json!(["realtime:resource", {
+        "action": "event",
+        "room": format!("/users/online/{company}"),
+        "type": "user:online",
+        "path": format!("/users/{user}"),
+        "resource": {"online": [{"company_id": company, "user_id": user, "is_online": online}]},
+    }])
+}
+
+const PRESENCE_ROOM_TEMPLATE: &str = "{room}/presence";
+
+fn presence_room(room: &str) -> String {
+    PRESENCE_ROOM_TEMPLATE.replace("{room}", room)
+}
+
 fn presence_and_online(major: &str) {
     ensure_node_modules();
     let (srv, dir) = serve_with(
         &format!("realtime-parity-presence-v{major}"),
-        "presence_events = true",
+        &format!("presence_room = \"{PRESENCE_ROOM_TEMPLATE}\""),
     );
     let (status, v) = call(
         srv.addr,
@@ -683,12 +734,41 @@ fn presence_and_online(major: &str) {
         Some(json!({ "resource": { "id": "c0", "name": "x" } })),
     );
     assert_eq!(status, 201, "{v}");
-    // u0 twice (shards 0 and 1), u1 on shard 1, all in room 0; u2 (shard 0) only asks.
-    let clients: Vec<Value> = [("u0", 0), ("u0", 1), ("u1", 1), ("u2", 0)]
-        .iter()
-        .map(|(u, shard)| json!({"user": u, "token": acme_token(SECRET, u), "shard": shard}))
-        .collect();
+    // u0 twice (shards 0 and 1) and u1 (shard 1): members of room 0. u2 (shard 0) and u3 (shard 1): watchers of room
+    // 0's presence room and of acme's online room. u5 (shard 0, company "other") only asks.
+    let clients: Vec<Value> = [
+        ("u0", 0, "acme"),
+        ("u0", 1, "acme"),
+        ("u1", 1, "acme"),
+        ("u2", 0, "acme"),
+        ("u3", 1, "acme"),
+        ("u5", 0, "other"),
+    ]
+    .iter()
+    .map(|(u, shard, c)| json!({"user": u, "token": company_token(u, c), "shard": shard}))
+    .collect();
     let mut node = Node::start(major, &dir, &srv.url(), &clients);
+    let (members, watchers, outsider) = ([0, 1, 2], [3, 4], 5);
+    let presence = presence_room(&room(0));
+    let online_room = "/users/online/acme";
+    for (i, u) in [(3, "u2"), (4, "u3")] {
+        let joined = json!(["realtime:join:success", {"name": presence}]);
+        assert_eq!(
+            node.join(i, &presence, &signed_room_token(u, &presence)),
+            joined
+        );
+        let joined = json!(["realtime:join:success", {"name": online_room}]);
+        assert_eq!(node.join(i, online_room, &company_token(u, "acme")), joined);
+    }
+    // A company's online room opens with the access token of its members only; the presence room with its own
+    // room token only (room 0's token is not one for it).
+    let refused = "a company's online room can be joined by its members only";
+    assert_eq!(
+        node.join(outsider, online_room, &company_token("u5", "other")),
+        json!(["realtime:join:error", {"name": online_room, "error": refused, "message": refused}])
+    );
+    let wrong = node.join(2, &presence, &room_token(srv.addr, "u1", 0));
+    assert_eq!(wrong[0], json!("realtime:join:error"), "{wrong}");
     for (i, u) in [(0, "u0"), (1, "u0"), (2, "u1")] {
         assert_eq!(
             node.join(i, &room(0), &room_token(srv.addr, u, 0)),
@@ -697,40 +777,87 @@ fn presence_and_online(major: &str) {
     }
     let both = json!({"room": room(0), "count": 2, "users": ["u0", "u1"]});
     assert_eq!(room_presence_becomes(srv.addr, "u2", both.clone()), both);
-    // Presence events (presence_events = true): u0's second socket, on the other shard, announces nothing; u1's
-    // arrival reaches u0's first socket once. A marker from u1 closes the batch.
+    // The presence room's watchers, on both shards, saw u0 join once (its second socket, on the other shard,
+    // announced nothing) and u1 once; the room's own members saw no presence change. Markers from u1 to both rooms
+    // close the batch.
     let u1_token = room_token(srv.addr, "u1", 0);
-    node.event(2, &room(0), json!({"marker": "p0"}), &u1_token);
-    node.send(json!({"op": "collect", "wait": [[0, ["p0"]], [1, ["p0"]], [2, ["p0"]]]}));
-    let got: Vec<Vec<Value>> = serde_json::from_value(node.answer("EVENTS")).unwrap();
-    let presence = |e: &Value, what: &str, user: &str| {
-        *e == ev(&room(0), json!({"presence": what, "user": user}))
+    let u1_presence_token = signed_room_token("u1", &presence);
+    let batch = |node: &mut Node, m: &str, wait_for: &[usize]| -> Vec<Vec<Value>> {
+        node.event(2, &room(0), json!({"marker": m}), &u1_token);
+        node.event(2, &presence, json!({"marker": m}), &u1_presence_token);
+        let wait: Vec<Value> = wait_for.iter().map(|i| json!([i, [m]])).collect();
+        node.send(json!({"op": "collect", "wait": wait}));
+        serde_json::from_value(node.answer("EVENTS")).unwrap()
     };
-    for (i, events) in got.iter().enumerate() {
-        let joins_u0 = events.iter().filter(|e| presence(e, "join", "u0")).count();
-        assert!(joins_u0 <= 1, "client {i}: {events:?}");
+    let change = |what: &str, user: &str| {
+        ev(
+            &presence,
+            json!({"presence": what, "room": room(0), "user": user}),
+        )
+    };
+    let is_presence = |e: &Value| e[1]["data"].get("presence").is_some();
+    let got = batch(&mut node, "p0", &[0, 1, 2, 3, 4]);
+    for i in watchers {
+        let changes: Vec<&Value> = got[i].iter().filter(|e| is_presence(e)).collect();
+        assert_eq!(
+            sorted(changes.into_iter().cloned().collect()),
+            sorted(vec![change("join", "u0"), change("join", "u1")]),
+            "watcher {i}: {:?}",
+            got[i]
+        );
+    }
+    for i in members {
+        assert_eq!(
+            got[i],
+            vec![ev(&room(0), json!({"marker": "p0"}))],
+            "member {i}"
+        );
     }
     assert_eq!(
-        got[0].iter().filter(|e| presence(e, "join", "u1")).count(),
-        1,
-        "{:?}",
-        got[0]
+        got[outsider],
+        Vec::<Value>::new(),
+        "the outsider is in no room"
     );
-    assert_eq!(got[3], Vec::<Value>::new(), "client 3 is in no room");
+
     let online_get = |node: &mut Node| {
-        node.send(json!({"op": "emit_ack", "i": 3, "event": "online:get",
-            "payload": {"data": ["u0", "u1", "u2", "u9"]}}));
+        node.send(
+            json!({"op": "emit_ack", "i": outsider, "event": "online:get",
+            "payload": {"data": ["u0", "u1", "u2", "u9"]}}),
+        );
         node.answer("ACK")
     };
     assert_eq!(
         online_get(&mut node),
         json!([{"data": [["u0", true], ["u1", true], ["u2", true], ["u9", false]]}])
     );
-    node.send(json!({"op": "emit_ack", "i": 3, "event": "online:get", "payload": {"data": "u0"}}));
+    node.send(
+        json!({"op": "emit_ack", "i": outsider, "event": "online:get", "payload": {"data": "u0"}}),
+    );
     let bad = "payload must be {data: [user ids]}";
     assert_eq!(node.answer("ACK"), json!([{"error": bad, "message": bad}]));
-    node.send(json!({"op": "emit_ack", "i": 2, "event": "online:set", "payload": {}}));
+    // online:set acks with no arguments and announces u1 online to acme's online room; a second one within the
+    // interval is refused and announces nothing.
+    node.send(
+        json!({"op": "emit_ack", "i": 2, "event": "online:set", "payload": {"data": ["u1"]}}),
+    );
     assert_eq!(node.answer("ACK"), json!([]));
+    node.send(json!({"op": "emit_ack", "i": 2, "event": "online:set", "payload": {}}));
+    let too_often = format!(
+        "online:set too often (at most once per {} ms)",
+        shardcast::realtime::online::ONLINE_SET_INTERVAL_MS_MIN
+    );
+    assert_eq!(
+        node.answer("ACK"),
+        json!([{"error": too_often, "message": too_often}])
+    );
+    let got = batch(&mut node, "p1", &[0, 1, 2, 3, 4]);
+    for i in watchers {
+        let announced: Vec<&Value> = got[i]
+            .iter()
+            .filter(|e| e[0] == "realtime:resource")
+            .collect();
+        assert_eq!(announced, [&user_online("acme", "u1", true)], "watcher {i}");
+    }
 
     // u0's socket on shard 0 goes: u0 still counts once (its socket on shard 1), and is still online.
     node.send(json!({"op": "close", "i": 0}));
@@ -749,26 +876,69 @@ fn presence_and_online(major: &str) {
         room_presence_becomes(srv.addr, "u2", only_u1.clone()),
         only_u1
     );
-    // The room's last remaining member saw exactly one presence change since: u0 leaving, after its last socket.
-    node.event(2, &room(0), json!({"marker": "p1"}), &u1_token);
-    node.send(json!({"op": "collect", "wait": [[2, ["p1"]]]}));
-    let got: Vec<Vec<Value>> = serde_json::from_value(node.answer("EVENTS")).unwrap();
-    assert_eq!(
-        got[2],
-        vec![
-            ev(&room(0), json!({"presence": "leave", "user": "u0"})),
-            ev(&room(0), json!({"marker": "p1"}))
-        ]
-    );
-    assert_eq!(got[3], Vec::<Value>::new(), "client 3 is in no room");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let offline = json!([{"data": [["u0", false], ["u1", true], ["u2", true], ["u9", false]]}]);
-    let mut got = online_get(&mut node);
-    while got != offline && std::time::Instant::now() < deadline {
+    let mut now = online_get(&mut node);
+    while now != offline && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
-        got = online_get(&mut node);
+        now = online_get(&mut node);
     }
-    assert_eq!(got, offline);
+    assert_eq!(now, offline);
+    // Since the last batch the watchers saw exactly u0 leaving (after its last socket, not its first) and u0 going
+    // offline in acme; the remaining member saw only its marker.
+    let got = batch(&mut node, "p2", &[2, 3, 4]);
+    for i in watchers {
+        // The presence change and the announcement travel from different shards: no order between them.
+        assert_eq!(
+            sorted(got[i].clone()),
+            sorted(vec![
+                change("leave", "u0"),
+                user_online("acme", "u0", false),
+                ev(&presence, json!({"marker": "p2"}))
+            ]),
+            "watcher {i}"
+        );
+    }
+    assert_eq!(got[2], vec![ev(&room(0), json!({"marker": "p2"}))]);
+    assert_eq!(
+        got[outsider],
+        Vec::<Value>::new(),
+        "the outsider is in no room"
+    );
+
+    // Last seen, as Twake's user objects carry it: u0's went offline; the outsider (another company) reads only its
+    // own row.
+    let last_seen = |node: &mut Node, i: usize| {
+        node.send(
+            json!({"op": "emit_ack", "i": i, "event": "online:last_seen",
+            "payload": {"data": ["u0", "u1", "u5", "u9"]}}),
+        );
+        node.answer("ACK")
+    };
+    let seen = last_seen(&mut node, 3);
+    let rows = seen[0]["data"].as_array().expect("data").clone();
+    let users: Vec<&str> = rows
+        .iter()
+        .map(|r| r["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["u0", "u1"], "{seen}");
+    assert_eq!(rows[0]["is_connected"], json!(false), "{seen}");
+    assert_eq!(rows[1]["is_connected"], json!(true), "{seen}");
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 120_000;
+    for r in &rows {
+        assert!(r["last_seen"].as_i64().unwrap() > started_ms, "{seen}");
+    }
+    let seen = last_seen(&mut node, outsider);
+    let rows = seen[0]["data"].as_array().expect("data").clone();
+    let users: Vec<&str> = rows
+        .iter()
+        .map(|r| r["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["u5"], "{seen}");
 
     // Over REST, only for a room the caller may read: a token of another user or none is refused.
     let other = room_token(srv.addr, "u1", 0);
@@ -800,4 +970,115 @@ fn v4_presence_counts_a_user_once_across_shards_and_online_acks_like_twake() {
 #[test]
 fn v2_presence_counts_a_user_once_across_shards_and_online_acks_like_twake() {
     presence_and_online("2");
+}
+
+/// A MongoDB-wire server of this test's own (the binary tests/services/mongo.sh installed, as in
+/// tests/first_hour_db.rs), started late and stopped by PID on drop.
+struct LateMongo {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl LateMongo {
+    fn start(&mut self) {
+        let bin = std::env::var("SHARDCAST_TEST_MONGO_BIN")
+            .expect("SHARDCAST_TEST_MONGO_BIN (written by tests/services/mongo.sh; tests/run.sh sources it)");
+        let kind = std::env::var("SHARDCAST_TEST_MONGO_KIND").unwrap_or_else(|_| "secantus".into());
+        let data = self.dir.join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let port = self.port.to_string();
+        let mut cmd = std::process::Command::new(bin);
+        if kind == "nx" {
+            cmd.arg("--data-dir")
+                .arg(&data)
+                .args(["--host", "127.0.0.1", "-p", &port])
+                .arg("--pid-file")
+                .arg(self.dir.join("nx.pid"));
+        } else {
+            cmd.args(["--host", "127.0.0.1", "--port", &port, "--storage-path"])
+                .arg(&data);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the MongoDB-wire server starts");
+        self.child = Some(child);
+    }
+}
+
+impl Drop for LateMongo {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Issue 12 item "robustness": with the database down when `serve` starts, the online service is there at once
+/// (`online:get` answers from presence, the events that need the database ack `database unavailable`), and uses the
+/// database as soon as the start-up retry loop connected it.
+#[test]
+fn v4_online_service_answers_while_the_database_is_down_and_works_once_it_is_up() {
+    ensure_node_modules();
+    let mut mongo = LateMongo {
+        child: None,
+        port: free_port(),
+        dir: scratch_dir("realtime-parity-online-db-down-mongo"),
+    };
+    let orm = format!(
+        "[orm]\nbackend = \"mongo\"\nmongo_uri = \"mongodb://127.0.0.1:{}/?directConnection=true\"\n\
+         mongo_database = \"online_{}\"\nrequest_timeout_ms = 1500\nunavailable_retry_ms = 200\n\
+         [serve]\ndb_retry_initial_ms = 100\ndb_retry_max_ms = 500\ndb_probe_interval_ms = 200\n",
+        mongo.port,
+        std::process::id()
+    );
+    let (srv, dir) = serve_on("realtime-parity-online-db-down", "", &orm);
+    let clients: Vec<Value> = [("u0", 0), ("u1", 1)]
+        .iter()
+        .map(|(u, shard)| json!({"user": u, "token": acme_token(SECRET, u), "shard": shard}))
+        .collect();
+    let mut node = Node::start("4", &dir, &srv.url(), &clients);
+    let readyz = |want: u16| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let r = request(srv.addr, "GET", "/readyz", b"");
+            if r.status == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz stayed {}",
+                r.status
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    readyz(503);
+    let mut ask = |event: &str, payload: Value| {
+        node.send(json!({"op": "emit_ack", "i": 0, "event": event, "payload": payload}));
+        node.answer("ACK")
+    };
+    assert_eq!(
+        ask("online:get", json!({"data": ["u0", "u1", "u9"]})),
+        json!([{"data": [["u0", true], ["u1", true], ["u9", false]]}])
+    );
+    let down = json!([{"error": "database unavailable", "message": "database unavailable"}]);
+    assert_eq!(ask("online:set", json!({})), down);
+    assert_eq!(ask("online:last_seen", json!({"data": ["u0"]})), down);
+
+    // The database comes up: the retry loop connects it, and the same shards' service uses it.
+    mongo.start();
+    readyz(200);
+    std::thread::sleep(std::time::Duration::from_millis(
+        shardcast::realtime::online::ONLINE_SET_INTERVAL_MS_MIN,
+    ));
+    assert_eq!(ask("online:set", json!({})), json!([]));
+    let seen = ask("online:last_seen", json!({"data": ["u0"]}));
+    assert_eq!(seen[0]["data"][0]["user_id"], json!("u0"), "{seen}");
+    assert_eq!(seen[0]["data"][0]["is_connected"], json!(true), "{seen}");
+    node.send(json!({"op": "quit"}));
+    assert_eq!(node.line(), "PASS");
 }

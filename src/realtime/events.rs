@@ -30,6 +30,9 @@
 //!   run, and its ack (if any) is answered `[{"error": "too many events in flight (limit N)", "message": ...}]`.
 //! - [`on_connected`] hooks run once per socket, when it authenticates; [`on_disconnected`] hooks once per
 //!   authenticated socket, when it goes.
+//! - [`on_user_presence`] hooks run once per user coming online (its first authenticated socket on any shard) and once
+//!   when it goes offline (its last socket gone, wherever it was), on the user's home shard
+//!   ([`super::presence::home_shard`]), with the user id and the companies of its token.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -51,6 +54,19 @@ pub const HANDLERS_IN_FLIGHT_PER_SOCKET_MAX: usize = 16;
 pub type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
 type Handler = Rc<dyn Fn(SocketEvent) -> LocalFuture>;
 type Hook = Rc<dyn Fn(SocketUser) -> LocalFuture>;
+type PresenceHook = Rc<dyn Fn(UserPresence) -> LocalFuture>;
+
+/// A user came online (first authenticated socket on any shard) or went offline (its last socket gone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserPresence {
+    /// The user id.
+    pub user_id: String,
+    /// The companies of its access token when it came online (the `companies` claim, at most
+    /// [`super::presence::COMPANIES_PER_USER_MAX`]).
+    pub companies: Vec<String>,
+    /// True when the user came online, false when it went offline.
+    pub online: bool,
+}
 
 /// Who a socket is: its user and its id.
 #[derive(Clone, Debug)]
@@ -104,6 +120,7 @@ pub struct SocketHandlers {
     events: HashMap<String, Handler>,
     connected: Vec<Hook>,
     disconnected: Vec<Hook>,
+    presence: Vec<PresenceHook>,
 }
 
 impl std::fmt::Debug for SocketHandlers {
@@ -112,6 +129,7 @@ impl std::fmt::Debug for SocketHandlers {
             .field("events", &self.events.keys().collect::<Vec<_>>())
             .field("connected", &self.connected.len())
             .field("disconnected", &self.disconnected.len())
+            .field("presence", &self.presence.len())
             .finish()
     }
 }
@@ -184,6 +202,18 @@ where
     Ok(())
 }
 
+/// Runs `hook` on this shard whenever a user whose home shard this is comes online or goes offline (each transition
+/// once across all shards). Register it on every shard: each user has one home shard.
+pub fn on_user_presence<F, Fut>(shard: &Rc<ShardCtx>, hook: F) -> Result<(), RegisterError>
+where
+    F: Fn(UserPresence) -> Fut + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let h: PresenceHook = Rc::new(move |p| Box::pin(hook(p)));
+    handlers(shard)?.borrow_mut().presence.push(h);
+    Ok(())
+}
+
 impl SocketHandlers {
     /// The handler's future for `event`, if one is registered.
     pub(crate) fn call(&self, name: &str, event: SocketEvent) -> Option<LocalFuture> {
@@ -201,6 +231,10 @@ impl SocketHandlers {
 
     pub(crate) fn disconnected(&self, u: &SocketUser) -> Vec<LocalFuture> {
         self.disconnected.iter().map(|h| h(u.clone())).collect()
+    }
+
+    pub(crate) fn presence(&self, p: &UserPresence) -> Vec<LocalFuture> {
+        self.presence.iter().map(|h| h(p.clone())).collect()
     }
 }
 

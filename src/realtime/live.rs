@@ -76,7 +76,7 @@ use crate::server::{Event, MeshError, ShardCtx, Socket, SocketIo, TimerHandle};
 
 use super::bus::{BusError, EventBus, ResourceEvent, RoomEvent};
 use super::events::{self, SocketEvent, SocketHandlers, SocketUser};
-use super::presence::{Outgoing, Presence, PresenceMsg, home_shard};
+use super::presence::{Change, Outgoing, Presence, PresenceMsg, home_shard};
 use super::protocol::{self, Action, ServerEvent, Session, SessionContext};
 use super::rooms::{self, Route, ShardRooms, SharedPayload};
 
@@ -393,7 +393,10 @@ fn run_connected_hooks(live: &Rc<LiveShard>, socket: &Socket, state: &LiveSocket
     let user = state.session.borrow().user().cloned();
     let Some(user) = user else { return };
     crate::cluster::node::socket_authenticated(socket, &user.id);
-    let out = live.presence.borrow_mut().user_socket_up(&user.id);
+    let out = live
+        .presence
+        .borrow_mut()
+        .user_socket_up(&user.id, &user.companies);
     send_presence(live, socket.shard(), out);
     let u = SocketUser {
         user,
@@ -1129,22 +1132,41 @@ fn post_presence(
     r
 }
 
-/// Applies a presence message here; with [`protocol::SessionConfig::presence_events`] on, a change of a room's users
-/// is published to that room as `realtime:event {name: room, data: {presence, user}}` (this shard owns the room).
+/// Applies a presence message here. A change of a room's users (this shard owns the room) is published, with
+/// [`protocol::SessionConfig::presence_room`] set, to the room's presence room as `realtime:event {name: presence
+/// room, data: {presence, room, user}}`; a user coming online or going offline (this is its home shard) runs the
+/// [`events::on_user_presence`] hooks.
 fn apply_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, msg: PresenceMsg) {
     let change = live.presence.borrow_mut().on_message(msg);
-    let Some(change) = change else { return };
-    if !live.session.config.presence_events {
-        return;
-    }
-    let data = serde_json::json!({
-        "presence": if change.joined { "join" } else { "leave" },
-        "user": change.user,
-    });
-    let payload: SharedPayload =
-        Arc::from(protocol::EventPayload::encode_args(&change.room, &data));
-    if publish_payload(live, shard, &change.room, payload).is_err() {
-        tracing::debug!(room = change.room, "presence event dropped");
+    match change {
+        None => {}
+        Some(Change::Room(change)) => {
+            let Some(template) = &live.session.config.presence_room else {
+                return;
+            };
+            let Some(target) = template.of(&change.room) else {
+                return;
+            };
+            let data = serde_json::json!({
+                "presence": if change.joined { "join" } else { "leave" },
+                "room": change.room,
+                "user": change.user,
+            });
+            let payload: SharedPayload =
+                Arc::from(protocol::EventPayload::encode_args(&target, &data));
+            if publish_payload(live, shard, &target, payload).is_err() {
+                tracing::debug!(room = target, "presence event dropped");
+            }
+        }
+        Some(Change::User(change)) => {
+            let p = events::UserPresence {
+                user_id: change.user,
+                companies: change.companies,
+                online: change.online,
+            };
+            let hooks = live.handlers.borrow().presence(&p);
+            hooks.into_iter().for_each(events::spawn);
+        }
     }
 }
 

@@ -13,6 +13,11 @@
 //! The messages of one shard to another must arrive in order and none may be lost (the glue in `live.rs` keeps a FIFO
 //! backlog per peer). Memory is bounded by what clients already hold: at most one entry per (room, user) membership
 //! and per connected user.
+//!
+//! [`Presence::on_message`] reports each change exactly once, on the one shard that sees it: a [`RoomChange`] on the
+//! room's owner (a user's first socket in the room on any shard, or its last one gone), a [`UserChange`] on the user's
+//! home shard (first authenticated socket anywhere, or the last one gone). Where a room's changes are published, if
+//! anywhere, is a [`PresenceRoom`] template.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -30,6 +35,8 @@ pub enum PresenceMsg {
     UserUp {
         /// User id.
         user: String,
+        /// The companies of the user's access token (the `companies` claim), at most [`COMPANIES_PER_USER_MAX`].
+        companies: Vec<String>,
         /// The sending shard.
         from: ShardId,
     },
@@ -71,6 +78,103 @@ pub struct RoomChange {
     pub joined: bool,
 }
 
+/// A user came online (first authenticated socket on any shard) or went offline (its last socket gone), on the user's
+/// home shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserChange {
+    /// User id.
+    pub user: String,
+    /// The companies of the user's token when it came online (the `companies` claim).
+    pub companies: Vec<String>,
+    /// True when the user came online, false when its last socket went.
+    pub online: bool,
+}
+
+/// What a presence message changed, on the one shard that sees the change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A room's users changed (on the room's owner shard).
+    Room(RoomChange),
+    /// A user came online or went offline (on the user's home shard).
+    User(UserChange),
+}
+
+/// Most companies of one user carried with its presence (the rest of a longer `companies` claim is left out).
+pub const COMPANIES_PER_USER_MAX: usize = 64;
+
+/// The placeholder of a [`PresenceRoom`] template.
+pub const ROOM_PLACEHOLDER: &str = "{room}";
+
+/// Where the presence changes of a room are published: a room-name template with one `{room}` and something around
+/// it (`{room}/presence`: changes of `/channels/c1` go to `/channels/c1/presence`). A presence room is an ordinary
+/// room: joined with a room token for its own name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceRoom {
+    prefix: String,
+    suffix: String,
+}
+
+/// Why a presence-room template was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PresenceRoomError {
+    /// The template does not hold `{room}` exactly once.
+    #[error("the presence room template must contain `{{room}}` exactly once")]
+    Placeholder,
+    /// The template is `{room}` alone: the presence room would be the room itself.
+    #[error(
+        "the presence room template must add something to `{{room}}` (it cannot be the room itself)"
+    )]
+    SameRoom,
+}
+
+impl PresenceRoom {
+    /// Parses a template; the empty string means off (`None`).
+    pub fn parse(template: &str) -> Result<Option<Self>, PresenceRoomError> {
+        if template.is_empty() {
+            return Ok(None);
+        }
+        let (prefix, suffix) = template
+            .split_once(ROOM_PLACEHOLDER)
+            .ok_or(PresenceRoomError::Placeholder)?;
+        if suffix.contains(ROOM_PLACEHOLDER) {
+            return Err(PresenceRoomError::Placeholder);
+        }
+        if prefix.is_empty() && suffix.is_empty() {
+            return Err(PresenceRoomError::SameRoom);
+        }
+        Ok(Some(Self {
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+        }))
+    }
+
+    /// The template as configured.
+    pub fn template(&self) -> String {
+        format!("{}{ROOM_PLACEHOLDER}{}", self.prefix, self.suffix)
+    }
+
+    /// True when `room` has the shape of a presence room (the template around a non-empty name).
+    pub fn is_presence_room(&self, room: &str) -> bool {
+        room.len() > self.prefix.len() + self.suffix.len()
+            && room.starts_with(&self.prefix)
+            && room.ends_with(&self.suffix)
+    }
+
+    /// The presence room of `room`; `None` when `room` is itself a presence room (its watchers are not announced, so
+    /// presence rooms never chain).
+    pub fn of(&self, room: &str) -> Option<String> {
+        (!self.is_presence_room(room)).then(|| format!("{}{room}{}", self.prefix, self.suffix))
+    }
+}
+
+/// What the home shard keeps of a connected user.
+#[derive(Debug, Default)]
+struct HomeEntry {
+    shards: BTreeSet<ShardId>,
+    companies: Vec<String>,
+}
+
 /// One shard's part of presence.
 #[derive(Debug)]
 pub struct Presence {
@@ -78,7 +182,7 @@ pub struct Presence {
     shard_count: usize,
     local_users: HashMap<String, usize>,
     local_rooms: HashMap<(String, String), usize>,
-    home: HashMap<String, BTreeSet<ShardId>>,
+    home: HashMap<String, HomeEntry>,
     owned: HashMap<String, HashMap<String, BTreeSet<ShardId>>>,
 }
 
@@ -98,15 +202,17 @@ impl Presence {
         }
     }
 
-    /// A socket of `user` authenticated on this shard.
-    pub fn user_socket_up(&mut self, user: &str) -> Option<Outgoing> {
+    /// A socket of `user` (whose token names `companies`) authenticated on this shard.
+    pub fn user_socket_up(&mut self, user: &str, companies: &[String]) -> Option<Outgoing> {
         let n = self.local_users.entry(user.to_owned()).or_insert(0);
         *n += 1;
         (*n == 1).then(|| {
+            let companies = companies.iter().take(COMPANIES_PER_USER_MAX).cloned();
             (
                 home_shard(user, self.shard_count),
                 PresenceMsg::UserUp {
                     user: user.to_owned(),
+                    companies: companies.collect(),
                     from: self.shard,
                 },
             )
@@ -168,17 +274,37 @@ impl Presence {
         ))
     }
 
-    /// A message from another shard (or this one). Returns the change of a room's users it made, if any.
-    pub fn on_message(&mut self, msg: PresenceMsg) -> Option<RoomChange> {
+    /// A message from another shard (or this one). Returns the change it made, if any.
+    pub fn on_message(&mut self, msg: PresenceMsg) -> Option<Change> {
         match msg {
-            PresenceMsg::UserUp { user, from } => {
-                self.home.entry(user).or_default().insert(from);
+            PresenceMsg::UserUp {
+                user,
+                companies,
+                from,
+            } => {
+                let entry = self.home.entry(user.clone()).or_default();
+                let new = entry.shards.is_empty();
+                entry.shards.insert(from);
+                if new {
+                    entry.companies = companies.clone();
+                    return Some(Change::User(UserChange {
+                        user,
+                        companies,
+                        online: true,
+                    }));
+                }
             }
             PresenceMsg::UserDown { user, from } => {
-                if let Some(set) = self.home.get_mut(&user) {
-                    set.remove(&from);
-                    if set.is_empty() {
+                if let Some(entry) = self.home.get_mut(&user) {
+                    entry.shards.remove(&from);
+                    if entry.shards.is_empty() {
+                        let companies = std::mem::take(&mut entry.companies);
                         self.home.remove(&user);
+                        return Some(Change::User(UserChange {
+                            user,
+                            companies,
+                            online: false,
+                        }));
                     }
                 }
             }
@@ -192,11 +318,11 @@ impl Presence {
                 let new = set.is_empty();
                 set.insert(from);
                 if new {
-                    return Some(RoomChange {
+                    return Some(Change::Room(RoomChange {
                         room,
                         user,
                         joined: true,
-                    });
+                    }));
                 }
             }
             PresenceMsg::RoomDown { room, user, from } => {
@@ -214,11 +340,11 @@ impl Presence {
                     }
                 }
                 if gone {
-                    return Some(RoomChange {
+                    return Some(Change::Room(RoomChange {
                         room,
                         user,
                         joined: false,
-                    });
+                    }));
                 }
             }
         }
@@ -247,9 +373,23 @@ mod tests {
     use super::*;
 
     /// Two shards' presence, with messages delivered at once.
-    fn run(shards: &mut [Presence], out: Option<Outgoing>) -> Option<RoomChange> {
+    fn run(shards: &mut [Presence], out: Option<Outgoing>) -> Option<Change> {
         let (to, msg) = out?;
         shards[to].on_message(msg)
+    }
+
+    fn room_change(c: Option<Change>) -> Option<RoomChange> {
+        match c? {
+            Change::Room(r) => Some(r),
+            Change::User(_) => None,
+        }
+    }
+
+    fn user_change(c: Option<Change>) -> Option<(bool, Vec<String>)> {
+        match c? {
+            Change::User(u) => Some((u.online, u.companies)),
+            Change::Room(_) => None,
+        }
     }
 
     #[test]
@@ -257,15 +397,18 @@ mod tests {
         let mut s = [Presence::new(0, 2), Presence::new(1, 2)];
         let owner = owner_shard("/r", 2);
         let home = home_shard("u1", 2);
+        let acme = vec!["acme".to_string()];
+        let mut came_online = Vec::new();
         for shard in [0, 1, 1] {
-            let o = s[shard].user_socket_up("u1");
-            run(&mut s, o);
+            let o = s[shard].user_socket_up("u1", &acme);
+            came_online.extend(user_change(run(&mut s, o)));
             let o = s[shard].joined("/r", "u1");
             run(&mut s, o);
         }
+        assert_eq!(came_online, [(true, acme.clone())], "online once");
         let o = s[0].joined("/r", "u2");
         assert_eq!(
-            run(&mut s, o),
+            room_change(run(&mut s, o)),
             Some(RoomChange {
                 room: "/r".into(),
                 user: "u2".into(),
@@ -280,17 +423,19 @@ mod tests {
         let o = s[1].left("/r", "u1");
         run(&mut s, o);
         let o = s[1].user_socket_down("u1");
-        run(&mut s, o);
+        assert_eq!(run(&mut s, o), None);
         assert_eq!(s[owner].online_users("/r"), ["u1", "u2"]);
         // The last socket in the room leaves: gone from the room, still online on shard 0.
         let o = s[1].left("/r", "u1");
-        assert_eq!(run(&mut s, o).map(|c| c.joined), Some(false));
+        assert_eq!(room_change(run(&mut s, o)).map(|c| c.joined), Some(false));
         assert_eq!(s[owner].online_users("/r"), ["u2"]);
         assert!(s[home].is_online("u1"));
+        let mut went = Vec::new();
         for shard in [0, 1] {
             let o = s[shard].user_socket_down("u1");
-            run(&mut s, o);
+            went.extend(user_change(run(&mut s, o)));
         }
+        assert_eq!(went, [(false, acme)], "offline once, with its companies");
         assert!(!s[home].is_online("u1"));
         // Unbalanced downs change nothing.
         assert_eq!(s[0].user_socket_down("nobody"), None);
@@ -299,5 +444,39 @@ mod tests {
         run(&mut s, o);
         assert!(s[owner].online_users("/r").is_empty());
         assert!(s[owner].owned.is_empty() && s[home].home.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod room_template_tests {
+    use super::*;
+
+    #[test]
+    fn presence_room_templates() {
+        assert_eq!(PresenceRoom::parse(""), Ok(None));
+        assert_eq!(
+            PresenceRoom::parse("/presence"),
+            Err(PresenceRoomError::Placeholder)
+        );
+        assert_eq!(
+            PresenceRoom::parse("{room}{room}"),
+            Err(PresenceRoomError::Placeholder)
+        );
+        assert_eq!(
+            PresenceRoom::parse("{room}"),
+            Err(PresenceRoomError::SameRoom)
+        );
+        let t = PresenceRoom::parse("{room}/presence").unwrap().unwrap();
+        assert_eq!(t.template(), "{room}/presence");
+        assert_eq!(
+            t.of("/channels/c1").as_deref(),
+            Some("/channels/c1/presence")
+        );
+        // A presence room's own watchers are not announced anywhere: no chain of presence rooms.
+        assert!(t.is_presence_room("/channels/c1/presence"));
+        assert_eq!(t.of("/channels/c1/presence"), None);
+        assert!(!t.is_presence_room("/presence"));
+        let t = PresenceRoom::parse("/presence{room}").unwrap().unwrap();
+        assert_eq!(t.of("/c").as_deref(), Some("/presence/c"));
     }
 }

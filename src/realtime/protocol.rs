@@ -62,6 +62,9 @@ pub const EVENT: &str = "realtime:event";
 pub const EVENT_ERROR: &str = "realtime:event:error";
 /// The prefix of public user rooms: a user joins `/users/{own id}` with their access token.
 pub const USER_ROOM_PREFIX: &str = "/users/";
+/// The prefix of a company's online room (Twake's `/users/online/{company id}`, where the online service announces
+/// `user:online`): joined with the access token of a user whose `companies` claim names the company.
+pub const COMPANY_ONLINE_ROOM_PREFIX: &str = "/users/online/";
 /// Client -> server, only when [`SessionConfig::echo_event`] is on: acknowledged with its own arguments.
 pub const ECHO: &str = "echo";
 
@@ -417,10 +420,11 @@ pub struct SessionConfig {
     pub event_per_s_max: u32,
     /// Longest `data` of a client's `realtime:event`, bytes of JSON. Default [`EVENT_DATA_BYTES_MAX_DEFAULT`].
     pub event_data_bytes_max: usize,
-    /// Publish presence changes to the room they happen in: when a user appears in a room (first socket on any shard)
-    /// or disappears (last socket gone), its members get `realtime:event {name: room, data: {presence: "join" |
-    /// "leave", user}}`. Off by default.
-    pub presence_events: bool,
+    /// Where presence changes are published: when a user appears in a room `R` (first socket on any shard) or
+    /// disappears (last socket gone), the members of the presence room of `R` (`{room}/presence` gives
+    /// `R/presence`) get `realtime:event {name: presence room, data: {presence: "join" | "leave", room: R, user}}`.
+    /// A presence room is joined like any room, with a room token for its name. `None` (the default): off.
+    pub presence_room: Option<super::presence::PresenceRoom>,
 }
 
 /// Default of [`SessionConfig::join_leave_per_s_max`].
@@ -440,7 +444,7 @@ impl Default for SessionConfig {
             join_leave_per_s_max: JOIN_LEAVE_PER_S_MAX_DEFAULT,
             event_per_s_max: EVENT_PER_S_MAX_DEFAULT,
             event_data_bytes_max: EVENT_DATA_BYTES_MAX_DEFAULT,
-            presence_events: false,
+            presence_room: None,
         }
     }
 }
@@ -694,11 +698,23 @@ impl Session {
 
 /// Error text when an access token is offered for a user room that is not the caller's own.
 pub const NOT_YOUR_USER_ROOM: &str = "a user room can be joined by its own user only";
+/// Error text when an access token is offered for the online room of a company its `companies` claim does not name.
+pub const NOT_YOUR_COMPANY_ROOM: &str = "a company's online room can be joined by its members only";
 
 /// The one check behind `realtime:join` and `realtime:event`: `token` is a room token of `user` for `room`, or `room`
-/// is the public user room `/users/{user}` and `token` is `user`'s own access token. An access token never opens any
-/// other room (another user's room included), and there is no other bypass.
+/// is the public user room `/users/{user}` and `token` is `user`'s own access token, or `room` is the online room
+/// `/users/online/{company}` and `token` is `user`'s own access token naming `company` in its `companies` claim. An
+/// access token never opens any other room (another user's room included), and there is no other bypass.
 fn may_enter(ctx: &SessionContext, user: &str, room: &str, token: &str) -> Result<(), String> {
+    if let Some(company) = room.strip_prefix(COMPANY_ONLINE_ROOM_PREFIX)
+        && let Ok(holder) = ctx.access.verify(token)
+    {
+        return if holder.id == user && holder.is_member_of(company) && !company.contains('/') {
+            Ok(())
+        } else {
+            Err(NOT_YOUR_COMPANY_ROOM.into())
+        };
+    }
     if let Some(owner) = room.strip_prefix(USER_ROOM_PREFIX)
         && let Ok(holder) = ctx.access.verify(token)
     {
@@ -1255,6 +1271,54 @@ mod tests {
         );
         // Sending needs no membership, and does not make one.
         assert!(s.rooms().is_empty());
+    }
+
+    #[test]
+    fn company_online_room_opens_with_an_access_token_of_a_member_only() {
+        let ctx = ctx();
+        let mut s = authed(&ctx, "u1");
+        let member = AccessSigner::new(&AuthConfig::hs256(SECRET))
+            .unwrap()
+            .sign(
+                "u1",
+                60,
+                json!({"companies": ["acme"]}).as_object().unwrap(),
+            )
+            .unwrap();
+        let room = format!("{COMPANY_ONLINE_ROOM_PREFIX}acme");
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": room, "token": member})])[0],
+            Action::JoinRoom(room.clone())
+        );
+        let refused = |name: &str| {
+            vec![emit(ServerEvent::JoinError {
+                name: name.into(),
+                error: NOT_YOUR_COMPANY_ROOM.into(),
+            })]
+        };
+        // Another company, a look-alike below it, a token of no company, another member's token: refused.
+        for (name, token) in [
+            ("/users/online/other", member.clone()),
+            ("/users/online/acme/x", member.clone()),
+            ("/users/online/acme", access("u1")),
+        ] {
+            assert_eq!(
+                s.on_event(&ctx, JOIN, &[json!({"name": name, "token": token})]),
+                refused(name)
+            );
+        }
+        let other_member = AccessSigner::new(&AuthConfig::hs256(SECRET))
+            .unwrap()
+            .sign(
+                "u2",
+                60,
+                json!({"companies": ["acme"]}).as_object().unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            s.on_event(&ctx, JOIN, &[json!({"name": room, "token": other_member})]),
+            refused(&room)
+        );
     }
 
     #[test]
