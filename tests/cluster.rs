@@ -731,7 +731,10 @@ fn realtime_events_and_presence_across_nodes() {
     let sockets = fetched["sockets"].as_array().unwrap();
     assert_eq!(sorted_ids(sockets), sorted(vec![d_a.clone(), d_b.clone()]));
     for s in sockets {
-        assert_eq!(s["data"], json!({"user": {"id": "dave"}}), "{s}");
+        assert_eq!(s["data"]["user"], json!({"id": "dave"}), "{s}");
+        // When the socket authenticated and joined the room, for presence changes across nodes.
+        assert!(s["data"]["since"]["user:dave"].is_u64(), "{s}");
+        assert!(s["data"]["since"][&room].is_u64(), "{s}");
     }
 
     // A service event of node B (its presence event for bob's join) reaches the presence room's watchers on A and on
@@ -804,6 +807,185 @@ fn realtime_events_and_presence_across_nodes() {
     assert_eq!(users, ["alice", "carol"]);
     assert_eq!(online_get(&mut node, "a1", &["bob"]), [false]);
     wait_online(a.addr, "alice", &room, &alice_tok, &["alice", "carol"]);
+}
+
+/// Sends `realtime:join` (`leave`: `realtime:leave`) of `room` from client `c` and waits for one more success than
+/// `c` had.
+fn join_or_leave(node: &mut NodeSide, c: &str, room: &str, token: Option<&str>) {
+    let (event, success) = match token {
+        Some(_) => ("realtime:join", "realtime:join:success"),
+        None => ("realtime:leave", "realtime:leave:success"),
+    };
+    let want = json!([{ "name": room }]);
+    let before = node
+        .received(c, success)
+        .iter()
+        .filter(|a| **a == want)
+        .count();
+    let mut arg = json!({ "name": room });
+    if let Some(t) = token {
+        arg["token"] = json!(t);
+    }
+    node.call(json!({"cmd": "clientSend", "name": c, "event": event, "args": [arg]}));
+    let c = c.to_owned();
+    node.wait_for(success, |evs| {
+        evs.iter()
+            .filter(|e| e["client"] == json!(c) && e["event"] == success && e["args"] == want)
+            .count()
+            > before
+    });
+}
+
+/// The presence room announcements about `user` that client `w` received, in order (`join` / `leave`).
+fn presence_seen(events: &[Value], w: &str, presence: &str, user: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["ev"] == "recv" && e["client"] == w && e["event"] == "realtime:event")
+        .filter(|e| e["args"][0]["name"] == presence && e["args"][0]["data"]["user"] == user)
+        .map(|e| {
+            e["args"][0]["data"]["presence"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The `user:online` announcements about `user` that client `w` received, in order (`is_online`).
+fn online_seen(events: &[Value], w: &str, user: &str) -> Vec<bool> {
+    events
+        .iter()
+        .filter(|e| e["ev"] == "recv" && e["client"] == w && e["event"] == "realtime:resource")
+        .filter(|e| e["args"][0]["type"] == "user:online")
+        .map(|e| &e["args"][0]["resource"]["online"][0])
+        .filter(|o| o["user_id"] == user)
+        .map(|o| o["is_online"].as_bool().unwrap())
+        .collect()
+}
+
+/// Waits until node `addr` has decided `n` presence changes (`presence_decided` of `/readyz/cluster`).
+fn wait_decided(addr: SocketAddr, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, v) = ready(addr);
+        if v["presence_decided"] == json!(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "presence_decided stayed {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the cluster (fetchSockets of `user:<id>` from the Node server) sees `n` sockets of `user`: a node has
+/// forgotten a socket whose client saw its disconnect.
+fn wait_user_sockets(node: &mut NodeSide, user: &str, n: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = node.call(json!({"cmd": "fetchSockets", "in": [format!("user:{user}")]}));
+        if v["sockets"].as_array().unwrap().len() == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{user} never had {n} sockets: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Presence *changes* across nodes: two shardcast nodes, both with `presence_room = "{room}/presence"` and the
+/// online service, and a client of the Node server watching the room's presence room and `/users/online/acme`.
+/// erin online on A and in the room there is announced once; her socket on B, its join and its leave announce
+/// nothing; her leave on A announces one `leave`; her next join on B one `join` (B decides the changes of one user and
+/// room in order, so this also proves its two earlier decisions announced nothing); her socket on A going while the
+/// one on B stays announces nothing, the one on B going one offline, a new socket on A one online (the same proof for
+/// A), its going one offline.
+#[test]
+fn presence_changes_are_announced_once_across_nodes() {
+    let mut redis = Redis::new("changes");
+    redis.start();
+    let timeout = "request_timeout_ms = 2000";
+    let presence_room = "presence_room = \"{room}/presence\"";
+    let a = serve_with("changes-a", 2, &redis.url(), timeout, presence_room);
+    let b = serve_with("changes-b", 1, &redis.url(), timeout, presence_room);
+    wait_ready(a.addr, 200);
+    wait_ready(b.addr, 200);
+    let mut node = NodeSide::start(&redis.url());
+    node.wait_server_count(3);
+
+    let (room, _) = messages_room(a.addr, "alice", "c0", true);
+    let (_, tok) = messages_room(a.addr, "erin", "c0", false);
+    let presence = format!("{room}/presence");
+    let erin = acme_token(SECRET, "erin");
+    let node_url = node.url();
+    node.client("w", &node_url, None, None);
+    for watched in [presence.as_str(), "/users/online/acme"] {
+        node.call(json!({"cmd": "clientEmit", "name": "w", "event": "join", "args": [watched]}));
+    }
+    let wait_seen = |node: &mut NodeSide, joins: &[&str], online: &[bool]| {
+        let what = format!("presence {joins:?}, online {online:?}");
+        node.wait_for(&what, |evs| {
+            presence_seen(evs, "w", &presence, "erin") == joins
+                && online_seen(evs, "w", "erin") == online
+        });
+    };
+
+    // On A: online and in the room, announced by A.
+    node.client("e_a", &a.url(), Some(&erin), None);
+    wait_seen(&mut node, &[], &[true]);
+    join_or_leave(&mut node, "e_a", &room, Some(&tok));
+    wait_seen(&mut node, &["join"], &[true]);
+    wait_decided(a.addr, 2);
+    // Also on B: B announces neither online nor the join; leaving B announces no leave. (Each decision is awaited
+    // before the next step: a change elsewhere while a node is still asking is the race of two nodes at once.)
+    node.client("e_b", &b.url(), Some(&erin), None);
+    join_or_leave(&mut node, "e_b", &room, Some(&tok));
+    join_or_leave(&mut node, "e_b", &room, None);
+    wait_decided(b.addr, 3);
+    // Leaving A, where she was last in the room: one leave, from A.
+    join_or_leave(&mut node, "e_a", &room, None);
+    wait_seen(&mut node, &["join", "leave"], &[true]);
+    // Joining on B now that she is in the room nowhere else: one join, from B, after B's two silent decisions.
+    join_or_leave(&mut node, "e_b", &room, Some(&tok));
+    wait_seen(&mut node, &["join", "leave", "join"], &[true]);
+
+    // Her socket on A goes, the one on B stays: nothing. The one on B goes: offline (and the room's leave), from B.
+    node.call(json!({"cmd": "close", "name": "e_a"}));
+    wait_user_sockets(&mut node, "erin", 1);
+    wait_decided(a.addr, 4);
+    node.call(json!({"cmd": "close", "name": "e_b"}));
+    wait_seen(
+        &mut node,
+        &["join", "leave", "join", "leave"],
+        &[true, false],
+    );
+    // A new socket on A: online, from A, after A's silent decision for the first socket's going; then offline.
+    node.client("e_a2", &a.url(), Some(&erin), None);
+    wait_seen(
+        &mut node,
+        &["join", "leave", "join", "leave"],
+        &[true, false, true],
+    );
+    node.call(json!({"cmd": "close", "name": "e_a2"}));
+    wait_seen(
+        &mut node,
+        &["join", "leave", "join", "leave"],
+        &[true, false, true, false],
+    );
+    node.barrier(&["w"], 1);
+    assert_eq!(
+        presence_seen(&node.events, "w", &presence, "erin"),
+        ["join", "leave", "join", "leave"]
+    );
+    assert_eq!(
+        online_seen(&node.events, "w", "erin"),
+        [true, false, true, false]
+    );
+    // What each node decided not to announce: B its online, join and leave; A its offline.
+    assert_eq!(ready(a.addr).1["presence_elsewhere"], json!(1));
+    assert_eq!(ready(b.addr).1["presence_elsewhere"], json!(3));
+    assert_eq!(ready(a.addr).1["presence_decided"], json!(6));
+    assert_eq!(ready(b.addr).1["presence_decided"], json!(6));
 }
 
 /// Raw websocket client of a shardcast node: authenticates in the CONNECT.

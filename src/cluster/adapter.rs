@@ -54,7 +54,7 @@ impl AdapterState {
     }
 }
 
-/// Counters of the adapter (each written by one thread, read by anyone).
+/// Counters of the adapter (each written by one thread, the presence ones by the shards; read by anyone).
 #[derive(Debug, Default)]
 pub struct ClusterStats {
     state: AtomicU8,
@@ -80,6 +80,10 @@ pub struct ClusterStats {
     pub requests_handled: AtomicU64,
     /// Requests ignored because [`REQUESTS_IN_FLIGHT_MAX`] were being answered.
     pub requests_dropped: AtomicU64,
+    /// Presence changes of this node decided by asking the other nodes ([`super::presence::present_elsewhere`]).
+    pub presence_decided: AtomicU64,
+    /// Of those, changes not announced: the user was already (or still) present on another node.
+    pub presence_elsewhere: AtomicU64,
     in_flight: std::sync::atomic::AtomicUsize,
 }
 
@@ -120,6 +124,8 @@ impl ClusterStats {
             "inbound_full": g(&self.inbound_full),
             "requests_handled": g(&self.requests_handled),
             "requests_dropped": g(&self.requests_dropped),
+            "presence_decided": g(&self.presence_decided),
+            "presence_elsewhere": g(&self.presence_elsewhere),
         })
     }
 }

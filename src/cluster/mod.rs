@@ -10,7 +10,8 @@
 //!   sends with: [`Cluster::broadcast`], [`Cluster::fetch_sockets`], [`Cluster::fetch_remote_sockets`],
 //!   [`Cluster::server_side_emit`], [`Cluster::server_side_emit_with_ack`].
 //! - [`node`]: the shard side: socket registry, the task applying remote broadcasts and requests, readiness route.
-//! - [`presence`]: who is online on the other nodes (fetchSockets of a room or of `user:<id>` rooms).
+//! - [`presence`]: who is online on the other nodes (fetchSockets of a room or of `user:<id>` rooms), and whether
+//!   a presence change of this node is one for the cluster (the races are described there).
 //! - [`config`]: the settings, [`config::ClusterConfig`].
 //!
 //! # The cluster path of one event

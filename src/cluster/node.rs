@@ -30,6 +30,9 @@ struct Entry {
     connected_at_ms: u64,
     /// The user the socket authenticated as (its token's `sub`), once it did.
     user: Option<Rc<str>>,
+    /// When the socket authenticated (its `user:<id>` room) and joined each realtime room, ms since the epoch: the
+    /// `since` of its `data` ([`presence::socket_data`]). At most one entry per room of the socket, plus one.
+    since: HashMap<String, u64>,
 }
 
 /// One shard's cluster state (reached with [`ShardCtx::state`]).
@@ -93,6 +96,7 @@ pub fn socket_connected(socket: &Socket) {
                 socket: socket.clone(),
                 connected_at_ms: now_ms(),
                 user: None,
+                since: HashMap::new(),
             },
         );
     }
@@ -100,14 +104,17 @@ pub fn socket_connected(socket: &Socket) {
 
 /// Records the user a socket authenticated as (the realtime layer calls it once the socket is authenticated): other
 /// nodes' fetchSockets see it in the socket's `data.user.id` and in the room `user:<id>` (presence across nodes).
-pub fn socket_authenticated(socket: &Socket, user: &str) {
+/// Returns when, in ms since the epoch (`data.since["user:<id>"]`), or 0 when this process is not clustered.
+pub fn socket_authenticated(socket: &Socket, user: &str) -> u64 {
     let Some(state) = socket.shard().state::<ClusterShard>() else {
-        return;
+        return 0;
     };
     let mut sockets = state.sockets.borrow_mut();
     let Some(entry) = sockets.get_mut(socket.id()) else {
-        return;
+        return 0;
     };
+    let at = presence::now_ms();
+    entry.since.insert(presence::user_room(user), at);
     let user: Rc<str> = Rc::from(user);
     entry.user = Some(user.clone());
     state
@@ -116,6 +123,32 @@ pub fn socket_authenticated(socket: &Socket, user: &str) {
         .entry(user)
         .or_default()
         .insert(Rc::from(socket.id()));
+    at
+}
+
+/// Records that a socket joins `room` through the wire contract (before it is in the room for anyone to see).
+/// Returns when, in ms since the epoch (`data.since[room]`; the first join counts), or 0 when not clustered.
+pub fn socket_joined(socket: &Socket, room: &str) -> u64 {
+    let Some(state) = socket.shard().state::<ClusterShard>() else {
+        return 0;
+    };
+    let mut sockets = state.sockets.borrow_mut();
+    let Some(entry) = sockets.get_mut(socket.id()) else {
+        return 0;
+    };
+    *entry
+        .since
+        .entry(room.to_owned())
+        .or_insert_with(presence::now_ms)
+}
+
+/// Forgets when a socket joined `room` (it left it).
+pub fn socket_left(socket: &Socket, room: &str) {
+    if let Some(state) = socket.shard().state::<ClusterShard>()
+        && let Some(entry) = state.sockets.borrow_mut().get_mut(socket.id())
+    {
+        entry.since.remove(room);
+    }
 }
 
 /// Forgets a socket (the realtime layer calls it on disconnect).
@@ -241,11 +274,9 @@ impl ClusterShard {
     }
 
     fn info(&self, s: &Socket) -> SocketInfo {
-        let (issued, user) = self
-            .sockets
-            .borrow()
-            .get(s.id())
-            .map_or((0, None), |e| (e.connected_at_ms, e.user.clone()));
+        let sockets = self.sockets.borrow();
+        let entry = sockets.get(s.id());
+        let (issued, user) = entry.map_or((0, None), |e| (e.connected_at_ms, e.user.clone()));
         let mut rooms = vec![s.id().to_owned()];
         rooms.extend(s.rooms().iter().map(|r| r.to_string()));
         rooms.extend(user.as_deref().map(presence::user_room));
@@ -259,7 +290,10 @@ impl ClusterShard {
                 "auth": {},
             }),
             rooms,
-            data: presence::socket_data(user.as_deref()),
+            data: presence::socket_data(
+                user.as_deref(),
+                entry.map_or(&HashMap::new(), |e| &e.since),
+            ),
         }
     }
 

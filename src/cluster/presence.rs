@@ -8,6 +8,41 @@
 //!   merged with this node's own (each user once).
 //! - Whether users are online ([`online_elsewhere`]): fetchSockets of their `user:<id>` rooms on the other nodes,
 //!   so the answers hold only those users' sockets (at most [`USERS_PER_REQUEST_MAX`] rooms per request).
+//! - Whether a presence *change* of this node is one for the cluster ([`present_elsewhere`]): before the node
+//!   announces a user's first socket in a room (or first socket at all, the room `user:<id>`) it asks fetchSockets
+//!   of `user:<id>` on the other nodes and announces only if none of the user's sockets there is in the room since
+//!   before; before it announces a last one gone, only if none is in the room at all.
+//!
+//! # Presence changes: what is announced, and the races
+//! A shardcast socket's `data` carries, besides `user.id`, `since`: for each room of the socket that presence counts
+//! (the rooms it joined through the wire contract, and `user:<id>`), when it joined it, in milliseconds since the
+//! epoch on its node's clock. An appearance on node A at `t` (the time of the socket that made the user appear on
+//! A) is announced unless another node has a socket of the user in the room with `since` < `t`, or without `since`
+//! (a Node server's socket, or one a Node server made join: there for longer than anyone can tell). A
+//! disappearance is announced unless another node has a socket of the user in the room. So:
+//! - **one node after the other** (the user on A, then also on B; then gone from B, then from A): A announces the
+//!   appearance, B nothing, B nothing, A the disappearance.
+//! - **two nodes at once, appearing**: each compares its own `t` with the other's, the same two numbers, so at least
+//!   one announces (both when the two are equal to the millisecond, or when one's socket was not yet in the room
+//!   when the other asked): an appearance may be announced twice, never lost. Clocks skewed by more than the time
+//!   between two appearances can add a second announcement the same way, never lose one.
+//! - **two nodes at once, disappearing**: a node asks only once its own socket is out of the room, so at least one
+//!   of the two sees the other gone: a disappearance may be announced twice, never lost.
+//! - **an appearance on B while the user disappears from A**: B's socket is in the room before its question goes
+//!   out; A announces the disappearance unless it sees B's socket, and B announces the appearance unless it sees
+//!   A's older one. The one window left: B's socket is counted (its join sent to its room's owner shard) but not yet
+//!   in its shard's registry when A asks, and A's socket was still in the room when B asked: A announces the
+//!   disappearance and B nothing (a join the watchers miss until the user's next change). It is as wide as a
+//!   cross-shard hop on B, against a Redis round trip for the questions.
+//! - **a node that does not answer** within `cluster.request_timeout_ms` (or Redis unreachable): it counts as not
+//!   having the user, so the change is announced: late by at most `cluster.request_timeout_ms`, never lost.
+//! - **a node that dies** announces nothing more: a user only there is not announced gone by anyone (as when a
+//!   single process dies); a user also elsewhere is announced gone by the last node the user leaves.
+//! - **order**: one node decides the changes of one user in one room (or of one user's being online) one at a time,
+//!   in the order they happened, so its announcements keep that order.
+//! - **Node servers announce nothing**: a user present only through a Node server was never announced, and a
+//!   shardcast node does not announce the user's appearance or disappearance while the Node server has a socket of
+//!   the user in the room.
 //!
 //! **Bounds.** Every node answers REMOTE_FETCH (Node servers too), so an answer waits for the slowest node, at most
 //! `cluster.request_timeout_ms`; a node that has not answered by then is left out and the answer says it is not
@@ -16,7 +51,8 @@
 //! asked (a node Redis still counts, e.g. a host gone without closing its connection). Nothing expires in Redis
 //! because nothing is stored there. Redis unreachable: this node's own users only, not complete.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 
 use serde_json::{Value as Json, json};
 
@@ -41,12 +77,42 @@ pub fn user_of_room(room: &str) -> Option<&str> {
         .filter(|u| !u.is_empty())
 }
 
-/// A socket's `data` in fetchSockets answers: `{"user": {"id": ...}}` once authenticated, `{}` before.
-pub fn socket_data(user: Option<&str>) -> Json {
+/// A socket's `data` in fetchSockets answers: `{"user": {"id": ...}, "since": {room: ms, ...}}` once
+/// authenticated (`since`: when the socket joined each room presence counts, `user:<id>` included), `{}` before.
+pub fn socket_data(user: Option<&str>, since: &HashMap<String, u64>) -> Json {
     match user {
-        Some(id) => json!({ "user": { "id": id } }),
+        Some(id) => json!({ "user": { "id": id }, "since": since }),
         None => json!({}),
     }
+}
+
+/// The milliseconds since the epoch, the clock of `since`.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether `socket` (one of a fetchSockets answer) is `user`'s, in `room`, and (with `before_ms`) there since before
+/// it: its `data.since[room]` is smaller, or absent (a Node server's socket).
+fn is_present(socket: &Json, room: &str, user: &str, before_ms: Option<u64>) -> bool {
+    if user_of_socket(socket) != Some(user) {
+        return false;
+    }
+    let in_room = socket
+        .get("rooms")
+        .and_then(Json::as_array)
+        .is_some_and(|rooms| rooms.iter().any(|r| r.as_str() == Some(room)));
+    if !in_room {
+        return false;
+    }
+    let Some(before) = before_ms else { return true };
+    let since = socket
+        .get("data")
+        .and_then(|d| d.get("since"))
+        .and_then(|s| s.get(room))
+        .and_then(Json::as_u64);
+    since.is_none_or(|t| t < before)
 }
 
 /// The user of one socket of a fetchSockets answer (any node's: `data.user.id`, a string).
@@ -131,6 +197,39 @@ pub async fn online_elsewhere(shard: &ShardCtx, users: &[String], online: &mut [
     complete
 }
 
+/// Whether another node has a socket of `user` in `room` (`room` may be [`user_room`]`(user)`: online), and, with
+/// `before_ms`, one there since before `before_ms`; `None` when this process is not clustered. One fetchSockets of
+/// `user:<id>` on the other nodes; a node that has not answered within `cluster.request_timeout_ms`, or Redis
+/// unreachable, counts as not having the user (the change is announced rather than lost).
+pub async fn present_elsewhere(
+    shard: &ShardCtx,
+    room: &str,
+    user: &str,
+    before_ms: Option<u64>,
+) -> Option<bool> {
+    let cluster = cluster_of(shard)?;
+    let selector = Selector {
+        rooms: vec![user_room(user)],
+        except: Vec::new(),
+    };
+    let present = match cluster.fetch_remote_sockets(selector).await {
+        Ok(answers) => answers
+            .responses
+            .iter()
+            .any(|s| is_present(s, room, user, before_ms)),
+        Err(e) => {
+            tracing::debug!(error = %e, room, user, "cluster: presence change announced without asking");
+            false
+        }
+    };
+    let stats = cluster.stats();
+    stats.presence_decided.fetch_add(1, Ordering::Relaxed);
+    if present {
+        stats.presence_elsewhere.fetch_add(1, Ordering::Relaxed);
+    }
+    Some(present)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,11 +240,38 @@ mod tests {
         assert_eq!(user_of_room("user:alice"), Some("alice"));
         assert_eq!(user_of_room("user:"), None);
         assert_eq!(user_of_room("/channels/c0"), None);
-        let s = json!({"id": "x", "rooms": [], "data": socket_data(Some("bob"))});
+        let none = HashMap::new();
+        let s = json!({"id": "x", "rooms": [], "data": socket_data(Some("bob"), &none)});
         assert_eq!(user_of_socket(&s), Some("bob"));
-        assert_eq!(user_of_socket(&json!({"data": socket_data(None)})), None);
+        assert_eq!(
+            user_of_socket(&json!({"data": socket_data(None, &none)})),
+            None
+        );
         // A Node server's socket without user data, or with a non-string id, is nobody's.
         assert_eq!(user_of_socket(&json!({"id": "n"})), None);
         assert_eq!(user_of_socket(&json!({"data": {"user": {"id": 7}}})), None);
+    }
+
+    #[test]
+    fn a_socket_counts_in_a_room_since_before_or_when_nobody_can_tell() {
+        let since = HashMap::from([("/r".to_string(), 100), ("user:bob".to_string(), 50)]);
+        let ours = json!({"id": "s", "rooms": ["s", "/r", "user:bob"], "data": socket_data(Some("bob"), &since)});
+        assert!(is_present(&ours, "/r", "bob", None));
+        assert!(is_present(&ours, "/r", "bob", Some(101)));
+        // The same millisecond, or later: not before (both nodes announce rather than neither).
+        assert!(!is_present(&ours, "/r", "bob", Some(100)));
+        assert!(!is_present(&ours, "/r", "bob", Some(99)));
+        assert!(is_present(&ours, "user:bob", "bob", Some(51)));
+        assert!(!is_present(&ours, "/other", "bob", None));
+        assert!(!is_present(&ours, "/r", "alice", None));
+        // A Node server's socket: in the room for longer than anyone can tell.
+        let node = json!({"id": "n", "rooms": ["n", "/r"], "data": {"user": {"id": "bob"}}});
+        assert!(is_present(&node, "/r", "bob", Some(0)));
+        assert!(!is_present(
+            &json!({"id": "n", "data": {"user": {"id": "bob"}}}),
+            "/r",
+            "bob",
+            None
+        ));
     }
 }

@@ -95,6 +95,12 @@ pub const DATA_BACKLOG_LEN_MAX: usize = 16_384;
 pub const JOIN_BACKLOG_LEN_MAX: usize = 4096;
 /// Error text of a join refused by [`JOIN_BACKLOG_LEN_MAX`].
 pub const SERVER_BUSY: &str = "server busy, retry later";
+/// Clustered: most presence changes one shard keeps waiting behind the question in flight for the same user and
+/// room (a question takes at most `cluster.request_timeout_ms`); beyond it a change is dropped and logged.
+pub const PRESENCE_CHANGES_WAITING_MAX: usize = 65_536;
+
+/// What one presence question is about: `(Some(room), user)` for a room's users, `(None, user)` for online.
+type PresenceKey = (Option<String>, String);
 
 /// Most control messages one shard keeps in flight in its queue to one peer: a quarter of `mesh_queue_len` (at
 /// least 1), so membership churn never fills a queue that events need.
@@ -155,6 +161,10 @@ pub struct LiveShard {
     /// Per peer: presence messages waiting for room on the queue, in order.
     presence_backlog: RefCell<Vec<VecDeque<PresenceMsg>>>,
     presence_retry_armed: Cell<bool>,
+    /// Clustered: per user and room (or user, for online), the changes waiting behind the question in flight.
+    presence_deciding: RefCell<HashMap<PresenceKey, VecDeque<Change>>>,
+    /// Changes waiting in `presence_deciding` (at most [`PRESENCE_CHANGES_WAITING_MAX`]).
+    presence_waiting: Cell<usize>,
 }
 
 impl std::fmt::Debug for LiveShard {
@@ -264,6 +274,8 @@ pub fn install(shard: &Rc<ShardCtx>, io: &mut SocketIo, session: SessionContext)
         presence: RefCell::new(Presence::new(shard.id(), shard.nr_shards())),
         presence_backlog: RefCell::new((0..shard.nr_shards()).map(|_| VecDeque::new()).collect()),
         presence_retry_armed: Cell::new(false),
+        presence_deciding: RefCell::new(HashMap::new()),
+        presence_waiting: Cell::new(0),
     });
     let weak_live = Rc::downgrade(&live);
     let ns = io.namespace(NAMESPACE);
@@ -392,11 +404,11 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
 fn run_connected_hooks(live: &Rc<LiveShard>, socket: &Socket, state: &LiveSocket) {
     let user = state.session.borrow().user().cloned();
     let Some(user) = user else { return };
-    crate::cluster::node::socket_authenticated(socket, &user.id);
+    let since = crate::cluster::node::socket_authenticated(socket, &user.id);
     let out = live
         .presence
         .borrow_mut()
-        .user_socket_up(&user.id, &user.companies);
+        .user_socket_up(&user.id, &user.companies, since);
     send_presence(live, socket.shard(), out);
     let u = SocketUser {
         user,
@@ -1075,8 +1087,10 @@ fn presence_of_room(
     let user = state.session.borrow().user().map(|u| u.id.clone());
     let Some(user) = user else { return };
     let out = if up {
-        live.presence.borrow_mut().joined(room, &user)
+        let since = crate::cluster::node::socket_joined(socket, room);
+        live.presence.borrow_mut().joined(room, &user, since)
     } else {
+        crate::cluster::node::socket_left(socket, room);
         live.presence.borrow_mut().left(room, &user)
     };
     send_presence(live, socket.shard(), out);
@@ -1132,15 +1146,103 @@ fn post_presence(
     r
 }
 
-/// Applies a presence message here. A change of a room's users (this shard owns the room) is published, with
-/// [`protocol::SessionConfig::presence_room`] set, to the room's presence room as `realtime:event {name: presence
-/// room, data: {presence, room, user}}`; a user coming online or going offline (this is its home shard) runs the
-/// [`events::on_user_presence`] hooks.
+/// Applies a presence message here. A change it makes is announced where it is announced at all
+/// ([`announce_presence`]): at once in a single process; clustered, once the other nodes said the user was not
+/// present there already ([`decide_presence`]).
 fn apply_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, msg: PresenceMsg) {
     let change = live.presence.borrow_mut().on_message(msg);
+    let Some(change) = change else { return };
+    if let Change::Room(c) = &change {
+        let announced = live
+            .session
+            .config
+            .presence_room
+            .as_ref()
+            .is_some_and(|t| t.of(&c.room).is_some());
+        if !announced {
+            return;
+        }
+    }
+    if crate::cluster::node::cluster_of(shard).is_none() {
+        announce_presence(live, shard, change);
+        return;
+    }
+    decide_presence(live, shard, change);
+}
+
+fn presence_key(change: &Change) -> PresenceKey {
     match change {
-        None => {}
-        Some(Change::Room(change)) => {
+        Change::Room(c) => (Some(c.room.clone()), c.user.clone()),
+        Change::User(c) => (None, c.user.clone()),
+    }
+}
+
+/// Clustered: announces `change` unless the user is already (appearing) or still (disappearing) present on another
+/// node ([`crate::cluster::presence::present_elsewhere`], where the races are described). The changes of one user
+/// and room (or one user's online state) are decided one at a time, in order: a change that comes while one is being
+/// decided waits behind it (at most [`PRESENCE_CHANGES_WAITING_MAX`] on this shard).
+fn decide_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, change: Change) {
+    let key = presence_key(&change);
+    {
+        let mut deciding = live.presence_deciding.borrow_mut();
+        if let Some(waiting) = deciding.get_mut(&key) {
+            if live.presence_waiting.get() >= PRESENCE_CHANGES_WAITING_MAX {
+                tracing::error!(
+                    shard = shard.id(),
+                    limit = PRESENCE_CHANGES_WAITING_MAX,
+                    "presence change dropped: too many waiting for the other nodes"
+                );
+                return;
+            }
+            live.presence_waiting.set(live.presence_waiting.get() + 1);
+            waiting.push_back(change);
+            return;
+        }
+        deciding.insert(key.clone(), VecDeque::new());
+    }
+    let weak_live = Rc::downgrade(live);
+    let weak_shard = Rc::downgrade(shard);
+    events::spawn(Box::pin(async move {
+        let mut next = Some(change);
+        while let Some(change) = next {
+            let Some(shard) = weak_shard.upgrade() else {
+                return;
+            };
+            let (room, user, before_ms) = match &change {
+                Change::Room(c) => (c.room.clone(), &c.user, c.joined.then_some(c.since_ms)),
+                Change::User(c) => (
+                    crate::cluster::presence::user_room(&c.user),
+                    &c.user,
+                    c.online.then_some(c.since_ms),
+                ),
+            };
+            let elsewhere =
+                crate::cluster::presence::present_elsewhere(&shard, &room, user, before_ms).await;
+            let Some(live) = weak_live.upgrade() else {
+                return;
+            };
+            if elsewhere != Some(true) {
+                announce_presence(&live, &shard, change);
+            }
+            let mut deciding = live.presence_deciding.borrow_mut();
+            next = deciding.get_mut(&key).and_then(VecDeque::pop_front);
+            if next.is_some() {
+                live.presence_waiting
+                    .set(live.presence_waiting.get().saturating_sub(1));
+            } else {
+                deciding.remove(&key);
+            }
+        }
+    }));
+}
+
+/// Announces a presence change made on this shard. A change of a room's users (this shard owns the room) is
+/// published, with [`protocol::SessionConfig::presence_room`] set, to the room's presence room as `realtime:event
+/// {name: presence room, data: {presence, room, user}}`; a user coming online or going offline (this is its home
+/// shard) runs the [`events::on_user_presence`] hooks.
+fn announce_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, change: Change) {
+    match change {
+        Change::Room(change) => {
             let Some(template) = &live.session.config.presence_room else {
                 return;
             };
@@ -1158,7 +1260,7 @@ fn apply_presence(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, msg: PresenceMsg) 
                 tracing::debug!(room = target, "presence event dropped");
             }
         }
-        Some(Change::User(change)) => {
+        Change::User(change) => {
             let p = events::UserPresence {
                 user_id: change.user,
                 companies: change.companies,

@@ -11,7 +11,8 @@
 //!   the database unavailable, it acks `{error, message}`. Of a longer `companies` claim, the first
 //!   [`COMPANIES_PER_USER_MAX`] count, here as everywhere in presence.
 //! - A user coming online (first authenticated socket on any shard) or going offline (its last socket gone, wherever
-//!   it was) is recorded once, on the user's home shard ([`super::events::on_user_presence`]): last-seen time, and
+//!   it was; clustered, on any node: [`crate::cluster::presence::present_elsewhere`]) is recorded once, on the user's
+//!   home shard ([`super::events::on_user_presence`]): last-seen time, and
 //!   `is_connected` true or false. Each is announced to every company of the user's token (the `companies` claim) as
 //!   Twake's online service does: `realtime:resource {action: "event", room: "/users/online/{company}", type:
 //!   "user:online", path: "/users/{user}", resource: {online: [{company_id, user_id, is_online}]}}`. The room

@@ -17,7 +17,9 @@
 //! [`Presence::on_message`] reports each change exactly once, on the one shard that sees it: a [`RoomChange`] on the
 //! room's owner (a user's first socket in the room on any shard, or its last one gone), a [`UserChange`] on the user's
 //! home shard (first authenticated socket anywhere, or the last one gone). Where a room's changes are published, if
-//! anywhere, is a [`PresenceRoom`] template.
+//! anywhere, is a [`PresenceRoom`] template. An appearance carries when its socket joined or authenticated
+//! (`since_ms`): in a cluster, the glue compares it with the other nodes' before it announces the change
+//! (`crate::cluster::presence`).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -37,6 +39,8 @@ pub enum PresenceMsg {
         user: String,
         /// The companies of the user's access token (the `companies` claim), at most [`COMPANIES_PER_USER_MAX`].
         companies: Vec<String>,
+        /// When that socket authenticated, milliseconds since the epoch (0 when nobody needs it).
+        since_ms: u64,
         /// The sending shard.
         from: ShardId,
     },
@@ -53,6 +57,8 @@ pub enum PresenceMsg {
         room: String,
         /// User id.
         user: String,
+        /// When that socket joined, milliseconds since the epoch (0 when nobody needs it).
+        since_ms: u64,
         /// The sending shard.
         from: ShardId,
     },
@@ -76,6 +82,8 @@ pub struct RoomChange {
     pub user: String,
     /// True when the user appeared, false when its last socket left.
     pub joined: bool,
+    /// When it appeared: the `since_ms` of the [`PresenceMsg::RoomUp`] that made it appear (0 when it left).
+    pub since_ms: u64,
 }
 
 /// A user came online (first authenticated socket on any shard) or went offline (its last socket gone), on the user's
@@ -88,6 +96,8 @@ pub struct UserChange {
     pub companies: Vec<String>,
     /// True when the user came online, false when its last socket went.
     pub online: bool,
+    /// When it came online: the `since_ms` of the [`PresenceMsg::UserUp`] that made it (0 when it went offline).
+    pub since_ms: u64,
 }
 
 /// What a presence message changed, on the one shard that sees the change.
@@ -202,8 +212,13 @@ impl Presence {
         }
     }
 
-    /// A socket of `user` (whose token names `companies`) authenticated on this shard.
-    pub fn user_socket_up(&mut self, user: &str, companies: &[String]) -> Option<Outgoing> {
+    /// A socket of `user` (whose token names `companies`) authenticated on this shard at `since_ms`.
+    pub fn user_socket_up(
+        &mut self,
+        user: &str,
+        companies: &[String],
+        since_ms: u64,
+    ) -> Option<Outgoing> {
         let n = self.local_users.entry(user.to_owned()).or_insert(0);
         *n += 1;
         (*n == 1).then(|| {
@@ -213,6 +228,7 @@ impl Presence {
                 PresenceMsg::UserUp {
                     user: user.to_owned(),
                     companies: companies.collect(),
+                    since_ms,
                     from: self.shard,
                 },
             )
@@ -236,8 +252,8 @@ impl Presence {
         ))
     }
 
-    /// A socket of `user` on this shard joined `room`.
-    pub fn joined(&mut self, room: &str, user: &str) -> Option<Outgoing> {
+    /// A socket of `user` on this shard joined `room` at `since_ms`.
+    pub fn joined(&mut self, room: &str, user: &str, since_ms: u64) -> Option<Outgoing> {
         let n = self
             .local_rooms
             .entry((room.to_owned(), user.to_owned()))
@@ -249,6 +265,7 @@ impl Presence {
                 PresenceMsg::RoomUp {
                     room: room.to_owned(),
                     user: user.to_owned(),
+                    since_ms,
                     from: self.shard,
                 },
             )
@@ -280,6 +297,7 @@ impl Presence {
             PresenceMsg::UserUp {
                 user,
                 companies,
+                since_ms,
                 from,
             } => {
                 let entry = self.home.entry(user.clone()).or_default();
@@ -291,6 +309,7 @@ impl Presence {
                         user,
                         companies,
                         online: true,
+                        since_ms,
                     }));
                 }
             }
@@ -304,11 +323,17 @@ impl Presence {
                             user,
                             companies,
                             online: false,
+                            since_ms: 0,
                         }));
                     }
                 }
             }
-            PresenceMsg::RoomUp { room, user, from } => {
+            PresenceMsg::RoomUp {
+                room,
+                user,
+                since_ms,
+                from,
+            } => {
                 let set = self
                     .owned
                     .entry(room.clone())
@@ -322,6 +347,7 @@ impl Presence {
                         room,
                         user,
                         joined: true,
+                        since_ms,
                     }));
                 }
             }
@@ -344,6 +370,7 @@ impl Presence {
                         room,
                         user,
                         joined: false,
+                        since_ms: 0,
                     }));
                 }
             }
@@ -400,19 +427,20 @@ mod tests {
         let acme = vec!["acme".to_string()];
         let mut came_online = Vec::new();
         for shard in [0, 1, 1] {
-            let o = s[shard].user_socket_up("u1", &acme);
+            let o = s[shard].user_socket_up("u1", &acme, 0);
             came_online.extend(user_change(run(&mut s, o)));
-            let o = s[shard].joined("/r", "u1");
+            let o = s[shard].joined("/r", "u1", 0);
             run(&mut s, o);
         }
         assert_eq!(came_online, [(true, acme.clone())], "online once");
-        let o = s[0].joined("/r", "u2");
+        let o = s[0].joined("/r", "u2", 7);
         assert_eq!(
             room_change(run(&mut s, o)),
             Some(RoomChange {
                 room: "/r".into(),
                 user: "u2".into(),
-                joined: true
+                joined: true,
+                since_ms: 7
             })
         );
         assert_eq!(s[owner].online_users("/r"), ["u1", "u2"]);
