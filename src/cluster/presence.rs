@@ -25,7 +25,10 @@
 //! - **two nodes at once, appearing**: each compares its own `t` with the other's, the same two numbers, so at least
 //!   one announces (both when the two are equal to the millisecond, or when one's socket was not yet in the room
 //!   when the other asked): an appearance may be announced twice, never lost. Clocks skewed by more than the time
-//!   between two appearances can add a second announcement the same way, never lose one.
+//!   between two appearances can add a second announcement the same way, never lose one. One exception: node A's
+//!   `t` is that of the socket whose join reached the room's owner shard first; if the user's second socket on A,
+//!   on another shard, joined earlier but reached the owner later, and B's socket joined between the two (all
+//!   within a cross-shard hop), each node sees an older socket on the other and neither announces.
 //! - **two nodes at once, disappearing**: a node asks only once its own socket is out of the room, so at least one
 //!   of the two sees the other gone: a disappearance may be announced twice, never lost.
 //! - **an appearance on B while the user disappears from A**: B's socket is in the room before its question goes
