@@ -148,13 +148,18 @@ impl Drop for Running {
     }
 }
 
-fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+/// `shardcast <args>` started with `env`, once it listens. Its stderr goes to `<dir>/serve-<n>.log`, which a failed
+/// start shows.
+fn start(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Running {
+    static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = dir.join(format!("serve-{n}.log"));
     let mut child = shardcast(args, env)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn");
-    let addr = read_listening_addr(&mut child, None);
+    let addr = read_listening_addr(&mut child, Some(&log));
     Running(child, addr)
 }
 
@@ -186,13 +191,18 @@ fn serve_configuration_precedence_is_file_then_env_then_flag() {
     .expect("write");
     let cfg = cfg.to_str().expect("utf8");
 
-    let file_only = start(&["serve", "--config", cfg], &[]);
+    let file_only = start(&d, &["serve", "--config", cfg], &[]);
     assert_eq!(shard_count(file_only.1), 3, "the file's shards");
     drop(file_only);
-    let env = start(&["serve", "--config", cfg], &[("SHARDCAST_SHARDS", "2")]);
+    let env = start(
+        &d,
+        &["serve", "--config", cfg],
+        &[("SHARDCAST_SHARDS", "2")],
+    );
     assert_eq!(shard_count(env.1), 2, "the environment beats the file");
     drop(env);
     let flag = start(
+        &d,
         &["serve", "--config", cfg, "--shards", "1"],
         &[("SHARDCAST_SHARDS", "2")],
     );
@@ -246,7 +256,7 @@ fn rs256_keys_from_files_sign_with_token_and_verify_in_serve() {
         .expect("base64");
     assert!(String::from_utf8_lossy(&header).contains("\"RS256\""));
 
-    let server = start(&["serve", "--config", cfg], &[]);
+    let server = start(&d, &["serve", "--config", cfg], &[]);
     let status_of = |token: &str| {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(server.1).expect("connect");

@@ -177,6 +177,95 @@ fn create_channel(addr: SocketAddr, token: &str, body: &Value) -> (u16, Value) {
     )
 }
 
+/// POSTs a message of `text` to `channel` with `token`; asserts 201 and returns the answer.
+fn post_message(addr: SocketAddr, token: &str, channel: &str, text: &str) -> Value {
+    let (status, created) = post_with_token(
+        addr,
+        &format!("/api/v1/channels/{channel}/messages"),
+        token,
+        &json!({"resource": {"text": text}}),
+    );
+    assert_eq!(status, 201, "{created}");
+    created
+}
+
+/// The room and room token of channel `channel`'s messages (`GET .../messages?websockets=true`).
+fn messages_room(addr: SocketAddr, token: &str, channel: &str) -> (String, String) {
+    let (status, list) = get_with_token(
+        addr,
+        &format!("/api/v1/channels/{channel}/messages?websockets=true"),
+        token,
+    );
+    assert_eq!(status, 200, "{list}");
+    let field = |name: &str| {
+        list["websockets"][0][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {name} in {list}"))
+            .to_owned()
+    };
+    (field("room"), field("token"))
+}
+
+type ClientLines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// `<program> tests/interop/<script> <args>` (an example client) with its stdout piped: the process (killed when the
+/// test ends) and its stdout lines.
+fn spawn_client<A: AsRef<std::ffi::OsStr>>(
+    program: &str,
+    script: &str,
+    args: &[A],
+) -> (KillOnDrop, ClientLines) {
+    let mut child = Command::new(program)
+        .arg(interop_dir().join(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {program} {script}: {e}"));
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    (KillOnDrop(child), lines)
+}
+
+/// The arguments of an example client that joins `room` with `room_token` and exits after its first event.
+fn one_event_args(addr: SocketAddr, token: &str, room: &str, room_token: &str) -> [String; 5] {
+    [
+        format!("http://{addr}"),
+        token.to_owned(),
+        format!("{room}={room_token}"),
+        "--count".to_owned(),
+        "1".to_owned(),
+    ]
+}
+
+/// An example client's lines up to and including the first that ends a join: `joined`, or an error the client
+/// prints before it gives up.
+fn lines_until_join(lines: &mut ClientLines) -> Vec<String> {
+    const ENDS: [&str; 5] = [
+        "joined",
+        "join error",
+        "connection error",
+        "cannot",
+        "unauthorized",
+    ];
+    let mut seen = Vec::new();
+    for l in lines.by_ref() {
+        let l = l.expect("line");
+        let end = ENDS.iter().any(|e| l.starts_with(e));
+        seen.push(l);
+        if end {
+            break;
+        }
+    }
+    seen
+}
+
+/// The rest of an example client's lines, once it exited successfully (after its `--count` events).
+fn lines_until_success(client: &mut KillOnDrop, lines: ClientLines) -> Vec<String> {
+    let rest: Vec<String> = lines.map(|l| l.expect("line")).collect();
+    assert!(client.0.wait().expect("wait").success(), "{rest:?}");
+    rest
+}
+
 #[test]
 fn dev_mode_keeps_one_secret_prints_a_working_token_and_token_finds_the_secret() {
     let d = scratch_dir("dev-mode");
@@ -430,39 +519,15 @@ fn a_client_reconnecting_after_a_restart_rejoins_with_its_cached_room_token() {
             &json!({"resource": {"id": format!("rejoin-{tag}"), "name": "r"}}),
         );
         assert!(status == 201 || status == 409, "{status}");
-        let (status, list) = get_with_token(
-            addr,
-            &format!("/api/v1/channels/rejoin-{tag}/messages?websockets=true"),
-            &token,
+        let (room, room_token) = messages_room(addr, &token, &format!("rejoin-{tag}"));
+        let url = format!("http://{addr}");
+        let (client, mut lines) = spawn_client(
+            "node",
+            "rejoin_cached.js",
+            &[&url, &token, &room, &room_token],
         );
-        assert_eq!(status, 200);
-        let room = list["websockets"][0]["room"]
-            .as_str()
-            .expect("room")
-            .to_owned();
-        let room_token = list["websockets"][0]["token"]
-            .as_str()
-            .expect("token")
-            .to_owned();
-        let mut client = Command::new("node")
-            .arg(interop_dir().join("rejoin_cached.js"))
-            .args([&format!("http://{addr}"), &token, &room, &room_token])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node");
-        let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
-        let client = KillOnDrop(client);
-        let mut seen = Vec::new();
-        for l in lines.by_ref() {
-            let l = l.expect("line");
-            seen.push(l.clone());
-            if l.starts_with("joined") {
-                break;
-            }
-        }
         assert_eq!(
-            seen,
+            lines_until_join(&mut lines),
             vec!["authenticated".to_string(), format!("joined {room}")]
         );
         drop(server);
@@ -470,23 +535,9 @@ fn a_client_reconnecting_after_a_restart_rejoins_with_its_cached_room_token() {
         let a1: Vec<&str> = a1.iter().map(String::as_str).collect();
         let restarted = Running::start(&a1, &env, &d.join(format!("{tag}-2.log")));
         assert_eq!(restarted.addr, addr);
-        let mut after = Vec::new();
-        for l in lines.by_ref() {
-            let l = l.expect("line");
-            let end = l.starts_with("joined") || l.starts_with("join error");
-            after.push(l);
-            if end {
-                break;
-            }
-        }
+        let mut after = lines_until_join(&mut lines);
         if after.last().is_some_and(|l| l.starts_with("joined")) {
-            let (status, _) = post_with_token(
-                addr,
-                &format!("/api/v1/channels/rejoin-{tag}/messages"),
-                &token,
-                &json!({"resource": {"text": "after the restart"}}),
-            );
-            assert_eq!(status, 201);
+            post_message(addr, &token, &format!("rejoin-{tag}"), "after the restart");
             for l in lines.by_ref() {
                 let l = l.expect("line");
                 let end = l.starts_with("realtime:resource");
@@ -598,58 +649,15 @@ fn the_python_client_example_receives_a_realtime_resource_event() {
         &json!({"resource": {"id": "py", "name": "py"}}),
     );
     assert_eq!(status, 201);
-    let (_, list) = get_with_token(
-        server.addr,
-        "/api/v1/channels/py/messages?websockets=true",
-        &token,
-    );
-    let room = list["websockets"][0]["room"]
-        .as_str()
-        .expect("room")
-        .to_owned();
-    let room_token = list["websockets"][0]["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    let mut client = Command::new(python)
-        .arg(interop_dir().join("python_client.py"))
-        .args([
-            &format!("http://{}", server.addr),
-            &token,
-            &format!("{room}={room_token}"),
-            "--count",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python");
-    let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
-    let mut client = KillOnDrop(client);
-    let mut seen = Vec::new();
-    for l in lines.by_ref() {
-        let l = l.expect("line");
-        seen.push(l.clone());
-        if l.starts_with("joined")
-            || l.starts_with("join error")
-            || l.starts_with("connection error")
-        {
-            break;
-        }
-    }
+    let (room, room_token) = messages_room(server.addr, &token, "py");
+    let args = one_event_args(server.addr, &token, &room, &room_token);
+    let (mut client, mut lines) = spawn_client(&python, "python_client.py", &args);
     assert_eq!(
-        seen,
+        lines_until_join(&mut lines),
         vec!["authenticated".to_string(), format!("joined {room}")]
     );
-    let (status, created) = post_with_token(
-        server.addr,
-        "/api/v1/channels/py/messages",
-        &token,
-        &json!({"resource": {"text": "hello python"}}),
-    );
-    assert_eq!(status, 201);
-    let rest: Vec<String> = lines.map(|l| l.expect("line")).collect();
-    assert!(client.0.wait().expect("wait").success(), "{rest:?}");
+    let created = post_message(server.addr, &token, "py", "hello python");
+    let rest = lines_until_success(&mut client, lines);
     let event: Value = serde_json::from_str(
         rest.iter()
             .find_map(|l| l.strip_prefix("realtime:resource "))
@@ -750,49 +758,11 @@ fn the_demo_client_reports_connection_errors_and_refreshes_room_tokens_on_reconn
         &json!({"resource": {"id": "refresh", "name": "r"}}),
     );
     assert_eq!(status, 201);
-    let (_, list) = get_with_token(
-        addr,
-        "/api/v1/channels/refresh/messages?websockets=true",
-        &token,
-    );
-    let room = list["websockets"][0]["room"]
-        .as_str()
-        .expect("room")
-        .to_owned();
-    let room_token = list["websockets"][0]["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    let mut client = Command::new("node")
-        .arg(interop_dir().join("demo_client.js"))
-        .args([
-            &format!("http://{addr}"),
-            &token,
-            &format!("{room}={room_token}"),
-            "--count",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node");
-    let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
-    let mut client = KillOnDrop(client);
-    let mut until_joined = || {
-        let mut seen = Vec::new();
-        for l in lines.by_ref() {
-            let l = l.expect("line");
-            let end =
-                l.starts_with("joined") || l.starts_with("join error") || l.starts_with("cannot");
-            seen.push(l);
-            if end {
-                break;
-            }
-        }
-        seen
-    };
+    let (room, room_token) = messages_room(addr, &token, "refresh");
+    let args = one_event_args(addr, &token, &room, &room_token);
+    let (mut client, mut lines) = spawn_client("node", "demo_client.js", &args);
     assert_eq!(
-        until_joined(),
+        lines_until_join(&mut lines),
         vec!["authenticated".to_string(), format!("joined {room}")]
     );
     drop(server);
@@ -804,21 +774,14 @@ fn the_demo_client_reports_connection_errors_and_refreshes_room_tokens_on_reconn
         &env,
         &d.join("second.log"),
     );
-    let after = until_joined();
+    let after = lines_until_join(&mut lines);
     assert_eq!(
         after.last(),
         Some(&format!("joined {room}")),
         "a fresh room token joins: {after:?}"
     );
-    let (status, _) = post_with_token(
-        restarted.addr,
-        "/api/v1/channels/refresh/messages",
-        &token,
-        &json!({"resource": {"text": "after the refresh"}}),
-    );
-    assert_eq!(status, 201);
-    let rest: Vec<String> = lines.map(|l| l.expect("line")).collect();
-    assert!(client.0.wait().expect("wait").success(), "{rest:?}");
+    post_message(restarted.addr, &token, "refresh", "after the refresh");
+    let rest = lines_until_success(&mut client, lines);
     assert!(
         rest.iter().any(|l| l.contains("after the refresh")),
         "{rest:?}"

@@ -14,8 +14,8 @@ use std::time::Duration;
 use common::*;
 use shardcast::proto::{EncodedMessage, RawJson};
 use shardcast::server::{
-    self, ConnectRefusal, Event, Request, Response, ResponseFuture, Router, ServerConfig, ShardApp,
-    ShardCtx, Socket, SocketIo,
+    ConnectRefusal, Event, Request, Response, ResponseFuture, Router, ShardApp, ShardCtx, Socket,
+    SocketIo,
 };
 
 /// Per-shard state set up by the start hook.
@@ -158,37 +158,6 @@ fn app(shard: &Rc<ShardCtx>) -> ShardApp {
     }
 }
 
-struct InProcess {
-    handle: Option<server::ServerHandle>,
-    addr: SocketAddr,
-}
-
-impl InProcess {
-    fn start() -> InProcess {
-        let cfg = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            shards: 2,
-            pin_shards: false,
-            ..ServerConfig::default()
-        };
-        let handle = server::start(cfg, Arc::new(app)).expect("start");
-        let addr = handle.local_addr;
-        InProcess {
-            handle: Some(handle),
-            addr,
-        }
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            h.shutdown();
-            let _ = h.join();
-        }
-    }
-}
-
 fn client(addr: SocketAddr, token: &str) -> Ws {
     let mut ws = Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket");
     ws.recv();
@@ -200,7 +169,7 @@ fn client(addr: SocketAddr, token: &str) -> Ws {
 
 #[test]
 fn refused_connect_carries_message_and_data() {
-    let srv = InProcess::start();
+    let srv = InProcess::start(2, Arc::new(app));
     let mut ws = Ws::connect(srv.addr, "/socket.io/?EIO=4&transport=websocket");
     ws.recv();
     ws.send_text(r#"40{"token":"nope"}"#);
@@ -212,7 +181,7 @@ fn refused_connect_carries_message_and_data() {
 
 #[test]
 fn socket_data_acks_and_timer() {
-    let srv = InProcess::start();
+    let srv = InProcess::start(2, Arc::new(app));
     let mut ws = client(srv.addr, "ok-alice");
     ws.send_text(r#"421["whoami"]"#);
     let got = [ws.recv_text_skip_ping(), ws.recv_text_skip_ping()];
@@ -225,7 +194,7 @@ fn socket_data_acks_and_timer() {
 
 #[test]
 fn rooms_and_broadcast_reach_every_member_on_every_shard_once() {
-    let srv = InProcess::start();
+    let srv = InProcess::start(2, Arc::new(app));
     let mut clients: Vec<Ws> = (0..6)
         .map(|i| client(srv.addr, &format!("ok-{i}")))
         .collect();
@@ -258,7 +227,7 @@ fn rooms_and_broadcast_reach_every_member_on_every_shard_once() {
 
 #[test]
 fn server_to_client_ack_and_its_timeout() {
-    let srv = InProcess::start();
+    let srv = InProcess::start(2, Arc::new(app));
     let mut ws = client(srv.addr, "ok-q");
     assert_eq!(ws.recv_text_skip_ping(), r#"42["tick",1]"#);
     ws.send_text(r#"42["quiz",5000]"#);
@@ -284,7 +253,7 @@ fn server_to_client_ack_and_its_timeout() {
 
 #[test]
 fn router_serves_rest_routes_and_sees_disconnect_reasons() {
-    let srv = InProcess::start();
+    let srv = InProcess::start(2, Arc::new(app));
     let r = request(srv.addr, "POST", "/api/echo", b"some body");
     assert_eq!(
         (r.status, r.body.as_slice()),

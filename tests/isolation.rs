@@ -12,8 +12,7 @@ use std::time::Duration;
 use common::*;
 use shardcast::proto::RawJson;
 use shardcast::server::{
-    self, Event, Request, Response, ResponseFuture, Router, ServerConfig, ShardApp, ShardCtx,
-    Socket, SocketIo,
+    Event, Request, Response, ResponseFuture, Router, ShardApp, ShardCtx, Socket, SocketIo,
 };
 
 struct Api;
@@ -63,37 +62,6 @@ fn app(_shard: &Rc<ShardCtx>) -> ShardApp {
     }
 }
 
-struct InProcess {
-    handle: Option<server::ServerHandle>,
-    addr: SocketAddr,
-}
-
-impl InProcess {
-    fn start() -> InProcess {
-        let cfg = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            shards: 1,
-            pin_shards: false,
-            ..ServerConfig::default()
-        };
-        let handle = server::start(cfg, Arc::new(app)).expect("start");
-        let addr = handle.local_addr;
-        InProcess {
-            handle: Some(handle),
-            addr,
-        }
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            h.shutdown();
-            let _ = h.join();
-        }
-    }
-}
-
 fn connected(addr: SocketAddr, nsp: &str) -> Ws {
     let mut ws = Ws::connect(addr, "/socket.io/?EIO=4&transport=websocket");
     ws.recv();
@@ -118,7 +86,7 @@ fn metric(addr: SocketAddr, series: &str) -> u64 {
 
 #[test]
 fn a_panic_ends_one_socket_and_the_shard_goes_on() {
-    let srv = InProcess::start();
+    let srv = InProcess::start(1, Arc::new(app));
     let mut witness = connected(srv.addr, "");
     assert!(witness.recv_text_skip_ping().starts_with("40{\"sid\""));
     ping(&mut witness, 1);
@@ -158,7 +126,7 @@ fn a_panic_ends_one_socket_and_the_shard_goes_on() {
 
 #[test]
 fn the_shutdown_waker_list_does_not_grow_with_connections_served() {
-    let srv = InProcess::start();
+    let srv = InProcess::start(1, Arc::new(app));
     let waiters = || -> usize {
         request(srv.addr, "GET", "/t/waiters", b"")
             .text()

@@ -568,3 +568,37 @@ pub fn spawn_node_clients(
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     (child, stdin, lines)
 }
+
+/// A server started inside the test process (`server::start` on 127.0.0.1:0, shards not pinned); shut down and
+/// joined on drop.
+pub struct InProcess {
+    handle: Option<shardcast::server::ServerHandle>,
+    pub addr: SocketAddr,
+}
+
+impl InProcess {
+    /// `shards` shards serving `app`.
+    pub fn start(shards: usize, app: shardcast::server::AppFactory) -> InProcess {
+        let cfg = shardcast::server::ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards,
+            pin_shards: false,
+            ..shardcast::server::ServerConfig::default()
+        };
+        let handle = shardcast::server::start(cfg, app).expect("start");
+        let addr = handle.local_addr;
+        InProcess {
+            handle: Some(handle),
+            addr,
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown();
+            let _ = h.join();
+        }
+    }
+}

@@ -23,11 +23,9 @@ pid_file="$dir/mongo.pid"
 log_file="$dir/server.log"
 start_timeout_secs="${MONGO_START_TIMEOUT_SECS:-60}"
 
-log() { printf '[mongo.sh %(%H:%M:%S)T] %s\n' -1 "$*"; }
-die() {
-  log "ERROR: $*"
-  exit 1
-}
+service_name="the MongoDB-wire server"
+# shellcheck source=tests/services/lib.bash
+source "$root/tests/services/lib.bash"
 
 pick_python() {
   if [ -n "${MONGO_PYTHON:-}" ]; then
@@ -77,28 +75,9 @@ wait_port() {
   return 1
 }
 
-stop() {
-  [ -f "$pid_file" ] || return 0
-  local pid waited=0
-  pid=$(cat "$pid_file")
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    log "stopping the MongoDB-wire server (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do
-      if [ $waited -ge 100 ]; then
-        kill -KILL "$pid" 2>/dev/null || true
-        break
-      fi
-      sleep 0.1
-      waited=$((waited + 1))
-    done
-  fi
-  rm -f "$pid_file"
-}
-
 start() {
   mkdir -p "$dir" "$services_dir"
-  stop
+  stop_recorded
   install
   local port data kind pid
   port=$(free_port)
@@ -108,18 +87,14 @@ start() {
   if [ -x "$venv/bin/secantusd-py" ]; then
     kind=secantus
     log "starting secantusd-py on 127.0.0.1:$port"
-    setsid "$venv/bin/secantusd-py" --host 127.0.0.1 --port "$port" --storage-path "$data" >"$log_file" 2>&1 </dev/null &
+    spawn_recorded "$venv/bin/secantusd-py" --host 127.0.0.1 --port "$port" --storage-path "$data"
   else
     kind=nx
     log "starting nx-27017 on 127.0.0.1:$port"
-    setsid "$venv/bin/nx-27017" --data-dir "$data" --host 127.0.0.1 -p "$port" --pid-file "$data/nx.pid" >"$log_file" 2>&1 </dev/null &
+    spawn_recorded "$venv/bin/nx-27017" --data-dir "$data" --host 127.0.0.1 -p "$port" --pid-file "$data/nx.pid"
   fi
-  pid=$!
-  echo "$pid" >"$pid_file"
   if ! wait_port "$port" "$pid"; then
-    cat "$log_file" >&2 || true
-    stop
-    die "the server did not accept connections on port $port within ${start_timeout_secs} s"
+    fail_start "the server did not accept connections on port $port within ${start_timeout_secs} s"
   fi
   local bin="$venv/bin/secantusd-py"
   [ "$kind" = nx ] && bin="$venv/bin/nx-27017"
@@ -133,6 +108,6 @@ start() {
 
 case "${1:-}" in
   start) start ;;
-  stop) stop ;;
+  stop) stop_recorded ;;
   *) die "usage: $0 start|stop" ;;
 esac

@@ -20,11 +20,9 @@ pid_file="$dir/redis.pid"
 log_file="$dir/server.log"
 start_timeout_secs="${REDIS_START_TIMEOUT_SECS:-30}"
 
-log() { printf '[redis.sh %(%H:%M:%S)T] %s\n' -1 "$*"; }
-die() {
-  log "ERROR: $*"
-  exit 1
-}
+service_name=redis-server
+# shellcheck source=tests/services/lib.bash
+source "$root/tests/services/lib.bash"
 
 install() {
   if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
@@ -50,28 +48,9 @@ free_port() {
   die "no free port found"
 }
 
-stop() {
-  [ -f "$pid_file" ] || return 0
-  local pid waited=0
-  pid=$(cat "$pid_file")
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    log "stopping redis-server (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do
-      if [ $waited -ge 100 ]; then
-        kill -KILL "$pid" 2>/dev/null || true
-        break
-      fi
-      sleep 0.1
-      waited=$((waited + 1))
-    done
-  fi
-  rm -f "$pid_file"
-}
-
 start() {
   mkdir -p "$dir" "$services_dir"
-  stop
+  stop_recorded
   install
   local port data pid bin deadline
   bin=$(command -v redis-server)
@@ -80,16 +59,11 @@ start() {
   rm -rf "$data"
   mkdir -p "$data"
   log "starting $bin on 127.0.0.1:$port"
-  setsid "$bin" --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$data" --daemonize no \
-    >"$log_file" 2>&1 </dev/null &
-  pid=$!
-  echo "$pid" >"$pid_file"
+  spawn_recorded "$bin" --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$data" --daemonize no
   deadline=$((SECONDS + start_timeout_secs))
   until [ "$(redis-cli -p "$port" PING 2>/dev/null)" = "PONG" ]; do
     if ! kill -0 "$pid" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
-      cat "$log_file" >&2 || true
-      stop
-      die "redis-server did not answer PING on port $port within ${start_timeout_secs} s"
+      fail_start "redis-server did not answer PING on port $port within ${start_timeout_secs} s"
     fi
     sleep 0.1
   done
@@ -102,6 +76,6 @@ start() {
 
 case "${1:-}" in
   start) start ;;
-  stop) stop ;;
+  stop) stop_recorded ;;
   *) die "usage: $0 start|stop" ;;
 esac
