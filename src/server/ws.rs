@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 use tungstenite::protocol::frame::FrameHeader;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 use super::config::ServerConfig;
@@ -141,6 +141,30 @@ pub fn push_frame(out: &mut Vec<u8>, binary: bool, payload: &[u8]) {
     // Writing into a Vec cannot fail.
     let _ = header.format(payload.len() as u64, out);
     out.extend_from_slice(payload);
+}
+
+/// Append one unmasked binary frame whose payload is `prefix` then `payload` (framed in place, no copy first).
+pub fn push_binary_frame(out: &mut Vec<u8>, prefix: &[u8], payload: &[u8]) {
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Binary),
+        ..FrameHeader::default()
+    };
+    let _ = header.format((prefix.len() + payload.len()) as u64, out);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(payload);
+}
+
+/// Append a close frame with `code` and `reason` (cut to 120 bytes: a control frame holds at most 125).
+pub fn push_close_frame(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&u16::from(code).to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(120)]);
+    let header = FrameHeader {
+        opcode: OpCode::Control(Control::Close),
+        ..FrameHeader::default()
+    };
+    let _ = header.format(payload.len() as u64, out);
+    out.extend_from_slice(&payload);
 }
 
 #[cfg(test)]
