@@ -4,7 +4,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::CloseReason;
-use super::session::{EngineHandler, OutItem, Session};
+use super::outbox::OutItem;
+use super::session::{EngineHandler, Session};
 
 /// The echo handler (one per session; it holds nothing).
 #[derive(Debug, Default)]

@@ -1,4 +1,5 @@
-//! Engine.IO v3/v4: the session ([`session`]: state, queue and its bound, heartbeats, close), one driver per
+//! Engine.IO v3/v4: the session ([`session`]: state, queue and its bound, close; its heartbeat is the sans-IO state
+//! machine [`heartbeat`], tested through one `check` helper), one driver per
 //! transport ([`polling`], [`websocket`], with the polling -> websocket upgrade), the reasons a session ends
 //! ([`close`]) and the raw echo of the conformance server ([`echo`]).
 //!
@@ -21,12 +22,15 @@ use super::runtime::sid::Sid;
 
 pub mod close;
 pub mod echo;
+pub mod heartbeat;
+pub mod outbox;
 pub mod polling;
 pub mod session;
 pub mod websocket;
 
 pub use close::CloseReason;
-pub use session::{EngineHandler, OutItem, Session};
+pub use outbox::OutItem;
+pub use session::{EngineHandler, Session};
 
 /// Which application an Engine.IO path serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,8 @@ use super::super::http::{Next, Request, Response};
 use super::super::io::{self, Stream};
 use super::super::runtime::ShardCtx;
 use super::super::runtime::metrics::{ProtocolErrorKind, ShardMetrics};
-use super::session::{CloseHow, EngineHandler, GetEnd, OutItem, Phase, Session};
+use super::outbox::OutItem;
+use super::session::{CloseHow, EngineHandler, GetEnd, Phase, Session};
 use super::{CloseReason, eio_error, proto_limits};
 
 /// A polling handshake: a new session with `handler`, answered with its open packet and whatever the handler's
@@ -34,8 +35,7 @@ pub(super) fn handshake(
     let mut items = vec![open];
     {
         let mut st = s.st.borrow_mut();
-        items.extend(st.queue.drain(..));
-        st.queued_bytes = 0;
+        items.extend(st.outbox.take_items());
     }
     Next::Respond(s.payload_response(&items))
 }
@@ -87,9 +87,8 @@ pub(super) async fn poll_get(s: &Rc<Session>, stream: &Stream, buf: &mut Vec<u8>
                 drop(st);
                 return Next::Respond(s.payload_response(&[item]));
             }
-            if !st.queue.is_empty() {
-                let items: Vec<OutItem> = st.queue.drain(..).collect();
-                st.queued_bytes = 0;
+            if !st.outbox.has_no_items() {
+                let items = st.outbox.take_items();
                 drop(st);
                 return Next::Respond(s.payload_response(&items));
             }

@@ -3,9 +3,7 @@
 //! wheel, incoming packets and the close. The transports ([`super::polling`], [`super::websocket`]) drive it.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proto::engine::Packet;
@@ -16,41 +14,9 @@ use super::super::runtime::ShardCtx;
 use super::super::runtime::metrics::{Refusal, ShardMetrics};
 use super::super::runtime::sid::Sid;
 use super::super::runtime::signal::Signal;
+use super::heartbeat::{Action, Heartbeat, HeartbeatConfig, Input};
+use super::outbox::{OutItem, Outbox, Queued};
 use super::{CloseReason, EngineShard};
-
-/// One Engine.IO packet queued for a session, already encoded (shared by every recipient of a broadcast).
-#[derive(Debug, Clone)]
-pub enum OutItem {
-    /// A whole text packet, type character included (`4...`, `2`, `1`).
-    Text(Arc<str>),
-    /// The data of a binary message (no prefix; v3 framing adds its type byte).
-    Binary(Arc<[u8]>),
-}
-
-impl OutItem {
-    pub(super) fn len(&self) -> usize {
-        match self {
-            OutItem::Text(t) => t.len(),
-            OutItem::Binary(b) => b.len() + 1,
-        }
-    }
-    pub(super) fn frame(&self) -> Frame<'_> {
-        match self {
-            OutItem::Text(t) => Frame::Text(t),
-            OutItem::Binary(b) => Frame::Binary(b),
-        }
-    }
-    /// A text packet other than a message, encoded by `proto` (`Close`, `Noop`, `Ping`...).
-    pub(super) fn packet(packet: &Packet<'_>) -> OutItem {
-        let mut text = String::with_capacity(8);
-        packet.write_text(&mut text);
-        OutItem::Text(Arc::from(text))
-    }
-    /// A message packet with `text`, encoded by `proto`.
-    pub fn message(text: &str) -> OutItem {
-        OutItem::packet(&Packet::Message(text.into()))
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -78,24 +44,14 @@ pub(crate) enum CloseHow {
 
 pub(super) struct SessState {
     pub(super) phase: Phase,
-    pub(super) queue: VecDeque<OutItem>,
-    pub(super) queued_bytes: usize,
-    /// Websocket control bytes (probe answers, pongs, close replies) written before the queue.
-    pub(super) ws_raw: Vec<u8>,
+    /// Packets and websocket control bytes to write, and their bound (sans-IO, see [`super::outbox`]).
+    pub(super) outbox: Outbox,
     pub(super) get_pending: bool,
     pub(super) get_end: Option<GetEnd>,
     pub(super) closed: Option<CloseReason>,
     pub(super) abort: bool,
-    pub(super) awaiting_pong: bool,
-    /// When the unanswered ping was sent (meaningful while `awaiting_pong`).
-    pub(super) ping_sent: Instant,
-    /// The handshake or the last pong: by this + pingInterval + pingTimeout a v4 session has answered a ping.
-    pub(super) heartbeat_from: Instant,
-    pub(super) heartbeat_gen: u64,
-    pub(super) last_heard: Instant,
-    /// Noops and pings received in the current one-second window, and when it began.
-    pub(super) beats: u32,
-    pub(super) beats_window: Instant,
+    /// The heartbeat (sans-IO, see [`super::heartbeat`]).
+    pub(super) heartbeat: Heartbeat,
 }
 
 /// How long a polling session closed by its client's `1` (with no poll pending) keeps answering one poll with `6`:
@@ -156,20 +112,12 @@ impl Session {
             supports_binary,
             st: RefCell::new(SessState {
                 phase,
-                queue: VecDeque::new(),
-                queued_bytes: 0,
-                ws_raw: Vec::new(),
+                outbox: Outbox::new(shard.config().socket_queued_bytes_max),
                 get_pending: false,
                 get_end: None,
                 closed: None,
                 abort: false,
-                awaiting_pong: false,
-                ping_sent: Instant::now(),
-                heartbeat_from: Instant::now(),
-                heartbeat_gen: 0,
-                last_heard: Instant::now(),
-                beats: 0,
-                beats_window: Instant::now(),
+                heartbeat: Heartbeat::new(heartbeat_config(shard, version), Instant::now()),
             }),
             changed: Default::default(),
             closed_signal: Default::default(),
@@ -185,7 +133,7 @@ impl Session {
             },
             1,
         );
-        s.start_heartbeat();
+        let _ = s.heartbeat(Input::Opened);
         s
     }
 
@@ -211,44 +159,27 @@ impl Session {
     /// Queue packets; all of them or none (closed session). Closes the session as a slow reader when its queue
     /// exceeds `socket_queued_bytes_max`. Returns false if the session is (now) closed.
     pub(crate) fn send_items(self: &Rc<Self>, items: impl IntoIterator<Item = OutItem>) -> bool {
-        let max = self.shard.config().socket_queued_bytes_max;
-        let over;
-        {
+        let queued = {
             let mut st = self.st.borrow_mut();
             if st.closed.is_some() {
                 return false;
             }
-            let was_empty = st.queue.is_empty();
-            for item in items {
-                st.queued_bytes += item.len();
-                st.queue.push_back(item);
+            st.outbox.push_items(items)
+        };
+        self.after_queuing(queued)
+    }
+
+    /// Wake the writer, or close a slow reader. False if the session is (now) closed.
+    fn after_queuing(self: &Rc<Self>, queued: Queued) -> bool {
+        match queued {
+            Queued::Wake => self.changed.notify(),
+            Queued::Behind => {}
+            Queued::Overflow(reason) => {
+                ShardMetrics::add(&self.shard.metrics().slow_reader_disconnects, 1);
+                self.st.borrow_mut().abort = true;
+                self.close(reason, CloseHow::Abort);
+                return false;
             }
-            over = st.queued_bytes + st.ws_raw.len() > max;
-            if !over && was_empty && !st.queue.is_empty() {
-                drop(st);
-                self.changed.notify();
-            }
-        }
-        if over {
-            let queued = {
-                let mut st = self.st.borrow_mut();
-                let queued = st.queued_bytes + st.ws_raw.len();
-                // Nothing more will be written: give the memory back now, not when the last reference goes.
-                st.ws_raw = Vec::new();
-                st.queue = VecDeque::new();
-                st.queued_bytes = 0;
-                queued
-            };
-            ShardMetrics::add(&self.shard.metrics().slow_reader_disconnects, 1);
-            self.close(
-                CloseReason::SlowReader {
-                    queued_bytes: queued,
-                    max_bytes: max,
-                    control_frames: false,
-                },
-                CloseHow::Abort,
-            );
-            return false;
         }
         true
     }
@@ -261,35 +192,14 @@ impl Session {
     /// Queue websocket control bytes (pongs, probe answers, close frames). They count toward the same
     /// `socket_queued_bytes_max` as queued packets: a client that sends pings and never reads is a slow reader.
     pub(super) fn push_ws_raw(self: &Rc<Self>, bytes: &[u8]) {
-        let max = self.shard.config().socket_queued_bytes_max;
         let queued = {
             let mut st = self.st.borrow_mut();
             if st.abort {
                 return;
             }
-            st.ws_raw.extend_from_slice(bytes);
-            st.queued_bytes + st.ws_raw.len()
+            st.outbox.push_control(bytes)
         };
-        if queued > max {
-            ShardMetrics::add(&self.shard.metrics().slow_reader_disconnects, 1);
-            {
-                let mut st = self.st.borrow_mut();
-                st.abort = true;
-                st.ws_raw = Vec::new();
-                st.queue = VecDeque::new();
-                st.queued_bytes = 0;
-            }
-            self.close(
-                CloseReason::SlowReader {
-                    queued_bytes: queued,
-                    max_bytes: max,
-                    control_frames: true,
-                },
-                CloseHow::Abort,
-            );
-            return;
-        }
-        self.changed.notify();
+        self.after_queuing(queued);
     }
 
     /// Close the session. Idempotent.
@@ -307,7 +217,7 @@ impl Session {
                     if st.get_pending {
                         st.get_end = Some(GetEnd::Close);
                     } else if phase == Phase::WebSocket {
-                        st.queue.push_back(OutItem::packet(&Packet::Close));
+                        st.outbox.push_last(OutItem::packet(&Packet::Close));
                     }
                 }
                 CloseHow::ClientClosed => {
@@ -358,176 +268,82 @@ impl Session {
 
     // ---- heartbeat ----
 
-    fn start_heartbeat(self: &Rc<Self>) {
-        let cfg = self.shard.config();
-        match self.version {
-            EioVersion::V4 => self.schedule_ping(Duration::from_millis(cfg.ping_interval_ms)),
-            EioVersion::V3 => {
-                let window = Duration::from_millis(cfg.ping_interval_ms + cfg.ping_timeout_ms);
-                self.schedule_v3_check(window);
+    /// Feed the heartbeat one input that happened now and carry out its actions: queue a ping, arm timers on the
+    /// shard's wheel, close a silent session. `Ok(true)`: the client's ping must be answered (v3). `Err`: the input
+    /// is refused and the session must close with that reason. Nothing happens to a closed session.
+    fn heartbeat(self: &Rc<Self>, input: Input) -> Result<bool, CloseReason> {
+        let actions = {
+            let mut st = self.st.borrow_mut();
+            if st.closed.is_some() {
+                return Ok(false);
+            }
+            st.heartbeat.handle(input, Instant::now())
+        };
+        let mut pong = false;
+        for action in actions {
+            match action {
+                Action::SendPing => {
+                    self.send_packet(&Packet::Ping("".into()));
+                }
+                Action::SendPong => pong = true,
+                Action::Arm {
+                    timer,
+                    delay,
+                    slack,
+                } => {
+                    let weak = Rc::downgrade(self);
+                    self.shard
+                        .timers()
+                        .schedule_coalesced(delay, slack, move || {
+                            if let Some(s) = weak.upgrade() {
+                                let _ = s.heartbeat(Input::Fired(timer));
+                            }
+                        });
+                }
+                Action::Close(reason) => self.close(reason, CloseHow::SendClose),
+                Action::Refuse(reason) => {
+                    if matches!(reason, CloseReason::HeartbeatFlood { .. }) {
+                        self.shard.metrics().refusal(Refusal::HeartbeatFlood);
+                    }
+                    return Err(reason);
+                }
             }
         }
-    }
-
-    /// Pings (and v3 liveness checks) may fire this early, never late, so that the heartbeats of many sessions share
-    /// one wake-up of the shard: an eighth of the interval, at most 100 ms and at most 8 timer ticks (a fine timer
-    /// tick asks for precise heartbeats). A ping thus never comes later than
-    /// pingInterval, the client then has the whole pingTimeout to answer, and a silent session is closed by
-    /// pingInterval + pingTimeout after its handshake or last pong, as the protocol says.
-    fn heartbeat_slack(&self, d: Duration) -> Duration {
-        (d / 8)
-            .min(Duration::from_millis(100))
-            .min(self.shard.timers().tick() * 8)
-    }
-
-    fn schedule_ping(self: &Rc<Self>, delay: Duration) {
-        let weak = Rc::downgrade(self);
-        let gen_ = self.st.borrow().heartbeat_gen;
-        let timers = self.shard.timers();
-        timers.schedule_coalesced(delay, self.heartbeat_slack(delay), move || {
-            let Some(s) = weak.upgrade() else { return };
-            {
-                let mut st = s.st.borrow_mut();
-                if st.closed.is_some() || st.heartbeat_gen != gen_ {
-                    return;
-                }
-                st.awaiting_pong = true;
-                st.ping_sent = Instant::now();
-            }
-            s.send_packet(&Packet::Ping("".into()));
-            // The pong may take the whole pingTimeout from now, the ping's actual send (never later than due):
-            // whole ticks, not rounded further. Pings sent in one pass still share this deadline.
-            let timeout = Duration::from_millis(s.shard.config().ping_timeout_ms);
-            let weak = Rc::downgrade(&s);
-            let timers = s.shard.timers();
-            timers.schedule_coalesced(timeout, Duration::ZERO, move || {
-                let Some(s) = weak.upgrade() else { return };
-                let expired = {
-                    let st = s.st.borrow();
-                    st.closed.is_none() && st.heartbeat_gen == gen_ && st.awaiting_pong
-                };
-                if expired {
-                    s.close(CloseReason::PingTimeout, CloseHow::SendClose);
-                }
-            });
-        });
-    }
-
-    fn schedule_v3_check(self: &Rc<Self>, delay: Duration) {
-        let weak = Rc::downgrade(self);
-        let timers = self.shard.timers();
-        timers.schedule_coalesced(delay, self.heartbeat_slack(delay), move || {
-            let Some(s) = weak.upgrade() else { return };
-            let cfg = s.shard.config();
-            let window = Duration::from_millis(cfg.ping_interval_ms + cfg.ping_timeout_ms);
-            let elapsed = {
-                let st = s.st.borrow();
-                if st.closed.is_some() {
-                    return;
-                }
-                st.last_heard.elapsed()
-            };
-            // Within a tick of the window counts as expired: the next check would come after it.
-            if elapsed + s.shard.timers().tick() >= window {
-                s.close(CloseReason::PingTimeout, CloseHow::SendClose);
-            } else {
-                s.schedule_v3_check(window - elapsed);
-            }
-        });
+        Ok(pong)
     }
 
     /// Close the session now if its heartbeat deadline has passed, even if the timer that enforces it has not fired
     /// yet (a busy shard runs timers late): a request never finds alive a session the protocol says is gone. True
     /// if the session is (now) closed.
     pub(super) fn close_if_heartbeat_overdue(self: &Rc<Self>) -> bool {
-        let cfg = self.shard.config();
-        let overdue = {
-            let st = self.st.borrow();
-            if st.closed.is_some() {
-                return true;
-            }
-            match self.version {
-                EioVersion::V4 => {
-                    let timeout = Duration::from_millis(cfg.ping_timeout_ms);
-                    let interval = Duration::from_millis(cfg.ping_interval_ms);
-                    (st.awaiting_pong && st.ping_sent.elapsed() >= timeout)
-                        || st.heartbeat_from.elapsed() >= interval + timeout
-                }
-                EioVersion::V3 => {
-                    st.last_heard.elapsed()
-                        >= Duration::from_millis(cfg.ping_interval_ms + cfg.ping_timeout_ms)
-                }
-            }
-        };
-        if overdue {
-            self.close(CloseReason::PingTimeout, CloseHow::SendClose);
-        }
-        overdue
+        let _ = self.heartbeat(Input::Check);
+        self.is_closed()
     }
 
     // ---- incoming ----
 
     /// Count one noop or ping (Engine.IO or websocket) from the client: more than `heartbeats_per_session_per_s_max`
     /// in one second is a flood (they cost the shard work and the client nothing), and closes the session.
-    pub(crate) fn count_heartbeat(&self) -> Result<(), CloseReason> {
-        let max = self.shard.config().heartbeats_per_session_per_s_max;
-        let mut st = self.st.borrow_mut();
-        let now = Instant::now();
-        if now.duration_since(st.beats_window) >= Duration::from_secs(1) {
-            st.beats_window = now;
-            st.beats = 0;
-        }
-        st.beats += 1;
-        if st.beats > max {
-            drop(st);
-            self.shard.metrics().refusal(Refusal::HeartbeatFlood);
-            return Err(CloseReason::HeartbeatFlood { max });
-        }
-        Ok(())
+    pub(crate) fn count_heartbeat(self: &Rc<Self>) -> Result<(), CloseReason> {
+        self.heartbeat(Input::Beat).map(|_| ())
     }
 
     /// Handle one received Engine.IO packet. `Err` is the reason to close the session.
     pub(super) fn on_packet(self: &Rc<Self>, packet: Packet<'_>) -> Result<(), CloseReason> {
         ShardMetrics::add(&self.shard.metrics().packets_in, 1);
-        if self.version == EioVersion::V3 {
-            self.st.borrow_mut().last_heard = Instant::now();
-        }
+        self.heartbeat(Input::Packet)?;
         match packet {
             Packet::Close => {
                 self.close(CloseReason::ClientClose, CloseHow::ClientClosed);
                 Ok(())
             }
             Packet::Ping(data) => {
-                if self.version == EioVersion::V4 {
-                    return Err(CloseReason::Protocol(
-                        "invalid heartbeat direction (ping from a v4 client)".into(),
-                    ));
-                }
-                self.count_heartbeat()?;
-                self.send_packet(&Packet::Pong(data));
-                Ok(())
-            }
-            Packet::Pong(_) => {
-                if self.version == EioVersion::V3 {
-                    return Err(CloseReason::Protocol(
-                        "invalid heartbeat direction (pong from a v3 client)".into(),
-                    ));
-                }
-                let rearm = {
-                    let mut st = self.st.borrow_mut();
-                    let was = st.awaiting_pong;
-                    st.awaiting_pong = false;
-                    if was {
-                        st.heartbeat_gen += 1;
-                        st.heartbeat_from = Instant::now();
-                    }
-                    was
-                };
-                if rearm {
-                    self.schedule_ping(Duration::from_millis(self.shard.config().ping_interval_ms));
+                if self.heartbeat(Input::ClientPing)? {
+                    self.send_packet(&Packet::Pong(data));
                 }
                 Ok(())
             }
+            Packet::Pong(_) => self.heartbeat(Input::Pong).map(|_| ()),
             Packet::Message(text) => match self.handler() {
                 Some(h) => h.on_text(self, &text),
                 None => Ok(()),
@@ -566,5 +382,17 @@ impl Session {
         proto::encode_payload(self.version, form, &frames, &mut body);
         ShardMetrics::add(&self.shard.metrics().packets_out, items.len() as u64);
         Response::new(200, form.content_type(), body)
+    }
+}
+
+/// The heartbeat settings of a session of revision `version` on `shard`.
+fn heartbeat_config(shard: &ShardCtx, version: EioVersion) -> HeartbeatConfig {
+    let cfg = shard.config();
+    HeartbeatConfig {
+        version,
+        ping_interval: Duration::from_millis(cfg.ping_interval_ms),
+        ping_timeout: Duration::from_millis(cfg.ping_timeout_ms),
+        tick: shard.timers().tick(),
+        beats_per_s_max: cfg.heartbeats_per_session_per_s_max,
     }
 }

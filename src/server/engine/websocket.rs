@@ -18,7 +18,8 @@ use super::super::io::{self, Stream, TurnBudget};
 use super::super::runtime::ShardCtx;
 use super::super::runtime::metrics::{ProtocolErrorKind, ShardMetrics};
 use super::super::ws;
-use super::session::{CloseHow, EngineHandler, GetEnd, OutItem, Phase, Session};
+use super::outbox::OutItem;
+use super::session::{CloseHow, EngineHandler, GetEnd, Phase, Session};
 use super::{CloseReason, MakeHandler, eio_error, engine_shard};
 
 /// The data of the upgrade's probe ping and its pong.
@@ -465,13 +466,13 @@ impl Session {
             if st.abort {
                 return WriterPass::Aborted;
             }
-            out.append(&mut st.ws_raw);
+            st.outbox.take_control_into(out);
             if st.phase == Phase::WebSocket {
-                let n = st.queue.len();
-                for item in st.queue.drain(..) {
-                    push_item_frame(out, self.version, &item);
+                let items = st.outbox.take_items();
+                let n = items.len();
+                for item in &items {
+                    push_item_frame(out, self.version, item);
                 }
-                st.queued_bytes = 0;
                 if n > 0 {
                     ShardMetrics::add(&self.shard.metrics().packets_out, n as u64);
                 }
