@@ -1,7 +1,9 @@
-//! Engine.IO v3/v4: the session ([`session`]: state, queue and its bound, close; its heartbeat is the sans-IO state
-//! machine [`heartbeat`], tested through one `check` helper), one driver per
-//! transport ([`polling`], [`websocket`], with the polling -> websocket upgrade), the reasons a session ends
-//! ([`close`]) and the raw echo of the conformance server ([`echo`]).
+//! Engine.IO v3/v4. The decisions are sans-IO state machines, each tested through one `check` helper:
+//! [`transport`] (which transport a session is on, what its polls, posts and websockets get, the upgrade, the
+//! close), [`heartbeat`] (pings, pongs, timeouts, the flood bound) and [`outbox`] (the outgoing queue and its bound).
+//! [`session`] holds them and carries their actions out (timers, wake-ups, the handler, the session table); one
+//! driver per transport does the I/O ([`polling`], [`websocket`]). [`close`] lists why a session ends; [`echo`] is
+//! the raw echo of the conformance server.
 //!
 //! **Architecture Invariant:** Engine.IO knows the application above it only through [`EngineHandler`]; which
 //! handler serves a new session is decided by the caller of [`handle_request`]. Every packet is encoded by
@@ -26,6 +28,7 @@ pub mod heartbeat;
 pub mod outbox;
 pub mod polling;
 pub mod session;
+pub mod transport;
 pub mod websocket;
 
 pub use close::CloseReason;
@@ -138,6 +141,14 @@ pub(crate) fn proto_limits(cfg: &ServerConfig) -> proto::Limits {
 /// unknown, `2` bad handshake method, `3` bad request, `5` unsupported protocol version).
 fn eio_error(code: u16, message: &str) -> Next {
     Next::Respond(http::error_response(400, code, message))
+}
+
+/// The answer to a request the session refuses.
+fn refusal(e: transport::EioError) -> Next {
+    match e {
+        transport::EioError::UnknownSid => eio_error(1, "Session ID unknown"),
+        transport::EioError::BadRequest => eio_error(3, "Bad request"),
+    }
 }
 
 /// Serve one HTTP request on an Engine.IO path. A new session gets the handler `make_handler` returns.

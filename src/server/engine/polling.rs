@@ -12,7 +12,8 @@ use super::super::runtime::ShardCtx;
 use super::super::runtime::metrics::{ProtocolErrorKind, ShardMetrics};
 use super::outbox::OutItem;
 use super::session::{CloseHow, EngineHandler, GetEnd, Phase, Session};
-use super::{CloseReason, eio_error, proto_limits};
+use super::transport::{Action, Input};
+use super::{CloseReason, eio_error, proto_limits, refusal};
 
 /// A polling handshake: a new session with `handler`, answered with its open packet and whatever the handler's
 /// `on_open` queued (v3: the implicit CONNECT).
@@ -43,62 +44,45 @@ pub(super) fn handshake(
 struct GetGuard<'a>(&'a Session);
 impl Drop for GetGuard<'_> {
     fn drop(&mut self) {
-        self.0.st.borrow_mut().get_pending = false;
+        self.0.st.borrow_mut().transport.handle(Input::PollEnds);
     }
 }
 
+/// A polling GET: answered at once, or when packets are queued, the session ends or an upgrade probes.
 pub(super) async fn poll_get(s: &Rc<Session>, stream: &Stream, buf: &mut Vec<u8>) -> Next {
-    {
-        let mut st = s.st.borrow_mut();
-        if st.closed.is_some() {
-            // Closed by the client within LATE_POLL_GRACE: one poll gets the `6`, later ones 400.
-            if !st.get_pending && st.get_end == Some(GetEnd::Noop) {
-                st.get_end = None;
-                drop(st);
-                return Next::Respond(s.payload_response(&[OutItem::packet(&Packet::Noop)]));
+    let actions = s.st.borrow_mut().transport.handle(Input::PollArrives);
+    for action in actions {
+        match action {
+            Action::Serve => {}
+            Action::AnswerPoll(end) => return answer(s, end),
+            Action::Refuse(e) => return refusal(e),
+            Action::Close(reason) => {
+                s.shard
+                    .metrics()
+                    .protocol_error(ProtocolErrorKind::EngineIo);
+                s.close(reason, CloseHow::SendClose);
             }
-            return eio_error(1, "Session ID unknown");
-        }
-        if st.phase == Phase::WebSocket {
-            return eio_error(3, "Bad request");
-        }
-        if st.get_pending {
-            drop(st);
-            s.shard
-                .metrics()
-                .protocol_error(ProtocolErrorKind::EngineIo);
-            s.close(CloseReason::OverlappingPoll, CloseHow::SendClose);
-            return eio_error(3, "Bad request");
+            // A poll arriving asks for nothing else.
+            _ => {}
         }
     }
-    s.st.borrow_mut().get_pending = true;
     let _guard = GetGuard(s);
     let limit = s.shard.config().http_head_bytes_max + s.shard.config().payload_bytes_max;
     loop {
         let seen = s.changed.epoch();
-        {
+        let actions = {
             let mut st = s.st.borrow_mut();
-            if let Some(end) = st.get_end.take() {
-                let item = OutItem::packet(if end == GetEnd::Noop {
-                    &Packet::Noop
-                } else {
-                    &Packet::Close
-                });
-                drop(st);
-                return Next::Respond(s.payload_response(&[item]));
-            }
-            if !st.outbox.has_no_items() {
-                let items = st.outbox.take_items();
-                drop(st);
+            let queued = !st.outbox.has_no_items();
+            st.transport.handle(Input::PollWakes { queued })
+        };
+        match actions.as_slice() {
+            [Action::AnswerPoll(end)] => return answer(s, *end),
+            [Action::AnswerPollWithQueue] => {
+                let items = s.st.borrow_mut().outbox.take_items();
                 return Next::Respond(s.payload_response(&items));
             }
-            if st.closed.is_some() {
-                return eio_error(1, "Session ID unknown");
-            }
-            if st.phase == Phase::Upgrading {
-                drop(st);
-                return Next::Respond(s.payload_response(&[OutItem::packet(&Packet::Noop)]));
-            }
+            [Action::Refuse(e)] => return refusal(*e),
+            _ => {}
         }
         let read =
             futures_lite::future::or(async { Some(io::read_some(stream, buf).await) }, async {
@@ -124,14 +108,9 @@ pub(super) async fn poll_get(s: &Rc<Session>, stream: &Stream, buf: &mut Vec<u8>
 }
 
 pub(super) fn poll_post(s: &Rc<Session>, req: &Request) -> Next {
-    {
-        let st = s.st.borrow();
-        if st.closed.is_some() {
-            return eio_error(1, "Session ID unknown");
-        }
-        if st.phase == Phase::WebSocket {
-            return eio_error(3, "Bad request");
-        }
+    let actions = s.st.borrow_mut().transport.handle(Input::PostArrives);
+    if let [Action::Refuse(e)] = actions.as_slice() {
+        return refusal(*e);
     }
     let cfg = s.shard.config();
     if req.body.len() > cfg.payload_bytes_max {
@@ -174,4 +153,13 @@ pub(super) fn poll_post(s: &Rc<Session>, req: &Request) -> Next {
         }
     }
     Next::Respond(Response::new(200, "text/html", "ok"))
+}
+
+/// Answer the pending poll with a noop or a close packet.
+fn answer(s: &Session, end: GetEnd) -> Next {
+    let packet = match end {
+        GetEnd::Noop => Packet::Noop,
+        GetEnd::Close => Packet::Close,
+    };
+    Next::Respond(s.payload_response(&[OutItem::packet(&packet)]))
 }

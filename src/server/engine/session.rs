@@ -16,40 +16,16 @@ use super::super::runtime::sid::Sid;
 use super::super::runtime::signal::Signal;
 use super::heartbeat::{Action, Heartbeat, HeartbeatConfig, Input};
 use super::outbox::{OutItem, Outbox, Queued};
+use super::transport::{self, Transport};
 use super::{CloseReason, EngineShard};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
-    Polling,
-    Upgrading,
-    WebSocket,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum GetEnd {
-    Noop,
-    Close,
-}
-
-/// How a session ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseHow {
-    /// Server-initiated: send an Engine.IO `close` packet (a pending poll is answered with `1`).
-    SendClose,
-    /// The client asked to close: a pending poll is answered with `6`.
-    ClientClosed,
-    /// The transport is gone or must be dropped at once (slow reader): nothing more is written.
-    Abort,
-}
+pub(crate) use super::transport::{CloseHow, GetEnd, Phase};
 
 pub(super) struct SessState {
-    pub(super) phase: Phase,
+    /// The transport and what requests get (sans-IO, see [`super::transport`]).
+    pub(super) transport: Transport,
     /// Packets and websocket control bytes to write, and their bound (sans-IO, see [`super::outbox`]).
     pub(super) outbox: Outbox,
-    pub(super) get_pending: bool,
-    pub(super) get_end: Option<GetEnd>,
-    pub(super) closed: Option<CloseReason>,
-    pub(super) abort: bool,
     /// The heartbeat (sans-IO, see [`super::heartbeat`]).
     pub(super) heartbeat: Heartbeat,
 }
@@ -111,12 +87,8 @@ impl Session {
             engine: engine.clone(),
             supports_binary,
             st: RefCell::new(SessState {
-                phase,
+                transport: Transport::new(phase),
                 outbox: Outbox::new(shard.config().socket_queued_bytes_max),
-                get_pending: false,
-                get_end: None,
-                closed: None,
-                abort: false,
                 heartbeat: Heartbeat::new(heartbeat_config(shard, version), Instant::now()),
             }),
             changed: Default::default(),
@@ -149,7 +121,7 @@ impl Session {
 
     /// True once closed.
     pub fn is_closed(&self) -> bool {
-        self.st.borrow().closed.is_some()
+        self.st.borrow().transport.is_closed()
     }
 
     pub(super) fn handler(&self) -> Option<Rc<dyn EngineHandler>> {
@@ -161,7 +133,7 @@ impl Session {
     pub(crate) fn send_items(self: &Rc<Self>, items: impl IntoIterator<Item = OutItem>) -> bool {
         let queued = {
             let mut st = self.st.borrow_mut();
-            if st.closed.is_some() {
+            if st.transport.is_closed() {
                 return false;
             }
             st.outbox.push_items(items)
@@ -176,7 +148,7 @@ impl Session {
             Queued::Behind => {}
             Queued::Overflow(reason) => {
                 ShardMetrics::add(&self.shard.metrics().slow_reader_disconnects, 1);
-                self.st.borrow_mut().abort = true;
+                self.st.borrow_mut().transport.abort();
                 self.close(reason, CloseHow::Abort);
                 return false;
             }
@@ -194,7 +166,7 @@ impl Session {
     pub(super) fn push_ws_raw(self: &Rc<Self>, bytes: &[u8]) {
         let queued = {
             let mut st = self.st.borrow_mut();
-            if st.abort {
+            if st.transport.is_aborted() {
                 return;
             }
             st.outbox.push_control(bytes)
@@ -204,36 +176,20 @@ impl Session {
 
     /// Close the session. Idempotent.
     pub(crate) fn close(self: &Rc<Self>, reason: CloseReason, how: CloseHow) {
-        let phase;
-        let mut late_poll = false;
-        {
+        let actions = {
             let mut st = self.st.borrow_mut();
-            if st.closed.is_some() {
-                return;
+            let actions = st.transport.handle(transport::Input::Close(how));
+            if actions.contains(&transport::Action::QueueClosePacket) {
+                st.outbox.push_last(OutItem::packet(&Packet::Close));
             }
-            phase = st.phase;
-            match how {
-                CloseHow::SendClose => {
-                    if st.get_pending {
-                        st.get_end = Some(GetEnd::Close);
-                    } else if phase == Phase::WebSocket {
-                        st.outbox.push_last(OutItem::packet(&Packet::Close));
-                    }
-                }
-                CloseHow::ClientClosed => {
-                    if st.get_pending {
-                        st.get_end = Some(GetEnd::Noop);
-                    } else if phase == Phase::Polling {
-                        // A poll sent together with the closing POST may reach us just after it (another
-                        // connection, maybe another shard): it gets the `6` it would have got had it come first.
-                        st.get_end = Some(GetEnd::Noop);
-                        late_poll = true;
-                    }
-                }
-                CloseHow::Abort => st.abort = true,
-            }
-            st.closed = Some(reason.clone());
-        }
+            actions
+        };
+        let Some((phase, late_poll)) = actions.iter().find_map(|a| match a {
+            transport::Action::Closed { phase, late_poll } => Some((*phase, *late_poll)),
+            _ => None,
+        }) else {
+            return;
+        };
         if late_poll {
             let engine = Rc::downgrade(&self.engine);
             let sid = self.sid.clone();
@@ -274,7 +230,7 @@ impl Session {
     fn heartbeat(self: &Rc<Self>, input: Input) -> Result<bool, CloseReason> {
         let actions = {
             let mut st = self.st.borrow_mut();
-            if st.closed.is_some() {
+            if st.transport.is_closed() {
                 return Ok(false);
             }
             st.heartbeat.handle(input, Instant::now())

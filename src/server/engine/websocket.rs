@@ -19,7 +19,8 @@ use super::super::runtime::ShardCtx;
 use super::super::runtime::metrics::{ProtocolErrorKind, ShardMetrics};
 use super::super::ws;
 use super::outbox::OutItem;
-use super::session::{CloseHow, EngineHandler, GetEnd, Phase, Session};
+use super::session::{CloseHow, EngineHandler, Phase, Session};
+use super::transport::{Action, Input};
 use super::{CloseReason, MakeHandler, eio_error, engine_shard};
 
 /// The data of the upgrade's probe ping and its pong.
@@ -68,16 +69,17 @@ pub(super) async fn serve(
     }
     let session = match existing {
         Some(s) => {
-            if s.is_closed() {
-                return Next::Done;
+            let actions = s.st.borrow_mut().transport.handle(Input::WebSocketOpens);
+            match actions.as_slice() {
+                [Action::Serve] => {}
+                [Action::RefuseWebSocket] => {
+                    // The session is upgrading or upgraded on another websocket: this one is accepted (as the
+                    // protocol's test suite expects) and closed at once, and the session is left as it is.
+                    refuse_second_websocket(&s, stream).await;
+                    return Next::Done;
+                }
+                _ => return Next::Done,
             }
-            if s.st.borrow().phase != Phase::Polling {
-                // The session is upgrading or upgraded on another websocket: this one is accepted (as the protocol's
-                // test suite expects) and closed at once, and the session is left as it is.
-                refuse_second_websocket(&s, stream).await;
-                return Next::Done;
-            }
-            s.st.borrow_mut().phase = Phase::Upgrading;
             s
         }
         None => {
@@ -131,7 +133,7 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
         done.clone(),
         peer_closed.clone(),
     ));
-    let mut upgrading = s.st.borrow().phase == Phase::Upgrading;
+    let mut upgrading = s.st.borrow().transport.phase() == Phase::Upgrading;
     let mut rbuf = Vec::new();
     // Bytes received since the last complete message: non-zero at the end of the stream means it ended inside a
     // frame. (Exact when no partial frame follows a complete one in the same read.)
@@ -205,18 +207,14 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                                 let mut out = Vec::new();
                                 ws::push_frame(&mut out, false, probe.as_bytes());
                                 s.push_ws_raw(&out);
-                                let mut st = s.st.borrow_mut();
-                                if st.get_pending {
-                                    st.get_end = Some(GetEnd::Noop);
-                                }
-                                drop(st);
+                                s.st.borrow_mut().transport.handle(Input::Probe);
                                 s.changed.notify();
                                 Ok(())
                             }
                             // Exactly the upgrade packet: data after it is an unexpected packet, as before.
                             Ok(Packet::Upgrade) if t.len() == 1 => {
                                 upgrading = false;
-                                s.st.borrow_mut().phase = Phase::WebSocket;
+                                s.st.borrow_mut().transport.handle(Input::Upgrade);
                                 let m = s.shard.metrics();
                                 ShardMetrics::gauge(&m.sessions_polling, -1);
                                 ShardMetrics::gauge(&m.sessions_websocket, 1);
@@ -317,10 +315,12 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
 /// The websocket ended: an unfinished upgrade leaves the session on polling, otherwise the session closes.
 fn end_ws(s: &Rc<Session>, upgrading: bool, done: &Cell<bool>, reason: CloseReason, how: CloseHow) {
     done.set(true);
-    if upgrading && s.st.borrow().phase == Phase::Upgrading {
-        s.st.borrow_mut().phase = Phase::Polling;
-        s.changed.notify();
-        return;
+    if upgrading {
+        let actions = s.st.borrow_mut().transport.handle(Input::UpgradeAbandoned);
+        if actions.contains(&Action::BackToPolling) {
+            s.changed.notify();
+            return;
+        }
     }
     s.close(reason, how);
 }
@@ -355,7 +355,7 @@ async fn ws_writer(
                     // A slow reader is dropped without waiting for its socket to drain.
                     loop {
                         let seen = s.changed.epoch();
-                        if s.st.borrow().abort {
+                        if s.st.borrow().transport.is_aborted() {
                             return None;
                         }
                         s.changed.changed(seen).await;
@@ -463,11 +463,11 @@ impl Session {
         let finished;
         {
             let mut st = self.st.borrow_mut();
-            if st.abort {
+            if st.transport.is_aborted() {
                 return WriterPass::Aborted;
             }
             st.outbox.take_control_into(out);
-            if st.phase == Phase::WebSocket {
+            if st.transport.phase() == Phase::WebSocket {
                 let items = st.outbox.take_items();
                 let n = items.len();
                 for item in &items {
@@ -477,8 +477,9 @@ impl Session {
                     ShardMetrics::add(&self.shard.metrics().packets_out, n as u64);
                 }
             }
-            finished = done || peer_closed || st.closed.is_some();
-            if finished && !peer_closed && st.closed.is_some() {
+            let closed = st.transport.is_closed();
+            finished = done || peer_closed || closed;
+            if finished && !peer_closed && closed {
                 ws::push_close_frame(out, CloseCode::Normal, "");
             }
         }
