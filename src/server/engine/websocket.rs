@@ -59,9 +59,9 @@ pub(super) async fn serve(
     };
     let accept = match ws::handshake_response(&req) {
         Ok(a) => a,
-        Err(msg) => {
+        Err(e) => {
             shard.metrics().protocol_error(ProtocolErrorKind::WebSocket);
-            return Next::RespondClose(Response::error(400, msg));
+            return Next::RespondClose(Response::error(400, &e.to_string()));
         }
     };
     if io::write_all(stream, &accept).await.is_err() {
