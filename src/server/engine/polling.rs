@@ -31,7 +31,7 @@ pub(super) fn handshake(
         supports_binary,
         handler.clone(),
     );
-    let open = OutItem::Text(Arc::from(s.handshake(true).to_packet_text()));
+    let open = OutItem::Text(Arc::from(s.handshake(Phase::Polling).to_packet_text()));
     handler.on_open(&s);
     let mut items = vec![open];
     {

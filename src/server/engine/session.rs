@@ -315,20 +315,9 @@ impl Session {
         }
     }
 
-    pub(super) fn handshake(&self, upgrades: bool) -> Handshake {
-        let cfg = self.shard.config();
-        Handshake {
-            sid: self.sid.to_string(),
-            upgrades: if upgrades {
-                vec!["websocket".into()]
-            } else {
-                Vec::new()
-            },
-            ping_interval_ms: cfg.ping_interval_ms,
-            ping_timeout_ms: cfg.ping_timeout_ms,
-            max_payload_bytes: (self.version == EioVersion::V4)
-                .then_some(cfg.payload_bytes_max as u64),
-        }
+    /// The handshake (`open` packet) of this new session on `phase` (see [`transport::handshake`]).
+    pub(super) fn handshake(&self, phase: Phase) -> Handshake {
+        transport::handshake(&self.sid, self.version, phase, self.shard.config())
     }
 
     pub(super) fn payload_response(&self, items: &[OutItem]) -> Response {

@@ -11,7 +11,31 @@
 //! - a server close answers a pending GET with a close packet, or queues one on the websocket; a client close
 //!   answers it with a noop, and one late GET (sent beside the closing POST) still gets that noop.
 
+use crate::proto::{EioVersion, Handshake};
+
+use super::super::config::ServerConfig;
 use super::CloseReason;
+
+/// The handshake (`open` packet) of a new session on `phase`: on polling it offers the websocket upgrade, on a
+/// websocket nothing; v4 announces maxPayload, v3 has no such field.
+pub(crate) fn handshake(
+    sid: &str,
+    version: EioVersion,
+    phase: Phase,
+    cfg: &ServerConfig,
+) -> Handshake {
+    Handshake {
+        sid: sid.to_owned(),
+        upgrades: if phase == Phase::Polling {
+            vec!["websocket".into()]
+        } else {
+            Vec::new()
+        },
+        ping_interval_ms: cfg.ping_interval_ms,
+        ping_timeout_ms: cfg.ping_timeout_ms,
+        max_payload_bytes: (version == EioVersion::V4).then_some(cfg.payload_bytes_max as u64),
+    }
+}
 
 /// The transport of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +296,30 @@ mod tests {
 
     fn closed(phase: Phase, late_poll: bool) -> Action {
         Closed { phase, late_poll }
+    }
+
+    #[test]
+    fn the_handshake_offers_the_upgrade_on_polling_and_max_payload_on_v4() {
+        let cfg = ServerConfig::default();
+        let open = |version, phase| handshake("00abc", version, phase, &cfg);
+        let expected = |upgrades: &[&str], max_payload_bytes| Handshake {
+            sid: "00abc".into(),
+            upgrades: upgrades.iter().map(|u| u.to_string()).collect(),
+            ping_interval_ms: cfg.ping_interval_ms,
+            ping_timeout_ms: cfg.ping_timeout_ms,
+            max_payload_bytes,
+        };
+        let max = Some(cfg.payload_bytes_max as u64);
+        assert_eq!(
+            open(EioVersion::V4, Phase::Polling),
+            expected(&["websocket"], max)
+        );
+        assert_eq!(open(EioVersion::V4, Phase::WebSocket), expected(&[], max));
+        assert_eq!(
+            open(EioVersion::V3, Phase::Polling),
+            expected(&["websocket"], None)
+        );
+        assert_eq!(open(EioVersion::V3, Phase::WebSocket), expected(&[], None));
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub(super) async fn serve(
             }
             let handler = make_handler(version);
             let s = Session::create(shard, version, Phase::WebSocket, true, handler.clone());
-            let open = OutItem::Text(Arc::from(s.handshake(false).to_packet_text()));
+            let open = OutItem::Text(Arc::from(s.handshake(Phase::WebSocket).to_packet_text()));
             s.send_items([open]);
             handler.on_open(&s);
             s
@@ -404,7 +404,7 @@ impl Session {
         handler: Rc<dyn EngineHandler>,
     ) -> Rc<Session> {
         let s = Session::create(shard, version, Phase::WebSocket, true, handler.clone());
-        let open = OutItem::Text(Arc::from(s.handshake(false).to_packet_text()));
+        let open = OutItem::Text(Arc::from(s.handshake(Phase::WebSocket).to_packet_text()));
         s.send_items([open]);
         handler.on_open(&s);
         s
