@@ -1,6 +1,7 @@
 //! Engine.IO v3/v4. The decisions are sans-IO state machines, each tested through one `check` helper:
 //! [`transport`] (which transport a session is on, what its polls, posts and websockets get, the upgrade, the
-//! close), [`heartbeat`] (pings, pongs, timeouts, the flood bound) and [`outbox`] (the outgoing queue and its bound).
+//! close), [`heartbeat`] (pings, pongs, timeouts, the flood bound), [`outbox`] (the outgoing queue and its bound) and
+//! [`inbound`] (decoding a client's frame and routing the packet).
 //! [`session`] holds them and carries their actions out (timers, wake-ups, the handler, the session table); one
 //! driver per transport does the I/O ([`polling`], [`websocket`]). [`close`] lists why a session ends; [`echo`] is
 //! the raw echo of the conformance server.
@@ -25,6 +26,7 @@ use super::runtime::sid::Sid;
 pub mod close;
 pub mod echo;
 pub mod heartbeat;
+pub mod inbound;
 pub mod outbox;
 pub mod polling;
 pub mod session;

@@ -15,6 +15,7 @@ use super::super::runtime::metrics::{Refusal, ShardMetrics};
 use super::super::runtime::sid::Sid;
 use super::super::runtime::signal::Signal;
 use super::heartbeat::{Action, Heartbeat, HeartbeatConfig, Input};
+use super::inbound::{self, Route};
 use super::outbox::{OutItem, Outbox, Queued};
 use super::transport::{self, Transport};
 use super::{CloseReason, EngineShard};
@@ -288,30 +289,28 @@ impl Session {
     pub(super) fn on_packet(self: &Rc<Self>, packet: Packet<'_>) -> Result<(), CloseReason> {
         ShardMetrics::add(&self.shard.metrics().packets_in, 1);
         self.heartbeat(Input::Packet)?;
-        match packet {
-            Packet::Close => {
+        match inbound::route(packet) {
+            Route::ClientClose => {
                 self.close(CloseReason::ClientClose, CloseHow::ClientClosed);
                 Ok(())
             }
-            Packet::Ping(data) => {
+            Route::Ping(data) => {
                 if self.heartbeat(Input::ClientPing)? {
                     self.send_packet(&Packet::Pong(data));
                 }
                 Ok(())
             }
-            Packet::Pong(_) => self.heartbeat(Input::Pong).map(|_| ()),
-            Packet::Message(text) => match self.handler() {
+            Route::Pong => self.heartbeat(Input::Pong).map(|_| ()),
+            Route::Text(text) => match self.handler() {
                 Some(h) => h.on_text(self, &text),
                 None => Ok(()),
             },
-            Packet::Binary(data) => match self.handler() {
+            Route::Binary(data) => match self.handler() {
                 Some(h) => h.on_binary(self, &data),
                 None => Ok(()),
             },
-            Packet::Noop => self.count_heartbeat(),
-            Packet::Open(_) | Packet::Upgrade => {
-                Err(CloseReason::Protocol("unexpected packet type".into()))
-            }
+            Route::Noop => self.count_heartbeat(),
+            Route::Refuse(reason) => Err(reason),
         }
     }
 

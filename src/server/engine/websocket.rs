@@ -21,7 +21,7 @@ use super::super::ws;
 use super::outbox::OutItem;
 use super::session::{CloseHow, EngineHandler, Phase, Session};
 use super::transport::{Action, Input};
-use super::{CloseReason, MakeHandler, eio_error, engine_shard};
+use super::{CloseReason, MakeHandler, eio_error, engine_shard, inbound};
 
 /// The data of the upgrade's probe ping and its pong.
 const PROBE: &str = "probe";
@@ -196,9 +196,7 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
             since_message = 0;
             let result = match msg {
                 Message::Text(t) => {
-                    let packet = Packet::decode_text(t.as_str()).map_err(|e| {
-                        CloseReason::Protocol(format!("invalid Engine.IO packet: {e}"))
-                    });
+                    let packet = inbound::decode_text(t.as_str());
                     if upgrading {
                         match packet {
                             Ok(Packet::Ping(data)) if data == PROBE => {
@@ -227,11 +225,9 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                         packet.and_then(|p| s.on_packet(p))
                     }
                 }
-                Message::Binary(b) => Packet::decode_binary(s.version, &b)
-                    .map_err(|e| {
-                        CloseReason::Protocol(format!("invalid Engine.IO binary packet: {e}"))
-                    })
-                    .and_then(|p| s.on_packet(p)),
+                Message::Binary(b) => {
+                    inbound::decode_binary(s.version, &b).and_then(|p| s.on_packet(p))
+                }
                 Message::Close(_) => {
                     // tungstenite queues its close reply and writes it on the next read or flush: flush now, so
                     // that the closing handshake completes (RFC 6455 5.5.1) before the connection ends.
@@ -414,9 +410,7 @@ impl Session {
     /// Engine.IO packet and dispatched. An invalid packet closes the session (close packet, then a close frame) and
     /// `Err` carries the reason.
     pub(crate) fn receive_websocket_text(self: &Rc<Self>, text: &str) -> Result<(), CloseReason> {
-        let result = Packet::decode_text(text)
-            .map_err(|e| CloseReason::Protocol(format!("invalid Engine.IO packet: {e}")))
-            .and_then(|p| self.on_packet(p));
+        let result = inbound::decode_text(text).and_then(|p| self.on_packet(p));
         self.close_on_packet_error(result)
     }
 
@@ -425,9 +419,7 @@ impl Session {
         self: &Rc<Self>,
         data: &[u8],
     ) -> Result<(), CloseReason> {
-        let result = Packet::decode_binary(self.version, data)
-            .map_err(|e| CloseReason::Protocol(format!("invalid Engine.IO binary packet: {e}")))
-            .and_then(|p| self.on_packet(p));
+        let result = inbound::decode_binary(self.version, data).and_then(|p| self.on_packet(p));
         self.close_on_packet_error(result)
     }
 
