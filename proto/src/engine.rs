@@ -229,16 +229,32 @@ pub enum Frame<'a> {
     Binary(&'a [u8]),
 }
 
+/// The JSON body of the reference server's HTTP error answers: `{"code":<code>,"message":"<message>"}`
+/// (`{"code":1,"message":"Session ID unknown"}`). The server answers its plain HTTP errors in the same shape.
+pub fn error_body(code: u16, message: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(message.len() + 24);
+    let _ = write!(out, "{{\"code\":{code},\"message\":");
+    crate::json::write_str(&mut out, message);
+    out.push('}');
+    out
+}
+
 /// The binary websocket frame for message data `data`: as is for v4, prefixed with the type byte 4 for v3.
 pub fn ws_binary(version: EioVersion, data: &[u8]) -> Vec<u8> {
+    let prefix = ws_binary_prefix(version);
+    let mut out = Vec::with_capacity(prefix.len() + data.len());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(data);
+    out
+}
+
+/// What a binary websocket frame of protocol `version` carries before the message data: nothing for v4, the
+/// packet type byte 4 (message) for v3. For writers that frame the data in place (see [`ws_binary`]).
+pub fn ws_binary_prefix(version: EioVersion) -> &'static [u8] {
     match version {
-        EioVersion::V4 => data.to_vec(),
-        EioVersion::V3 => {
-            let mut out = Vec::with_capacity(data.len() + 1);
-            out.push(4);
-            out.extend_from_slice(data);
-            out
-        }
+        EioVersion::V4 => &[],
+        EioVersion::V3 => &[4],
     }
 }
 
@@ -302,5 +318,22 @@ impl Handshake {
     /// Parses the JSON document (the data of an `open` packet), for clients.
     pub fn parse(json: &str) -> Result<Handshake, Error> {
         serde_json::from_str(json).map_err(|_| Error::InvalidHandshake)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_the_reference_servers() {
+        assert_eq!(
+            error_body(1, "Session ID unknown"),
+            r#"{"code":1,"message":"Session ID unknown"}"#
+        );
+        assert_eq!(
+            error_body(413, "a \"quoted\"\nline"),
+            r#"{"code":413,"message":"a \"quoted\"\nline"}"#
+        );
     }
 }

@@ -167,6 +167,20 @@ impl Packet {
         }
     }
 
+    /// A v5 CONNECT_ERROR carrying `data` beside its message: `{"message":"<message>","data":<data>}`.
+    pub fn connect_error_with_data(nsp: &str, message: &str, data: &RawJson) -> Packet {
+        let mut body = String::with_capacity(message.len() + data.as_str().len() + 24);
+        body.push_str("{\"message\":");
+        json::write_str(&mut body, message);
+        body.push_str(",\"data\":");
+        body.push_str(data.as_str());
+        body.push('}');
+        Packet::ConnectError {
+            nsp: nsp.to_owned(),
+            data: RawJson::new_unchecked(body),
+        }
+    }
+
     /// The wire type this packet encodes to.
     pub fn packet_type(&self) -> PacketType {
         match self {

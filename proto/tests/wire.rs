@@ -484,6 +484,11 @@ fn socketio_v5_document_examples() {
         &[],
         connect_error("/", r#"{"message":"Not authorized"}"#),
     );
+    let data = raw(r#"{"retry":3}"#);
+    assert_eq!(
+        S::connect_error_with_data("/admin", "Not \"yet\"", &data).encode(),
+        r#"4/admin,{"message":"Not \"yet\"","data":{"retry":3}}"#
+    );
     // Sending and receiving data.
     check_sio_both(r#"2["foo"]"#, &[], event("/", None, "foo", "[]", &[]));
     check_sio_both(

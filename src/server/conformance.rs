@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use crate::proto::RawJson;
 
-use super::shard::{AppFactory, ShardApp, ShardCtx};
+use super::app::{AppFactory, ShardApp};
+use super::runtime::ShardCtx;
 use super::socketio::{Event, Namespace, Socket, SocketIo};
 
 fn configure(ns: &mut Namespace) {

@@ -1,89 +1,36 @@
-//! One TCP connection: HTTP/1.1 requests in order (keep-alive, pipelining-safe), then possibly a websocket.
-//!
-//! The stream is shared by `Rc<RefCell<_>>` between the reader and, for websockets, a writer task; a borrow lasts
-//! only for one synchronous poll. glommio's stream keeps its readiness sources across polls, so dropping a pending
-//! read (when racing it against a session change) loses no data.
+//! One TCP connection: HTTP/1.1 requests in order (keep-alive, pipelining-safe), each routed to `/metrics`,
+//! `/healthz`, Engine.IO or the app's [`Router`](super::http::Router); then possibly a websocket. A request for a
+//! session of another shard hands the connection over to that shard.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
-use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
 
-use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
-use super::engine;
-use super::http::{self, HttpError, Parsed, Request, Response};
-use super::metrics::{PanicSite, ProtocolErrorKind, Refusal, ShardMetrics};
-use super::shard::ShardCtx;
+use super::config::ServerConfig;
+use super::engine::echo::Echo;
+use super::engine::{self, Endpoint};
+use super::http::{self, HttpError, Next, Parsed, Request, Response};
+use super::io::{Stream, TurnBudget, write_all};
+use super::runtime::ShardCtx;
+use super::runtime::metrics::{PanicSite, ProtocolErrorKind, Refusal, ShardMetrics};
+use super::socketio;
 
-/// A connection's stream, shared by its reader and writer.
-pub type Stream = Rc<RefCell<TcpStream>>;
+/// The app's REST routes on this shard (per-shard state, set by [`super::app::start`]).
+#[derive(Default)]
+pub(crate) struct Routes {
+    pub(crate) router: Option<Rc<dyn http::Router>>,
+}
 
-/// Bytes taken from the kernel per read.
-const READ_CHUNK: usize = 64 * 1024;
 /// Response bodies larger than this are written in place after their head instead of being copied into one buffer.
 const LARGE_BODY_BYTES: usize = 64 * 1024;
-
-thread_local! {
-    /// One receive buffer per shard: glommio's `poll_read` copies in the poll that completes, so the buffer is
-    /// borrowed only during that synchronous call and idle connections own no receive buffer at all.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
-}
-
-/// Read once, appending to `buf`; returns the number of bytes read (0 = end of stream). Cancel-safe: nothing is
-/// appended unless the read completes.
-pub async fn read_some(stream: &Stream, buf: &mut Vec<u8>) -> io::Result<usize> {
-    poll_fn(|cx| {
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            match Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut scratch[..]) {
-                Poll::Ready(Ok(n)) => {
-                    buf.extend_from_slice(&scratch[..n]);
-                    Poll::Ready(Ok(n))
-                }
-                other => other,
-            }
-        })
-    })
-    .await
-}
-
-/// Write all of `data`.
-pub async fn write_all(stream: &Stream, data: &[u8]) -> io::Result<()> {
-    let mut off = 0;
-    while off < data.len() {
-        let n =
-            poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, &data[off..])).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        off += n;
-    }
-    Ok(())
-}
 
 struct ConnGuard(Rc<ShardCtx>);
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0
-            .connections
-            .set(self.0.connections.get().saturating_sub(1));
-        ShardMetrics::gauge(&self.0.metrics().connections, -1);
+        self.0.connection_closed();
     }
-}
-
-/// What the request dispatcher did with the connection.
-pub(crate) enum Next {
-    /// Send this response, then continue if keep-alive.
-    Respond(Response),
-    /// Send this response and close.
-    RespondClose(Response),
-    /// The connection was taken over (websocket, handed to another shard) or must simply close.
-    Done,
 }
 
 /// Run [`serve`] in a task of its own; a panic there (a bug) ends that connection only, with a log line.
@@ -103,8 +50,7 @@ pub fn spawn_connection(shard: &Rc<ShardCtx>, stream: TcpStream, buf: Vec<u8>) {
 
 /// Serve one connection. `buf` holds bytes already read (when a connection is handed over between shards).
 pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
-    shard.connections.set(shard.connections.get() + 1);
-    ShardMetrics::gauge(&shard.metrics().connections, 1);
+    shard.connection_opened();
     let _guard = ConnGuard(shard.clone());
     let stream: Stream = Rc::new(RefCell::new(stream));
     let cfg = shard.config().clone();
@@ -125,15 +71,15 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
                 }
             }
             let idle = buf.is_empty();
-            let seen = shard.shutdown_signal.epoch();
+            let seen = shard.shutdown_signal().epoch();
             if idle && shard.is_shutting_down() {
                 return;
             }
             let read = futures_lite::future::or(
-                async { Some(read_some(&stream, &mut buf).await) },
+                async { Some(super::io::read_some(&stream, &mut buf).await) },
                 async {
                     if idle {
-                        shard.shutdown_signal.changed(seen).await;
+                        shard.shutdown_signal().changed(seen).await;
                         None
                     } else {
                         std::future::pending().await
@@ -172,7 +118,7 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
                     Refusal::Handshakes,
                     "too many handshakes per second on one connection",
                 ))
-            } else if shard.sessions.borrow().len() >= cfg.sessions_per_shard_max {
+            } else if engine::session_count(&shard) >= cfg.sessions_per_shard_max {
                 Some((Refusal::Sessions, "too many sessions, try again later"))
             } else {
                 None
@@ -256,11 +202,15 @@ async fn reject(shard: &Rc<ShardCtx>, stream: &Stream, e: &HttpError) {
 
 async fn dispatch(shard: &Rc<ShardCtx>, stream: &Stream, buf: &mut Vec<u8>, req: Request) -> Next {
     let cfg = shard.config();
-    if let Some(kind) = engine::endpoint_for(cfg, &req.path) {
-        return engine::handle_request(shard, stream, buf, req, kind).await;
+    if let Some(endpoint) = engine::endpoint_for(cfg, &req.path) {
+        let make_handler = |version| match endpoint {
+            Endpoint::App => socketio::connection::session_handler(shard, version),
+            Endpoint::Echo => Echo::handler(),
+        };
+        return engine::handle_request(shard, stream, buf, req, &make_handler).await;
     }
     if req.method == "OPTIONS" {
-        return Next::Respond(preflight(&req));
+        return Next::Respond(http::preflight(&req));
     }
     let path = req.path.as_str();
     if path == "/healthz" {
@@ -279,7 +229,7 @@ async fn dispatch(shard: &Rc<ShardCtx>, stream: &Stream, buf: &mut Vec<u8>, req:
             Response::new(
                 200,
                 "text/plain; version=0.0.4",
-                super::metrics::render(shard.all_metrics()),
+                super::runtime::metrics::render(shard.all_metrics()),
             )
         } else {
             Response::error(405, "method not allowed").with_header("Allow", "GET")
@@ -288,7 +238,7 @@ async fn dispatch(shard: &Rc<ShardCtx>, stream: &Stream, buf: &mut Vec<u8>, req:
     if req.body.len() > cfg.http_body_bytes_max {
         return Next::RespondClose(Response::error(413, "request body too large"));
     }
-    let router = shard.app.borrow().router.clone();
+    let router = shard.state::<Routes>().and_then(|r| r.router.clone());
     if let Some(router) = router
         && let Some(fut) = router.route(shard, req)
     {
@@ -300,7 +250,7 @@ async fn dispatch(shard: &Rc<ShardCtx>, stream: &Stream, buf: &mut Vec<u8>, req:
 /// Why `/metrics` is refused to this request, if it is: with `metrics_token` set, a missing or wrong
 /// `Authorization: Bearer` is 401; without it, a client not on a loopback address is 403.
 fn metrics_refusal(
-    cfg: &super::ServerConfig,
+    cfg: &ServerConfig,
     req: &Request,
     peer: Option<std::net::SocketAddr>,
 ) -> Option<Response> {
@@ -341,63 +291,7 @@ fn metrics_refusal(
     }
 }
 
-/// CORS preflight answer.
-pub(crate) fn preflight(req: &Request) -> Response {
-    let mut r = Response {
-        status: 204,
-        headers: Vec::new(),
-        body: Vec::new(),
-    };
-    r.headers.push((
-        "Access-Control-Allow-Methods".into(),
-        "GET, POST, PUT, PATCH, DELETE, OPTIONS".into(),
-    ));
-    if let Some(h) = req.header("access-control-request-headers") {
-        r.headers
-            .push(("Access-Control-Allow-Headers".into(), h.to_string()));
-    }
-    r.headers
-        .push(("Access-Control-Max-Age".into(), "600".into()));
-    r
-}
-
-/// A bound on the work one connection does before it lets the other tasks of its shard run: a connection that
-/// always has bytes to read (glommio reads ready sockets without waiting) would otherwise keep its shard busy.
-#[derive(Debug, Default)]
-pub(crate) struct TurnBudget {
-    bytes: usize,
-    frames: usize,
-}
-
-impl TurnBudget {
-    /// Bytes read per turn.
-    pub(crate) const BYTES_PER_TURN: usize = 64 * 1024;
-    /// Requests, websocket frames or packets handled per turn.
-    pub(crate) const FRAMES_PER_TURN: usize = 64;
-
-    /// The pause at the end of a turn: long enough that the task is not ready again before the executor has
-    /// been to its reactor. (A plain yield puts the task back in the run queue, and glommio polls the reactor only
-    /// when the queue is empty or its 100 ms time slice is over: the other sockets' readiness would wait that long.)
-    const PAUSE: std::time::Duration = std::time::Duration::from_micros(50);
-
-    /// Account for `bytes` read and `frames` handled; past either bound, let the shard's reactor and other tasks
-    /// run before going on.
-    pub(crate) async fn spend(&mut self, bytes: usize, frames: usize) {
-        self.bytes += bytes;
-        self.frames += frames;
-        if self.bytes >= Self::BYTES_PER_TURN || self.frames >= Self::FRAMES_PER_TURN {
-            self.bytes = 0;
-            self.frames = 0;
-            glommio::timer::sleep(Self::PAUSE).await;
-        }
-    }
-}
-
-async fn refuse_handed_over(
-    stream: TcpStream,
-    resp: Response,
-    cfg: Rc<super::config::ServerConfig>,
-) {
+async fn refuse_handed_over(stream: TcpStream, resp: Response, cfg: Rc<ServerConfig>) {
     let stream: Stream = Rc::new(RefCell::new(stream));
     let mut out = Vec::new();
     http::write_response(&mut out, &resp, false, None, &cfg);
@@ -438,7 +332,7 @@ fn hand_over(shard: &Rc<ShardCtx>, stream: Stream, buf: Vec<u8>, owner: usize, s
         let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
         // The owner checks its own bound and that the session exists before it serves anything: a made-up sid
         // with another shard's prefix must not move connections past that shard's limit.
-        if ctx.connections.get() >= ctx.config().connections_per_shard_max {
+        if ctx.connections() >= ctx.config().connections_per_shard_max {
             ctx.metrics().refusal(Refusal::HandOver);
             tracing::debug!(
                 shard = ctx.id(),
@@ -446,7 +340,7 @@ fn hand_over(shard: &Rc<ShardCtx>, stream: Stream, buf: Vec<u8>, owner: usize, s
             );
             return;
         }
-        if !ctx.sessions.borrow().contains_key(sid.as_str()) {
+        if !engine::has_session(ctx, &sid) {
             ctx.metrics().refusal(Refusal::HandOver);
             ctx.metrics().protocol_error(ProtocolErrorKind::UnknownSid);
             let cfg = Rc::new(ctx.config().clone());
@@ -468,7 +362,6 @@ fn hand_over(shard: &Rc<ShardCtx>, stream: Stream, buf: Vec<u8>, owner: usize, s
 
 #[cfg(test)]
 mod tests {
-    use super::super::ServerConfig;
     use super::*;
     use crate::server::http::parse_request;
 

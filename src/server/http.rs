@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use super::config::ServerConfig;
-use super::shard::ShardCtx;
+use super::runtime::ShardCtx;
 
 /// A parsed HTTP request with its body.
 #[derive(Debug, Clone)]
@@ -123,18 +123,56 @@ impl Response {
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
         Response::new(status, "application/json", value.to_string())
     }
-    /// The JSON error body every error answer uses: `{"code":<status>,"message":"..."}`.
+    /// The JSON error body every error answer uses: `{"code":<status>,"message":"..."}` (see [`error_response`]).
     pub fn error(status: u16, message: &str) -> Self {
-        Response::json(
-            status,
-            &serde_json::json!({ "code": status, "message": message }),
-        )
+        error_response(status, status, message)
     }
     /// Add a header.
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }
+}
+
+/// The only place that builds the body of an error answer: `{"code":<code>,"message":"<message>"}`, encoded by
+/// `proto` ([`crate::proto::engine::error_body`]). Plain HTTP errors use their status as `code`; Engine.IO's
+/// errors use the reference server's codes (`1`: "Session ID unknown").
+pub fn error_response(status: u16, code: u16, message: &str) -> Response {
+    Response::new(
+        status,
+        "application/json",
+        crate::proto::engine::error_body(code, message),
+    )
+}
+
+/// CORS preflight answer.
+pub fn preflight(req: &Request) -> Response {
+    let mut r = Response {
+        status: 204,
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    r.headers.push((
+        "Access-Control-Allow-Methods".into(),
+        "GET, POST, PUT, PATCH, DELETE, OPTIONS".into(),
+    ));
+    if let Some(h) = req.header("access-control-request-headers") {
+        r.headers
+            .push(("Access-Control-Allow-Headers".into(), h.to_string()));
+    }
+    r.headers
+        .push(("Access-Control-Max-Age".into(), "600".into()));
+    r
+}
+
+/// What a request handler did with the connection.
+pub(crate) enum Next {
+    /// Send this response, then continue if keep-alive.
+    Respond(Response),
+    /// Send this response and close.
+    RespondClose(Response),
+    /// The connection was taken over (websocket, handed to another shard) or must simply close.
+    Done,
 }
 
 fn reason(status: u16) -> &'static str {

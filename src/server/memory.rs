@@ -27,8 +27,10 @@ use std::rc::Rc;
 
 use crate::proto::EioVersion;
 
-use super::engine::{Session, WriterPass};
-use super::shard::ShardCtx;
+use super::engine::Session;
+use super::engine::websocket::WriterPass;
+use super::runtime::ShardCtx;
+use super::socketio;
 
 /// Why an in-memory connection did not take a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +76,11 @@ impl ShardCtx {
     /// factory is polled at once, so it must yield first).
     pub fn connect_in_memory(self: &Rc<Self>, version: EioVersion) -> InMemoryConnection {
         InMemoryConnection {
-            session: Session::open_websocket_in_memory(self, version),
+            session: Session::open_websocket_in_memory(
+                self,
+                version,
+                socketio::connection::session_handler(self, version),
+            ),
             peer_closed: Cell::new(false),
             finished: Cell::new(false),
         }
@@ -106,7 +112,7 @@ impl InMemoryConnection {
         }
         self.session
             .receive_websocket_text(packet)
-            .map_err(InMemoryError::Refused)
+            .map_err(|reason| InMemoryError::Refused(reason.to_string()))
     }
 
     /// The client sends one websocket binary message (a Socket.IO attachment; with Engine.IO v3 its first byte is
@@ -117,7 +123,7 @@ impl InMemoryConnection {
         }
         self.session
             .receive_websocket_binary(data)
-            .map_err(InMemoryError::Refused)
+            .map_err(|reason| InMemoryError::Refused(reason.to_string()))
     }
 
     /// Append to `out` the bytes the websocket writer would write now: one unmasked frame per queued Engine.IO

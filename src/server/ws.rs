@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 use tungstenite::protocol::frame::FrameHeader;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 use super::config::ServerConfig;
@@ -22,29 +22,50 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
+/// Why a websocket upgrade request is refused (answered 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// Not a GET.
+    #[error("websocket upgrade must use GET")]
+    NotGet,
+    /// No `Connection: Upgrade`.
+    #[error("missing Connection: Upgrade")]
+    NoConnectionUpgrade,
+    /// `Sec-WebSocket-Version` other than 13.
+    #[error("unsupported Sec-WebSocket-Version (need 13)")]
+    Version,
+    /// No `Sec-WebSocket-Key`.
+    #[error("missing Sec-WebSocket-Key")]
+    NoKey,
+    /// A key that is not 16 bytes in base64.
+    #[error("invalid Sec-WebSocket-Key")]
+    InvalidKey,
+}
+
 /// Validate an upgrade request; returns the `101 Switching Protocols` response bytes.
-pub fn handshake_response(req: &Request) -> Result<Vec<u8>, &'static str> {
+pub fn handshake_response(req: &Request) -> Result<Vec<u8>, HandshakeError> {
     if req.method != "GET" {
-        return Err("websocket upgrade must use GET");
+        return Err(HandshakeError::NotGet);
     }
     let connection_upgrade = req.header("connection").is_some_and(|v| {
         v.split(',')
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
     });
     if !connection_upgrade {
-        return Err("missing Connection: Upgrade");
+        return Err(HandshakeError::NoConnectionUpgrade);
     }
     if req.header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err("unsupported Sec-WebSocket-Version (need 13)");
+        return Err(HandshakeError::Version);
     }
     let key = req
         .header("sec-websocket-key")
-        .ok_or("missing Sec-WebSocket-Key")?;
+        .ok_or(HandshakeError::NoKey)?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(key.trim())
-        .map_err(|_| "invalid Sec-WebSocket-Key")?;
+        .map_err(|_| HandshakeError::InvalidKey)?;
     if decoded.len() != 16 {
-        return Err("invalid Sec-WebSocket-Key");
+        return Err(HandshakeError::InvalidKey);
     }
     Ok(format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
@@ -141,6 +162,30 @@ pub fn push_frame(out: &mut Vec<u8>, binary: bool, payload: &[u8]) {
     // Writing into a Vec cannot fail.
     let _ = header.format(payload.len() as u64, out);
     out.extend_from_slice(payload);
+}
+
+/// Append one unmasked binary frame whose payload is `prefix` then `payload` (framed in place, no copy first).
+pub fn push_binary_frame(out: &mut Vec<u8>, prefix: &[u8], payload: &[u8]) {
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Binary),
+        ..FrameHeader::default()
+    };
+    let _ = header.format((prefix.len() + payload.len()) as u64, out);
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(payload);
+}
+
+/// Append a close frame with `code` and `reason` (cut to 120 bytes: a control frame holds at most 125).
+pub fn push_close_frame(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&u16::from(code).to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(120)]);
+    let header = FrameHeader {
+        opcode: OpCode::Control(Control::Close),
+        ..FrameHeader::default()
+    };
+    let _ = header.format(payload.len() as u64, out);
+    out.extend_from_slice(&payload);
 }
 
 #[cfg(test)]

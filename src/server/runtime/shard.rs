@@ -1,11 +1,8 @@
-//! Shards: one glommio `LocalExecutor` per core, each with its own `SO_REUSEPORT` listener, a timer wheel, its
-//! sessions and rooms, and a bounded queue to every other shard created at start-up (glommio's channel mesh: a
-//! full send wakes nobody and fails at once; a receive on another executor is woken through that executor's
-//! eventfd, so no shard ever blocks on another).
+//! Shards: one glommio `LocalExecutor` per core, each with its own `SO_REUSEPORT` listener, a timer wheel and a
+//! bounded queue to every other shard created at start-up (glommio's channel mesh: a full send wakes nobody and
+//! fails at once; a receive on another executor is woken through that executor's eventfd, so no shard ever blocks
+//! on another). What a shard does with a connection is its [`ShardService`]'s business.
 
-use std::any::{Any, TypeId};
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -17,14 +14,9 @@ use glommio::channels::channel_mesh::{FullMesh, MeshBuilder, Senders};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::config::ServerConfig;
-use super::engine::Session;
-use super::http::Router;
+use super::super::config::ServerConfig;
 use super::metrics::{PanicSite, Refusal, ShardMetrics};
-use super::sid::Sid;
-use super::signal::Signal;
-use super::socketio::{RoomRegistry, SocketIo};
-use super::timer::{TimerHandle, TimerWheel};
+use super::{ServiceFactory, ShardCtx, ShardMessage, ShardService};
 
 /// Submission-queue entries of each io_uring of a shard. Not for throughput: the kernel sizes a ring's cancel hash
 /// table from it (cq entries / 32 buckets, at most 256), and glommio cancels its preemption timers on every park,
@@ -35,186 +27,6 @@ const RING_DEPTH: usize = 4096;
 
 /// Longest sleep of a shard's timer driver: how soon a requested shutdown is noticed by an idle shard.
 const SHUTDOWN_POLL_MS: u64 = 50;
-
-/// A message for another shard: a closure run there with that shard's context.
-pub type ShardMessage = Box<dyn FnOnce(&Rc<ShardCtx>) + Send>;
-
-/// What an application plugs into each shard. Built by the [`AppFactory`] on every shard at start-up.
-#[derive(Default)]
-pub struct ShardApp {
-    /// Socket.IO namespaces and their handlers (served on `ServerConfig::socketio_paths`). `None`: only the
-    /// default namespace `/`, with no handlers.
-    pub socketio: Option<SocketIo>,
-    /// REST routes; requests no other route takes are offered to it.
-    pub router: Option<Rc<dyn Router>>,
-}
-
-impl std::fmt::Debug for ShardApp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardApp")
-            .field("router", &self.router.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Called once on each shard, inside its executor, before it accepts connections. It may store per-shard state
-/// with [`ShardCtx::set_state`], schedule timers and spawn local tasks.
-pub type AppFactory = Arc<dyn Fn(&Rc<ShardCtx>) -> ShardApp + Send + Sync>;
-
-/// Error of [`ShardCtx::send_to`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum MeshError {
-    /// The destination's queue is full (`mesh_queue_len`); the message was dropped.
-    #[error("queue to shard {0} is full")]
-    Full(usize),
-    /// No such shard.
-    #[error("no shard {0}")]
-    NoSuchShard(usize),
-}
-
-/// Everything one shard owns. Reached as `Rc<ShardCtx>` from handlers, timers and cross-shard messages.
-pub struct ShardCtx {
-    id: usize,
-    nr_shards: usize,
-    config: Rc<ServerConfig>,
-    timers: TimerWheel,
-    all_metrics: Arc<[ShardMetrics]>,
-    mesh: RefCell<Option<Senders<ShardMessage>>>,
-    pub(crate) sessions: RefCell<HashMap<Sid, Rc<Session>>>,
-    pub(crate) rooms: RoomRegistry,
-    state: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
-    pub(crate) app: RefCell<Rc<ShardApp>>,
-    shutdown_flag: Arc<AtomicBool>,
-    shutting_down: Cell<bool>,
-    pub(crate) shutdown_signal: Signal,
-    pub(crate) connections: Cell<usize>,
-}
-
-impl std::fmt::Debug for ShardCtx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardCtx")
-            .field("id", &self.id)
-            .field("nr_shards", &self.nr_shards)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ShardCtx {
-    /// This shard's index, `0..nr_shards()`.
-    pub fn id(&self) -> usize {
-        self.id
-    }
-    /// Number of shards.
-    pub fn nr_shards(&self) -> usize {
-        self.nr_shards
-    }
-    /// The server configuration.
-    pub fn config(&self) -> &ServerConfig {
-        &self.config
-    }
-    /// This shard's timer wheel.
-    pub fn timers(&self) -> &TimerWheel {
-        &self.timers
-    }
-    /// Run `f` on this shard after `delay` (timer wheel resolution).
-    pub fn schedule(&self, delay: Duration, f: impl FnOnce() + 'static) -> TimerHandle {
-        self.timers.schedule(delay, f)
-    }
-    /// This shard's statistics.
-    pub fn metrics(&self) -> &ShardMetrics {
-        &self.all_metrics[self.id]
-    }
-    pub(crate) fn all_metrics(&self) -> &[ShardMetrics] {
-        &self.all_metrics
-    }
-    /// Tasks registered to wake on shutdown (idle keep-alive connections, the acceptor): only live waiters, never
-    /// one per connection served.
-    pub fn shutdown_waiters(&self) -> usize {
-        self.shutdown_signal.waiters()
-    }
-    /// True once graceful shutdown began.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.get()
-    }
-
-    /// Store a per-shard value of type `T` (replaces a previous one).
-    pub fn set_state<T: 'static>(&self, value: T) -> Rc<T> {
-        let rc = Rc::new(value);
-        self.state
-            .borrow_mut()
-            .insert(TypeId::of::<T>(), rc.clone());
-        rc
-    }
-    /// The per-shard value of type `T`, if set.
-    pub fn state<T: 'static>(&self) -> Option<Rc<T>> {
-        self.state
-            .borrow()
-            .get(&TypeId::of::<T>())
-            .cloned()
-            .and_then(|rc| rc.downcast::<T>().ok())
-    }
-
-    /// Run `f` on shard `shard` with its context. Never blocks: if that shard's queue is full the message is
-    /// dropped and [`MeshError::Full`] returned at once. Sending to oneself runs `f` in a new local task.
-    pub fn send_to(
-        self: &Rc<Self>,
-        shard: usize,
-        f: impl FnOnce(&Rc<ShardCtx>) + Send + 'static,
-    ) -> Result<(), MeshError> {
-        if shard >= self.nr_shards {
-            return Err(MeshError::NoSuchShard(shard));
-        }
-        if shard == self.id {
-            let me = self.clone();
-            glommio::spawn_local(async move {
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&me))).is_err() {
-                    me.metrics().panic_caught(PanicSite::Mesh);
-                    tracing::error!(shard = me.id, "shard message panicked; dropped");
-                }
-            })
-            .detach();
-            return Ok(());
-        }
-        let mesh = self.mesh.borrow();
-        let Some(senders) = mesh.as_ref() else {
-            return Err(MeshError::NoSuchShard(shard));
-        };
-        match senders.try_send_to(shard, Box::new(f)) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                ShardMetrics::add(&self.metrics().mesh_full, 1);
-                Err(MeshError::Full(shard))
-            }
-        }
-    }
-
-    /// A new Engine.IO session id (or socket id) owned by this shard: its index, then 128 bits from a CSPRNG
-    /// (see [`Sid`]).
-    pub(crate) fn new_sid(&self) -> Sid {
-        Sid::random(self.id)
-    }
-
-    /// The shard that owns a session id (see [`Sid`]); `None` if it does not have the shape of one of ours.
-    pub fn owner_of_sid(&self, sid: &str) -> Option<usize> {
-        Sid::owner_of(sid).filter(|&shard| shard < self.nr_shards)
-    }
-
-    fn begin_shutdown(self: &Rc<Self>) {
-        if self.shutting_down.replace(true) {
-            return;
-        }
-        tracing::info!(
-            shard = self.id,
-            sessions = self.sessions.borrow().len(),
-            "graceful shutdown begins"
-        );
-        self.shutdown_signal.notify();
-        let sessions: Vec<Rc<Session>> = self.sessions.borrow().values().cloned().collect();
-        for s in sessions {
-            s.close_for_shutdown();
-        }
-    }
-}
 
 /// A running server: join it to wait for the end of every shard.
 #[derive(Debug)]
@@ -271,7 +83,7 @@ enum StartReport {
 /// bound, one shard after the other (shard 0 resolves port 0, the others bind the same port), and a shard accepts
 /// as soon as it has bound. So no listener exists on a shard that cannot accept yet: the kernel never hands a
 /// connection to a shard stuck in its start-up.
-pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> {
+pub fn start_shards(config: ServerConfig, services: ServiceFactory) -> io::Result<ServerHandle> {
     let nr = config.shards.max(1);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -294,7 +106,7 @@ pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> 
             Placement::Unbound
         };
         let cfg_send = config.clone();
-        let app = app.clone();
+        let services = services.clone();
         let metrics = metrics.clone();
         let mesh = mesh.clone();
         let shutdown_send = shutdown.clone();
@@ -311,7 +123,7 @@ pub fn start(config: ServerConfig, app: AppFactory) -> io::Result<ServerHandle> 
                     id,
                     nr,
                     cfg_send,
-                    app,
+                    services,
                     metrics,
                     mesh,
                     shutdown_send,
@@ -423,31 +235,15 @@ async fn shard_main(
     id: usize,
     nr: usize,
     config: ServerConfig,
-    app: AppFactory,
+    services: ServiceFactory,
     metrics: Arc<[ShardMetrics]>,
     mesh: FullMesh<ShardMessage>,
     shutdown: Arc<AtomicBool>,
     ready: mpsc::Sender<io::Result<StartReport>>,
     addr_rx: mpsc::Receiver<SocketAddr>,
 ) {
-    let ctx = Rc::new(ShardCtx {
-        id,
-        nr_shards: nr,
-        timers: TimerWheel::new(Duration::from_millis(config.timer_tick_ms)),
-        config: Rc::new(config),
-        all_metrics: metrics,
-        mesh: RefCell::new(None),
-        sessions: RefCell::new(HashMap::new()),
-        rooms: RoomRegistry::default(),
-        state: RefCell::new(HashMap::new()),
-        app: RefCell::new(Rc::new(ShardApp::default())),
-        shutdown_flag: shutdown,
-        shutting_down: Cell::new(false),
-        shutdown_signal: Signal::default(),
-        connections: Cell::new(0),
-    });
-    let built = app(&ctx);
-    *ctx.app.borrow_mut() = Rc::new(built);
+    let ctx = Rc::new(ShardCtx::new(id, nr, config, metrics, shutdown));
+    let service: Rc<dyn ShardService> = services(&ctx);
 
     // Join the mesh (waits for every shard), then serve the queues from every peer.
     if nr > 1 {
@@ -519,23 +315,24 @@ async fn shard_main(
     tracing::info!(shard = id, addr = %local_addr, "shard listening");
 
     let accept_ctx = ctx.clone();
+    let accept_service = service.clone();
     let acceptor = glommio::spawn_local(async move {
-        let ctx = accept_ctx;
+        let (ctx, service) = (accept_ctx, accept_service);
         loop {
-            let seen = ctx.shutdown_signal.epoch();
+            let seen = ctx.shutdown_signal().epoch();
             if ctx.is_shutting_down() {
                 break;
             }
             let accepted =
                 futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                    ctx.shutdown_signal.changed(seen).await;
+                    ctx.shutdown_signal().changed(seen).await;
                     None
                 })
                 .await;
             match accepted {
                 None => break,
                 Some(Ok(stream)) => {
-                    if ctx.connections.get() >= ctx.config.connections_per_shard_max {
+                    if ctx.connections() >= ctx.config.connections_per_shard_max {
                         ctx.metrics().refusal(Refusal::Connections);
                         // Logged at the 1st, 2nd, 4th, 8th... refusal: a connection flood must not become a
                         // log flood (every refusal is counted in shardcast_refusals_total).
@@ -552,7 +349,7 @@ async fn shard_main(
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    super::conn::spawn_connection(&ctx, stream, Vec::new());
+                    service.accept(&ctx, stream);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(shard = ctx.id, error = %e, "accept failed");
@@ -582,11 +379,11 @@ async fn shard_main(
             ctx.metrics().panic_caught(PanicSite::Timer);
         }
         if ctx.shutdown_flag.load(Ordering::Acquire) && !ctx.is_shutting_down() {
-            ctx.begin_shutdown();
+            ctx.begin_shutdown(&*service);
             deadline = Some(Instant::now() + Duration::from_millis(ctx.config.shutdown_grace_ms));
         }
         if let Some(d) = deadline {
-            let drained = ctx.sessions.borrow().is_empty() && ctx.connections.get() == 0;
+            let drained = service.is_drained(&ctx) && ctx.connections() == 0;
             if drained || Instant::now() >= d {
                 tracing::info!(shard = id, drained, "shard stopped");
                 break;
