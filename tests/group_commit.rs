@@ -310,3 +310,78 @@ fn sigkill_under_concurrent_writers_loses_no_acknowledged_write() {
     }
     shard.stop();
 }
+
+/// `Orm::run`: a read, a decision and a write in one IO-shard request. The write is durable when the request
+/// answers; a request that decides not to write writes nothing; a refused write inside it is the caller's error.
+#[test]
+fn one_request_reads_checks_and_writes() {
+    let dir = test_dir("scope");
+    let cfg = config(dir.join("db.redb"));
+    let backend = EmbeddedBackend::open(&cfg.embedded_path).expect("open");
+    let (shard, orm) = start(backend.clone(), &cfg);
+    let repo = block_on(Repository::<Note>::open(&orm)).expect("repository");
+    let note = |n: i64, label: &str| Note {
+        p: "s".into(),
+        n,
+        label: Some(label.into()),
+    };
+    block_on(repo.save(note(0, "gate open"))).expect("save");
+    // Writes the next note only if note 0 says the gate is open.
+    let guarded = |n: i64| {
+        let repo = repo.clone();
+        orm.run(move |scope| {
+            Box::pin(async move {
+                let gate = repo
+                    .find_one_in(&scope, Find::new().eq("p", "s").eq("n", 0))
+                    .await?;
+                if gate.and_then(|g| g.label).as_deref() != Some("gate open") {
+                    return Ok(None);
+                }
+                Ok(Some(repo.save_in(&scope, note(n, "written")).await?))
+            })
+        })
+    };
+    let (commits_before, _) = backend.commit_stats();
+    assert_eq!(block_on(guarded(1)).expect("run"), Some(note(1, "written")));
+    let (commits, _) = backend.commit_stats();
+    assert_eq!(
+        commits - commits_before,
+        1,
+        "the write was committed before the answer"
+    );
+    block_on(repo.save(note(0, "gate closed"))).expect("save");
+    assert_eq!(block_on(guarded(2)).expect("run"), None);
+    let stored: Vec<i64> = block_on(all_notes(&repo, "s"))
+        .iter()
+        .map(|n| n.n)
+        .collect();
+    assert_eq!(stored, [0, 1], "the refused request wrote nothing");
+    // An invalid query inside the request is the request's error.
+    let bad = orm.run({
+        let repo = repo.clone();
+        move |scope| {
+            Box::pin(async move {
+                repo.get_in(&scope, shardcast::orm::Key::new().with("p", "s"))
+                    .await
+            })
+        }
+    });
+    assert!(
+        matches!(
+            block_on(bad),
+            Err(shardcast::orm::OrmError::InvalidFilter { .. })
+        ),
+        "an incomplete key is refused inside the request too"
+    );
+    shard.stop();
+    drop(backend);
+    let reopened = EmbeddedBackend::open(&cfg.embedded_path).expect("reopen");
+    let (shard, orm) = start(reopened, &cfg);
+    let repo = block_on(Repository::<Note>::open(&orm)).expect("repository");
+    assert_eq!(
+        block_on(all_notes(&repo, "s")).len(),
+        2,
+        "durable after reopening"
+    );
+    shard.stop();
+}

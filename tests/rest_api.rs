@@ -392,3 +392,71 @@ fn rest_crud_round_trip_on_the_embedded_store() {
     let r = common::request(server.addr, "GET", "/healthz", b"");
     assert_eq!(r.status, 200);
 }
+
+/// A message create reads the channel, checks the caller and writes in one IO-shard request: a refused create writes
+/// nothing, whatever else is wrong with it, and a deleted channel takes no more messages.
+#[test]
+fn refused_message_creates_write_nothing() {
+    let server = serve("rest-refused-writes");
+    let alice = token("alice", &["acme"]);
+    let bob = token("bob", &["globex"]);
+    let channels = "/api/v1/companies/acme/workspaces/w1/channels";
+    let (status, created) = call(
+        &server,
+        "POST",
+        channels,
+        Some(&alice),
+        Some(json!({ "resource": { "id": "refusals", "name": "refusals" } })),
+    );
+    assert_eq!(status, 201, "{created}");
+    let msgs = "/api/v1/channels/refusals/messages";
+    let texts = |server: &Server| -> Vec<String> {
+        let (status, page) = call(server, "GET", msgs, Some(&alice), None);
+        assert_eq!(status, 200, "{page}");
+        page["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .map(|m| m["text"].as_str().expect("text").to_owned())
+            .collect()
+    };
+    let post = |token: &str, resource: Value| {
+        call(
+            &server,
+            "POST",
+            msgs,
+            Some(token),
+            Some(json!({ "resource": resource })),
+        )
+    };
+    // Another company's member: 403, also when the input is invalid too (the access check comes first).
+    assert_eq!(post(&bob, json!({ "text": "bob" })).0, 403);
+    let id = "6f9619ff-8b86-d011-b42d-00c04fc964ff";
+    assert_eq!(post(&bob, json!({ "text": "bob", "id": id })).0, 403);
+    // A member with an invalid input: 400, nothing written.
+    assert_eq!(post(&alice, json!({ "text": "alice", "id": id })).0, 400);
+    let (status, ok) = post(&alice, json!({ "text": "kept" }));
+    assert_eq!(status, 201, "{ok}");
+    assert_eq!(texts(&server), ["kept"]);
+    // The channel deleted: creates are 404 and write nothing, even once the id is claimed again by its company.
+    let (status, v) = call(
+        &server,
+        "DELETE",
+        "/api/v1/channels/refusals",
+        Some(&alice),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(post(&alice, json!({ "text": "late" })).0, 404);
+    let (status, v) = call(
+        &server,
+        "POST",
+        channels,
+        Some(&alice),
+        Some(json!({ "resource": { "id": "refusals", "name": "again" } })),
+    );
+    assert_eq!(status, 201, "{v}");
+    assert!(texts(&server).is_empty(), "{:?}", texts(&server));
+    assert_eq!(post(&bob, json!({ "text": "bob again" })).0, 403);
+    assert!(texts(&server).is_empty());
+}

@@ -6,6 +6,7 @@
 //! - [`repository`]: `Repository<E>` (find / find_one / get / save / save_all / save_with_ttl / patch / remove /
 //!   increment), hooks, TTL and query validation, so that every backend gets the same query shapes.
 //! - [`crypto`]: encrypted columns (AES-256-GCM, deterministic AES-256-GCM-SIV for keys and indexes).
+//! - [`scope`]: `Orm::run`, several repository operations in one IO-shard request (`find_in`, `save_in`, ...).
 //! - [`io_shard`]: the thread with the tokio runtime that owns the backend; bounded queue in, oneshot answers out.
 //! - [`backend`]: the `Backend` trait and its implementations (embedded redb, MongoDB, Cassandra/ScyllaDB).
 //! - [`config`]: `OrmConfig` and its `SHARDCAST_*` environment variables.
@@ -28,6 +29,7 @@ pub mod crypto;
 pub mod entity;
 pub mod io_shard;
 pub mod repository;
+pub mod scope;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +40,7 @@ pub use entity::{Entity, EntitySchema, FieldType, SchemaBuilder, SchemaError};
 pub use entity::{HookContext, HookError};
 pub use io_shard::{BackendFactory, IoHandle, IoShard, IoShardLimits};
 pub use repository::{Find, FoundPage, Key, Orm, OrmError, OrmResult, Patch, Repository};
+pub use scope::IoScope;
 
 /// The factory that builds the backend `config` selects (run on the IO thread).
 pub fn backend_factory(config: &OrmConfig) -> BackendFactory {

@@ -15,7 +15,8 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 use super::backend::{
-    BackendError, Filter, FilterOp, PageToken, Query, Row, Value, now_ms, search_column,
+    Backend, BackendError, Filter, FilterOp, Page, PageToken, Query, Row, Value, now_ms,
+    search_column,
 };
 use super::config::OrmConfig;
 use super::crypto::{Cipher, CryptoError};
@@ -323,8 +324,8 @@ pub struct FoundPage<E> {
 /// Typed access to one entity's table. Cheap to clone; `Send + Sync`.
 #[derive(Debug)]
 pub struct Repository<E> {
-    orm: Orm,
-    schema: Arc<EntitySchema>,
+    pub(super) orm: Orm,
+    pub(super) schema: Arc<EntitySchema>,
     _entity: PhantomData<fn() -> E>,
 }
 
@@ -360,6 +361,11 @@ impl<E: Entity> Repository<E> {
         })
     }
 
+    /// The ORM this repository uses (for [`Orm::run`]).
+    pub fn orm(&self) -> &Orm {
+        &self.orm
+    }
+
     /// The validated schema.
     pub fn schema(&self) -> &EntitySchema {
         &self.schema
@@ -379,6 +385,11 @@ impl<E: Entity> Repository<E> {
             .io
             .call(move |b| Box::pin(async move { b.query(&s.table, &query).await }))
             .await?;
+        self.found_page(page)
+    }
+
+    /// A backend page as entities, with its token for the next page.
+    pub(super) fn found_page(&self, page: Page) -> OrmResult<FoundPage<E>> {
         let mut entities = Vec::with_capacity(page.rows.len());
         for row in page.rows {
             entities.push(self.entity_of(row)?);
@@ -441,11 +452,7 @@ impl<E: Entity> Repository<E> {
     }
 
     async fn save_rows(&self, entities: Vec<E>, ttl: Option<u32>) -> OrmResult<Vec<E>> {
-        if self.schema.table.is_counter_table() {
-            return Err(self.invalid(
-                "this entity has counters: change them with `increment`, not `save`".into(),
-            ));
-        }
+        self.check_saveable()?;
         if entities.is_empty() {
             return Ok(Vec::new());
         }
@@ -454,26 +461,49 @@ impl<E: Entity> Repository<E> {
             .io
             .call(move |b| {
                 Box::pin(async move {
-                    let ctx = HookContext { now_ms: now_ms() };
-                    let mut rows = Vec::with_capacity(entities.len());
-                    let mut saved = Vec::with_capacity(entities.len());
-                    for mut e in entities {
-                        if let Err(err) = e.before_upsert(&ctx) {
-                            return Ok(Err(repo.hook_error("before_upsert", err)));
-                        }
-                        match repo.saved_row(&e) {
-                            Ok((row, entity)) => {
-                                rows.push(row);
-                                saved.push(entity);
-                            }
-                            Err(err) => return Ok(Err(err)),
-                        }
+                    match repo.save_rows_on(&*b, entities, ttl).await {
+                        // Backend errors surface to the IO shard's health tracking.
+                        Err(OrmError::Backend(e)) => Err(e),
+                        r => Ok(r),
                     }
-                    b.upsert_ttl(&repo.schema.table, rows, ttl).await?;
-                    Ok(Ok(saved))
                 })
             })
             .await?
+    }
+
+    /// The work of [`Repository::save_all`] on the IO thread: hooks, key generation, mapping, one backend upsert.
+    pub(super) async fn save_rows_on(
+        &self,
+        b: &dyn Backend,
+        entities: Vec<E>,
+        ttl: Option<u32>,
+    ) -> OrmResult<Vec<E>> {
+        self.check_saveable()?;
+        if entities.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ctx = HookContext { now_ms: now_ms() };
+        let mut rows = Vec::with_capacity(entities.len());
+        let mut saved = Vec::with_capacity(entities.len());
+        for mut e in entities {
+            if let Err(err) = e.before_upsert(&ctx) {
+                return Err(self.hook_error("before_upsert", err));
+            }
+            let (row, entity) = self.saved_row(&e)?;
+            rows.push(row);
+            saved.push(entity);
+        }
+        b.upsert_ttl(&self.schema.table, rows, ttl).await?;
+        Ok(saved)
+    }
+
+    fn check_saveable(&self) -> OrmResult<()> {
+        if self.schema.table.is_counter_table() {
+            return Err(self.invalid(
+                "this entity has counters: change them with `increment`, not `save`".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn saved_row(&self, e: &E) -> OrmResult<(Row, E)> {
@@ -624,11 +654,7 @@ impl<E: Entity> Repository<E> {
 
     /// Adds `delta` to counter `column` of the row with primary key `key` (created with zero counters if absent).
     pub async fn increment(&self, key: Key, column: &str, delta: i64) -> OrmResult<()> {
-        match self.schema.field(column) {
-            Some(f) if f.field_type == FieldType::Counter => {}
-            _ => return Err(self.invalid(format!("`{column}` is not a counter column"))),
-        }
-        let key = self.key_row(key)?;
+        let key = self.counter_key(key, column)?;
         let s = self.schema.clone();
         let column = column.to_string();
         self.orm
@@ -651,10 +677,19 @@ impl<E: Entity> Repository<E> {
             .await?)
     }
 
+    /// `key` as a row, if `column` is a counter column of this entity.
+    pub(super) fn counter_key(&self, key: Key, column: &str) -> OrmResult<Row> {
+        match self.schema.field(column) {
+            Some(f) if f.field_type == FieldType::Counter => {}
+            _ => return Err(self.invalid(format!("`{column}` is not a counter column"))),
+        }
+        self.key_row(key)
+    }
+
     // -----------------------------------------------------------------------------------------------------------
     // Mapping.
 
-    fn invalid(&self, message: String) -> OrmError {
+    pub(super) fn invalid(&self, message: String) -> OrmError {
         OrmError::InvalidEntity {
             table: self.schema.name().to_string(),
             message,
@@ -819,7 +854,7 @@ impl<E: Entity> Repository<E> {
         Ok((row, obj))
     }
 
-    fn entity_of(&self, mut row: Row) -> OrmResult<E> {
+    pub(super) fn entity_of(&self, mut row: Row) -> OrmResult<E> {
         let mut obj = Map::new();
         for f in &self.schema.fields {
             obj.insert(f.name.clone(), self.to_json(f, row.remove(&f.name))?);
@@ -844,7 +879,7 @@ impl<E: Entity> Repository<E> {
         Ok(())
     }
 
-    fn key_row(&self, key: Key) -> OrmResult<Row> {
+    pub(super) fn key_row(&self, key: Key) -> OrmResult<Row> {
         if let Some(e) = key.errors.first() {
             return Err(self.bad_filter(e.clone()));
         }
@@ -876,7 +911,7 @@ impl<E: Entity> Repository<E> {
     }
 
     /// Validates `find` and turns it into a backend query; `None` when it cannot match anything (empty IN list).
-    fn build_query(&self, find: Find) -> OrmResult<Option<Query>> {
+    pub(super) fn build_query(&self, find: Find) -> OrmResult<Option<Query>> {
         if let Some(e) = find.errors.first() {
             return Err(self.bad_filter(e.clone()));
         }

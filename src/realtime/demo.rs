@@ -51,8 +51,8 @@ use super::crud::{
 };
 use super::rest::{Collection, RestApi};
 use crate::orm::{
-    BackendError, Entity, EntitySchema, FieldType, Find, HookContext, HookError, Key, Order, Orm,
-    OrmError, Patch, Repository, SchemaBuilder,
+    BackendError, Entity, EntitySchema, FieldType, Find, HookContext, HookError, IoScope, Key,
+    Order, Orm, OrmError, Patch, Repository, SchemaBuilder,
 };
 
 /// Longest client-chosen channel id, bytes.
@@ -335,6 +335,48 @@ impl DemoRepositories {
     }
 }
 
+impl DemoRepositories {
+    /// [`DemoRepositories::check_quota`] inside an IO-shard request: `Ok(Err(quota_exceeded))` when `company` storing
+    /// `adding` more bytes goes over its quota.
+    async fn quota_in(
+        &self,
+        scope: &IoScope,
+        limits: &DemoLimits,
+        company: &str,
+        adding: i64,
+    ) -> Result<Result<(), CrudError>, OrmError> {
+        let max = limits.company_storage_bytes_max;
+        if max == 0 || adding <= 0 {
+            return Ok(Ok(()));
+        }
+        let key = Key::new().with("company_id", company);
+        let used = self
+            .usage
+            .get_in(scope, key)
+            .await?
+            .map_or(0, |u| u.bytes.max(0));
+        Ok(over_quota(company, used, adding, max))
+    }
+
+    /// [`DemoRepositories::count_usage`] inside an IO-shard request (a failure is logged, never fails the write).
+    async fn count_usage_in(&self, scope: &IoScope, company: &str, delta: i64) {
+        let key = Key::new().with("company_id", company);
+        if let Err(e) = self.usage.increment_in(scope, key, "bytes", delta).await {
+            tracing::warn!(company, error = %e, "company storage usage not counted");
+        }
+    }
+}
+
+/// 403 `quota_exceeded` if `company`, storing `used` bytes, goes over `max` by storing `adding` more.
+fn over_quota(company: &str, used: i64, adding: i64, max: u64) -> Result<(), CrudError> {
+    if used.saturating_add(adding) as u64 > max {
+        return Err(CrudError::QuotaExceeded(format!(
+            "company {company:?} stores {used} bytes; {adding} more would pass its quota of {max}"
+        )));
+    }
+    Ok(())
+}
+
 /// What a message counts against its company's storage quota: its text and extra fields as JSON.
 fn stored_bytes(m: &MessageRow) -> i64 {
     let extra = m
@@ -375,12 +417,7 @@ impl DemoRepositories {
             .await
             .map_err(store_error)?
             .map_or(0, |u| u.bytes.max(0));
-        if used.saturating_add(adding) as u64 > max {
-            return Err(CrudError::QuotaExceeded(format!(
-                "company {company:?} stores {used} bytes; {adding} more would pass its quota of {max}"
-            )));
-        }
-        Ok(())
+        over_quota(company, used, adding, max)
     }
 }
 
@@ -401,10 +438,35 @@ fn check_member(user: &AuthenticatedUser, company: &str) -> Result<(), CrudError
     if user.is_member_of(company) {
         Ok(())
     } else {
-        Err(CrudError::Forbidden(format!(
-            "company {company:?} is not in the `companies` claim of your token"
-        )))
+        Err(not_member(company))
     }
+}
+
+fn not_member(company: &str) -> CrudError {
+    CrudError::Forbidden(format!(
+        "company {company:?} is not in the `companies` claim of your token"
+    ))
+}
+
+/// The checks of a new message that need no database: no client-chosen id, text and extra fields within bounds.
+fn check_new_message(item: &Message) -> Result<(), CrudError> {
+    if item.id.is_some() {
+        return Err(CrudError::InvalidInput(
+            "`id` is assigned by the server".into(),
+        ));
+    }
+    check_encoded_len("text", &item.text, TEXT_BYTES_MAX)?;
+    if !item.extra.is_empty() {
+        let size = serde_json::to_vec(&item.extra)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
+        if size > MESSAGE_EXTRA_BYTES_MAX {
+            return Err(CrudError::InvalidInput(format!(
+                "the extra fields take {size} bytes of JSON, more than {MESSAGE_EXTRA_BYTES_MAX}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn valid_id(id: &str) -> bool {
@@ -962,43 +1024,60 @@ impl MessageService {
 impl CrudService<Message> for MessageService {
     type Patch = MessagePatch;
 
+    /// One IO-shard request (`Orm::run`): the channel is read, the caller's access checked and the message stored
+    /// together, so a create crosses to the IO thread once each way. Nothing is written unless the check passes.
     async fn create(
         &self,
         ctx: &ExecutionContext,
         mut item: Message,
     ) -> Result<CreateResult<Message>, CrudError> {
-        let user_id = ctx.require_user()?.id.clone();
-        let channel = accessible_channel(&self.repos.channels, ctx, &item.channel_id).await?;
-        if item.id.is_some() {
-            return Err(CrudError::InvalidInput(
-                "`id` is assigned by the server".into(),
-            ));
+        let user = ctx.require_user()?;
+        if !valid_id(&item.channel_id) {
+            return Err(CrudError::NotFound);
         }
-        check_encoded_len("text", &item.text, TEXT_BYTES_MAX)?;
-        if !item.extra.is_empty() {
-            let size = serde_json::to_vec(&item.extra)
-                .map(|v| v.len())
-                .unwrap_or(usize::MAX);
-            if size > MESSAGE_EXTRA_BYTES_MAX {
-                return Err(CrudError::InvalidInput(format!(
-                    "the extra fields take {size} bytes of JSON, more than {MESSAGE_EXTRA_BYTES_MAX}"
-                )));
-            }
-        }
-        item.user_id = user_id;
+        // Checked before the request, reported after the access check (a caller without access learns nothing).
+        let invalid = check_new_message(&item).err();
+        item.user_id = user.id.clone();
         (item.created_at_ms, item.updated_at_ms) = (0, 0); // set by the hook
         let row = MessageRow::from(item);
-        let size = stored_bytes(&row);
-        self.repos
-            .check_quota(&self.limits, &channel.company_id, size)
-            .await?;
-        let row = self.repos.messages.save(row).await.map_err(store_error)?;
-        self.repos
-            .count_usage(&self.limits, &channel.company_id, size)
-            .await;
+        let quota = (self.limits.company_storage_bytes_max > 0).then(|| stored_bytes(&row));
+        let companies = user.companies.clone();
+        let repos = self.repos.clone();
+        let limits = self.limits;
+        let created = self
+            .repos
+            .messages
+            .orm()
+            .run(move |scope| {
+                Box::pin(async move {
+                    let find = Find::new().eq("id", row.channel_id.as_str());
+                    let Some(channel) = repos.channels.find_one_in(&scope, find).await? else {
+                        return Ok(Err(CrudError::NotFound));
+                    };
+                    if !companies.contains(&channel.company_id) {
+                        return Ok(Err(not_member(&channel.company_id)));
+                    }
+                    if let Some(e) = invalid {
+                        return Ok(Err(e));
+                    }
+                    let company = channel.company_id;
+                    if let Some(size) = quota
+                        && let Err(e) = repos.quota_in(&scope, &limits, &company, size).await?
+                    {
+                        return Ok(Err(e));
+                    }
+                    let row = repos.messages.save_in(&scope, row).await?;
+                    if let Some(size) = quota {
+                        repos.count_usage_in(&scope, &company, size).await;
+                    }
+                    Ok(Ok(row))
+                })
+            })
+            .await
+            .map_err(store_error)??;
         Ok(CreateResult {
             type_name: "message",
-            entity: row.into(),
+            entity: created.into(),
         })
     }
 
