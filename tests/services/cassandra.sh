@@ -76,12 +76,38 @@ stop_recorded() {
   log "Cassandra stopped"
 }
 
+# A free port BELOW the kernel's ephemeral range: a port taken from that range (bind to port 0) can be handed to
+# another process's outgoing connection or listener in the seconds before Cassandra binds it, which under a
+# test run's thousands of connections happened ("Cassandra exited during start-up").
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+  python3 -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+floor = 10000 if low > 20000 else 1024
+while True:
+    p = random.randrange(floor, low if low > floor + 1000 else 65535)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break'
 }
 
 port_open() {
   (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# After Cassandra exited during start-up: true (and logged) when one of its ports was taken by another process
+# before it bound it and a new attempt with new ports may follow (at most 3 attempts, never with ports given).
+port_was_taken() { # attempt
+  [ "$1" -lt 3 ] && [ -z "${CASSANDRA_NATIVE_PORT:-}${CASSANDRA_STORAGE_PORT:-}" ] &&
+    grep -q -E 'Address already in use|BindException' "$log_file" 2>/dev/null || return 1
+  log "a port was taken before Cassandra bound it (attempt $1); retrying with new ports"
+  rm -f "$pid_file"
 }
 
 fail_with_log() {
@@ -139,7 +165,8 @@ write_config() {
   cp "$support/logback.xml" "$dir/conf/logback.xml"
 }
 
-start() {
+start() { # [attempt]
+  local attempt=${1:-1}
   mkdir -p "$dir" "$lib" "$services_dir"
   rm -f "$stop_marker" "$env_file"
   stop_recorded
@@ -217,7 +244,10 @@ start() {
   # Wait for the native port, then for a real CQL query.
   while ! port_open "$native_port"; do
     [ -f "$stop_marker" ] && fail_with_log "stop requested while starting"
-    kill -0 "$pid" 2>/dev/null || fail_with_log "Cassandra exited during start-up (see its log)"
+    if ! kill -0 "$pid" 2>/dev/null; then
+      if port_was_taken "$attempt"; then start "$((attempt + 1))"; return; fi
+      fail_with_log "Cassandra exited during start-up (see its log)"
+    fi
     [ $((SECONDS - t0)) -lt "$start_timeout_secs" ] ||
       fail_with_log "native port $native_port not open after ${start_timeout_secs} s"
     sleep 1
@@ -233,7 +263,10 @@ start() {
       release_version*) break ;;
     esac
     [ -f "$stop_marker" ] && fail_with_log "stop requested while starting"
-    kill -0 "$pid" 2>/dev/null || fail_with_log "Cassandra exited during start-up (see its log)"
+    if ! kill -0 "$pid" 2>/dev/null; then
+      if port_was_taken "$attempt"; then start "$((attempt + 1))"; return; fi
+      fail_with_log "Cassandra exited during start-up (see its log)"
+    fi
     [ $((SECONDS - t0)) -lt "$start_timeout_secs" ] ||
       fail_with_log "SELECT release_version FROM system.local did not succeed within ${start_timeout_secs} s: $check_out"
     sleep 2
