@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //!
-//! - [`scenario`]: [`scenario::Config`], the five scenarios (fanout, hotroom, connect, idle, echo), the publisher.
+//! - [`config`]: [`config::Scenario`] and [`config::Config`], what a run is.
+//! - [`scenario`]: the scenarios' phases (fanout, hotroom, connect, idle, echo, publish, cluster), the publisher.
 //! - [`client`]: one client's session (handshake, `authenticate`, `realtime:join`, deliveries, echo acks) and its
 //!   two transports.
 //! - [`stats`]: missed / duplicated / misrouted / unexpected deliveries, exactly, from per-client bitsets.
@@ -31,6 +32,7 @@
 //!     `seq`, `sent_at_us` and `text`).
 
 pub mod client;
+pub mod config;
 pub mod hist;
 pub mod http;
 pub mod net;

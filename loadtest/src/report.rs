@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
+use crate::config::{Config, Scenario};
 use crate::hist::Histogram;
-use crate::scenario::{Config, Scenario};
 use crate::stats::Stats;
 
 /// Percentiles of a histogram, microseconds.

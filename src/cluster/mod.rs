@@ -29,6 +29,7 @@ pub mod adapter;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod member;
 pub mod msgpack;
 pub mod node;
 pub mod presence;

@@ -20,7 +20,7 @@ use super::adapter::{
     AdapterState, Cluster, Delivery, Inbound, NAMESPACE, OneAction, Outbound, ShardAnswer, ShardOp,
 };
 use super::codec::{self, Selector, SocketEvent, SocketInfo};
-use super::presence;
+use super::member;
 
 /// The path that reports the adapter's state: 200 when subscribed to Redis, 503 otherwise, counters in the body.
 pub const READY_PATH: &str = "/readyz/cluster";
@@ -31,7 +31,7 @@ struct Entry {
     /// The user the socket authenticated as (its token's `sub`), once it did.
     user: Option<Rc<str>>,
     /// When the socket authenticated (its `user:<id>` room) and joined each realtime room, ms since the epoch: the
-    /// `since` of its `data` ([`presence::socket_data`]). At most one entry per room of the socket, plus one.
+    /// `since` of its `data` ([`member::socket_data`]). At most one entry per room of the socket, plus one.
     since: HashMap<String, u64>,
 }
 
@@ -39,7 +39,7 @@ struct Entry {
 pub struct ClusterShard {
     cluster: Arc<Cluster>,
     sockets: RefCell<HashMap<Rc<str>, Entry>>,
-    /// Authenticated sockets by user: the members of the room [`presence::user_room`] names.
+    /// Authenticated sockets by user: the members of the room [`member::user_room`] names.
     users: RefCell<HashMap<Rc<str>, HashSet<Rc<str>>>>,
 }
 
@@ -113,8 +113,8 @@ pub fn socket_authenticated(socket: &Socket, user: &str) -> u64 {
     let Some(entry) = sockets.get_mut(socket.id()) else {
         return 0;
     };
-    let at = presence::now_ms();
-    entry.since.insert(presence::user_room(user), at);
+    let at = member::now_ms();
+    entry.since.insert(member::user_room(user), at);
     let user: Rc<str> = Rc::from(user);
     entry.user = Some(user.clone());
     state
@@ -139,7 +139,7 @@ pub fn socket_joined(socket: &Socket, room: &str) -> u64 {
     *entry
         .since
         .entry(room.to_owned())
-        .or_insert_with(presence::now_ms)
+        .or_insert_with(member::now_ms)
 }
 
 /// Forgets when a socket joined `room` (it left it).
@@ -210,7 +210,7 @@ impl ClusterShard {
             out.push(e.socket.clone());
         }
         if let Some(sids) =
-            presence::user_of_room(room).and_then(|u| self.users.borrow().get(u).cloned())
+            member::user_of_room(room).and_then(|u| self.users.borrow().get(u).cloned())
         {
             out.extend(
                 sids.iter()
@@ -279,7 +279,7 @@ impl ClusterShard {
         let (issued, user) = entry.map_or((0, None), |e| (e.connected_at_ms, e.user.clone()));
         let mut rooms = vec![s.id().to_owned()];
         rooms.extend(s.rooms().iter().map(|r| r.to_string()));
-        rooms.extend(user.as_deref().map(presence::user_room));
+        rooms.extend(user.as_deref().map(member::user_room));
         SocketInfo {
             id: s.id().to_owned(),
             // What shardcast knows of the handshake; the auth payload (a token) is never sent to other nodes.
@@ -290,10 +290,7 @@ impl ClusterShard {
                 "auth": {},
             }),
             rooms,
-            data: presence::socket_data(
-                user.as_deref(),
-                entry.map_or(&HashMap::new(), |e| &e.since),
-            ),
+            data: member::socket_data(user.as_deref(), entry.map_or(&HashMap::new(), |e| &e.since)),
         }
     }
 
@@ -313,7 +310,7 @@ impl ClusterShard {
                     }
                     rooms.insert(e.socket.id().to_owned());
                     rooms.extend(e.socket.rooms().iter().map(|r| r.to_string()));
-                    rooms.extend(e.user.as_deref().map(presence::user_room));
+                    rooms.extend(e.user.as_deref().map(member::user_room));
                 }
                 ShardAnswer::Rooms(rooms.into_iter().collect())
             }

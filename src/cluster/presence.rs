@@ -54,47 +54,19 @@
 //! asked (a node Redis still counts, e.g. a host gone without closing its connection). Nothing expires in Redis
 //! because nothing is stored there. Redis unreachable: this node's own users only, not complete.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
 use crate::server::ShardCtx;
 
 use super::codec::Selector;
+pub use super::member::{USER_ROOM_PREFIX, now_ms, socket_data, user_of_room, user_room};
 use super::node::cluster_of;
 
-/// Prefix of the room holding one user's sockets, as the cluster sees it: `user:<id>`.
-pub const USER_ROOM_PREFIX: &str = "user:";
 /// Most `user:<id>` rooms asked for in one fetchSockets request (larger lists are asked in several).
 pub const USERS_PER_REQUEST_MAX: usize = 1000;
-
-/// The room of `user`'s sockets.
-pub fn user_room(user: &str) -> String {
-    format!("{USER_ROOM_PREFIX}{user}")
-}
-
-/// The user a `user:<id>` room names.
-pub fn user_of_room(room: &str) -> Option<&str> {
-    room.strip_prefix(USER_ROOM_PREFIX)
-        .filter(|u| !u.is_empty())
-}
-
-/// A socket's `data` in fetchSockets answers: `{"user": {"id": ...}, "since": {room: ms, ...}}` once
-/// authenticated (`since`: when the socket joined each room presence counts, `user:<id>` included), `{}` before.
-pub fn socket_data(user: Option<&str>, since: &HashMap<String, u64>) -> Json {
-    match user {
-        Some(id) => json!({ "user": { "id": id }, "since": since }),
-        None => json!({}),
-    }
-}
-
-/// The milliseconds since the epoch, the clock of `since`.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Whether `socket` (one of a fetchSockets answer) is `user`'s, in `room`, and (with `before_ms`) there since before
 /// it: its `data.since[room]` is smaller, or absent (a Node server's socket).
@@ -236,6 +208,8 @@ pub async fn present_elsewhere(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use std::collections::HashMap;
 
     #[test]
     fn user_rooms_and_socket_data() {
