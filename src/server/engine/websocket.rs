@@ -382,9 +382,8 @@ async fn ws_writer(
         if finished {
             return;
         }
-        if out.capacity() > 16 * 1024 {
-            out = Vec::new();
-        }
+        // An idle websocket keeps no write buffer: the next pass allocates what it writes.
+        out = Vec::new();
         s.changed.changed(seen).await;
     }
 }
