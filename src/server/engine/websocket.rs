@@ -382,8 +382,9 @@ async fn ws_writer(
         if finished {
             return;
         }
-        // An idle websocket keeps no write buffer: the next pass allocates what it writes.
-        out = Vec::new();
+        if out.capacity() > 16 * 1024 {
+            out = Vec::new();
+        }
         s.changed.changed(seen).await;
     }
 }
