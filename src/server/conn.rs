@@ -10,6 +10,7 @@ use glommio::net::TcpStream;
 
 use super::config::ServerConfig;
 use super::engine::echo::Echo;
+use super::engine::websocket::Upgraded;
 use super::engine::{self, Endpoint};
 use super::http::{self, HttpError, Next, Parsed, Request, Response};
 use super::io::{Stream, TurnBudget, write_all};
@@ -35,9 +36,14 @@ impl Drop for ConnGuard {
 
 /// Run [`serve`] in a task of its own; a panic there (a bug) ends that connection only, with a log line.
 pub fn spawn_connection(shard: &Rc<ShardCtx>, stream: TcpStream, buf: Vec<u8>) {
+    spawn_guarded(shard, serve(shard.clone(), stream, buf));
+}
+
+/// Run `fut`, a connection's work, in a task of its own that catches its panics.
+fn spawn_guarded(shard: &Rc<ShardCtx>, fut: impl std::future::Future<Output = ()> + 'static) {
     use futures_lite::FutureExt;
     let id = shard.id();
-    let fut = std::panic::AssertUnwindSafe(serve(shard.clone(), stream, buf)).catch_unwind();
+    let fut = std::panic::AssertUnwindSafe(fut).catch_unwind();
     let shard = shard.clone();
     glommio::spawn_local(async move {
         if fut.await.is_err() {
@@ -51,9 +57,9 @@ pub fn spawn_connection(shard: &Rc<ShardCtx>, stream: TcpStream, buf: Vec<u8>) {
 /// Serve one connection. `buf` holds bytes already read (when a connection is handed over between shards).
 pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
     shard.connection_opened();
-    let _guard = ConnGuard(shard.clone());
+    let guard = ConnGuard(shard.clone());
     let stream: Stream = Rc::new(RefCell::new(stream));
-    let cfg = shard.config().clone();
+    let cfg = shard.config();
     let body_max = cfg.payload_bytes_max.max(cfg.http_body_bytes_max);
     // Handshakes in the current one-second window of this connection, and when the window began.
     let mut handshakes = 0usize;
@@ -62,7 +68,7 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
     loop {
         // Parse one request (check-then-parse: Partial means read more).
         let (req, used) = loop {
-            match http::parse_request(&buf, &cfg, body_max) {
+            match http::parse_request(&buf, cfg, body_max) {
                 Ok(Parsed::Complete(req, used)) => break (req, used),
                 Ok(Parsed::Partial) => {}
                 Err(e) => {
@@ -107,7 +113,7 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
             return;
         }
         buf.drain(..used);
-        if engine::is_handshake(&cfg, &req) {
+        if engine::is_handshake(cfg, &req) {
             if handshakes_since.elapsed() >= std::time::Duration::from_secs(1) {
                 handshakes_since = std::time::Instant::now();
                 handshakes = 0;
@@ -140,7 +146,7 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
                     &Response::error(503, message).with_header("Retry-After", "1"),
                     keep,
                     origin.as_deref(),
-                    &cfg,
+                    cfg,
                 );
                 if write_all(&stream, &out).await.is_err() || !keep {
                     return;
@@ -150,7 +156,17 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
         }
         let keep_alive = req.keep_alive();
         let origin = req.header("origin").map(str::to_owned);
-        let next = dispatch(&shard, &stream, &mut buf, req).await;
+        let mut upgraded = None;
+        let next = dispatch(&shard, &stream, &mut buf, req, &mut upgraded).await;
+        if let Some(websocket) = upgraded {
+            // The websocket runs in a small task of its own: this one, sized for every HTTP path, ends here and
+            // frees the request, the handshake and the read buffer with it.
+            spawn_guarded(&shard, async move {
+                let _guard = guard;
+                websocket.run().await;
+            });
+            return;
+        }
         let (resp, keep) = match next {
             Next::Respond(r) => (r, keep_alive),
             Next::RespondClose(r) => (r, false),
@@ -161,7 +177,7 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
         let written = if resp.body.len() > LARGE_BODY_BYTES {
             // A large body is written from the response itself, not copied behind its head.
             let mut head = Vec::with_capacity(256);
-            http::write_head(&mut head, &resp, keep, origin.as_deref(), &cfg);
+            http::write_head(&mut head, &resp, keep, origin.as_deref(), cfg);
             ShardMetrics::add(
                 &shard.metrics().bytes_out,
                 (head.len() + resp.body.len()) as u64,
@@ -172,7 +188,7 @@ pub async fn serve(shard: Rc<ShardCtx>, stream: TcpStream, mut buf: Vec<u8>) {
             ok
         } else {
             let mut out = Vec::with_capacity(resp.body.len() + 256);
-            http::write_response(&mut out, &resp, keep, origin.as_deref(), &cfg);
+            http::write_response(&mut out, &resp, keep, origin.as_deref(), cfg);
             ShardMetrics::add(&shard.metrics().bytes_out, out.len() as u64);
             write_all(&stream, &out).await.is_ok()
         };
@@ -200,14 +216,21 @@ async fn reject(shard: &Rc<ShardCtx>, stream: &Stream, e: &HttpError) {
     let _ = write_all(stream, &out).await;
 }
 
-async fn dispatch(shard: &Rc<ShardCtx>, stream: &Stream, buf: &mut Vec<u8>, req: Request) -> Next {
+/// Serve one request. A websocket upgrade leaves its session in `upgraded`, to be run by the caller.
+async fn dispatch(
+    shard: &Rc<ShardCtx>,
+    stream: &Stream,
+    buf: &mut Vec<u8>,
+    req: Request,
+    upgraded: &mut Option<Upgraded>,
+) -> Next {
     let cfg = shard.config();
     if let Some(endpoint) = engine::endpoint_for(cfg, &req.path) {
         let make_handler = |version| match endpoint {
             Endpoint::App => socketio::connection::session_handler(shard, version),
             Endpoint::Echo => Echo::handler(),
         };
-        return engine::handle_request(shard, stream, buf, req, &make_handler).await;
+        return engine::handle_request(shard, stream, buf, req, &make_handler, upgraded).await;
     }
     if req.method == "OPTIONS" {
         return Next::Respond(http::preflight(&req));

@@ -1,13 +1,14 @@
-//! WebSocket: the RFC 6455 upgrade handshake by hand, frames through tungstenite's frame layer
-//! (`WebSocketContext` over in-memory buffers, so no runtime is involved), and pre-encoded outgoing frames.
+//! WebSocket: the RFC 6455 upgrade handshake by hand, client frames through our sans-IO [`frame`] reader, and
+//! pre-encoded outgoing frames (headers by tungstenite's `FrameHeader`).
 
-use std::io::{self, Read, Write};
+pub mod frame;
+
+pub use frame::{FrameError, FrameReader, Message};
 
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 use super::config::ServerConfig;
 use super::http::Request;
@@ -74,83 +75,10 @@ pub fn handshake_response(req: &Request) -> Result<Vec<u8>, HandshakeError> {
     .into_bytes())
 }
 
-/// tungstenite configuration from ours.
-pub fn ws_config(cfg: &ServerConfig) -> WebSocketConfig {
-    // tungstenite only writes control frames here (pongs, close replies): a small read chunk keeps idle
-    // connections cheap; our own queue bounds what waits to be written.
-    WebSocketConfig::default()
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_frame_size(Some(cfg.ws_frame_bytes_max))
-        .max_message_size(Some(cfg.payload_bytes_max.max(1024)))
-}
-
-/// In-memory duplex buffer tungstenite reads frames from and writes control frames into.
-#[derive(Debug, Default)]
-pub struct WsIo {
-    /// Bytes received from the socket and not yet consumed by tungstenite.
-    pub input: Vec<u8>,
-    pos: usize,
-    /// Bytes tungstenite wants to send (pongs, close frames).
-    pub output: Vec<u8>,
-}
-
-impl WsIo {
-    /// Append received bytes.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        if self.pos > 0 && self.pos == self.input.len() {
-            self.input.clear();
-            self.pos = 0;
-        }
-        self.input.extend_from_slice(bytes);
-    }
-}
-
-impl Read for WsIo {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let avail = &self.input[self.pos..];
-        if avail.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = avail.len().min(buf.len());
-        buf[..n].copy_from_slice(&avail[..n]);
-        self.pos += n;
-        if self.pos == self.input.len() {
-            // fully consumed: release the buffer so an idle connection holds none
-            self.input = Vec::new();
-            self.pos = 0;
-        }
-        Ok(n)
-    }
-}
-
-impl Write for WsIo {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Server side frame reader: tungstenite's context plus its buffers.
-#[allow(missing_debug_implementations)]
-pub struct WsReader {
-    /// tungstenite's protocol state.
-    pub ctx: WebSocketContext,
-    /// Its buffers.
-    pub io: WsIo,
-}
-
-impl WsReader {
-    /// A server-role reader with our limits.
-    pub fn new(cfg: &ServerConfig) -> Self {
-        WsReader {
-            ctx: WebSocketContext::new(Role::Server, Some(ws_config(cfg))),
-            io: WsIo::default(),
-        }
-    }
+/// A reader of client frames with our bounds: frames up to `ws_frame_bytes_max`, messages up to
+/// `payload_bytes_max` (at least 1 KiB).
+pub fn reader(cfg: &ServerConfig) -> FrameReader {
+    FrameReader::new(cfg.ws_frame_bytes_max, cfg.payload_bytes_max.max(1024))
 }
 
 /// Append one unmasked, final, unfragmented frame (server to client) to `out`.
@@ -177,15 +105,56 @@ pub fn push_binary_frame(out: &mut Vec<u8>, prefix: &[u8], payload: &[u8]) {
 
 /// Append a close frame with `code` and `reason` (cut to 120 bytes: a control frame holds at most 125).
 pub fn push_close_frame(out: &mut Vec<u8>, code: CloseCode, reason: &str) {
-    let mut payload = Vec::with_capacity(2 + reason.len());
-    payload.extend_from_slice(&u16::from(code).to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..reason.len().min(120)]);
+    push_close(
+        out,
+        Some((u16::from(code), &reason[..floor_char_boundary(reason, 120)])),
+    );
+}
+
+/// Append the answer to the client's close frame: the same code and reason (RFC 6455 5.5.1), a protocol error
+/// close for a code a peer may not send, an empty close frame for an empty one.
+pub fn push_close_reply(out: &mut Vec<u8>, close: Option<(u16, &str)>) {
+    match close {
+        Some((code, _)) if !frame::close_code_allowed(code) => push_close(
+            out,
+            Some((u16::from(CloseCode::Protocol), "Protocol violation")),
+        ),
+        other => push_close(out, other),
+    }
+}
+
+/// Append a pong answering a ping with `payload` (at most 125 bytes: the reader refuses longer control frames).
+pub fn push_pong(out: &mut Vec<u8>, payload: &[u8]) {
+    let header = FrameHeader {
+        opcode: OpCode::Control(Control::Pong),
+        ..FrameHeader::default()
+    };
+    let _ = header.format(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
+fn push_close(out: &mut Vec<u8>, close: Option<(u16, &str)>) {
+    let len = close.map_or(0, |(_, reason)| 2 + reason.len());
     let header = FrameHeader {
         opcode: OpCode::Control(Control::Close),
         ..FrameHeader::default()
     };
-    let _ = header.format(payload.len() as u64, out);
-    out.extend_from_slice(&payload);
+    let _ = header.format(len as u64, out);
+    if let Some((code, reason)) = close {
+        out.extend_from_slice(&code.to_be_bytes());
+        out.extend_from_slice(reason.as_bytes());
+    }
+}
+
+/// The largest index <= `max` that is a character boundary of `s`.
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    if s.len() <= max {
+        return s.len();
+    }
+    (0..=max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -193,15 +162,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_is_valid_for_small_bounds() {
+    fn a_reader_accepts_small_frames_under_small_bounds() {
         let cfg = ServerConfig {
             socket_queued_bytes_max: 1024,
             payload_bytes_max: 10,
             ..ServerConfig::default()
         };
-        let mut r = WsReader::new(&cfg);
-        r.io.feed(&[0x81, 0x81, 1, 2, 3, 4, b'3' ^ 1]);
-        assert!(r.ctx.read(&mut r.io).is_ok());
+        let mut r = reader(&cfg);
+        r.feed(&[0x81, 0x81, 1, 2, 3, 4, b'3' ^ 1]);
+        assert_eq!(r.next_message(), Ok(Some(Message::Text("3"))));
+    }
+
+    #[test]
+    fn close_replies_echo_the_client_or_refuse_its_code() {
+        let mut out = Vec::new();
+        push_close_reply(&mut out, Some((1000, "bye")));
+        assert_eq!(out, [0x88, 5, 0x03, 0xe8, b'b', b'y', b'e']);
+        out.clear();
+        push_close_reply(&mut out, None);
+        assert_eq!(out, [0x88, 0]);
+        out.clear();
+        push_close_reply(&mut out, Some((1005, "")));
+        assert_eq!(&out[..4], &[0x88, 20, 0x03, 0xea]);
+        assert_eq!(&out[4..], b"Protocol violation");
+        out.clear();
+        push_close_frame(&mut out, CloseCode::Size, &"\u{e9}".repeat(100));
+        assert_eq!(out[1], 2 + 120);
     }
 
     #[test]
@@ -220,20 +206,5 @@ mod tests {
         let mut out = Vec::new();
         push_frame(&mut out, true, &[0u8; 300]);
         assert_eq!(&out[..4], &[0x82, 126, 1, 44]);
-    }
-}
-
-#[cfg(test)]
-mod reader_tests {
-    use super::*;
-
-    #[test]
-    fn reads_masked_frames_fed_in_pieces() {
-        let cfg = ServerConfig::default();
-        let mut r = WsReader::new(&cfg);
-        let frame = [0x81u8, 0x81, 1, 2, 3, 4, b'3' ^ 1];
-        r.io.feed(&frame);
-        let m = r.ctx.read(&mut r.io).unwrap();
-        assert_eq!(m, tungstenite::Message::text("3"));
     }
 }

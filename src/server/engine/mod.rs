@@ -153,13 +153,15 @@ fn refusal(e: transport::EioError) -> Next {
     }
 }
 
-/// Serve one HTTP request on an Engine.IO path. A new session gets the handler `make_handler` returns.
+/// Serve one HTTP request on an Engine.IO path. A new session gets the handler `make_handler` returns. A
+/// websocket whose handshake is done is left in `upgraded` (with [`Next::Done`]), for the caller to run.
 pub(crate) async fn handle_request(
     shard: &Rc<ShardCtx>,
     stream: &Stream,
     buf: &mut Vec<u8>,
     req: Request,
     make_handler: MakeHandler<'_>,
+    upgraded: &mut Option<websocket::Upgraded>,
 ) -> Next {
     if req.method == "OPTIONS" {
         return Next::Respond(http::preflight(&req));
@@ -179,7 +181,14 @@ pub(crate) async fn handle_request(
             shard.metrics().protocol_error(ProtocolErrorKind::EngineIo);
             return eio_error(0, "Transport unknown");
         }
-        return websocket::serve(shard, stream, buf, req, version, sid, make_handler).await;
+        let serve = websocket::serve(shard, stream, buf, req, version, sid, make_handler);
+        return match serve.await {
+            Ok(websocket) => {
+                *upgraded = Some(websocket);
+                Next::Done
+            }
+            Err(next) => next,
+        };
     }
     match transport.as_deref() {
         Some("polling") => {}

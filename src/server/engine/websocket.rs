@@ -7,7 +7,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::proto::engine::Packet;
@@ -17,7 +16,7 @@ use super::super::http::{Next, Request, Response};
 use super::super::io::{self, Stream, TurnBudget};
 use super::super::runtime::ShardCtx;
 use super::super::runtime::metrics::{ProtocolErrorKind, ShardMetrics};
-use super::super::ws;
+use super::super::ws::{self, FrameError, Message};
 use super::outbox::OutItem;
 use super::session::{CloseHow, EngineHandler, Phase, Session};
 use super::transport::{Action, Input};
@@ -26,8 +25,26 @@ use super::{CloseReason, MakeHandler, eio_error, engine_shard, inbound};
 /// The data of the upgrade's probe ping and its pong.
 const PROBE: &str = "probe";
 
+/// A websocket whose handshake is done, with its session: [`Upgraded::run`] serves it, in a task of its own so
+/// that an idle websocket holds none of the HTTP path's state.
+#[allow(missing_debug_implementations)]
+pub(crate) struct Upgraded {
+    session: Rc<Session>,
+    stream: Stream,
+    /// Bytes read after the upgrade request (the first frames, if the client sent them early).
+    leftover: Vec<u8>,
+}
+
+impl Upgraded {
+    /// Read and write the websocket until it or its session ends.
+    pub(crate) async fn run(self) {
+        run_websocket(self.session, self.stream, self.leftover).await;
+    }
+}
+
 /// Serve a websocket upgrade request: a new session (no `sid`) with the handler `make_handler` returns, or the
-/// upgrade of the polling session `sid`.
+/// upgrade of the polling session `sid`. `Ok` is the accepted websocket, to be run; `Err` what to answer or do
+/// instead.
 pub(super) async fn serve(
     shard: &Rc<ShardCtx>,
     stream: &Stream,
@@ -36,7 +53,7 @@ pub(super) async fn serve(
     version: EioVersion,
     sid: Option<String>,
     make_handler: MakeHandler<'_>,
-) -> Next {
+) -> Result<Upgraded, Next> {
     let existing = match &sid {
         Some(sid) => {
             let s = engine_shard(shard)
@@ -48,10 +65,10 @@ pub(super) async fn serve(
                 shard
                     .metrics()
                     .protocol_error(ProtocolErrorKind::UnknownSid);
-                return eio_error(1, "Session ID unknown");
+                return Err(eio_error(1, "Session ID unknown"));
             };
             if s.version != version || s.close_if_heartbeat_overdue() {
-                return eio_error(3, "Bad request");
+                return Err(eio_error(3, "Bad request"));
             }
             Some(s)
         }
@@ -61,11 +78,14 @@ pub(super) async fn serve(
         Ok(a) => a,
         Err(e) => {
             shard.metrics().protocol_error(ProtocolErrorKind::WebSocket);
-            return Next::RespondClose(Response::error(400, &e.to_string()));
+            return Err(Next::RespondClose(Response::error(400, &e.to_string())));
         }
     };
-    if io::write_all(stream, &accept).await.is_err() {
-        return Next::Done;
+    drop(req);
+    let written = io::write_all(stream, &accept).await;
+    drop(accept);
+    if written.is_err() {
+        return Err(Next::Done);
     }
     let session = match existing {
         Some(s) => {
@@ -76,9 +96,9 @@ pub(super) async fn serve(
                     // The session is upgrading or upgraded on another websocket: this one is accepted (as the
                     // protocol's test suite expects) and closed at once, and the session is left as it is.
                     refuse_second_websocket(&s, stream).await;
-                    return Next::Done;
+                    return Err(Next::Done);
                 }
-                _ => return Next::Done,
+                _ => return Err(Next::Done),
             }
             s
         }
@@ -96,9 +116,11 @@ pub(super) async fn serve(
             s
         }
     };
-    let leftover = std::mem::take(buf);
-    run_websocket(session, stream.clone(), leftover).await;
-    Next::Done
+    Ok(Upgraded {
+        session,
+        stream: stream.clone(),
+        leftover: std::mem::take(buf),
+    })
 }
 
 /// A websocket for a session that already has one: close it (normal close frame) without reading from it, so it
@@ -122,9 +144,12 @@ async fn refuse_second_websocket(s: &Rc<Session>, stream: &Stream) {
 }
 
 async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
-    let cfg = s.shard.config().clone();
-    let mut reader = ws::WsReader::new(&cfg);
-    reader.io.feed(&leftover);
+    let mut reader = ws::reader(s.shard.config());
+    reader.feed(&leftover);
+    // Bytes received since the last complete message: non-zero at the end of the stream means it ended inside a
+    // frame. (Exact when no partial frame follows a complete one in the same read.)
+    let mut since_message = leftover.len();
+    drop(leftover);
     let done = Rc::new(Cell::new(false));
     let peer_closed = Rc::new(Cell::new(false));
     let writer = glommio::spawn_local(ws_writer(
@@ -134,10 +159,6 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
         peer_closed.clone(),
     ));
     let mut upgrading = s.st.borrow().transport.phase() == Phase::Upgrading;
-    let mut rbuf = Vec::new();
-    // Bytes received since the last complete message: non-zero at the end of the stream means it ended inside a
-    // frame. (Exact when no partial frame follows a complete one in the same read.)
-    let mut since_message = leftover.len();
     let mut budget = TurnBudget::default();
     'conn: loop {
         // Everything buffered first (several frames may be in one read).
@@ -145,34 +166,18 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
             if s.is_closed() || done.get() {
                 break 'conn;
             }
-            let msg = match reader.ctx.read(&mut reader.io) {
-                Ok(m) => m,
-                Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    break;
-                }
-                Err(tungstenite::Error::ConnectionClosed)
-                | Err(tungstenite::Error::AlreadyClosed) => {
-                    peer_closed.set(true);
-                    end_ws(
-                        &s,
-                        upgrading,
-                        &done,
-                        CloseReason::TransportClose,
-                        CloseHow::Abort,
-                    );
-                    break 'conn;
-                }
+            let msg = match reader.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
                 Err(e) => {
                     s.shard
                         .metrics()
                         .protocol_error(ProtocolErrorKind::WebSocket);
                     let (code, what) = match &e {
-                        tungstenite::Error::Capacity(_) => {
+                        FrameError::FrameTooBig { .. } | FrameError::MessageTooBig { .. } => {
                             (CloseCode::Size, "websocket message too big")
                         }
-                        tungstenite::Error::Utf8(_) => {
-                            (CloseCode::Invalid, "invalid UTF-8 in websocket text")
-                        }
+                        FrameError::Utf8 => (CloseCode::Invalid, "invalid UTF-8 in websocket text"),
                         _ => (CloseCode::Protocol, "websocket protocol error"),
                     };
                     let mut out = Vec::new();
@@ -196,7 +201,7 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
             since_message = 0;
             let result = match msg {
                 Message::Text(t) => {
-                    let packet = inbound::decode_text(t.as_str());
+                    let packet = inbound::decode_text(t);
                     if upgrading {
                         match packet {
                             Ok(Packet::Ping(data)) if data == PROBE => {
@@ -226,12 +231,14 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                     }
                 }
                 Message::Binary(b) => {
-                    inbound::decode_binary(s.version, &b).and_then(|p| s.on_packet(p))
+                    inbound::decode_binary(s.version, b).and_then(|p| s.on_packet(p))
                 }
-                Message::Close(_) => {
-                    // tungstenite queues its close reply and writes it on the next read or flush: flush now, so
-                    // that the closing handshake completes (RFC 6455 5.5.1) before the connection ends.
-                    let _ = reader.ctx.flush(&mut reader.io);
+                Message::Close(close) => {
+                    // Answer the close frame now, so that the closing handshake completes (RFC 6455 5.5.1) before
+                    // the connection ends.
+                    let mut out = Vec::new();
+                    ws::push_close_reply(&mut out, close);
+                    s.push_ws_raw(&out);
                     peer_closed.set(true);
                     end_ws(
                         &s,
@@ -242,13 +249,17 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
                     );
                     Ok(())
                 }
-                Message::Ping(_) => s.count_heartbeat(),
-                Message::Pong(_) | Message::Frame(_) => Ok(()),
+                Message::Ping(payload) => {
+                    let counted = s.count_heartbeat();
+                    if counted.is_ok() {
+                        let mut out = Vec::new();
+                        ws::push_pong(&mut out, payload);
+                        s.push_ws_raw(&out);
+                    }
+                    counted
+                }
+                Message::Pong => Ok(()),
             };
-            if !reader.io.output.is_empty() {
-                let out = std::mem::take(&mut reader.io.output);
-                s.push_ws_raw(&out);
-            }
             if let Err(reason) = result {
                 s.shard
                     .metrics()
@@ -260,17 +271,14 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
             // checks again whether the session ended meanwhile.
             budget.spend(0, 1).await;
         }
-        if !reader.io.output.is_empty() {
-            let out = std::mem::take(&mut reader.io.output);
-            s.push_ws_raw(&out);
-        }
         let seen = s.closed_signal.epoch();
         if s.is_closed() || done.get() {
             break;
         }
-        // Only the session's end interrupts the read: outgoing packets are the writer's business.
+        // Only the session's end interrupts the read: outgoing packets are the writer's business. Bytes go straight
+        // into the reader's buffer (empty unless a frame is partial).
         let read = futures_lite::future::or(
-            async { Some(io::read_some(&stream, &mut rbuf).await) },
+            async { Some(io::read_some(&stream, reader.input()).await) },
             async {
                 s.closed_signal.changed(seen).await;
                 None
@@ -297,8 +305,6 @@ async fn run_websocket(s: Rc<Session>, stream: Stream, leftover: Vec<u8>) {
             Some(Ok(n)) => {
                 ShardMetrics::add(&s.shard.metrics().bytes_in, n as u64);
                 since_message += n;
-                reader.io.feed(&rbuf);
-                rbuf = Vec::new();
                 budget.spend(n, 0).await;
             }
         }

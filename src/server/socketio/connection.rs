@@ -20,6 +20,39 @@ use super::{
     sio_shard,
 };
 
+/// The connected sockets of one session, one per namespace: at most `namespaces_per_session_max` (a few), so a
+/// vector searched by namespace name, smaller than a map for the one or two a session has.
+#[derive(Default)]
+struct SessionSockets(Vec<Socket>);
+
+impl SessionSockets {
+    fn get(&self, nsp: &str) -> Option<&Socket> {
+        self.0.iter().find(|s| s.namespace() == nsp)
+    }
+    fn contains_key(&self, nsp: &str) -> bool {
+        self.get(nsp).is_some()
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Add `socket`, replacing the one of its namespace if there is one.
+    fn insert(&mut self, socket: Socket) {
+        self.remove(socket.namespace());
+        self.0.push(socket);
+    }
+    fn remove(&mut self, nsp: &str) -> Option<Socket> {
+        let at = self.0.iter().position(|s| s.namespace() == nsp)?;
+        let socket = self.0.swap_remove(at);
+        if self.0.is_empty() {
+            self.0 = Vec::new();
+        }
+        Some(socket)
+    }
+    fn take_all(&mut self) -> Vec<Socket> {
+        std::mem::take(&mut self.0)
+    }
+}
+
 /// The Socket.IO state of one Engine.IO session: its decoder, its sockets (one per namespace) and its timers. The
 /// session owns it as its [`EngineHandler`]; its sockets and timers reach it through weak references.
 pub(crate) struct SioConn {
@@ -28,7 +61,7 @@ pub(crate) struct SioConn {
     io: Option<Rc<SocketIo>>,
     version: SioVersion,
     decoder: RefCell<Decoder>,
-    sockets: RefCell<HashMap<String, Socket>>,
+    sockets: RefCell<SessionSockets>,
     connecting: RefCell<Vec<String>>,
     seen_connect: Cell<bool>,
     connect_timer: RefCell<Option<TimerHandle>>,
@@ -111,9 +144,14 @@ impl SioConn {
                 }
             };
             if let Some(conn) = me.upgrade() {
-                conn.connecting
-                    .borrow_mut()
-                    .retain(|n| n != socket.namespace());
+                {
+                    let mut connecting = conn.connecting.borrow_mut();
+                    connecting.retain(|n| n != socket.namespace());
+                    if connecting.is_empty() {
+                        // a connected session keeps no list of pending namespaces
+                        *connecting = Vec::new();
+                    }
+                }
                 conn.finish_connect(&session, socket, decision);
             }
         })
@@ -142,7 +180,7 @@ impl SioConn {
                 };
                 socket.0.connected.set(true);
                 ShardMetrics::gauge(&session.shard.metrics().sockets, 1);
-                self.sockets.borrow_mut().insert(nsp, socket.clone());
+                self.sockets.borrow_mut().insert(socket.clone());
                 push_message(session, &EncodedMessage::new(&p));
                 let early = std::mem::take(&mut *socket.0.before_connect.borrow_mut());
                 for m in early {
@@ -324,7 +362,7 @@ pub(crate) fn session_handler(shard: &Rc<ShardCtx>, version: EioVersion) -> Rc<d
         io,
         version: version.socketio(),
         decoder: RefCell::new(Decoder::new(version.socketio(), limits)),
-        sockets: RefCell::new(HashMap::new()),
+        sockets: RefCell::new(SessionSockets::default()),
         connecting: RefCell::new(Vec::new()),
         seen_connect: Cell::new(false),
         connect_timer: RefCell::new(None),
@@ -403,7 +441,7 @@ impl EngineHandler for SioConn {
             t.cancel();
         }
         self.release_partial_bytes();
-        let sockets: Vec<Socket> = self.sockets.borrow_mut().drain().map(|(_, s)| s).collect();
+        let sockets = self.sockets.borrow_mut().take_all();
         let reason = match reason {
             CloseReason::ClientClose => "client namespace disconnect".to_owned(),
             other => other.to_string(),
