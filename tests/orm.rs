@@ -9,6 +9,8 @@
 //! Every repository call goes through a real IO shard, awaited with `futures_lite::future::block_on` (one test awaits
 //! from a glommio executor).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -1960,96 +1962,11 @@ fn embedded_store_with_a_sync_interval_keeps_writes_older_than_the_interval_afte
     );
 }
 
-/// A SecantusDB (or nx-27017) instance of its own, for the stop/restart test.
-struct OwnMongo {
-    bin: String,
-    kind: String,
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl OwnMongo {
-    fn start(&mut self) {
-        let mut cmd = std::process::Command::new(&self.bin);
-        let port = self.port.to_string();
-        if self.kind == "nx" {
-            let pid = self.dir.join("nx.pid");
-            cmd.args([
-                "--data-dir".as_ref(),
-                self.dir.as_os_str(),
-                "--host".as_ref(),
-                "127.0.0.1".as_ref(),
-            ]);
-            cmd.args([
-                "-p".as_ref(),
-                port.as_ref(),
-                "--pid-file".as_ref(),
-                pid.as_os_str(),
-            ]);
-        } else {
-            cmd.args(["--host", "127.0.0.1", "--port", &port, "--storage-path"])
-                .arg(&self.dir);
-        }
-        let child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the MongoDB-wire server starts");
-        self.child = Some(child);
-        for _ in 0..600 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!(
-            "own MongoDB-wire server did not listen on {} within 60 s",
-            self.port
-        );
-    }
-
-    /// Stops the server the way an operator would: SIGTERM, then SIGKILL if it lingers for 10 s.
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: plain kill(2) on the PID of a child we spawned and have not reaped yet.
-            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
-            for _ in 0..100 {
-                if matches!(c.try_wait(), Ok(Some(_))) {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for OwnMongo {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 #[test]
 fn mongo_stopped_then_restarted_without_restarting_the_io_shard() {
     let _ = mongo_uri(); // fails clearly when the service was not started
-    let bin = std::env::var("SHARDCAST_TEST_MONGO_BIN")
-        .expect("SHARDCAST_TEST_MONGO_BIN (written by tests/services/mongo.sh)");
-    let kind = std::env::var("SHARDCAST_TEST_MONGO_KIND").unwrap_or_else(|_| "secantus".into());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let mut server = OwnMongo {
-        bin,
-        kind,
-        port,
-        dir: test_dir("own-mongo"),
-        child: None,
-    };
+    let mut server = common::mongo::OwnMongo::new("own-mongo");
+    let port = server.port;
     server.start();
     let mut config = test_config();
     config.backend = shardcast::orm::BackendKind::Mongo;

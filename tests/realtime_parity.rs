@@ -972,62 +972,13 @@ fn v2_presence_counts_a_user_once_across_shards_and_online_acks_like_twake() {
     presence_and_online("2");
 }
 
-/// A MongoDB-wire server of this test's own (the binary tests/services/mongo.sh installed, as in
-/// tests/first_hour_db.rs), started late and stopped by PID on drop.
-struct LateMongo {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl LateMongo {
-    fn start(&mut self) {
-        let bin = std::env::var("SHARDCAST_TEST_MONGO_BIN")
-            .expect("SHARDCAST_TEST_MONGO_BIN (written by tests/services/mongo.sh; tests/run.sh sources it)");
-        let kind = std::env::var("SHARDCAST_TEST_MONGO_KIND").unwrap_or_else(|_| "secantus".into());
-        let data = self.dir.join("data");
-        std::fs::create_dir_all(&data).expect("data dir");
-        let port = self.port.to_string();
-        let mut cmd = std::process::Command::new(bin);
-        if kind == "nx" {
-            cmd.arg("--data-dir")
-                .arg(&data)
-                .args(["--host", "127.0.0.1", "-p", &port])
-                .arg("--pid-file")
-                .arg(self.dir.join("nx.pid"));
-        } else {
-            cmd.args(["--host", "127.0.0.1", "--port", &port, "--storage-path"])
-                .arg(&data);
-        }
-        let child = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the MongoDB-wire server starts");
-        self.child = Some(child);
-    }
-}
-
-impl Drop for LateMongo {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Issue 12 item "robustness": with the database down when `serve` starts, the online service is there at once
 /// (`online:get` answers from presence, the events that need the database ack `database unavailable`), and uses the
 /// database as soon as the start-up retry loop connected it.
 #[test]
 fn v4_online_service_answers_while_the_database_is_down_and_works_once_it_is_up() {
     ensure_node_modules();
-    let mut mongo = LateMongo {
-        child: None,
-        port: free_port(),
-        dir: scratch_dir("realtime-parity-online-db-down-mongo"),
-    };
+    let mut mongo = common::mongo::OwnMongo::new("realtime-parity-online-db-down-mongo");
     let orm = format!(
         "[orm]\nbackend = \"mongo\"\nmongo_uri = \"mongodb://127.0.0.1:{}/?directConnection=true\"\n\
          mongo_database = \"online_{}\"\nrequest_timeout_ms = 1500\nunavailable_retry_ms = 200\n\

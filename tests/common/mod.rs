@@ -2,6 +2,8 @@
 //! websocket client (handshake by hand, frames through tungstenite's client role over a std TcpStream).
 #![allow(dead_code)]
 
+pub mod mongo;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
