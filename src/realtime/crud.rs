@@ -595,6 +595,23 @@ impl<E> Recipients<E> {
     where
         E: Serialize,
     {
+        self.events_and_resource_in(action, type_name, entity, ctx)
+            .0
+    }
+
+    /// [`Self::events_in`], and `entity` serialised (`serde_json::to_value`) as the events of recipients without a
+    /// projection carry it: a caller that answers with the resource (the REST API) reuses it instead of serialising
+    /// the entity again. `None` when no recipient of `action` publishes the entity unprojected.
+    pub fn events_and_resource_in(
+        &self,
+        action: ResourceAction,
+        type_name: &str,
+        entity: &E,
+        ctx: &ExecutionContext,
+    ) -> (Vec<ResourceEvent>, Option<Value>)
+    where
+        E: Serialize,
+    {
         let list = match action {
             ResourceAction::Created => &self.created,
             ResourceAction::Updated => &self.updated,
@@ -602,24 +619,30 @@ impl<E> Recipients<E> {
             ResourceAction::Saved => &self.saved,
             ResourceAction::Event => &self.event,
         };
-        if list.is_empty() {
-            return Vec::new();
-        }
         let mut serialised: Option<Value> = None;
         let mut events = Vec::with_capacity(list.len());
         for r in list {
-            let resource = match &r.resource {
-                Some(project) => project(entity),
-                None => match &serialised {
-                    Some(v) => v.clone(),
-                    None => match serde_json::to_value(entity) {
-                        Ok(v) => serialised.insert(v).clone(),
-                        Err(e) => {
-                            tracing::warn!(type_name, error = %e, "entity does not serialise; event not published");
-                            continue;
+            let projected;
+            let resource: &Value = match &r.resource {
+                Some(project) => {
+                    projected = project(entity);
+                    &projected
+                }
+                None => {
+                    if serialised.is_none() {
+                        match serde_json::to_value(entity) {
+                            Ok(v) => serialised = Some(v),
+                            Err(e) => {
+                                tracing::warn!(type_name, error = %e, "entity does not serialise; event not published");
+                                continue;
+                            }
                         }
-                    },
-                },
+                    }
+                    match &serialised {
+                        Some(v) => v,
+                        None => continue,
+                    }
+                }
             };
             let path = r.path.render_in(entity, ctx);
             for room in r.rooms_in(entity, ctx) {
@@ -632,7 +655,7 @@ impl<E> Recipients<E> {
                 });
             }
         }
-        events
+        (events, serialised)
     }
 }
 
@@ -666,14 +689,20 @@ impl<S, B, E> Realtime<S, B, E> {
 }
 
 impl<S, B: EventBus, E: Serialize> Realtime<S, B, E> {
+    /// Publishes `entity`'s events for `action`; returns the entity serialised as they carry it (see
+    /// [`Recipients::events_and_resource_in`]). A bus error is logged, never returned: the operation succeeded.
     async fn publish(
         &self,
         ctx: &ExecutionContext,
         action: ResourceAction,
         type_name: &str,
         entity: &E,
-    ) {
-        let _ = self.try_publish(ctx, action, type_name, entity).await;
+    ) -> Option<Value> {
+        let (events, resource) = self
+            .recipients
+            .events_and_resource_in(action, type_name, entity, ctx);
+        let _ = self.publish_all(action, type_name, events).await;
+        resource
     }
 
     async fn try_publish(
@@ -683,8 +712,19 @@ impl<S, B: EventBus, E: Serialize> Realtime<S, B, E> {
         type_name: &str,
         entity: &E,
     ) -> Result<(), BusError> {
+        let events = self.recipients.events_in(action, type_name, entity, ctx);
+        self.publish_all(action, type_name, events).await
+    }
+
+    /// Hands every event to the bus; the first error, if any (each is logged).
+    async fn publish_all(
+        &self,
+        action: ResourceAction,
+        type_name: &str,
+        events: Vec<ResourceEvent>,
+    ) -> Result<(), BusError> {
         let mut result = Ok(());
-        for event in self.recipients.events_in(action, type_name, entity, ctx) {
+        for event in events {
             if let Err(e) = self.bus.publish(event).await {
                 tracing::warn!(type_name, action = action.as_str(), error = %e, "realtime event not published");
                 if result.is_ok() {
@@ -728,6 +768,53 @@ impl<S, B: EventBus, E: Serialize> Realtime<S, B, E> {
     }
 }
 
+impl<E, S, B> Realtime<S, B, E>
+where
+    S: CrudService<E>,
+    B: EventBus,
+    E: Serialize,
+{
+    /// [`CrudService::create`], and the created entity serialised as its `created` events carry it (`None` when no
+    /// recipient publishes it unprojected): the REST API answers with those bytes' source instead of serialising the
+    /// entity a second time.
+    pub async fn create_serialised(
+        &self,
+        ctx: &ExecutionContext,
+        item: E,
+    ) -> Result<(CreateResult<E>, Option<Value>), CrudError> {
+        let result = self.inner.create(ctx, item).await?;
+        let resource = self
+            .publish(
+                ctx,
+                ResourceAction::Created,
+                result.type_name,
+                &result.entity,
+            )
+            .await;
+        Ok((result, resource))
+    }
+
+    /// [`CrudService::update`], and the updated entity serialised as its `updated` events carry it (see
+    /// [`Self::create_serialised`]).
+    pub async fn update_serialised(
+        &self,
+        ctx: &ExecutionContext,
+        id: &str,
+        patch: S::Patch,
+    ) -> Result<(UpdateResult<E>, Option<Value>), CrudError> {
+        let result = self.inner.update(ctx, id, patch).await?;
+        let resource = self
+            .publish(
+                ctx,
+                ResourceAction::Updated,
+                result.type_name,
+                &result.entity,
+            )
+            .await;
+        Ok((result, resource))
+    }
+}
+
 impl<E, S, B> CrudService<E> for Realtime<S, B, E>
 where
     S: CrudService<E>,
@@ -737,15 +824,7 @@ where
     type Patch = S::Patch;
 
     async fn create(&self, ctx: &ExecutionContext, item: E) -> Result<CreateResult<E>, CrudError> {
-        let result = self.inner.create(ctx, item).await?;
-        self.publish(
-            ctx,
-            ResourceAction::Created,
-            result.type_name,
-            &result.entity,
-        )
-        .await;
-        Ok(result)
+        Ok(self.create_serialised(ctx, item).await?.0)
     }
 
     async fn get(&self, ctx: &ExecutionContext, id: &str) -> Result<Option<E>, CrudError> {
@@ -758,15 +837,7 @@ where
         id: &str,
         patch: Self::Patch,
     ) -> Result<UpdateResult<E>, CrudError> {
-        let result = self.inner.update(ctx, id, patch).await?;
-        self.publish(
-            ctx,
-            ResourceAction::Updated,
-            result.type_name,
-            &result.entity,
-        )
-        .await;
-        Ok(result)
+        Ok(self.update_serialised(ctx, id, patch).await?.0)
     }
 
     async fn delete(&self, ctx: &ExecutionContext, id: &str) -> Result<DeleteResult<E>, CrudError> {
@@ -1035,6 +1106,66 @@ mod tests {
             ("/feed", "/feed/latest")
         );
         assert_eq!(events[1].resource, json!({"id": "7"}));
+    }
+
+    #[test]
+    fn create_and_update_return_the_resource_their_events_carry() {
+        // The REST API answers with this value: it must be the unprojected event's resource and the entity serialised.
+        let (s, bus) = service(
+            false,
+            Recipients::new()
+                .created(
+                    Recipient::new("/feed", "/feed/latest")
+                        .with_resource(|m: &Message| json!({"id": m.id})),
+                )
+                .created(by_channel())
+                .updated(by_channel()),
+        );
+        let mut m = msg("7", "general", "hello");
+        m.secret = Some("hidden".into());
+        let (created, resource) = block_on(s.create_serialised(&ctx(), m)).unwrap();
+        let resource = resource.expect("an unprojected recipient");
+        assert_eq!(resource, serde_json::to_value(&created.entity).unwrap());
+        let events = bus.take();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].resource, json!({"id": "7"}));
+        assert_eq!(events[1].resource, resource);
+        assert_eq!(
+            events[1].encode_args(),
+            serde_json::to_string(&(
+                "realtime:resource",
+                json!({"action": "created", "room": "/channels/general/messages", "type": "message",
+                       "path": "/messages/7", "resource": serde_json::to_value(&created.entity).unwrap()})
+            ))
+            .unwrap()
+        );
+        let (updated, resource) = block_on(s.update_serialised(&ctx(), "7", "b".into())).unwrap();
+        assert_eq!(
+            resource.unwrap(),
+            serde_json::to_value(&updated.entity).unwrap()
+        );
+        assert_eq!(bus.take()[0].resource["text"], "b");
+        // Only projections (or no recipient): nothing to reuse, the caller serialises the entity itself.
+        let (s, _bus) = service(
+            false,
+            Recipients::new().created(
+                Recipient::new("/feed", "/feed/latest")
+                    .with_resource(|m: &Message| json!({"id": m.id})),
+            ),
+        );
+        assert!(
+            block_on(s.create_serialised(&ctx(), msg("8", "c", "x")))
+                .unwrap()
+                .1
+                .is_none()
+        );
+        let (s, _bus) = service(false, Recipients::new());
+        assert!(
+            block_on(s.create_serialised(&ctx(), msg("9", "c", "x")))
+                .unwrap()
+                .1
+                .is_none()
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::auth::{AccessVerifier, AuthenticatedUser, RoomTokens};
 use super::bus::EventBus;
@@ -69,6 +69,58 @@ pub const USER_WRITES_PER_S_DEFAULT: u32 = 100;
 pub const USER_WRITE_BYTES_PER_S_DEFAULT: u64 = 4 * 1024 * 1024;
 /// Users whose buckets one process tracks; beyond it, buckets that are full again (idle users) are forgotten first.
 pub const USERS_TRACKED_MAX: usize = 100_000;
+/// Verified access tokens one shard's REST API remembers ([`VerifiedTokens`]); when full, the expired ones are
+/// dropped, and if none was, all of them.
+pub const VERIFIED_TOKENS_CACHED_MAX: usize = 1024;
+
+/// Access tokens this shard has verified, by SHA-256 of the token, with the user each one names: a client that
+/// sends the same bearer token on every request (the usual case) pays the signature check and the claims parsing
+/// once. An entry is used only before the token's `exp` (without leeway: at and after it the token is verified
+/// again, which applies the leeway and gives the exact error). Only tokens that verified are kept; the verifier's
+/// key, algorithm, issuer and audience are fixed for the process, and `nbf` once passed stays passed, so a hit
+/// answers what verifying again would. Keys are digests: a lookup compares no secret bytes.
+#[derive(Debug, Default)]
+struct VerifiedTokens {
+    users: std::cell::RefCell<HashMap<[u8; 32], AuthenticatedUser>>,
+}
+
+impl VerifiedTokens {
+    fn digest(token: &str) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// The user of `token` if it verified before and has not reached its `exp` at `now_s`.
+    fn get(&self, digest: &[u8; 32], now_s: u64) -> Option<AuthenticatedUser> {
+        let mut users = self.users.borrow_mut();
+        match users.get(digest) {
+            Some(user) if now_s < user.expires_at_s => Some(user.clone()),
+            Some(_) => {
+                users.remove(digest);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&self, digest: [u8; 32], user: &AuthenticatedUser, now_s: u64) {
+        if now_s >= user.expires_at_s {
+            return;
+        }
+        let mut users = self.users.borrow_mut();
+        if users.len() >= VERIFIED_TOKENS_CACHED_MAX && !users.contains_key(&digest) {
+            users.retain(|_, u| now_s < u.expires_at_s);
+            if users.len() >= VERIFIED_TOKENS_CACHED_MAX {
+                users.clear();
+            }
+        }
+        users.insert(digest, user.clone());
+    }
+
+    fn len(&self) -> usize {
+        self.users.borrow().len()
+    }
+}
 
 /// Per-user write limits of the REST API (see the module docs). `0` turns a limit off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,6 +371,17 @@ fn to_json<T: Serialize>(v: &T) -> Result<Value, CrudError> {
         .map_err(|e| CrudError::Internal(format!("resource does not serialise: {e}")))
 }
 
+/// The entity as its events carried it, or serialised now when no event carried it unprojected.
+fn resource_or_json<T: Serialize>(
+    published: Option<Value>,
+    entity: &T,
+) -> Result<Value, CrudError> {
+    match published {
+        Some(v) => Ok(v),
+        None => to_json(entity),
+    }
+}
+
 fn from_json<T: DeserializeOwned>(v: Value) -> Result<T, CrudError> {
     serde_json::from_value(v).map_err(|e| CrudError::InvalidInput(e.to_string()))
 }
@@ -359,10 +422,11 @@ where
                 }
             }
             let item: E = from_json(Value::Object(fields))?;
-            let created = service.create(&ctx, item).await?;
+            // The entity is serialised once: its `created` event and this answer share the value.
+            let (created, resource) = service.create_serialised(&ctx, item).await?;
             Ok(Outcome::One {
                 status: 201,
-                resource: to_json(&created.entity)?,
+                resource: resource_or_json(resource, &created.entity)?,
                 rooms: service.recipients().rooms_for_in(&created.entity, &ctx),
             })
         })
@@ -389,10 +453,10 @@ where
         let service = self.service.clone();
         Box::pin(async move {
             let patch: S::Patch = from_json(body)?;
-            let updated = service.update(&ctx, &id, patch).await?;
+            let (updated, resource) = service.update_serialised(&ctx, &id, patch).await?;
             Ok(Outcome::One {
                 status: 200,
-                resource: to_json(&updated.entity)?,
+                resource: resource_or_json(resource, &updated.entity)?,
                 rooms: service.recipients().rooms_for_in(&updated.entity, &ctx),
             })
         })
@@ -446,6 +510,7 @@ struct Registered {
 pub struct RestApi {
     prefix: String,
     verifier: AccessVerifier,
+    verified: VerifiedTokens,
     room_tokens: RoomTokens,
     list_limit_max: usize,
     services: Vec<Rc<Registered>>,
@@ -468,6 +533,7 @@ impl RestApi {
         Self {
             prefix: PREFIX_DEFAULT.to_owned(),
             verifier,
+            verified: VerifiedTokens::default(),
             room_tokens,
             list_limit_max: LIST_LIMIT_MAX_DEFAULT,
             services: Vec::new(),
@@ -536,9 +602,17 @@ impl RestApi {
                 ));
             }
         };
-        self.verifier
+        let digest = VerifiedTokens::digest(token);
+        let now_s = super::auth::now_s();
+        if let Some(user) = self.verified.get(&digest, now_s) {
+            return Ok(user);
+        }
+        let user = self
+            .verifier
             .verify(token)
-            .map_err(|e| RestError::Unauthenticated(e.to_string()))
+            .map_err(|e| RestError::Unauthenticated(e.to_string()))?;
+        self.verified.insert(digest, &user, now_s);
+        Ok(user)
     }
 
     async fn dispatch(&self, request: &Request, request_id: String) -> Result<Response, RestError> {
@@ -680,14 +754,18 @@ impl RestApi {
                 status,
                 resource,
                 rooms,
-            } => {
-                let mut body = Map::new();
-                body.insert("resource".into(), resource);
-                if let Some(room) = rooms.into_iter().next() {
-                    body.insert("websocket".into(), self.room_token(user, room)?);
-                }
-                Response::json(status, &Value::Object(body))
-            }
+            } => Response::new(
+                status,
+                "application/json",
+                one_body(
+                    &resource,
+                    rooms
+                        .into_iter()
+                        .next()
+                        .map(|room| self.room_token(user, room))
+                        .transpose()?,
+                )?,
+            ),
             Outcome::Deleted { resource } => {
                 Response::json(200, &json!({ "resource": resource, "deleted": true }))
             }
@@ -720,6 +798,25 @@ impl RestApi {
             }
         })
     }
+}
+
+/// `{"resource":<resource>[,"websocket":<websocket>]}`, written straight into the answer's buffer (the same bytes
+/// as the object built and then serialised).
+fn one_body(resource: &Value, websocket: Option<Value>) -> Result<Vec<u8>, RestError> {
+    let internal = |e: serde_json::Error| {
+        RestError::Crud(CrudError::Internal(format!(
+            "resource does not serialise: {e}"
+        )))
+    };
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(br#"{"resource":"#);
+    serde_json::to_writer(&mut body, resource).map_err(internal)?;
+    if let Some(w) = websocket {
+        body.extend_from_slice(br#","websocket":"#);
+        serde_json::to_writer(&mut body, &w).map_err(internal)?;
+    }
+    body.push(b'}');
+    Ok(body)
 }
 
 /// Why a request failed before or inside a service.
@@ -924,6 +1021,65 @@ mod tests {
         }
     }
 
+    fn bearer(token: &str) -> Request {
+        Request {
+            method: "POST".into(),
+            path: "/api/v1/x".into(),
+            query: String::new(),
+            headers: vec![("authorization".into(), format!("Bearer {token}"))],
+            body: Vec::new(),
+            http11: true,
+        }
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_until_their_exp_and_bounded() {
+        use super::super::auth::{AccessSigner, AuthConfig, Secret, now_s};
+        let cfg = AuthConfig::hs256("rest-unit-test-secret-0123456789abcdef-xyz");
+        let signer = AccessSigner::new(&cfg).unwrap();
+        let api = RestApi::new(
+            AccessVerifier::new(&cfg).unwrap(),
+            RoomTokens::new(&Secret::random(), 60, 0).unwrap(),
+        );
+        let good = signer.sign("u1", 60, &serde_json::Map::new()).unwrap();
+        let first = api.authenticate(&bearer(&good)).unwrap();
+        assert_eq!(first.id, "u1");
+        assert_eq!(api.verified.len(), 1);
+        // The second time the remembered user, the same as verifying again.
+        assert_eq!(api.authenticate(&bearer(&good)).unwrap(), first);
+        assert_eq!(api.verified.len(), 1);
+        // A token that does not verify (another key) is refused every time and never remembered.
+        let other = AccessSigner::new(&AuthConfig::hs256("another-secret-0123456789abcdef-xyz-0"))
+            .unwrap()
+            .sign("u1", 60, &serde_json::Map::new())
+            .unwrap();
+        for _ in 0..2 {
+            assert!(matches!(
+                api.authenticate(&bearer(&other)),
+                Err(RestError::Unauthenticated(_))
+            ));
+        }
+        assert_eq!(api.verified.len(), 1);
+        // A token at its `exp` (accepted within the leeway) is verified every time, never remembered.
+        let ending = signer.sign("u2", 0, &serde_json::Map::new()).unwrap();
+        assert_eq!(api.authenticate(&bearer(&ending)).unwrap().id, "u2");
+        assert_eq!(api.verified.len(), 1);
+        // An entry is not used at or after the token's `exp` (and is dropped then).
+        let digest = VerifiedTokens::digest(&good);
+        assert!(api.verified.get(&digest, first.expires_at_s).is_none());
+        assert_eq!(api.verified.len(), 0);
+        // Bounded: past VERIFIED_TOKENS_CACHED_MAX the cache is emptied before it grows.
+        let cache = VerifiedTokens::default();
+        let now = now_s();
+        for i in 0..VERIFIED_TOKENS_CACHED_MAX + 10 {
+            cache.insert(VerifiedTokens::digest(&i.to_string()), &first, now);
+            assert!(cache.len() <= VERIFIED_TOKENS_CACHED_MAX);
+        }
+        assert!(cache.get(&VerifiedTokens::digest("0"), now).is_none());
+        let last = (VERIFIED_TOKENS_CACHED_MAX + 9).to_string();
+        assert_eq!(cache.get(&VerifiedTokens::digest(&last), now), Some(first));
+    }
+
     #[test]
     fn patterns_match_and_capture() {
         let p = Pattern::parse("/companies/{company_id}/workspaces/{workspace_id}/channels");
@@ -947,6 +1103,24 @@ mod tests {
         assert!(percent_decode("a%2").is_err());
         assert!(percent_decode("%zz").is_err());
         assert!(percent_decode("%ff").is_err());
+    }
+
+    #[test]
+    fn one_resource_answer_is_the_object_built_then_serialised() {
+        // What the answer was before it was written straight into its buffer: byte for byte the same.
+        let resource = json!({"id": "m1", "text": "a \"q\" \u{e9}\n", "n": 1.5, "extra": {"z": 1, "a": [1, null]}});
+        let websocket = json!({"room": "/channels/c1/messages", "token": "t.k.n"});
+        let mut object = serde_json::Map::new();
+        object.insert("resource".into(), resource.clone());
+        assert_eq!(
+            one_body(&resource, None).unwrap(),
+            Value::Object(object.clone()).to_string().into_bytes()
+        );
+        object.insert("websocket".into(), websocket.clone());
+        assert_eq!(
+            one_body(&resource, Some(websocket)).unwrap(),
+            Value::Object(object).to_string().into_bytes()
+        );
     }
 
     #[test]

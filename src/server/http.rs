@@ -315,10 +315,28 @@ pub enum Parsed {
     Complete(Request, usize),
 }
 
+/// Header slots parsed into a stack array (no allocation per parse) when `http_headers_count_max` is at most this.
+const STACK_HEADERS_MAX: usize = 64;
+
 /// Parse one request from `buf`. `body_max` bounds the Content-Length.
 pub fn parse_request(buf: &[u8], cfg: &ServerConfig, body_max: usize) -> Result<Parsed, HttpError> {
-    let mut headers = vec![httparse::EMPTY_HEADER; cfg.http_headers_count_max];
-    let mut req = httparse::Request::new(&mut headers);
+    let count = cfg.http_headers_count_max;
+    if count <= STACK_HEADERS_MAX {
+        let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS_MAX];
+        parse_into(buf, cfg, body_max, &mut headers[..count])
+    } else {
+        let mut headers = vec![httparse::EMPTY_HEADER; count];
+        parse_into(buf, cfg, body_max, &mut headers)
+    }
+}
+
+fn parse_into<'a>(
+    buf: &'a [u8],
+    cfg: &ServerConfig,
+    body_max: usize,
+    headers: &mut [httparse::Header<'a>],
+) -> Result<Parsed, HttpError> {
+    let mut req = httparse::Request::new(headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
@@ -412,6 +430,38 @@ mod tests {
                 assert_eq!(r.body, b"abc");
             }
             Parsed::Partial => panic!("complete request not parsed"),
+        }
+    }
+
+    #[test]
+    fn header_count_bound_on_the_stack_and_beyond_it() {
+        let raw = |n: usize| {
+            let mut r = String::from("GET / HTTP/1.1\r\n");
+            for i in 0..n {
+                r.push_str(&format!("X-H{i}: v\r\n"));
+            }
+            r.push_str("\r\n");
+            r
+        };
+        for (max, n, ok) in [
+            (2, 2, true),
+            (2, 3, false),
+            (64, 64, true),
+            (64, 65, false),
+            (100, 100, true),
+            (100, 101, false),
+        ] {
+            let cfg = ServerConfig {
+                http_headers_count_max: max,
+                ..ServerConfig::default()
+            };
+            match parse_request(raw(n).as_bytes(), &cfg, 0) {
+                Ok(Parsed::Complete(r, _)) => {
+                    assert!(ok && r.headers.len() == n, "max {max}, {n} headers")
+                }
+                Err(e) => assert!(!ok && e.status() == 431, "max {max}, {n} headers: {e}"),
+                Ok(Parsed::Partial) => panic!("max {max}, {n} headers: partial"),
+            }
         }
     }
 
