@@ -117,6 +117,7 @@ impl VerifiedTokens {
         users.insert(digest, user.clone());
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.users.borrow().len()
     }
