@@ -1,9 +1,10 @@
 //! The IO shard's commit path with the embedded store (issue 11 item 1): writes/s and CPU per write at 1, 16 and 256
-//! concurrent writers, every write durable (group commit: one fsync'd redb transaction per batch).
+//! concurrent writers, every write durable (group commit: one redb transaction per batch, made durable by one
+//! write-ahead-log append + `fdatasync`, a durable redb commit at each checkpoint).
 //!
 //! `cargo bench --bench commit` (add `-- --quick` for a short run). Criterion reports the wall time per write and the
 //! throughput (writes/s); after each group this bench prints the process CPU (utime + stime, every thread: caller, IO
-//! shard) per write and the mean number of writes per fsync'd commit. Writers are futures awaited together from one
+//! shard) per write, the mean number of writes per durable group, and how many groups were logged and checkpointed. Writers are futures awaited together from one
 //! thread, each doing one upsert through `IoHandle::call` at a time.
 
 use std::cell::Cell;
@@ -122,6 +123,7 @@ fn commit_path(c: &mut Criterion) {
     for writers in [1usize, 16, 256] {
         let (mut cpu, mut writes) = (0u64, 0u64);
         let (commits0, writes0) = backend.commit_stats();
+        let log0 = backend.log_stats();
         group.bench_function(BenchmarkId::new("durable_upsert_writers", writers), |b| {
             b.iter_custom(|iters| {
                 let c0 = cpu_us();
@@ -132,10 +134,13 @@ fn commit_path(c: &mut Criterion) {
             })
         });
         let (commits1, writes1) = backend.commit_stats();
+        let log1 = backend.log_stats();
         let per_commit = (writes1 - writes0) as f64 / (commits1 - commits0).max(1) as f64;
         println!(
-            "commit/{writers} writers: {:.1} us CPU per write (process, all threads), {per_commit:.1} writes per fsync'd commit, {writes} writes",
-            cpu as f64 / writes.max(1) as f64
+            "commit/{writers} writers: {:.1} us CPU per write (process, all threads), {per_commit:.1} writes per durable group, {writes} writes, {} groups logged, {} checkpoints",
+            cpu as f64 / writes.max(1) as f64,
+            log1.logged - log0.logged,
+            log1.checkpoints - log0.checkpoints,
         );
     }
     group.finish();
@@ -143,5 +148,54 @@ fn commit_path(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, commit_path);
+/// The log's append alone (one 400-byte record made durable), direct (`O_DIRECT | O_DSYNC`) and buffered (`pwrite` +
+/// `fdatasync`), on a log file in the temporary directory; prints the CPU per append.
+fn log_append(c: &mut Criterion) {
+    use shardcast::orm::backend::embedded::wal::{WAL_BYTES_DEFAULT, Wal};
+    let dir = std::env::temp_dir().join(format!("shardcast-bench-wal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let payload = vec![b'x'; 400];
+    let mut group = c.benchmark_group("log_append");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Elements(1));
+    for direct in [true, false] {
+        let name = if direct { "direct" } else { "buffered" };
+        let (mut wal, _) =
+            Wal::open_with(&dir.join(format!("{name}.wal")), WAL_BYTES_DEFAULT, direct)
+                .expect("open the log");
+        assert_eq!(
+            wal.is_direct(),
+            direct,
+            "direct writes refused in {}",
+            dir.display()
+        );
+        wal.restart(1);
+        let (mut cpu, mut appends) = (0u64, 0u64);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let (c0, t0) = (cpu_us(), Instant::now());
+                for _ in 0..iters {
+                    if !wal.fits(payload.len()) {
+                        wal.restart(wal.epoch() + 1);
+                    }
+                    wal.append(&payload).expect("append");
+                }
+                cpu += cpu_us().saturating_sub(c0);
+                appends += iters;
+                t0.elapsed()
+            })
+        });
+        println!(
+            "log_append/{name}: {:.1} us CPU per durable 432-byte append, {appends} appends",
+            cpu as f64 / appends.max(1) as f64
+        );
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, commit_path, log_append);
 criterion_main!(benches);

@@ -385,3 +385,301 @@ fn one_request_reads_checks_and_writes() {
     );
     shard.stop();
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The write-ahead log (issue 11): crash images, torn tails, stale laps, kills during checkpoints.
+
+use shardcast::orm::backend::embedded::wal::{HEADER_BYTES, WAL_BYTES_MIN};
+
+/// Copies the store's two files as a crash (SIGKILL) at this instant would leave them: no write is in flight, and a
+/// killed process leaves the page cache, which is what a copy reads.
+fn crash_image(from: &EmbeddedBackend, dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).expect("image dir");
+    let db = dir.join("db.redb");
+    std::fs::copy(from.path(), &db).expect("copy the database");
+    std::fs::copy(from.wal_path(), dir.join("db.redb.wal")).expect("copy the log");
+    db
+}
+
+/// The offsets of the records at the start of a log file (header: magic, payload length, ...; see `wal.rs`).
+fn record_offsets(log: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + HEADER_BYTES <= log.len() && log[at..at + 4] == *b"SCWL" {
+        out.push(at);
+        let len = u32::from_le_bytes(log[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        at += HEADER_BYTES + len;
+    }
+    out
+}
+
+fn get_raw(b: &EmbeddedBackend, k: &str) -> Option<Row> {
+    let mut key = Row::new();
+    key.insert("k".into(), Value::Text(k.into()));
+    block_on(b.get(&raw_schema(), &key)).expect("get")
+}
+
+fn put_raw(b: &EmbeddedBackend, k: &str, v: &str) {
+    block_on(b.upsert(&raw_schema(), raw_row(k, v))).expect("upsert");
+}
+
+/// A crash image after writes that were only logged (redb holds them non-durably): reopening replays them, and the
+/// reopened store keeps working and reopens again.
+#[test]
+fn a_crash_image_replays_every_logged_write() {
+    let dir = test_dir("image");
+    let b = EmbeddedBackend::open(dir.join("db.redb")).expect("open");
+    block_on(b.ensure_schema(&raw_schema())).expect("schema");
+    put_raw(&b, "a", "1");
+    put_raw(&b, "b", "1");
+    put_raw(&b, "c", "1");
+    put_raw(&b, "a", "2");
+    let mut key = Row::new();
+    key.insert("k".into(), Value::Text("b".into()));
+    block_on(b.delete(&raw_schema(), &key)).expect("delete");
+    assert_eq!(b.log_stats().logged, 5, "each write was one log append");
+    let path = crash_image(&b, &dir.join("crash"));
+    drop(b);
+    let r = EmbeddedBackend::open(&path).expect("reopens");
+    assert_eq!(r.log_stats().replayed, 5);
+    assert_eq!(get_raw(&r, "a"), Some(raw_row("a", "2")));
+    assert_eq!(
+        get_raw(&r, "b"),
+        None,
+        "the delete was replayed after the put"
+    );
+    assert_eq!(get_raw(&r, "c"), Some(raw_row("c", "1")));
+    put_raw(&r, "d", "1");
+    drop(r);
+    let r = EmbeddedBackend::open(&path).expect("reopens again");
+    assert_eq!(
+        r.log_stats().replayed,
+        0,
+        "a clean close checkpoints: nothing left to replay"
+    );
+    assert_eq!(get_raw(&r, "d"), Some(raw_row("d", "1")));
+    assert_eq!(get_raw(&r, "a"), Some(raw_row("a", "2")));
+}
+
+/// A torn last record (a flipped byte, a file cut inside it) stops the replay before it; garbage after the last
+/// record is ignored; the store opens, serves and reopens in every case.
+#[test]
+fn a_torn_or_garbage_log_tail_stops_replay_there() {
+    let dir = test_dir("torn");
+    let b = EmbeddedBackend::open(dir.join("db.redb")).expect("open");
+    block_on(b.ensure_schema(&raw_schema())).expect("schema");
+    put_raw(&b, "a", "1");
+    put_raw(&b, "b", "1");
+    put_raw(&b, "c", "1");
+    let image = |name: &str| crash_image(&b, &dir.join(name));
+    let (flipped, cut, garbage) = (image("flipped"), image("cut"), image("garbage"));
+    let log = std::fs::read(b.wal_path()).expect("log");
+    let offsets = record_offsets(&log);
+    assert_eq!(offsets.len(), 3, "three logged writes");
+    let third = offsets[2];
+    let end = third
+        + HEADER_BYTES
+        + u32::from_le_bytes(log[third + 4..third + 8].try_into().expect("len")) as usize;
+
+    let wal_of = |db: &std::path::Path| {
+        let mut p = db.as_os_str().to_os_string();
+        p.push(".wal");
+        std::path::PathBuf::from(p)
+    };
+    let mut bytes = log.clone();
+    bytes[end - 3] ^= 0x01;
+    std::fs::write(wal_of(&flipped), &bytes).expect("flip");
+    std::fs::write(wal_of(&cut), &log[..end - 1]).expect("cut");
+    let mut bytes = log.clone();
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    if bytes.len() < end + noise.len() {
+        bytes.resize(end + noise.len(), 0);
+    }
+    bytes[end..end + noise.len()].copy_from_slice(&noise);
+    std::fs::write(wal_of(&garbage), &bytes).expect("garbage");
+
+    for (path, replayed, c) in [
+        (&flipped, 2, None),
+        (&cut, 2, None),
+        (&garbage, 3, Some(raw_row("c", "1"))),
+    ] {
+        let r = EmbeddedBackend::open(path).expect("opens");
+        assert_eq!(r.log_stats().replayed, replayed, "{}", path.display());
+        assert_eq!(get_raw(&r, "a"), Some(raw_row("a", "1")));
+        assert_eq!(get_raw(&r, "b"), Some(raw_row("b", "1")));
+        assert_eq!(get_raw(&r, "c"), c, "{}", path.display());
+        put_raw(&r, "z", "1");
+        drop(r);
+        let r = EmbeddedBackend::open(path).expect("reopens");
+        assert_eq!(get_raw(&r, "z"), Some(raw_row("z", "1")));
+    }
+}
+
+/// After a checkpoint the log restarts at offset 0 with a new epoch. A new first record of exactly one block (4 KiB,
+/// so nothing after it is zeroed) lines the old lap's second record up where the next record would be, with the right
+/// sequence number. Only its epoch tells it apart: replaying it would bring back an old value of `b`.
+#[test]
+fn a_stale_block_of_an_earlier_lap_is_not_replayed() {
+    let dir = test_dir("stale");
+    // The value length that makes the record of one upsert exactly one block, measured on a scratch store.
+    let block = 4096usize;
+    let probe = {
+        let s = EmbeddedBackend::open(dir.join("probe").join("db.redb")).expect("open");
+        block_on(s.ensure_schema(&raw_schema())).expect("schema");
+        put_raw(&s, "a", &"x".repeat(100));
+        let log = std::fs::read(s.wal_path()).expect("log");
+        HEADER_BYTES + u32::from_le_bytes(log[4..8].try_into().expect("len")) as usize
+    };
+    let long = block - probe + 100;
+    let b = EmbeddedBackend::open(dir.join("db.redb")).expect("open");
+    block_on(b.ensure_schema(&raw_schema())).expect("schema");
+    put_raw(&b, "a", &"x".repeat(long));
+    put_raw(&b, "b", "1");
+    b.checkpoint().expect("checkpoint");
+    put_raw(&b, "b", &"y".repeat(long));
+    let path = crash_image(&b, &dir.join("crash"));
+    let log = std::fs::read(b.wal_path()).expect("log");
+    let offsets = record_offsets(&log);
+    assert_eq!(
+        offsets[..2],
+        [0, block],
+        "one block, then the old lap's second record"
+    );
+    let field =
+        |o: usize, at: usize| u64::from_le_bytes(log[o + at..o + at + 8].try_into().expect("u64"));
+    assert_eq!(field(block, 16), 1, "in sequence");
+    assert_eq!(field(0, 8), field(block, 8) + 1, "one lap apart");
+    drop(b);
+    let r = EmbeddedBackend::open(&path).expect("reopens");
+    assert_eq!(r.log_stats().replayed, 1);
+    assert_eq!(
+        get_raw(&r, "b"),
+        Some(raw_row("b", &"y".repeat(long))),
+        "the stale put of b=1 was not replayed"
+    );
+    assert_eq!(get_raw(&r, "a"), Some(raw_row("a", &"x".repeat(long))));
+}
+
+const WAL_CHILD_ENV: &str = "SHARDCAST_TEST_WAL_CHILD_DB";
+const WAL_ROUND_ENV: &str = "SHARDCAST_TEST_WAL_ROUND";
+
+/// The child of the kill test: a store with the smallest log (a checkpoint every few dozen groups), 16 writers through
+/// one IO shard, `ack <n>` after each acknowledged write and `checkpoint <count>` each time the count grows.
+fn wal_crash_child(path: String, round: i64) {
+    use std::io::Write;
+    let cfg = config(path.clone().into());
+    let backend = EmbeddedBackend::open_with_wal_bytes(&path, WAL_BYTES_MIN).expect("child opens");
+    let (_shard, orm) = start(backend.clone(), &cfg);
+    let repo = block_on(Repository::<Note>::open(&orm)).expect("open");
+    let out = Arc::new(std::sync::Mutex::new((std::io::stdout(), 0u64)));
+    let threads: Vec<_> = (0..WRITERS)
+        .map(|t| {
+            let (repo, out, backend) = (repo.clone(), out.clone(), backend.clone());
+            std::thread::spawn(move || {
+                for i in 0.. {
+                    let n = round * 1_000_000_000_000 + t * 1_000_000_000 + i;
+                    block_on(repo.save(Note {
+                        p: "wal".into(),
+                        n,
+                        label: Some(format!("row {n} {}", "x".repeat((i % 7 * 40) as usize))),
+                    }))
+                    .expect("save");
+                    let checkpoints = backend.log_stats().checkpoints;
+                    let mut o = out.lock().expect("stdout");
+                    writeln!(o.0, "ack {n}").expect("stdout");
+                    if checkpoints > o.1 {
+                        o.1 = checkpoints;
+                        writeln!(o.0, "checkpoint {checkpoints}").expect("stdout");
+                    }
+                    o.0.flush().expect("flush");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// Three rounds on one store: 16 writers with a log so small that it checkpoints and restarts every few dozen groups,
+/// killed (SIGKILL, SIGTERM without a handler, SIGKILL) at an arbitrary point (appending, checkpointing, restarting).
+/// After each kill, every write acknowledged in every round so far is in the reopened store, with its content.
+#[test]
+fn kills_during_checkpoints_lose_no_acknowledged_write() {
+    use std::io::BufRead;
+    if let (Ok(path), Ok(round)) = (std::env::var(WAL_CHILD_ENV), std::env::var(WAL_ROUND_ENV)) {
+        return wal_crash_child(path, round.parse().expect("round"));
+    }
+    let path = test_dir("wal-kill").join("db.redb");
+    let mut acked: Vec<i64> = Vec::new();
+    for (round, signal) in [
+        (1i64, libc::SIGKILL),
+        (2, libc::SIGTERM),
+        (3, libc::SIGKILL),
+    ] {
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "kills_during_checkpoints_lose_no_acknowledged_write",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(WAL_CHILD_ENV, &path)
+            .env(WAL_ROUND_ENV, round.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("child starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let (mut this_round, mut checkpoints) = (0usize, 0u64);
+        let mut first: Option<Instant> = None;
+        // The open itself is checkpoint 1; wait for at least three more during the writes.
+        while this_round < 400
+            || checkpoints < 4
+            || first.is_some_and(|f| f.elapsed() < Duration::from_millis(700))
+        {
+            assert!(
+                first.is_none_or(|f| f.elapsed() < Duration::from_secs(60)),
+                "round {round}: only {checkpoints} checkpoints after 60 s of writes"
+            );
+            let line = lines.next().expect("child alive").expect("line");
+            if let Some(n) = line.strip_prefix("ack ") {
+                first.get_or_insert_with(Instant::now);
+                acked.push(n.parse().expect("number"));
+                this_round += 1;
+            } else if let Some(c) = line.strip_prefix("checkpoint ") {
+                checkpoints = c.parse().expect("count");
+            }
+        }
+        // SAFETY: kill(2) on the child's pid, which we have not waited for yet.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+        let status = child.wait().expect("wait");
+        assert!(!status.success(), "round {round}: the child was killed");
+        let cfg = config(path.clone());
+        let backend = EmbeddedBackend::open_with_wal_bytes(&path, WAL_BYTES_MIN)
+            .expect("reopens after the kill");
+        let (shard, orm) = start(backend.clone(), &cfg);
+        let repo = block_on(Repository::<Note>::open(&orm)).expect("open");
+        let stored: BTreeMap<i64, Note> = block_on(all_notes(&repo, "wal"))
+            .into_iter()
+            .map(|n| (n.n, n))
+            .collect();
+        for n in &acked {
+            let note = stored.get(n).unwrap_or_else(|| {
+                panic!(
+                    "round {round}: acknowledged write {n} lost ({} acked)",
+                    acked.len()
+                )
+            });
+            let i = n % 1_000_000_000;
+            assert_eq!(
+                note.label.as_deref(),
+                Some(format!("row {n} {}", "x".repeat((i % 7 * 40) as usize)).as_str())
+            );
+        }
+        shard.stop();
+    }
+}

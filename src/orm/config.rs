@@ -8,6 +8,7 @@
 //! | `SHARDCAST_DB_BACKEND` | `backend` (`embedded`, `mongo`, `cql`) | `embedded` |
 //! | `SHARDCAST_DB_PATH` | `embedded_path` | `shardcast-data/shardcast.redb` |
 //! | `SHARDCAST_DB_SYNC_INTERVAL_MS` | `embedded_sync_interval_ms` (ignored: every write is durable, group commit) | 0 |
+//! | `SHARDCAST_DB_WAL_BYTES` | `embedded_wal_bytes` (write-ahead log size: a checkpoint at least every that many bytes of records) | 4194304 |
 //! | `SHARDCAST_MONGO_URI` | `mongo_uri` | `mongodb://127.0.0.1:27017` |
 //! | `SHARDCAST_MONGO_DATABASE` | `mongo_database` | `shardcast` |
 //! | `SHARDCAST_CQL_NODES` | `cql_nodes` (comma-separated `host:port`) | `127.0.0.1:9042` |
@@ -65,6 +66,9 @@ pub struct OrmConfig {
     /// Ignored (kept so existing configurations still load): every embedded write is fsync'd before it is answered,
     /// and group commit shares one fsync among the writes that arrive together, which made the lossy interval pointless.
     pub embedded_sync_interval_ms: u64,
+    /// Size of the embedded store's write-ahead log (`<embedded_path>.wal`): a durable redb commit (checkpoint) at
+    /// least every that many bytes of logged writes, and at most that much to replay at start-up.
+    pub embedded_wal_bytes: u64,
     /// MongoDB connection string.
     pub mongo_uri: String,
     /// MongoDB database.
@@ -102,6 +106,7 @@ impl Default for OrmConfig {
             backend: BackendKind::Embedded,
             embedded_path: PathBuf::from("shardcast-data/shardcast.redb"),
             embedded_sync_interval_ms: 0,
+            embedded_wal_bytes: crate::orm::backend::embedded::wal::WAL_BYTES_DEFAULT,
             mongo_uri: "mongodb://127.0.0.1:27017".into(),
             mongo_database: "shardcast".into(),
             cql_nodes: vec!["127.0.0.1:9042".into()],
@@ -127,6 +132,7 @@ impl std::fmt::Debug for OrmConfig {
             .field("backend", &self.backend)
             .field("embedded_path", &self.embedded_path)
             .field("embedded_sync_interval_ms", &self.embedded_sync_interval_ms)
+            .field("embedded_wal_bytes", &self.embedded_wal_bytes)
             .field("mongo_uri", &redact_uri(&self.mongo_uri))
             .field("mongo_database", &self.mongo_database)
             .field("cql_nodes", &self.cql_nodes)
@@ -174,6 +180,9 @@ impl OrmConfig {
         }
         if let Some(v) = get("SHARDCAST_DB_SYNC_INTERVAL_MS") {
             self.embedded_sync_interval_ms = num("SHARDCAST_DB_SYNC_INTERVAL_MS", v)?;
+        }
+        if let Some(v) = get("SHARDCAST_DB_WAL_BYTES") {
+            self.embedded_wal_bytes = num("SHARDCAST_DB_WAL_BYTES", v)?;
         }
         if let Some(v) = get("SHARDCAST_MONGO_URI") {
             self.mongo_uri = v;

@@ -51,10 +51,11 @@ pub fn backend_factory(config: &OrmConfig) -> BackendFactory {
             let backend: Arc<dyn Backend> =
                 match config.backend {
                     BackendKind::Embedded => {
-                        Arc::new(backend::embedded::EmbeddedBackend::open_with_sync_interval(
+                        Arc::new(backend::embedded::EmbeddedBackend::open_with_config(
                             &config.embedded_path,
                             (config.embedded_sync_interval_ms > 0)
                                 .then(|| Duration::from_millis(config.embedded_sync_interval_ms)),
+                            config.embedded_wal_bytes,
                         )?)
                     }
                     BackendKind::Mongo => Arc::new(

@@ -21,21 +21,37 @@
 //! number: big-endian with the sign bit flipped; boolean: one byte; uuid: 16 bytes; timeuuid: the 24-byte
 //! [`timeuuid_sort_key`].
 //!
-//! # Durability: group commit
-//! Every acknowledged write is durable: it was committed with `Durability::Immediate` (fsync) before its future
-//! completes, so it survives a crash (`kill -9`, power loss). Writes are not committed one by one: each write is queued
-//! as a job, and [`Backend::commit_pending`] applies every queued job in one redb write transaction, commits it with
-//! fsync, then answers all of them. Writes queued while a commit runs wait for the next one, so under load one fsync
-//! serves many writes (group commit), and a lone write still gets its own fsync at once.
+//! # Durability: group commit through a write-ahead log
+//! Every acknowledged write is durable: before its future completes, what it wrote is in a synced record of the
+//! write-ahead log ([`wal`], the file `<database>.wal`), so it survives a crash (`kill -9`, power loss). Writes are not
+//! committed one by one: each write is queued as a job, and [`Backend::commit_pending`] applies every queued job in
+//! one redb write transaction, appends the group's effects (the row-level puts and deletes of every table it touched,
+//! index and expiry tables included) to the log as one record, syncs it (one `pwrite` + one `fdatasync`), commits the
+//! transaction with `Durability::None` (visible to every later read, not synced), then answers all of them. Writes
+//! queued while a commit runs wait for the next one, so under load one sync serves many writes, and a lone write still
+//! gets its own sync at once.
+//!
+//! **Checkpoints.** A redb commit with `Durability::Immediate` makes every earlier non-durable commit durable. The log
+//! has a fixed capacity (`wal_bytes`, default [`wal::WAL_BYTES_DEFAULT`]); the group that does not fit in the rest of
+//! it is committed that way instead of being logged, and the same commit stores the next epoch of the log (table
+//! `__shardcast_wal`), after which the log restarts at offset 0. The other durable commits (schema changes, the
+//! expiry sweep, shutdown) are checkpoints too. A crash anywhere leaves either the old epoch (the last durable redb
+//! state plus that epoch's records in the log) or the new one (everything in redb): nothing acknowledged is lost.
+//!
+//! **Open.** The log's records of the stored epoch are read from offset 0 until the first one that is torn, zeroed,
+//! from another epoch (an earlier lap's stale block) or out of sequence; they are applied again (puts and deletes of
+//! whole rows: replaying twice gives the same store as once) and a checkpoint starts a new epoch before the store
+//! serves.
 //!
 //! Who calls `commit_pending`: inside the IO shard, its thread does, each time every ready request has run
-//! ([`Backend::attach_group_commit`]); redb then runs on the IO shard's own thread, with no thread pool in the path.
-//! Used on its own (tests, benches), a write commits the queue itself when it is first polled (the classic
+//! ([`Backend::attach_group_commit`]); redb and the log then run on the IO shard's own thread, with no thread pool in
+//! the path. Used on its own (tests, benches), a write commits the queue itself when it is first polled (the classic
 //! leader/follower group commit: whoever holds the commit lock commits everybody's queued jobs).
 //!
 //! A job that fails (bad key, corrupt row) must not leave half its writes in the shared transaction: the transaction is
 //! aborted, the jobs that succeeded before it are applied again in a fresh transaction and committed, and the failed job
-//! alone gets its error. Jobs are therefore `FnMut` (re-runnable); each job is applied at most twice.
+//! alone gets its error; nothing of it is logged. Jobs are therefore `FnMut` (re-runnable); each job is applied at most
+//! twice.
 //!
 //! There is no lossy mode any more: `orm.embedded_sync_interval_ms` is accepted for compatibility and ignored.
 //!
@@ -53,8 +69,14 @@ use std::time::Duration;
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
-    TableError, WriteTransaction,
+    TableError,
 };
+
+mod commit;
+pub mod wal;
+
+use commit::{Job, Outcome, Tx, WriteJob};
+use wal::Wal;
 
 use super::{
     Backend, BackendError, BackendResult, BoxFuture, ColumnType, FilterOp, Order, Page, PageToken,
@@ -73,54 +95,23 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 type Bytes = Vec<u8>;
 
-/// One queued write: applied inside the shared transaction (possibly twice, see "Durability" in the module docs), then
-/// answered once with the outcome of the commit.
-trait WriteJob: Send {
-    /// Applies the write to `txn`; on `Err`, the caller aborts `txn` (the job may have written part of its rows).
-    fn apply(&mut self, txn: &WriteTransaction) -> BackendResult<()>;
-    /// Answers the writer: `Ok` once the transaction that holds the write is durable.
-    fn finish(self: Box<Self>, outcome: BackendResult<()>);
-}
-
-struct Job<T, F> {
-    f: F,
-    out: Option<T>,
-    answer: tokio::sync::oneshot::Sender<BackendResult<T>>,
-}
-
-impl<T, F> WriteJob for Job<T, F>
-where
-    T: Send,
-    F: FnMut(&WriteTransaction) -> BackendResult<T> + Send,
-{
-    fn apply(&mut self, txn: &WriteTransaction) -> BackendResult<()> {
-        self.out = Some((self.f)(txn)?);
-        Ok(())
-    }
-
-    fn finish(self: Box<Self>, outcome: BackendResult<()>) {
-        let Job { out, answer, .. } = *self;
-        let r = outcome.and_then(|()| {
-            out.ok_or_else(|| {
-                BackendError::Database("embedded store: a write job was answered unapplied".into())
-            })
-        });
-        // The writer may have given up (timeout, shutdown); its answer is then dropped.
-        let _ = answer.send(r);
-    }
-}
-
 /// The group-commit queue (see "Durability" in the module docs).
 struct GroupCommit {
+    db: Arc<Database>,
     pending: Mutex<Vec<Box<dyn WriteJob>>>,
-    /// Held while a transaction is being applied and committed: one committer at a time.
-    committing: Mutex<()>,
+    /// Held while a transaction is being applied and made durable: one committer at a time, and the owner of the log.
+    committing: Mutex<Wal>,
     /// Set by [`Backend::attach_group_commit`]: the owner's thread commits; writers only queue and call `wake`.
     owner_wake: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     attached: AtomicBool,
-    /// Commits made and writes they carried (for benches and the metrics of the commit path).
+    /// Groups made durable and writes they carried (for benches and the metrics of the commit path).
     commits: AtomicU64,
     writes: AtomicU64,
+    /// Groups logged (one append + sync each) and checkpoints (durable redb commits).
+    logged: AtomicU64,
+    checkpoints: AtomicU64,
+    /// Records replayed from the log when the store was opened.
+    replayed: usize,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -133,6 +124,29 @@ impl std::fmt::Debug for GroupCommit {
     }
 }
 
+impl Drop for GroupCommit {
+    /// A clean shutdown leaves an empty log: its records are checkpointed into redb.
+    fn drop(&mut self) {
+        if let Ok(wal) = self.committing.get_mut()
+            && !wal.is_empty()
+            && let Err(e) = commit::checkpoint(&self.db, wal)
+        {
+            tracing::warn!(error = %e, "embedded store: checkpoint at close failed (the log is replayed at the next open)");
+        }
+    }
+}
+
+/// Counters of the commit path since the store was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogStats {
+    /// Groups made durable by one log append + sync.
+    pub logged: u64,
+    /// Durable redb commits that restarted the log (full log, schema changes, sweeps; the one at open included).
+    pub checkpoints: u64,
+    /// Records replayed from the log at open.
+    pub replayed: usize,
+}
+
 /// The embedded redb backend. Cheap to share: the database handle is behind an `Arc`.
 #[derive(Debug, Clone)]
 pub struct EmbeddedBackend {
@@ -141,66 +155,16 @@ pub struct EmbeddedBackend {
     group: Arc<GroupCommit>,
 }
 
-/// Applies `jobs` in one transaction and commits it with fsync, then answers them; see "Durability" in the module docs.
-fn commit_jobs(db: &Database, jobs: Vec<Box<dyn WriteJob>>) {
-    let mut done: Vec<Box<dyn WriteJob>> = Vec::with_capacity(jobs.len());
-    let mut txn = None;
-    for mut job in jobs {
-        let t = match txn.take() {
-            Some(t) => t,
-            None => match begin_write(db, Durability::Immediate) {
-                Ok(t) => t,
-                Err(e) => {
-                    job.finish(Err(e));
-                    continue;
-                }
-            },
-        };
-        match job.apply(&t) {
-            Ok(()) => {
-                done.push(job);
-                txn = Some(t);
-            }
-            Err(e) => {
-                // Drop the failed job's partial writes with the transaction, answer it, and make the jobs before it
-                // durable on their own (each job is applied at most twice).
-                let _ = t.abort();
-                job.finish(Err(e));
-                if !done.is_empty() {
-                    reapply_and_commit(db, std::mem::take(&mut done));
-                }
-            }
-        }
-    }
-    if let Some(t) = txn {
-        let outcome = t.commit().map_err(db_err);
-        answer_all(done, outcome);
-    }
-}
-
-fn reapply_and_commit(db: &Database, mut jobs: Vec<Box<dyn WriteJob>>) {
-    let outcome = begin_write(db, Durability::Immediate).and_then(|t| {
-        for job in &mut jobs {
-            if let Err(e) = job.apply(&t) {
-                let _ = t.abort();
-                return Err(e);
-            }
-        }
-        t.commit().map_err(db_err)
-    });
-    answer_all(jobs, outcome);
-}
-
-fn answer_all(jobs: Vec<Box<dyn WriteJob>>, outcome: BackendResult<()>) {
-    for job in jobs {
-        job.finish(outcome.clone());
-    }
-}
-
 impl EmbeddedBackend {
-    /// Opens (or creates) the database file at `path`; its parent directory is created if missing. Every acknowledged
-    /// write is fsync'd (group commit, see "Durability" in the module docs).
+    /// Opens (or creates) the database file at `path` and its log `<path>.wal` with the default log size; the parent
+    /// directory is created if missing. Every acknowledged write is durable (see "Durability" in the module docs).
     pub fn open(path: impl AsRef<Path>) -> BackendResult<Self> {
+        Self::open_with_wal_bytes(path, wal::WAL_BYTES_DEFAULT)
+    }
+
+    /// [`EmbeddedBackend::open`] with a log of `wal_bytes` (at least [`wal::WAL_BYTES_MIN`]): a checkpoint every
+    /// `wal_bytes` of records at most; the log replayed at open is at most that long.
+    pub fn open_with_wal_bytes(path: impl AsRef<Path>, wal_bytes: u64) -> BackendResult<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -213,26 +177,28 @@ impl EmbeddedBackend {
                 path.display()
             ))
         })?;
+        let (wal, replayed) = commit::open_log(&db, &Wal::path_for(&path), wal_bytes)?;
         let db = Arc::new(db);
-        spawn_sweeper(Arc::downgrade(&db))?;
-        Ok(Self {
-            db,
-            path,
-            group: Arc::new(GroupCommit {
-                pending: Mutex::new(Vec::new()),
-                committing: Mutex::new(()),
-                owner_wake: Mutex::new(None),
-                attached: AtomicBool::new(false),
-                commits: AtomicU64::new(0),
-                writes: AtomicU64::new(0),
-            }),
-        })
+        let group = Arc::new(GroupCommit {
+            db: db.clone(),
+            pending: Mutex::new(Vec::new()),
+            committing: Mutex::new(wal),
+            owner_wake: Mutex::new(None),
+            attached: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            logged: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(1),
+            replayed,
+        });
+        spawn_sweeper(Arc::downgrade(&group))?;
+        Ok(Self { db, path, group })
     }
 
     /// Deletes up to `rows_max` expired rows now (the background sweep does this every [`SWEEP_INTERVAL`]);
     /// returns how many expiry entries it processed.
     pub fn sweep_expired(&self, rows_max: usize) -> BackendResult<usize> {
-        sweep_expired_sync(&self.db, rows_max)
+        sweep_expired_sync(&self.db, &self.group.committing, rows_max)
     }
 
     /// Kept for compatibility: the sync interval is ignored, every acknowledged write is durable (group commit makes
@@ -249,17 +215,57 @@ impl EmbeddedBackend {
         Self::open(path)
     }
 
+    /// Opens the store as `OrmConfig` says: the sync interval is ignored (see
+    /// [`EmbeddedBackend::open_with_sync_interval`]), the log holds `wal_bytes`.
+    pub fn open_with_config(
+        path: impl AsRef<Path>,
+        sync_interval: Option<Duration>,
+        wal_bytes: u64,
+    ) -> BackendResult<Self> {
+        if sync_interval.is_some_and(|d| !d.is_zero()) {
+            tracing::warn!(
+                "orm.embedded_sync_interval_ms is ignored: every write is durable (group commit)"
+            );
+        }
+        Self::open_with_wal_bytes(path, wal_bytes)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Durable commits made so far, and the writes they carried (writes / commits is the mean group size).
+    /// The write-ahead log file.
+    pub fn wal_path(&self) -> PathBuf {
+        Wal::path_for(&self.path)
+    }
+
+    /// Groups made durable so far, and the writes they carried (writes / commits is the mean group size).
     pub fn commit_stats(&self) -> (u64, u64) {
         (
             self.group.commits.load(Ordering::Relaxed),
             self.group.writes.load(Ordering::Relaxed),
         )
+    }
+
+    /// How the groups were made durable, and what the open replayed.
+    pub fn log_stats(&self) -> LogStats {
+        LogStats {
+            logged: self.group.logged.load(Ordering::Relaxed),
+            checkpoints: self.group.checkpoints.load(Ordering::Relaxed),
+            replayed: self.group.replayed,
+        }
+    }
+
+    /// Checkpoints now: one durable redb commit, then the log restarts (it happens by itself when the log is full).
+    pub fn checkpoint(&self) -> BackendResult<()> {
+        self.commit_now();
+        let mut wal = self.group.committing.lock().map_err(|_| {
+            BackendError::Database("embedded store: the commit lock is poisoned".into())
+        })?;
+        commit::checkpoint(&self.db, &mut wal)?;
+        self.group.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     fn raw_row_sync(&self, schema: &TableSchema, key: &Row) -> BackendResult<Option<Vec<u8>>> {
@@ -280,7 +286,7 @@ impl EmbeddedBackend {
     /// Queues a write for the next group commit and waits until it is durable. `f` may run twice (see "Durability").
     fn grouped<T: Send + 'static>(
         &self,
-        f: impl FnMut(&WriteTransaction) -> BackendResult<T> + Send + 'static,
+        f: impl FnMut(&Tx) -> BackendResult<T> + Send + 'static,
     ) -> BoxFuture<'static, BackendResult<T>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Box<dyn WriteJob> = Box::new(Job {
@@ -321,7 +327,7 @@ impl EmbeddedBackend {
 
     /// Commits every queued write now, on the calling thread; returns how many writes were committed.
     fn commit_now(&self) -> usize {
-        let Ok(_lock) = self.group.committing.lock() else {
+        let Ok(mut wal) = self.group.committing.lock() else {
             return 0;
         };
         let jobs = match self.group.pending.lock() {
@@ -330,7 +336,13 @@ impl EmbeddedBackend {
         };
         let n = jobs.len();
         if n > 0 {
-            commit_jobs(&self.db, jobs);
+            for outcome in commit::commit_jobs(&self.db, &mut wal, jobs) {
+                match outcome {
+                    Outcome::Logged => self.group.logged.fetch_add(1, Ordering::Relaxed),
+                    Outcome::Checkpoint => self.group.checkpoints.fetch_add(1, Ordering::Relaxed),
+                    Outcome::Nothing => 0,
+                };
+            }
             self.group.commits.fetch_add(1, Ordering::Relaxed);
             self.group.writes.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -896,20 +908,15 @@ fn index_entry(
     side_entry(schema, column, row, pk, || Ok(Vec::new()))
 }
 
-/// Writes `new` at `pk` inside `txn`, replacing `old`, and keeps the index tables in step.
+/// Writes `new` at `pk` inside `tx`, replacing `old`, and keeps the index tables in step.
 fn write_row(
-    txn: &redb::WriteTransaction,
+    tx: &Tx,
     schema: &TableSchema,
     pk: &[u8],
     old: Option<&Row>,
     new: &Row,
 ) -> BackendResult<()> {
-    let data_name = data_table_name(&schema.name);
-    {
-        let mut data = txn.open_table(data_def(&data_name)).map_err(db_err)?;
-        data.insert(pk, encode_row(new).as_slice())
-            .map_err(db_err)?;
-    }
+    tx.put(&data_table_name(&schema.name), pk, &encode_row(new))?;
     for column in &schema.indexes {
         let before = match old {
             Some(o) => index_entry(schema, column, o, pk)?,
@@ -920,15 +927,14 @@ fn write_row(
             continue;
         }
         let iname = index_table_name(&schema.name, column);
-        let mut index = txn.open_table(data_def(&iname)).map_err(db_err)?;
         if let Some(b) = before {
-            index.remove(b.as_slice()).map_err(db_err)?;
+            tx.delete(&iname, &b)?;
         }
         if let Some(a) = after {
-            index.insert(a.as_slice(), [].as_slice()).map_err(db_err)?;
+            tx.put(&iname, &a, &[])?;
         }
     }
-    write_aux(txn, schema, pk, old, Some(new))
+    write_aux(tx, schema, pk, old, Some(new))
 }
 
 fn local_table_name(table: &str, column: &str) -> String {
@@ -992,7 +998,7 @@ fn expiry_entry(row: &Row, pk: &[u8]) -> Option<Bytes> {
 /// Keeps the local tables and the expiry table in step with a change of the row at `pk` from `old` to `new`
 /// (`None`: absent).
 fn write_aux(
-    txn: &redb::WriteTransaction,
+    tx: &Tx,
     schema: &TableSchema,
     pk: &[u8],
     old: Option<&Row>,
@@ -1011,24 +1017,22 @@ fn write_aux(
             continue;
         }
         let lname = local_table_name(&schema.name, &column);
-        let mut local = txn.open_table(data_def(&lname)).map_err(db_err)?;
         if let Some(b) = before {
-            local.remove(b.as_slice()).map_err(db_err)?;
+            tx.delete(&lname, &b)?;
         }
         if let Some(a) = after {
-            local.insert(a.as_slice(), [].as_slice()).map_err(db_err)?;
+            tx.put(&lname, &a, &[])?;
         }
     }
     let before = old.and_then(|o| expiry_entry(o, pk));
     let after = new.and_then(|n| expiry_entry(n, pk));
     if before != after {
         let xname = expiry_table_name(&schema.name);
-        let mut x = txn.open_table(data_def(&xname)).map_err(db_err)?;
         if let Some(b) = before {
-            x.remove(b.as_slice()).map_err(db_err)?;
+            tx.delete(&xname, &b)?;
         }
         if let Some(a) = after {
-            x.insert(a.as_slice(), [].as_slice()).map_err(db_err)?;
+            tx.put(&xname, &a, &[])?;
         }
     }
     Ok(())
@@ -1073,15 +1077,10 @@ fn local_segments(schema: &TableSchema, query: &Query) -> BackendResult<(String,
     Ok((column, prefixes.into_iter().map(Segment::prefix).collect()))
 }
 
-/// Applies a patch (`Backend::patch`) to the row at `pk` inside `txn`: read, merge, write; `false` (nothing written) if
+/// Applies a patch (`Backend::patch`) to the row at `pk` inside `tx`: read, merge, write; `false` (nothing written) if
 /// the row is absent or expired. Re-runnable: it only reads its arguments.
-fn patch_in(
-    txn: &redb::WriteTransaction,
-    schema: &TableSchema,
-    pk: &[u8],
-    columns: &Row,
-) -> BackendResult<bool> {
-    let Some(old) = read_row(txn, schema, pk)? else {
+fn patch_in(tx: &Tx, schema: &TableSchema, pk: &[u8], columns: &Row) -> BackendResult<bool> {
+    let Some(old) = read_row(tx, schema, pk)? else {
         return Ok(false);
     };
     if is_expired(&old, super::now_ms()) {
@@ -1100,12 +1099,17 @@ fn patch_in(
             new.insert(c.clone(), v.clone());
         }
     }
-    write_row(txn, schema, pk, Some(&old), &new)?;
+    write_row(tx, schema, pk, Some(&old), &new)?;
     Ok(true)
 }
 
 /// Deletes up to `rows_max` expired rows (of every table) in one write transaction; returns how many it deleted.
-fn sweep_expired_sync(db: &Database, rows_max: usize) -> BackendResult<usize> {
+/// Deletes up to `rows_max` expired rows in one durable commit, which is a checkpoint (taken under the commit lock).
+fn sweep_expired_sync(
+    db: &Database,
+    committing: &Mutex<Wal>,
+    rows_max: usize,
+) -> BackendResult<usize> {
     let schemas: Vec<TableSchema> = {
         let txn = db.begin_read().map_err(db_err)?;
         let meta = match txn.open_table(SCHEMA_TABLE) {
@@ -1154,52 +1158,53 @@ fn sweep_expired_sync(db: &Database, rows_max: usize) -> BackendResult<usize> {
     if due_per_table.is_empty() {
         return Ok(0);
     }
-    let txn = begin_write(db, Durability::Immediate)?;
+    let mut wal = committing.lock().map_err(|_| {
+        BackendError::Database("embedded store: the commit lock is poisoned".into())
+    })?;
+    let tx = Tx::begin(db, Durability::Immediate)?;
     let mut done = 0;
     for (i, due) in due_per_table {
         let schema = &schemas[i];
         let xname = expiry_table_name(&schema.name);
         for k in due {
             let pk = &k[8.min(k.len())..];
-            match read_row(&txn, schema, pk)? {
+            match read_row(&tx, schema, pk)? {
                 Some(old) if expiry_entry(&old, pk).as_deref() == Some(k.as_slice()) => {
-                    {
-                        let name = data_table_name(&schema.name);
-                        let mut data = txn.open_table(data_def(&name)).map_err(db_err)?;
-                        data.remove(pk).map_err(db_err)?;
-                    }
-                    for column in &schema.indexes {
-                        if let Some(e) = index_entry(schema, column, &old, pk)? {
-                            let iname = index_table_name(&schema.name, column);
-                            let mut index = txn.open_table(data_def(&iname)).map_err(db_err)?;
-                            index.remove(e.as_slice()).map_err(db_err)?;
-                        }
-                    }
-                    write_aux(&txn, schema, pk, Some(&old), None)?;
+                    delete_row(&tx, schema, pk, &old)?;
                 }
-                _ => {
-                    let mut x = txn.open_table(data_def(&xname)).map_err(db_err)?;
-                    x.remove(k.as_slice()).map_err(db_err)?;
-                }
+                _ => tx.delete(&xname, &k)?,
             }
             done += 1;
         }
     }
     if done > 0 {
-        txn.commit().map_err(db_err)?;
+        commit::commit_checkpoint(tx.into_txn(), &mut wal)?;
+    } else {
+        tx.abort();
     }
     Ok(done)
 }
 
+/// Deletes the row `old` at `pk` and its index, local and expiry entries.
+fn delete_row(tx: &Tx, schema: &TableSchema, pk: &[u8], old: &Row) -> BackendResult<()> {
+    tx.delete(&data_table_name(&schema.name), pk)?;
+    for column in &schema.indexes {
+        if let Some(e) = index_entry(schema, column, old, pk)? {
+            tx.delete(&index_table_name(&schema.name, column), &e)?;
+        }
+    }
+    write_aux(tx, schema, pk, Some(old), None)
+}
+
 /// The background thread that deletes expired rows, [`SWEEP_ROWS_MAX`] at most per [`SWEEP_INTERVAL`].
-fn spawn_sweeper(db: std::sync::Weak<Database>) -> BackendResult<()> {
+fn spawn_sweeper(group: std::sync::Weak<GroupCommit>) -> BackendResult<()> {
     std::thread::Builder::new()
         .name("shardcast-redb-sweep".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(SWEEP_INTERVAL);
-                let Some(db) = db.upgrade() else { return };
-                if let Err(e) = sweep_expired_sync(&db, SWEEP_ROWS_MAX) {
+                let Some(group) = group.upgrade() else { return };
+                if let Err(e) = sweep_expired_sync(&group.db, &group.committing, SWEEP_ROWS_MAX) {
                     tracing::warn!(error = %e, "embedded store: sweeping expired rows failed");
                 }
             }
@@ -1208,13 +1213,9 @@ fn spawn_sweeper(db: std::sync::Weak<Database>) -> BackendResult<()> {
         .map_err(|e| BackendError::Unavailable(format!("cannot start the sweep thread: {e}")))
 }
 
-fn read_row(
-    txn: &redb::WriteTransaction,
-    schema: &TableSchema,
-    pk: &[u8],
-) -> BackendResult<Option<Row>> {
+fn read_row(tx: &Tx, schema: &TableSchema, pk: &[u8]) -> BackendResult<Option<Row>> {
     let data_name = data_table_name(&schema.name);
-    let data = txn.open_table(data_def(&data_name)).map_err(db_err)?;
+    let data = tx.txn().open_table(data_def(&data_name)).map_err(db_err)?;
     let row = data.get(pk).map_err(db_err)?;
     match row {
         Some(bytes) => Ok(Some(decode_row(bytes.value())?)),
@@ -1222,14 +1223,11 @@ fn read_row(
     }
 }
 
-fn begin_write(db: &Database, durability: Durability) -> BackendResult<redb::WriteTransaction> {
+/// Checks and extends the stored schema in one durable commit, which is a checkpoint (the caller holds the commit
+/// lock and passes the log).
+fn ensure_schema_sync(db: &Database, wal: &mut Wal, schema: &TableSchema) -> BackendResult<()> {
     let mut txn = db.begin_write().map_err(db_err)?;
-    txn.set_durability(durability).map_err(db_err)?;
-    Ok(txn)
-}
-
-fn ensure_schema_sync(db: &Database, schema: &TableSchema) -> BackendResult<()> {
-    let txn = begin_write(db, Durability::Immediate)?;
+    txn.set_durability(Durability::Immediate).map_err(db_err)?;
     let stored: Option<TableSchema> = {
         let meta = txn.open_table(SCHEMA_TABLE).map_err(db_err)?;
         let s = meta.get(schema.name.as_str()).map_err(db_err)?;
@@ -1317,7 +1315,7 @@ fn ensure_schema_sync(db: &Database, schema: &TableSchema) -> BackendResult<()> 
         meta.insert(schema.name.as_str(), json.as_str())
             .map_err(db_err)?;
     }
-    txn.commit().map_err(db_err)
+    commit::commit_checkpoint(txn, wal)
 }
 
 /// Checks that `new` can be applied to a table stored with schema `old` (same primary key, same column types).
@@ -1381,8 +1379,12 @@ impl Backend for EmbeddedBackend {
         // Ordered after the writes queued before it (they are committed first), like every other write.
         Box::pin(async move {
             self.commit_now();
-            let _lock = self.group.committing.lock();
-            ensure_schema_sync(&self.db, schema)
+            let mut wal = self.group.committing.lock().map_err(|_| {
+                BackendError::Database("embedded store: the commit lock is poisoned".into())
+            })?;
+            ensure_schema_sync(&self.db, &mut wal, schema)?;
+            self.group.checkpoints.fetch_add(1, Ordering::Relaxed);
+            Ok(())
         })
     }
 
@@ -1427,10 +1429,10 @@ impl Backend for EmbeddedBackend {
         rows: Vec<Row>,
     ) -> BoxFuture<'a, BackendResult<()>> {
         let schema = schema.clone();
-        self.grouped(move |txn| {
+        self.grouped(move |tx| {
             for row in &rows {
                 let pk = encode_primary_key(&schema, row)?;
-                let old = read_row(txn, &schema, &pk)?;
+                let old = read_row(tx, &schema, &pk)?;
                 let mut new = old.clone().unwrap_or_default();
                 for (c, v) in row {
                     if *v == Value::Null {
@@ -1439,7 +1441,7 @@ impl Backend for EmbeddedBackend {
                         new.insert(c.clone(), v.clone());
                     }
                 }
-                write_row(txn, &schema, &pk, old.as_ref(), &new)?;
+                write_row(tx, &schema, &pk, old.as_ref(), &new)?;
             }
             Ok(())
         })
@@ -1471,11 +1473,11 @@ impl Backend for EmbeddedBackend {
     ) -> BoxFuture<'a, BackendResult<bool>> {
         let schema = schema.clone();
         let key = key.clone();
-        // Joins the group commit; `patch_in` only reads and writes inside `txn`, so a re-run (after another write of
+        // Joins the group commit; `patch_in` only reads and writes inside `tx`, so a re-run (after another write of
         // the batch failed) gives the same result.
-        self.grouped(move |txn| {
+        self.grouped(move |tx| {
             let pk = encode_primary_key(&schema, &key)?;
-            patch_in(txn, &schema, &pk, &columns)
+            patch_in(tx, &schema, &pk, &columns)
         })
     }
 
@@ -1487,9 +1489,9 @@ impl Backend for EmbeddedBackend {
         let schema = schema.clone();
         // Joins the group commit: the read of the key and the write are in the batch's one write transaction (redb
         // has one writer at a time), so of two inserts of a key the second sees the first.
-        self.grouped(move |txn| {
+        self.grouped(move |tx| {
             let pk = encode_primary_key(&schema, &row)?;
-            if read_row(txn, &schema, &pk)?.is_some() {
+            if read_row(tx, &schema, &pk)?.is_some() {
                 return Ok(false);
             }
             let new: Row = row
@@ -1497,7 +1499,7 @@ impl Backend for EmbeddedBackend {
                 .filter(|(_, v)| **v != Value::Null)
                 .map(|(c, v)| (c.clone(), v.clone()))
                 .collect();
-            write_row(txn, &schema, &pk, None, &new)?;
+            write_row(tx, &schema, &pk, None, &new)?;
             Ok(true)
         })
     }
@@ -1512,21 +1514,9 @@ impl Backend for EmbeddedBackend {
             Ok(pk) => pk,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        self.grouped(move |txn| {
-            if let Some(old) = read_row(txn, &schema, &pk)? {
-                {
-                    let name = data_table_name(&schema.name);
-                    let mut data = txn.open_table(data_def(&name)).map_err(db_err)?;
-                    data.remove(pk.as_slice()).map_err(db_err)?;
-                }
-                for column in &schema.indexes {
-                    if let Some(e) = index_entry(&schema, column, &old, &pk)? {
-                        let iname = index_table_name(&schema.name, column);
-                        let mut index = txn.open_table(data_def(&iname)).map_err(db_err)?;
-                        index.remove(e.as_slice()).map_err(db_err)?;
-                    }
-                }
-                write_aux(txn, &schema, &pk, Some(&old), None)?;
+        self.grouped(move |tx| {
+            if let Some(old) = read_row(tx, &schema, &pk)? {
+                delete_row(tx, &schema, &pk, &old)?;
             }
             Ok(())
         })
@@ -1546,9 +1536,9 @@ impl Backend for EmbeddedBackend {
         let schema = schema.clone();
         let key = key.clone();
         let column = column.to_string();
-        self.grouped(move |txn| {
+        self.grouped(move |tx| {
             let pk = encode_primary_key(&schema, &key)?;
-            let old = read_row(txn, &schema, &pk)?;
+            let old = read_row(tx, &schema, &pk)?;
             let mut new = match &old {
                 Some(r) => r.clone(),
                 None => {
@@ -1564,7 +1554,7 @@ impl Backend for EmbeddedBackend {
                 _ => 0,
             };
             new.insert(column.clone(), Value::Number(current.wrapping_add(delta)));
-            write_row(txn, &schema, &pk, old.as_ref(), &new)?;
+            write_row(tx, &schema, &pk, old.as_ref(), &new)?;
             Ok(())
         })
     }
@@ -1596,6 +1586,8 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).expect("dir");
         let db = Database::create(dir.join("db.redb")).expect("db");
+        let (wal, _) = commit::open_log(&db, &dir.join("db.redb.wal"), 0).expect("log");
+        let committing = Mutex::new(wal);
         let schema = TableSchema {
             name: "s".into(),
             columns: vec![
@@ -1614,9 +1606,9 @@ mod tests {
             local_indexes: vec![],
             search: vec![],
         };
-        ensure_schema_sync(&db, &schema).expect("schema");
+        ensure_schema_sync(&db, &mut committing.lock().expect("lock"), &schema).expect("schema");
         let now = super::super::now_ms();
-        let txn = begin_write(&db, Durability::Immediate).expect("txn");
+        let tx = Tx::begin(&db, Durability::Immediate).expect("txn");
         for k in 0..5i64 {
             let mut row = Row::from([
                 ("k".to_string(), Value::Number(k)),
@@ -1628,9 +1620,9 @@ mod tests {
                 row.insert(EXPIRES_FIELD.into(), Value::Number(now + 600_000));
             }
             let pk = encode_primary_key(&schema, &row).expect("pk");
-            write_row(&txn, &schema, &pk, None, &row).expect("write");
+            write_row(&tx, &schema, &pk, None, &row).expect("write");
         }
-        txn.commit().expect("commit");
+        tx.into_txn().commit().expect("commit");
         let count = |name: String| {
             let txn = db.begin_read().expect("read");
             let t = txn.open_table(data_def(&name)).expect("table");
@@ -1638,13 +1630,13 @@ mod tests {
         };
         assert_eq!(count(data_table_name("s")), 5);
         assert_eq!(
-            sweep_expired_sync(&db, 2).expect("sweep"),
+            sweep_expired_sync(&db, &committing, 2).expect("sweep"),
             2,
             "at most rows_max per sweep"
         );
-        assert_eq!(sweep_expired_sync(&db, 2).expect("sweep"), 1);
+        assert_eq!(sweep_expired_sync(&db, &committing, 2).expect("sweep"), 1);
         assert_eq!(
-            sweep_expired_sync(&db, 2).expect("sweep"),
+            sweep_expired_sync(&db, &committing, 2).expect("sweep"),
             0,
             "the live and unexpired rows stay"
         );
@@ -1708,6 +1700,115 @@ mod tests {
         for n in 0..bytes.len() {
             assert!(decode_row(&bytes[..n]).is_err());
         }
+    }
+
+    /// Every byte table of `db` (data, index, local and expiry tables), for comparing stores.
+    fn dump(db: &Database) -> std::collections::BTreeMap<String, Vec<(Bytes, Bytes)>> {
+        let txn = db.begin_read().expect("read");
+        let mut out = std::collections::BTreeMap::new();
+        for handle in txn.list_tables().expect("tables") {
+            let name = redb::TableHandle::name(&handle).to_string();
+            if !["t:", "i:", "l:", "x:"].iter().any(|p| name.starts_with(p)) {
+                continue;
+            }
+            let t = txn.open_table(data_def(&name)).expect("table");
+            let rows = t
+                .iter()
+                .expect("iter")
+                .map(|r| {
+                    let (k, v) = r.expect("row");
+                    (k.value().to_vec(), v.value().to_vec())
+                })
+                .collect();
+            out.insert(name, rows);
+        }
+        out
+    }
+
+    /// A crash image (the files as a SIGKILL would leave them) of a store after writes of every kind: redb alone holds
+    /// the state of the last checkpoint; applying the log's records once gives the live store's state, and applying
+    /// them a second time changes nothing.
+    #[test]
+    fn replaying_the_log_once_or_twice_gives_the_live_state() {
+        use futures_lite::future::block_on;
+        let dir = std::env::temp_dir().join(format!(
+            "shardcast-replay-{}-{}",
+            std::process::id(),
+            super::super::now_ms()
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("db.redb");
+        let backend = EmbeddedBackend::open(&path).expect("open");
+        let schema = TableSchema {
+            name: "r".into(),
+            columns: vec![
+                super::super::ColumnDef {
+                    name: "k".into(),
+                    column_type: ColumnType::Number,
+                },
+                super::super::ColumnDef {
+                    name: "v".into(),
+                    column_type: ColumnType::Text,
+                },
+                super::super::ColumnDef {
+                    name: "hits".into(),
+                    column_type: ColumnType::Counter,
+                },
+            ],
+            partition_key: vec!["k".into()],
+            clustering: vec![],
+            indexes: vec!["v".into()],
+            local_indexes: vec![],
+            search: vec!["v".into()],
+        };
+        block_on(backend.ensure_schema(&schema)).expect("schema");
+        let row = |k: i64, v: &str| {
+            Row::from([
+                ("k".to_string(), Value::Number(k)),
+                ("v".to_string(), Value::Text(v.into())),
+            ])
+        };
+        let key = |k: i64| Row::from([("k".to_string(), Value::Number(k))]);
+        block_on(backend.upsert(&schema, row(1, "a"))).expect("upsert");
+        block_on(backend.upsert(&schema, row(2, "b"))).expect("upsert");
+        block_on(backend.upsert(&schema, row(1, "c"))).expect("upsert: moves the index entry");
+        block_on(backend.delete(&schema, &key(2))).expect("delete");
+        block_on(backend.upsert_ttl(&schema, vec![row(3, "d")], Some(600))).expect("ttl");
+        block_on(backend.patch(
+            &schema,
+            &key(1),
+            Row::from([("v".to_string(), Value::Text("e".into()))]),
+        ))
+        .expect("patch");
+        assert!(block_on(backend.insert(&schema, row(4, "f"))).expect("insert"));
+        block_on(backend.increment(&schema, &key(4), "hits", 5)).expect("increment");
+        let live = dump(&backend.db);
+        assert!(live["i:r:v"].len() == 3 && live["x:r"].len() == 1 && live["t:r"].len() == 3);
+
+        let image = dir.join("image");
+        std::fs::create_dir_all(&image).expect("image dir");
+        std::fs::copy(&path, image.join("db.redb")).expect("copy db");
+        std::fs::copy(backend.wal_path(), image.join("db.redb.wal")).expect("copy log");
+        let db = Database::create(image.join("db.redb")).expect("the image opens");
+        assert!(
+            dump(&db)["t:r"].is_empty(),
+            "redb alone has the last checkpoint: no row"
+        );
+        let epoch = commit::stored_epoch(&db).expect("epoch").expect("a lap");
+        let content = std::fs::read(image.join("db.redb.wal")).expect("log");
+        let records = wal::scan(&content, epoch);
+        assert_eq!(records.len(), 8, "one record per acknowledged write");
+        for round in 0..2 {
+            let txn = db.begin_write().expect("txn");
+            for r in &records {
+                commit::apply_record(&txn, r).expect("replays");
+            }
+            txn.commit().expect("commit");
+            assert_eq!(dump(&db), live, "replay {round}");
+        }
+        drop(db);
+        drop(backend);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
