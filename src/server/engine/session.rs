@@ -14,6 +14,7 @@ use super::super::runtime::ShardCtx;
 use super::super::runtime::metrics::{Refusal, ShardMetrics};
 use super::super::runtime::sid::Sid;
 use super::super::runtime::signal::Signal;
+use super::cork::Sink;
 use super::heartbeat::{Action, Heartbeat, HeartbeatConfig, Input};
 use super::inbound::{self, Route};
 use super::outbox::{OutItem, Outbox, Queued};
@@ -29,6 +30,12 @@ pub(super) struct SessState {
     pub(super) outbox: Outbox,
     /// The heartbeat (sans-IO, see [`super::heartbeat`]).
     pub(super) heartbeat: Heartbeat,
+    /// Who may write the websocket now: the shard's flusher (idle writer) or the writer task (see [`super::cork`]).
+    pub(super) sink: Sink,
+    /// Listed in the shard's cork for the end of this turn.
+    pub(super) corked: bool,
+    /// Bytes a direct send left over (short write or `EAGAIN`); the writer task writes them before anything else.
+    pub(super) unsent: Vec<u8>,
 }
 
 /// How long a polling session closed by its client's `1` (with no poll pending) keeps answering one poll with `6`:
@@ -91,6 +98,9 @@ impl Session {
                 transport: Transport::new(phase),
                 outbox: Outbox::new(shard.config().socket_queued_bytes_max),
                 heartbeat: Heartbeat::new(heartbeat_config(shard, version), Instant::now()),
+                sink: Sink::Detached,
+                corked: false,
+                unsent: Vec::new(),
             }),
             changed: Default::default(),
             closed_signal: Default::default(),
@@ -142,10 +152,30 @@ impl Session {
         self.after_queuing(queued)
     }
 
-    /// Wake the writer, or close a slow reader. False if the session is (now) closed.
+    /// Wake the writer (or cork the session for the end of the turn, when its writer is idle), or close a slow
+    /// reader. False if the session is (now) closed.
     fn after_queuing(self: &Rc<Self>, queued: Queued) -> bool {
         match queued {
-            Queued::Wake => self.changed.notify(),
+            Queued::Wake => {
+                let cork = {
+                    let mut st = self.st.borrow_mut();
+                    let idle = matches!(st.sink, Sink::Idle(_))
+                        && st.transport.phase() == Phase::WebSocket;
+                    if idle && !st.corked {
+                        st.corked = true;
+                        Some(true)
+                    } else if idle {
+                        Some(false)
+                    } else {
+                        None
+                    }
+                };
+                match cork {
+                    Some(true) => self.engine.cork.add(self.clone()),
+                    Some(false) => {}
+                    None => self.changed.notify(),
+                }
+            }
             Queued::Behind => {}
             Queued::Overflow(reason) => {
                 ShardMetrics::add(&self.shard.metrics().slow_reader_disconnects, 1);
