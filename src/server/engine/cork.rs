@@ -3,9 +3,9 @@
 //! frames in one send when several events reached it in the turn), straight from the broadcasting shard without
 //! waking the session's writer task.
 //!
-//! A session is corked only when its writer task is idle ([`Sink::Idle`]): nothing queued, no write pending, no
-//! bytes left over. A short write or `EAGAIN` hands the rest to the writer task ([`Sink::Writing`]), which writes
-//! it first and everything queued after it in order; the session is not corked again until its writer has written
+//! A session is corked only when its writer task is idle (its sink, in `session.rs`, is `Sink::Idle`): nothing
+//! queued, no write pending, no bytes left over. A short write or `EAGAIN` hands the rest to the writer task
+//! (`Sink::Writing`), which writes it first and everything queued after it in order; the session is not corked again until its writer has written
 //! everything and is idle. A lone event gets no added latency: the flusher is woken by the first session corked in
 //! a turn and runs as soon as the tasks already ready have run (no timer).
 //!
@@ -14,23 +14,10 @@
 //! interleave and frames leave in the order they were queued.
 
 use std::cell::RefCell;
-use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use super::super::runtime::signal::Signal;
 use super::session::Session;
-
-/// Who writes a websocket session's socket now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sink {
-    /// No socket to write to directly (polling, upgrading, in-memory, or the writer task has ended): queuing wakes
-    /// the writer or the pending poll.
-    Detached,
-    /// The writer task is idle with nothing queued: the shard's flusher may write to this socket.
-    Idle(RawFd),
-    /// The writer task owns the socket (a write pending, or bytes left over by a short direct send).
-    Writing,
-}
 
 /// Capacity of the flusher's send buffer kept between turns; a turn that needed more gives it back.
 const FLUSH_BUFFER_KEPT_BYTES: usize = 64 * 1024;

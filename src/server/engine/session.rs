@@ -3,6 +3,7 @@
 //! wheel, incoming packets and the close. The transports ([`super::polling`], [`super::websocket`]) drive it.
 
 use std::cell::RefCell;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,6 @@ use super::super::runtime::ShardCtx;
 use super::super::runtime::metrics::{Refusal, ShardMetrics};
 use super::super::runtime::sid::Sid;
 use super::super::runtime::signal::Signal;
-use super::cork::Sink;
 use super::heartbeat::{Action, Heartbeat, HeartbeatConfig, Input};
 use super::inbound::{self, Route};
 use super::outbox::{OutItem, Outbox, Queued};
@@ -22,6 +22,18 @@ use super::transport::{self, Transport};
 use super::{CloseReason, EngineShard};
 
 pub(crate) use super::transport::{CloseHow, GetEnd, Phase};
+
+/// Who writes a websocket session's socket now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sink {
+    /// No socket to write to directly (polling, upgrading, in-memory, or the writer task has ended): queuing wakes
+    /// the writer or the pending poll.
+    Detached,
+    /// The writer task is idle with nothing queued: the shard's flusher may write to this socket.
+    Idle(RawFd),
+    /// The writer task owns the socket (a write pending, or bytes left over by a short direct send).
+    Writing,
+}
 
 pub(super) struct SessState {
     /// The transport and what requests get (sans-IO, see [`super::transport`]).

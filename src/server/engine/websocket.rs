@@ -18,9 +18,8 @@ use super::super::io::{self, Stream, TurnBudget};
 use super::super::runtime::ShardCtx;
 use super::super::runtime::metrics::{ProtocolErrorKind, ShardMetrics};
 use super::super::ws::{self, FrameError, Message};
-use super::cork::Sink;
 use super::outbox::OutItem;
-use super::session::{CloseHow, EngineHandler, Phase, Session};
+use super::session::{CloseHow, EngineHandler, Phase, Session, Sink};
 use super::transport::{Action, Input};
 use super::{CloseReason, MakeHandler, eio_error, engine_shard, inbound};
 
