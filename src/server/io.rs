@@ -1,5 +1,6 @@
-//! Byte I/O of a connection: the [`Stream`] its reader and writer share, [`read_some`] / [`write_all`], and the
-//! per-turn work bound ([`TurnBudget`]) that keeps one busy connection from starving its shard.
+//! Byte I/O of a connection: the [`Stream`] its reader and writer share, [`read_some`] / [`write_all`], the
+//! non-blocking [`send_now`] of a websocket's corked frames, and the per-turn work bound ([`TurnBudget`]) that
+//! keeps one busy connection from starving its shard.
 //!
 //! The stream is shared by `Rc<RefCell<_>>` between the reader and, for websockets, a writer task; a borrow lasts
 //! only for one synchronous poll. glommio's stream keeps its readiness sources across polls, so dropping a pending
@@ -8,6 +9,7 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -57,6 +59,41 @@ pub async fn write_all(stream: &Stream, data: &[u8]) -> io::Result<()> {
         off += n;
     }
     Ok(())
+}
+
+/// Write as much of `data` to the socket `fd` as the kernel takes now, without waiting (`MSG_DONTWAIT`): the number
+/// of bytes written, fewer than `data.len()` when the socket's send buffer is full (`EAGAIN`). The caller must own
+/// the right to write to `fd` at this moment (no other write pending on it: bytes would interleave) and keep the
+/// socket open during the call.
+pub fn send_now(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    let mut off = 0;
+    while off < data.len() {
+        let rest = &data[off..];
+        // SAFETY: `rest` is a valid, initialised buffer of `rest.len()` bytes for the duration of the call; the
+        // kernel only reads it. A closed or foreign `fd` makes the call fail (EBADF, ENOTSOCK), it cannot touch
+        // our memory.
+        let n = unsafe {
+            libc::send(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => break,
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        off += n as usize;
+    }
+    Ok(off)
 }
 
 /// A bound on the work one connection does before it lets the other tasks of its shard run: a connection that

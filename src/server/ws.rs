@@ -83,13 +83,19 @@ pub fn reader(cfg: &ServerConfig) -> FrameReader {
 
 /// Append one unmasked, final, unfragmented frame (server to client) to `out`.
 pub fn push_frame(out: &mut Vec<u8>, binary: bool, payload: &[u8]) {
+    push_frame_header(out, binary, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// Append the header (2 to 10 bytes) of one unmasked, final, unfragmented frame of `payload_len` bytes to `out`:
+/// the payload follows it.
+pub fn push_frame_header(out: &mut Vec<u8>, binary: bool, payload_len: usize) {
     let header = FrameHeader {
         opcode: OpCode::Data(if binary { Data::Binary } else { Data::Text }),
         ..FrameHeader::default()
     };
     // Writing into a Vec cannot fail.
-    let _ = header.format(payload.len() as u64, out);
-    out.extend_from_slice(payload);
+    let _ = header.format(payload_len as u64, out);
 }
 
 /// Append one unmasked binary frame whose payload is `prefix` then `payload` (framed in place, no copy first).

@@ -3,7 +3,8 @@
 //! close), [`heartbeat`] (pings, pongs, timeouts, the flood bound), [`outbox`] (the outgoing queue and its bound) and
 //! [`inbound`] (decoding a client's frame and routing the packet).
 //! [`session`] holds them and carries their actions out (timers, wake-ups, the handler, the session table); one
-//! driver per transport does the I/O ([`polling`], [`websocket`]). [`close`] lists why a session ends; [`echo`] is
+//! driver per transport does the I/O ([`polling`], [`websocket`]); [`cork`] writes the websockets that got packets
+//! in a turn at its end, one send each, without waking their writer tasks. [`close`] lists why a session ends; [`echo`] is
 //! the raw echo of the conformance server.
 //!
 //! **Architecture Invariant:** Engine.IO knows the application above it only through [`EngineHandler`]; which
@@ -24,6 +25,7 @@ use super::runtime::metrics::ProtocolErrorKind;
 use super::runtime::sid::Sid;
 
 pub mod close;
+pub(crate) mod cork;
 pub mod echo;
 pub mod heartbeat;
 pub mod inbound;
@@ -53,6 +55,8 @@ pub(crate) type MakeHandler<'a> = &'a dyn Fn(EioVersion) -> Rc<dyn EngineHandler
 #[derive(Default)]
 pub(crate) struct EngineShard {
     pub(crate) sessions: RefCell<HashMap<Sid, Rc<Session>>>,
+    /// Websocket sessions to write at the end of this turn (see [`cork`]).
+    pub(crate) cork: Rc<cork::Cork>,
 }
 
 /// This shard's Engine.IO state.

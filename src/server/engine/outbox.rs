@@ -4,11 +4,13 @@
 //! (nothing more will be written, so the memory comes back now) and the session must close as a slow reader.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::proto::Frame;
 use crate::proto::engine::Packet;
 
+use super::super::ws;
 use super::CloseReason;
 
 /// One Engine.IO packet queued for a session, already encoded (shared by every recipient of a broadcast).
@@ -18,19 +20,59 @@ pub enum OutItem {
     Text(Arc<str>),
     /// The data of a binary message (no prefix; v3 framing adds its type byte).
     Binary(Arc<[u8]>),
+    /// A whole text packet with its websocket frame header built once, for every member of a broadcast
+    /// ([`OutItem::framed_text`]); polling members get the text alone.
+    Framed(Rc<FramedText>),
+}
+
+/// A text packet and the header of the websocket text frame that carries it, shared by the recipients of one
+/// broadcast on one shard: the header is encoded once per event, not once per member.
+#[derive(Debug)]
+pub struct FramedText {
+    text: Arc<str>,
+    /// The frame header (2 to 10 bytes: the server's frames are unmasked).
+    header: [u8; 10],
+    header_len: u8,
+}
+
+impl FramedText {
+    /// The text packet (type character included).
+    pub(super) fn text(&self) -> &str {
+        &self.text
+    }
+    /// The websocket frame header of the text.
+    pub(super) fn header(&self) -> &[u8] {
+        &self.header[..usize::from(self.header_len)]
+    }
 }
 
 impl OutItem {
+    /// The text packet `text` with its websocket frame header encoded now, to be queued for many sessions (clones
+    /// share it).
+    pub fn framed_text(text: &Arc<str>) -> OutItem {
+        let mut head = Vec::with_capacity(10);
+        ws::push_frame_header(&mut head, false, text.len());
+        let mut header = [0u8; 10];
+        let header_len = head.len().min(header.len());
+        header[..header_len].copy_from_slice(&head[..header_len]);
+        OutItem::Framed(Rc::new(FramedText {
+            text: text.clone(),
+            header,
+            header_len: header_len as u8,
+        }))
+    }
     pub(super) fn len(&self) -> usize {
         match self {
             OutItem::Text(t) => t.len(),
             OutItem::Binary(b) => b.len() + 1,
+            OutItem::Framed(f) => f.text.len(),
         }
     }
     pub(super) fn frame(&self) -> Frame<'_> {
         match self {
             OutItem::Text(t) => Frame::Text(t),
             OutItem::Binary(b) => Frame::Binary(b),
+            OutItem::Framed(f) => Frame::Text(f.text()),
         }
     }
     /// A text packet other than a message, encoded by `proto` (`Close`, `Noop`, `Ping`...).
@@ -128,10 +170,15 @@ impl Outbox {
         self.items.is_empty()
     }
 
-    /// Take every queued packet (a poll's answer, a websocket writer's pass).
+    /// Take every queued packet (a poll's answer).
     pub(crate) fn take_items(&mut self) -> Vec<OutItem> {
+        self.drain_items().collect()
+    }
+
+    /// Take every queued packet, in order, without collecting them (a websocket writer's pass, a corked flush).
+    pub(crate) fn drain_items(&mut self) -> std::collections::vec_deque::Drain<'_, OutItem> {
         self.item_bytes = 0;
-        self.items.drain(..).collect()
+        self.items.drain(..)
     }
 
     /// Append the queued control bytes to `out`.

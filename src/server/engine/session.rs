@@ -3,6 +3,7 @@
 //! wheel, incoming packets and the close. The transports ([`super::polling`], [`super::websocket`]) drive it.
 
 use std::cell::RefCell;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,18 @@ use super::{CloseReason, EngineShard};
 
 pub(crate) use super::transport::{CloseHow, GetEnd, Phase};
 
+/// Who writes a websocket session's socket now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sink {
+    /// No socket to write to directly (polling, upgrading, in-memory, or the writer task has ended): queuing wakes
+    /// the writer or the pending poll.
+    Detached,
+    /// The writer task is idle with nothing queued: the shard's flusher may write to this socket.
+    Idle(RawFd),
+    /// The writer task owns the socket (a write pending, or bytes left over by a short direct send).
+    Writing,
+}
+
 pub(super) struct SessState {
     /// The transport and what requests get (sans-IO, see [`super::transport`]).
     pub(super) transport: Transport,
@@ -29,6 +42,12 @@ pub(super) struct SessState {
     pub(super) outbox: Outbox,
     /// The heartbeat (sans-IO, see [`super::heartbeat`]).
     pub(super) heartbeat: Heartbeat,
+    /// Who may write the websocket now: the shard's flusher (idle writer) or the writer task (see [`super::cork`]).
+    pub(super) sink: Sink,
+    /// Listed in the shard's cork for the end of this turn.
+    pub(super) corked: bool,
+    /// Bytes a direct send left over (short write or `EAGAIN`); the writer task writes them before anything else.
+    pub(super) unsent: Vec<u8>,
 }
 
 /// How long a polling session closed by its client's `1` (with no poll pending) keeps answering one poll with `6`:
@@ -91,6 +110,9 @@ impl Session {
                 transport: Transport::new(phase),
                 outbox: Outbox::new(shard.config().socket_queued_bytes_max),
                 heartbeat: Heartbeat::new(heartbeat_config(shard, version), Instant::now()),
+                sink: Sink::Detached,
+                corked: false,
+                unsent: Vec::new(),
             }),
             changed: Default::default(),
             closed_signal: Default::default(),
@@ -142,10 +164,30 @@ impl Session {
         self.after_queuing(queued)
     }
 
-    /// Wake the writer, or close a slow reader. False if the session is (now) closed.
+    /// Wake the writer (or cork the session for the end of the turn, when its writer is idle), or close a slow
+    /// reader. False if the session is (now) closed.
     fn after_queuing(self: &Rc<Self>, queued: Queued) -> bool {
         match queued {
-            Queued::Wake => self.changed.notify(),
+            Queued::Wake => {
+                let cork = {
+                    let mut st = self.st.borrow_mut();
+                    let idle = matches!(st.sink, Sink::Idle(_))
+                        && st.transport.phase() == Phase::WebSocket;
+                    if idle && !st.corked {
+                        st.corked = true;
+                        Some(true)
+                    } else if idle {
+                        Some(false)
+                    } else {
+                        None
+                    }
+                };
+                match cork {
+                    Some(true) => self.engine.cork.add(self.clone()),
+                    Some(false) => {}
+                    None => self.changed.notify(),
+                }
+            }
             Queued::Behind => {}
             Queued::Overflow(reason) => {
                 ShardMetrics::add(&self.shard.metrics().slow_reader_disconnects, 1);

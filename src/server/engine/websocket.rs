@@ -3,6 +3,7 @@
 //! transport without a socket, for in-memory connections.
 
 use std::cell::Cell;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use super::super::runtime::ShardCtx;
 use super::super::runtime::metrics::{ProtocolErrorKind, ShardMetrics};
 use super::super::ws::{self, FrameError, Message};
 use super::outbox::OutItem;
-use super::session::{CloseHow, EngineHandler, Phase, Session};
+use super::session::{CloseHow, EngineHandler, Phase, Session, Sink};
 use super::transport::{Action, Input};
 use super::{CloseReason, MakeHandler, eio_error, engine_shard, inbound};
 
@@ -333,6 +334,20 @@ fn push_item_frame(out: &mut Vec<u8>, version: EioVersion, item: &OutItem) {
         OutItem::Binary(b) => {
             ws::push_binary_frame(out, proto::engine::ws_binary_prefix(version), b)
         }
+        OutItem::Framed(f) => {
+            out.extend_from_slice(f.header());
+            out.extend_from_slice(f.text().as_bytes());
+        }
+    }
+}
+
+/// Sets the session's sink back to [`Sink::Detached`] when the writer task ends (or is dropped): nothing may write
+/// to its socket directly after that.
+struct DetachOnDrop(Rc<Session>);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        self.0.st.borrow_mut().sink = Sink::Detached;
     }
 }
 
@@ -342,6 +357,8 @@ async fn ws_writer(
     done: Rc<Cell<bool>>,
     peer_closed: Rc<Cell<bool>>,
 ) {
+    let fd = stream.borrow().as_raw_fd();
+    let _detach = DetachOnDrop(s.clone());
     let mut out: Vec<u8> = Vec::new();
     loop {
         let seen = s.changed.epoch();
@@ -351,6 +368,8 @@ async fn ws_writer(
             WriterPass::Open => false,
         };
         if !out.is_empty() {
+            s.st.borrow_mut().sink = Sink::Writing;
+            ShardMetrics::add(&s.shard.metrics().websocket_sends, 1);
             let written = futures_lite::future::or(
                 async { Some(io::write_all(&stream, &out).await) },
                 async {
@@ -381,7 +400,15 @@ async fn ws_writer(
         if out.capacity() > 16 * 1024 {
             out = Vec::new();
         }
+        if s.changed.epoch() != seen {
+            // Queued while this pass wrote: another pass now, still owning the socket.
+            continue;
+        }
+        // Everything is written and nothing is queued: until something is, the shard's flusher writes this socket
+        // (see `super::cork`). Packets queued from now on cork the session instead of waking this task.
+        s.st.borrow_mut().sink = Sink::Idle(fd);
         s.changed.changed(seen).await;
+        s.st.borrow_mut().sink = Sink::Writing;
     }
 }
 // ---- the websocket transport without a socket (see `crate::server::memory`) ----
@@ -457,20 +484,19 @@ impl Session {
         done: bool,
         peer_closed: bool,
     ) -> WriterPass {
-        let start = out.len();
         let finished;
+        let start;
         {
             let mut st = self.st.borrow_mut();
             if st.transport.is_aborted() {
                 return WriterPass::Aborted;
             }
+            // What a direct send left over comes first (it may end inside a frame); it was counted when framed.
+            out.append(&mut st.unsent);
+            start = out.len();
             st.outbox.take_control_into(out);
             if st.transport.phase() == Phase::WebSocket {
-                let items = st.outbox.take_items();
-                let n = items.len();
-                for item in &items {
-                    push_item_frame(out, self.version, item);
-                }
+                let n = frame_items(&mut st.outbox, out, self.version);
                 if n > 0 {
                     ShardMetrics::add(&self.shard.metrics().packets_out, n as u64);
                 }
@@ -490,4 +516,60 @@ impl Session {
             WriterPass::Open
         }
     }
+
+    /// The shard's flusher's pass on this corked session (see [`super::cork`]): if its writer is still idle and
+    /// the session open, frame everything queued into `out` and send it now without waiting; what the socket does
+    /// not take now goes to the writer task, which then owns the socket until it has written everything.
+    pub(super) fn flush_corked(self: &Rc<Self>, out: &mut Vec<u8>) {
+        let fd = {
+            let mut st = self.st.borrow_mut();
+            st.corked = false;
+            let Sink::Idle(fd) = st.sink else {
+                // The writer task was woken meanwhile (a close, an upgrade step): it takes what is queued.
+                return;
+            };
+            if st.transport.is_closed() || st.transport.phase() != Phase::WebSocket {
+                return;
+            }
+            st.outbox.take_control_into(out);
+            let n = frame_items(&mut st.outbox, out, self.version);
+            if out.is_empty() {
+                return;
+            }
+            let m = self.shard.metrics();
+            ShardMetrics::add(&m.packets_out, n as u64);
+            ShardMetrics::add(&m.bytes_out, out.len() as u64);
+            ShardMetrics::add(&m.websocket_sends, 1);
+            fd
+        };
+        match io::send_now(fd, out) {
+            Ok(n) if n == out.len() => {}
+            Ok(n) => {
+                // A full send buffer: the writer task writes the rest (waiting for the socket), in order, and
+                // everything queued after it.
+                ShardMetrics::add(&self.shard.metrics().websocket_sends_short, 1);
+                {
+                    let mut st = self.st.borrow_mut();
+                    st.unsent.extend_from_slice(&out[n..]);
+                    st.sink = Sink::Writing;
+                }
+                self.changed.notify();
+            }
+            Err(_) => self.close(CloseReason::WriteFailed, CloseHow::Abort),
+        }
+    }
+}
+
+/// Frame every queued packet of `outbox` into `out`, in order; returns how many.
+fn frame_items(
+    outbox: &mut super::outbox::Outbox,
+    out: &mut Vec<u8>,
+    version: EioVersion,
+) -> usize {
+    let mut n = 0;
+    for item in outbox.drain_items() {
+        push_item_frame(out, version, &item);
+        n += 1;
+    }
+    n
 }

@@ -50,6 +50,10 @@ pub struct ShardMetrics {
     pub bytes_in: AtomicU64,
     /// Bytes written to sockets.
     pub bytes_out: AtomicU64,
+    /// Writes of websocket frames to sockets (a corked send or a writer task's write carries one or more frames).
+    pub websocket_sends: AtomicU64,
+    /// Direct sends of corked frames the socket did not take whole (full send buffer): the rest went to the writer.
+    pub websocket_sends_short: AtomicU64,
     /// Sessions closed because their outgoing queue exceeded `socket_queued_bytes_max`.
     pub slow_reader_disconnects: AtomicU64,
     /// HTTP requests served.
@@ -184,7 +188,7 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             m.sessions_websocket.load(Relaxed)
         );
     }
-    let counters: [Counter; 8] = [
+    let counters: [Counter; 10] = [
         (
             "shardcast_packets_in_total",
             "Engine.IO packets received.",
@@ -204,6 +208,16 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             "shardcast_bytes_out_total",
             "Bytes written to client sockets.",
             |m| m.bytes_out.load(Relaxed),
+        ),
+        (
+            "shardcast_websocket_sends_total",
+            "Writes of websocket frames to client sockets (each carries one or more frames).",
+            |m| m.websocket_sends.load(Relaxed),
+        ),
+        (
+            "shardcast_websocket_sends_short_total",
+            "Direct sends of corked frames left unfinished by a full socket send buffer (the writer task wrote the rest).",
+            |m| m.websocket_sends_short.load(Relaxed),
         ),
         (
             "shardcast_slow_reader_disconnects_total",

@@ -1,5 +1,5 @@
-//! [`RoomRegistry`]: the rooms of one shard, namespace -> room -> members; a broadcast encodes once and queues the
-//! same frames for every member.
+//! [`RoomRegistry`]: the rooms of one shard, namespace -> room -> members; a broadcast encodes once (the packet and
+//! its websocket frame header) and queues the same frames for every member.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -7,9 +7,9 @@ use std::rc::Rc;
 
 use crate::proto::EncodedMessage;
 
-use super::super::engine::Session;
+use super::super::engine::{OutItem, Session};
 use super::super::runtime::ShardCtx;
-use super::socket::{Socket, push_message};
+use super::socket::Socket;
 
 /// room -> members (socket id -> socket).
 type RoomsOfNamespace = HashMap<Rc<str>, HashMap<Rc<str>, Socket>>;
@@ -72,7 +72,9 @@ impl RoomRegistry {
     pub fn is_empty(&self) -> bool {
         self.rooms.borrow().is_empty()
     }
-    /// Queue `msg` (encoded once) for every member of `room`; returns how many sockets it was queued for.
+    /// Queue `msg` (encoded once, its websocket frame header too) for every member of `room`; returns how many
+    /// sockets it was queued for. Websocket members whose writer is idle are written at the end of this turn, one
+    /// send per socket for everything they got in the turn (see `engine::cork`).
     pub fn broadcast(&self, nsp: &str, room: &str, msg: &EncodedMessage) -> usize {
         let sessions: Vec<Rc<Session>> =
             match self.rooms.borrow().get(nsp).and_then(|r| r.get(room)) {
@@ -83,7 +85,21 @@ impl RoomRegistry {
                     .collect(),
                 None => return 0,
             };
-        sessions.iter().filter(|s| push_message(s, msg)).count()
+        let text = OutItem::framed_text(msg.ws_text());
+        let attachments = msg.attachments();
+        sessions
+            .iter()
+            .filter(|s| {
+                if attachments.is_empty() {
+                    s.send_items([text.clone()])
+                } else {
+                    s.send_items(
+                        std::iter::once(text.clone())
+                            .chain(attachments.iter().map(|a| OutItem::Binary(a.clone()))),
+                    )
+                }
+            })
+            .count()
     }
 }
 
