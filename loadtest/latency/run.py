@@ -94,6 +94,8 @@ if "A" in snap and "B" in snap:
             x = A[t]; cpu = (b[1] - x[1]) / 1e6; wait = (b[2] - x[2]) / 1e6; sl = b[3] - x[3]
             if cpu < 5: continue
             name = who + ":" + b[0]
+            if name in per:  # several threads of one name (tokio's workers): one entry each
+                name += ":" + t
             per[name] = {"cpu%": round(cpu / dt / 10, 1), "rq_wait_ms_per_s": round(wait / dt, 1),
                          "rq_wait_us_per_slice": round(wait * 1000 / max(sl, 1), 1), "slices_per_s": round(sl / dt),
                          "invol_per_s": round((b[5] - x[5]) / dt)}
