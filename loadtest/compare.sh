@@ -22,6 +22,7 @@
 #   FLOOR_SRC=../shared/tools/floor.c       the floor's source, relative to the project root by default
 #   RESULTS=target/loadtest/<timestamp>     where the JSON lines, server logs and plot go
 #   SHARDCAST_ARGS="--db-sync-interval-ms 100"   extra `shardcast serve` options
+#   PORT_BASE=3100                          servers listen on PORT_BASE+1, +2, ... (one port per server start)
 #
 # Everything listens on 127.0.0.1 only; each server is stopped (by its PID) before the next one starts.
 set -euo pipefail
@@ -234,7 +235,7 @@ run_cluster() { # rate_args...
   done
 }
 
-port=3100
+port=${PORT_BASE:-3100}
 for spec in "${scenarios[@]}"; do
   scenario=${spec%@*}
   rate_args=()

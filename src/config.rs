@@ -43,6 +43,8 @@ options! {
     "server.listen", "SHARDCAST_LISTEN", "127.0.0.1:3000", "address every shard binds (SO_REUSEPORT); port 0 picks a free port";
     "server.shards", "SHARDCAST_SHARDS", "CPUs - 1 (at least 1)", "number of shards (one executor each); dedicated hosts: the CPU count";
     "server.pin_shards", "SHARDCAST_PIN_SHARDS", "false", "pin shard i to CPU i % CPUs (for hosts dedicated to shardcast)";
+    "server.shard_slice_us", "SHARDCAST_SHARD_SLICE_US", "0", "scheduler slice each shard thread asks for (Linux 6.12+ EEVDF, 100..=100000; 0: the kernel's default): a short one lets a woken shard preempt a long-running thread";
+    "server.io_slice_us", "SHARDCAST_IO_SLICE_US", "0", "the same for the IO shard's thread (`shardcast-io`: the embedded store's commits and fsyncs)";
     "server.socketio_paths", "SHARDCAST_SOCKETIO_PATHS", "[\"/socket/\", \"/socket.io/\"]", "URL paths serving Socket.IO (env: comma-separated)";
     "server.ping_interval_ms", "SHARDCAST_PING_INTERVAL_MS", "25000", "Engine.IO pingInterval";
     "server.ping_timeout_ms", "SHARDCAST_PING_TIMEOUT_MS", "20000", "Engine.IO pingTimeout";
@@ -288,6 +290,8 @@ impl Config {
             "server.listen" => s.listen = parse(key, value)?,
             "server.shards" => s.shards = parse::<usize>(key, value)?.max(1),
             "server.pin_shards" => s.pin_shards = parse_bool(key, value)?,
+            "server.shard_slice_us" => s.shard_slice_us = parse(key, value)?,
+            "server.io_slice_us" => s.io_slice_us = parse(key, value)?,
             "server.socketio_paths" => {
                 let paths = list(value);
                 if paths.is_empty()

@@ -20,7 +20,7 @@ use shardcast::realtime::online::OnlineService;
 use shardcast::realtime::protocol::SessionContext;
 use shardcast::realtime::rest::RestApi;
 use shardcast::realtime::rest::UserWriteLimiter as RestWriteLimiter;
-use shardcast::server::{self, AppFactory, Router, ServerConfig, ShardApp, SocketIo};
+use shardcast::server::{self, AppFactory, Router, ServerConfig, ShardApp, SocketIo, sched};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -441,9 +441,17 @@ fn serve_app(cfg: &mut Config) -> Result<(AppFactory, IoSlot, Option<Banner>), (
         let io_slot = io_slot.clone();
         let online_slot = online_slot.clone();
         let health = health.clone();
+        let io_sched = sched::ThreadSched::fair_slice_us(cfg.server.io_slice_us);
         move |(io, repos, probe, online): DbParts| {
             if let Ok(mut g) = io_slot.0.lock() {
                 *g = Some(io);
+            }
+            if io_sched.slice_us.is_some() {
+                for tid in sched::threads_named("shardcast-io") {
+                    if let Err(e) = sched::apply_to_thread(tid, &io_sched) {
+                        tracing::warn!(error = %e, "could not set the IO thread's scheduler slice");
+                    }
+                }
             }
             let _ = repos_slot.set(repos);
             let _ = online_slot.set(online);

@@ -13,6 +13,14 @@ pub struct ServerConfig {
     /// Pin shard `i` to CPU `i % cpus`. Default `false`: pinned shards collapse in latency as soon as another process
     /// (a sidecar, a load generator) runs on their cores; set it on hosts dedicated to shardcast.
     pub pin_shards: bool,
+    /// Slice each shard thread asks the kernel's fair scheduler for, microseconds (`sched_setattr`, Linux 6.12+;
+    /// clamped to 100..=100 000; `0`: the kernel's default). A short slice makes a shard that wakes preempt a thread
+    /// running a long one (the load generator, a build, the IO thread's commit) instead of waiting for it, without
+    /// raising its share of the CPU. Default [`SHARD_SLICE_US_DEFAULT`].
+    pub shard_slice_us: u64,
+    /// Slice the IO shard's thread (`shardcast-io`: the embedded store's commits and fsyncs) asks for, microseconds,
+    /// as [`ServerConfig::shard_slice_us`]; applied by `serve`. Default [`IO_SLICE_US_DEFAULT`].
+    pub io_slice_us: u64,
     /// URL paths that serve Socket.IO (Engine.IO underneath). Each ends with `/`. Default `["/socket/", "/socket.io/"]`.
     pub socketio_paths: Vec<String>,
     /// Optional path of a raw Engine.IO echo endpoint (used by the conformance server). Default `None`.
@@ -82,6 +90,11 @@ pub struct ServerConfig {
     pub eio3_websocket_open_delay_ms: u64,
 }
 
+/// Default of [`ServerConfig::shard_slice_us`], chosen by measurement (README, "Latency on shared cores").
+pub const SHARD_SLICE_US_DEFAULT: u64 = 0;
+/// Default of [`ServerConfig::io_slice_us`] (README, "Latency on shared cores").
+pub const IO_SLICE_US_DEFAULT: u64 = 0;
+
 /// The default shard count: the CPUs this process may run on (`std::thread::available_parallelism`, which honours the
 /// affinity mask and a cgroup CPU quota) minus one, at least 1. Measured on 2 shared cores with the load generator on
 /// the same machine (README, "Benchmarks"): one shard had the lowest CPU per delivery and the best tail latency.
@@ -99,6 +112,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 3000)),
             shards: default_shards(),
             pin_shards: false,
+            shard_slice_us: SHARD_SLICE_US_DEFAULT,
+            io_slice_us: IO_SLICE_US_DEFAULT,
             socketio_paths: vec!["/socket/".into(), "/socket.io/".into()],
             engineio_echo_path: None,
             ping_interval_ms: 25_000,

@@ -37,7 +37,7 @@ pub mod runtime;
 pub mod socketio;
 pub mod ws;
 
-pub use runtime::{metrics, shard, sid, timer};
+pub use runtime::{metrics, sched, shard, sid, timer};
 
 pub use app::{AppFactory, ShardApp, start};
 pub use config::ServerConfig;

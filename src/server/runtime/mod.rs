@@ -20,6 +20,7 @@ use glommio::net::TcpStream;
 use super::config::ServerConfig;
 
 pub mod metrics;
+pub mod sched;
 pub mod shard;
 pub mod sid;
 pub mod signal;

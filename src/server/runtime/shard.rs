@@ -16,6 +16,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::super::config::ServerConfig;
 use super::metrics::{PanicSite, Refusal, ShardMetrics};
+use super::sched::{self, ThreadSched};
 use super::{ServiceFactory, ShardCtx, ShardMessage, ShardService};
 
 /// Submission-queue entries of each io_uring of a shard. Not for throughput: the kernel sizes a ring's cancel hash
@@ -114,11 +115,17 @@ pub fn start_shards(config: ServerConfig, services: ServiceFactory) -> io::Resul
         // (its executor could not be built) closes it, and start-up fails instead of waiting forever.
         let (ready, ready_rx) = mpsc::channel::<io::Result<StartReport>>();
         let (addr_tx, addr_rx) = mpsc::channel::<SocketAddr>();
+        let slice = ThreadSched::fair_slice_us(config.shard_slice_us);
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(256 << 10)
             .ring_depth(RING_DEPTH)
             .spawn(move || async move {
+                if slice.slice_us.is_some()
+                    && let Err(e) = sched::apply_to_current_thread(&slice)
+                {
+                    tracing::warn!(shard = id, error = %e, "could not set the shard's scheduler slice");
+                }
                 shard_main(
                     id,
                     nr,
