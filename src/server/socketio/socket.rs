@@ -246,7 +246,7 @@ impl Socket {
     }
     /// Join a room of this namespace on this shard, keeping the caller's copy of its name (no copy of its own).
     pub fn join_shared(&self, room: Rc<str>) {
-        if self.0.gone.get() || self.0.rooms.borrow().iter().any(|r| *r == room) {
+        if self.0.gone.get() || self.0.rooms.borrow().contains(&room) {
             return;
         }
         {
