@@ -298,7 +298,8 @@ pub enum Decoded<T> {
 pub struct Decoder {
     version: SioVersion,
     limits: Limits,
-    pending: Option<Pending>,
+    /// Boxed: a decoder lives as long as its connection, and is almost never waiting (the packet is ~150 bytes).
+    pending: Option<Box<Pending>>,
 }
 
 #[derive(Debug)]
@@ -333,12 +334,12 @@ impl Decoder {
         if expected == 0 {
             Ok(Decoded::Complete(packet))
         } else {
-            self.pending = Some(Pending {
+            self.pending = Some(Box::new(Pending {
                 packet,
                 expected,
                 attachments: Vec::with_capacity(expected),
                 bytes: 0,
-            });
+            }));
             Ok(Decoded::Partial)
         }
     }
@@ -358,14 +359,14 @@ impl Decoder {
         if pending.attachments.len() < pending.expected {
             return Ok(Decoded::Partial);
         }
-        let Some(Pending {
+        let Some(pending) = self.pending.take() else {
+            return Ok(Decoded::Partial);
+        };
+        let Pending {
             mut packet,
             attachments: received,
             ..
-        }) = self.pending.take()
-        else {
-            return Ok(Decoded::Partial);
-        };
+        } = *pending;
         if let Packet::Event { attachments, .. } | Packet::Ack { attachments, .. } = &mut packet {
             *attachments = received;
         }

@@ -13,7 +13,13 @@
 //! | `sub` | string, required, non-empty | the user id ([`AuthenticatedUser::id`]) |
 //! | `exp` | number, required | expiry, seconds since the epoch |
 //! | `companies` | array of strings, or one string; optional | companies whose data the user may read and write (access rules of the demo services) |
+//! | `iat` | any JSON, optional | kept in [`AuthenticatedUser::claims`] (a number: held inline, no allocation) |
+//! | `nbf`, `iss`, `aud`, `jti` | | checked when configured (see above), then not kept |
 //! | anything else | any JSON | kept in [`AuthenticatedUser::claims`] for services |
+//!
+//! A socket holds its [`AuthenticatedUser`] for as long as it is connected, so the user is kept compact: strings of
+//! exact length, no map for the claims ([`Claims`] is one boxed slice of the application claims, none allocated for
+//! a token that has none).
 //!
 //! # Room tokens
 //! The server signs `{sub, name, exp}` with its own HS256 key ([`RoomTokens`]); the key should differ from the access
@@ -326,14 +332,125 @@ pub struct AuthenticatedUser {
     pub companies: Vec<String>,
     /// The `exp` claim, seconds since the epoch.
     pub expires_at_s: u64,
-    /// Every claim of the token except `sub`, `exp` and `companies` (e.g. `iat`, `iss`, application claims).
-    pub claims: Map<String, Value>,
+    /// The claims a service may still read: `iat` and the application claims (every claim but the registered ones
+    /// the verifier already checked: `sub`, `exp`, `nbf`, `iss`, `aud`, `jti`, and `companies`).
+    pub claims: Claims,
 }
 
 impl AuthenticatedUser {
     /// True when the `companies` claim names `company`.
     pub fn is_member_of(&self, company: &str) -> bool {
         self.companies.iter().any(|c| c == company)
+    }
+}
+
+/// Registered claims the verifier checks (when configured) and does not keep in [`Claims`].
+const CLAIMS_NOT_KEPT: [&str; 4] = ["nbf", "iss", "aud", "jti"];
+
+/// The claims of a token kept for services, compact: `iat` inline, the others in one boxed slice in the token's
+/// order (none allocated when there are none). Lookups are linear: tokens carry a handful of claims.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// `iat`, held apart: it is in most tokens and a number needs no allocation.
+    iat: Option<Value>,
+    others: Box<[(Box<str>, Value)]>,
+}
+
+/// What [`Claims`]'s `Index` gives for a claim that is absent, as `serde_json::Map` does.
+static NO_CLAIM: Value = Value::Null;
+
+impl Claims {
+    /// The claim `name`, if the token had it (and it is kept).
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        if name == "iat" {
+            return self.iat.as_ref();
+        }
+        self.others
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// True when the claim `name` is kept.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Sets the claim `name` (services and tests building a user by hand); returns the value it replaces.
+    pub fn insert(&mut self, name: String, value: Value) -> Option<Value> {
+        if name == "iat" {
+            return self.iat.replace(value);
+        }
+        if let Some((_, v)) = self.others.iter_mut().find(|(k, _)| **k == *name) {
+            return Some(std::mem::replace(v, value));
+        }
+        let mut others = std::mem::take(&mut self.others).into_vec();
+        others.push((name.into_boxed_str(), value));
+        self.others = others.into_boxed_slice();
+        None
+    }
+
+    /// Number of claims kept.
+    pub fn len(&self) -> usize {
+        usize::from(self.iat.is_some()) + self.others.len()
+    }
+
+    /// True when no claim is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The kept claims: `iat` first, then the others in the token's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.iat
+            .iter()
+            .map(|v| ("iat", v))
+            .chain(self.others.iter().map(|(k, v)| (&**k, v)))
+    }
+}
+
+impl std::ops::Index<&str> for Claims {
+    type Output = Value;
+    /// The claim `name`, or `null` when absent (as `serde_json::Map` indexes).
+    fn index(&self, name: &str) -> &Value {
+        self.get(name).unwrap_or(&NO_CLAIM)
+    }
+}
+
+impl From<Map<String, Value>> for Claims {
+    /// Keeps `iat` and the application claims of `map`; `sub`, `exp`, `companies`, `nbf`, `iss`, `aud` and `jti`
+    /// are dropped (the verifier read or checked them).
+    fn from(map: Map<String, Value>) -> Self {
+        let mut iat = None;
+        let mut others = Vec::new();
+        for (k, mut v) in map {
+            match k.as_str() {
+                "iat" => iat = Some(v),
+                "sub" | "exp" | "companies" => {}
+                k if CLAIMS_NOT_KEPT.contains(&k) => {}
+                _ => {
+                    shrink_value(&mut v);
+                    others.push((k.into_boxed_str(), v));
+                }
+            }
+        }
+        Self {
+            iat,
+            others: others.into_boxed_slice(),
+        }
+    }
+}
+
+/// Drops the spare capacity of the strings and arrays in `v` (a value held for a connection's lifetime).
+fn shrink_value(v: &mut Value) {
+    match v {
+        Value::String(s) => s.shrink_to_fit(),
+        Value::Array(items) => {
+            items.iter_mut().for_each(shrink_value);
+            items.shrink_to_fit();
+        }
+        Value::Object(map) => map.values_mut().for_each(shrink_value),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
 
@@ -469,7 +586,10 @@ impl AccessVerifier {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)?;
         let mut claims = data.claims;
         let id = match claims.remove("sub") {
-            Some(Value::String(s)) if !s.is_empty() => s,
+            Some(Value::String(mut s)) if !s.is_empty() => {
+                s.shrink_to_fit();
+                s
+            }
             Some(_) => return Err(TokenError::InvalidClaim("sub".into())),
             None => return Err(TokenError::MissingClaim("sub".into())),
         };
@@ -484,7 +604,7 @@ impl AccessVerifier {
                 .ok_or_else(|| TokenError::InvalidClaim("exp".into()))?,
             _ => return Err(TokenError::InvalidClaim("exp".into())),
         };
-        let companies = match claims.remove("companies") {
+        let mut companies = match claims.remove("companies") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::String(s)) => vec![s],
             Some(Value::Array(items)) => items
@@ -493,14 +613,17 @@ impl AccessVerifier {
                     Value::String(s) => Ok(s),
                     _ => Err(TokenError::InvalidClaim("companies".into())),
                 })
-                .collect::<Result<_, _>>()?,
+                .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err(TokenError::InvalidClaim("companies".into())),
         };
+        // Held for the socket's lifetime: exact sizes (a collected vector may keep its source's capacity).
+        companies.iter_mut().for_each(String::shrink_to_fit);
+        companies.shrink_to_fit();
         Ok(AuthenticatedUser {
             id,
             companies,
             expires_at_s,
-            claims,
+            claims: Claims::from(claims),
         })
     }
 }
@@ -773,6 +896,54 @@ pub(crate) mod tests {
         assert_eq!(user.claims.get("team"), Some(&json!("blue")));
         assert!(user.claims.contains_key("iat"));
         assert!(user.expires_at_s >= now_s() + 59);
+    }
+
+    #[test]
+    fn only_iat_and_application_claims_are_kept() {
+        let cfg = AuthConfig {
+            issuer: Some("twake".into()),
+            ..hs()
+        };
+        let t = sign(
+            &cfg,
+            "u1",
+            60,
+            json!({"companies": ["c1"], "admin": ["c1"], "jti": "j", "aud": "x", "team": "blue"}),
+        );
+        let user = verify(&cfg, &t).unwrap();
+        let kept: Vec<&str> = user.claims.iter().map(|(k, _)| k).collect();
+        assert_eq!(kept, ["iat", "admin", "team"]);
+        assert_eq!(user.claims.len(), 3);
+        assert_eq!(user.claims["admin"], json!(["c1"]));
+        for dropped in ["sub", "exp", "companies", "iss", "aud", "jti", "nbf"] {
+            assert!(!user.claims.contains_key(dropped), "{dropped}");
+            assert_eq!(user.claims[dropped], Value::Null, "{dropped}");
+        }
+        // A token with only the claims the verifier reads keeps nothing but `iat`, inline.
+        let t = sign(&hs(), "u2", 60, json!({"companies": ["c1"]}));
+        let user = verify(&hs(), &t).unwrap();
+        assert_eq!(user.claims.len(), 1);
+        assert!(user.claims["iat"].is_u64());
+        assert_eq!(user.companies.capacity(), 1);
+    }
+
+    #[test]
+    fn claims_insert_replaces_and_appends() {
+        let mut c = Claims::default();
+        assert!(c.is_empty());
+        assert_eq!(c.insert("team".into(), json!("blue")), None);
+        assert_eq!(c.insert("iat".into(), json!(5)), None);
+        assert_eq!(c.insert("team".into(), json!("red")), Some(json!("blue")));
+        assert_eq!(c.insert("n".into(), json!(3)), None);
+        let all: Vec<(&str, &Value)> = c.iter().collect();
+        assert_eq!(
+            all,
+            [
+                ("iat", &json!(5)),
+                ("team", &json!("red")),
+                ("n", &json!(3))
+            ]
+        );
     }
 
     #[test]

@@ -1325,7 +1325,7 @@ mod tests {
             id: "carol".into(),
             companies: vec!["acme".into()],
             expires_at_s: u64::MAX,
-            claims: Map::new(),
+            claims: Default::default(),
         };
         assert!(!is_company_admin(&user, "acme"));
         user.claims

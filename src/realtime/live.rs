@@ -204,15 +204,16 @@ struct LiveSocket {
     session: RefCell<Session>,
     auth_timer: RefCell<Option<TimerHandle>>,
     /// Rooms joined but not yet confirmed by their owner: their `realtime:join:success` waits.
-    pending_joins: RefCell<Vec<String>>,
+    pending_joins: RefCell<Vec<Rc<str>>>,
     /// Join/leave token bucket: tokens left and when it was last refilled.
     join_leave_tokens: Cell<f64>,
     join_leave_refill: Cell<Instant>,
     /// `realtime:event` token bucket: tokens left and when it was last refilled.
     event_tokens: Cell<f64>,
     event_refill: Cell<Instant>,
-    /// Handler calls of this socket still running ([`events::HANDLERS_IN_FLIGHT_PER_SOCKET_MAX`]).
-    handlers_in_flight: Rc<Cell<usize>>,
+    /// Handler calls of this socket still running ([`events::HANDLERS_IN_FLIGHT_PER_SOCKET_MAX`]); a running call
+    /// counts itself out through a weak reference to this state (no allocation of its own per socket).
+    handlers_in_flight: Cell<usize>,
 }
 
 /// Takes one token from the bucket `(tokens, refilled)` holding `per_s` per second; false when it is empty.
@@ -389,7 +390,7 @@ fn on_connect(live: &Rc<LiveShard>, socket: &Socket, auth: Option<RawJson>) {
         join_leave_refill: Cell::new(Instant::now()),
         event_tokens: Cell::new(f64::from(live.session.config.event_per_s_max.max(1))),
         event_refill: Cell::new(Instant::now()),
-        handlers_in_flight: Rc::new(Cell::new(0)),
+        handlers_in_flight: Cell::new(0),
     });
     let auth = auth_value(auth);
     let actions = state
@@ -423,7 +424,7 @@ fn run_connected_hooks(live: &Rc<LiveShard>, socket: &Socket, state: &LiveSocket
 fn dispatch_to_handler(
     live: &Rc<LiveShard>,
     socket: &Socket,
-    state: &LiveSocket,
+    state: &Rc<LiveSocket>,
     event: &mut Event,
     args: &[Value],
 ) -> bool {
@@ -433,7 +434,7 @@ fn dispatch_to_handler(
     let user = state.session.borrow().user().cloned();
     // before authentication the session refuses it, as for any event
     let Some(user) = user else { return false };
-    let in_flight = state.handlers_in_flight.clone();
+    let in_flight = &state.handlers_in_flight;
     if in_flight.get() >= events::HANDLERS_IN_FLIGHT_PER_SOCKET_MAX {
         tracing::debug!(
             socket = socket.id(),
@@ -454,9 +455,14 @@ fn dispatch_to_handler(
     let fut = live.handlers.borrow().call(&event.name, e);
     if let Some(fut) = fut {
         in_flight.set(in_flight.get() + 1);
+        let state = Rc::downgrade(state);
         events::spawn(Box::pin(async move {
             fut.await;
-            in_flight.set(in_flight.get().saturating_sub(1));
+            // a socket gone meanwhile took its count with it
+            if let Some(state) = state.upgrade() {
+                let n = &state.handlers_in_flight;
+                n.set(n.get().saturating_sub(1));
+            }
         }));
     }
     true
@@ -510,7 +516,9 @@ fn refuse_join_leave(
         let room = name();
         let owner = live.rooms.borrow().owner_of(&room);
         let backlog = live.backlog.borrow().get(owner).map_or(0, VecDeque::len);
-        if backlog >= JOIN_BACKLOG_LEN_MAX && !state.session.borrow().rooms().contains(&room) {
+        if backlog >= JOIN_BACKLOG_LEN_MAX
+            && !state.session.borrow().rooms().iter().any(|r| **r == *room)
+        {
             bump(&live.stats.joins_busy, 1);
             return Some(refusal(room, SERVER_BUSY.into()));
         }
@@ -587,7 +595,7 @@ fn execute(
     for action in actions {
         match action {
             Action::Emit(ServerEvent::JoinSuccess { name })
-                if state.pending_joins.borrow().contains(&name) =>
+                if state.pending_joins.borrow().iter().any(|r| **r == *name) =>
             {
                 // Sent when the owner confirms the join (Route::JoinConfirmed).
             }
@@ -605,7 +613,12 @@ fn execute(
                 };
                 if was_pending {
                     // The client asked to join, then to leave: it gets both answers, in order.
-                    emit(socket, &ServerEvent::JoinSuccess { name: room.clone() });
+                    emit(
+                        socket,
+                        &ServerEvent::JoinSuccess {
+                            name: room.to_string(),
+                        },
+                    );
                 }
                 socket.leave(&room);
                 presence_of_room(live, socket, state, &room, false);
@@ -673,14 +686,14 @@ fn emit(socket: &Socket, event: &ServerEvent) {
     }
 }
 
-fn join(live: &Rc<LiveShard>, socket: &Socket, state: &Rc<LiveSocket>, room: String) {
+fn join(live: &Rc<LiveShard>, socket: &Socket, state: &Rc<LiveSocket>, room: Rc<str>) {
     live.sockets
         .borrow_mut()
         .entry(state.key)
         .or_insert_with(|| socket.clone());
     let outcome = live.rooms.borrow_mut().join(state.key, &room);
     if outcome.ready {
-        socket.join(&room);
+        socket.join_shared(room);
     } else {
         state.pending_joins.borrow_mut().push(room);
     }
@@ -702,14 +715,14 @@ fn run_routes(live: &Rc<LiveShard>, shard: &Rc<ShardCtx>, routes: Vec<Route<Sock
                     let Some(state) = socket.data::<LiveSocket>() else {
                         continue;
                     };
-                    let was_pending = {
+                    let pending = {
                         let mut p = state.pending_joins.borrow_mut();
-                        let before = p.len();
+                        let found = p.iter().find(|r| ***r == *room).cloned();
                         p.retain(|r| **r != *room);
-                        p.len() != before
+                        found
                     };
-                    if was_pending {
-                        socket.join(&room);
+                    if let Some(name) = pending {
+                        socket.join_shared(name);
                         emit(
                             &socket,
                             &ServerEvent::JoinSuccess {

@@ -178,10 +178,41 @@ impl PresenceRoom {
     }
 }
 
+/// A set of shards, compact: shards below 64 (every machine this runs on) are bits of one word, held inline; a set
+/// of those takes no allocation, where a `BTreeSet` took a node of ~100 bytes for its first member. Higher shard
+/// numbers go to a `BTreeSet`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct ShardSet {
+    low: u64,
+    high: BTreeSet<ShardId>,
+}
+
+impl ShardSet {
+    fn is_empty(&self) -> bool {
+        self.low == 0 && self.high.is_empty()
+    }
+    fn insert(&mut self, shard: ShardId) {
+        match u32::try_from(shard).ok().and_then(|b| 1u64.checked_shl(b)) {
+            Some(bit) => self.low |= bit,
+            None => {
+                self.high.insert(shard);
+            }
+        }
+    }
+    fn remove(&mut self, shard: ShardId) {
+        match u32::try_from(shard).ok().and_then(|b| 1u64.checked_shl(b)) {
+            Some(bit) => self.low &= !bit,
+            None => {
+                self.high.remove(&shard);
+            }
+        }
+    }
+}
+
 /// What the home shard keeps of a connected user.
 #[derive(Debug, Default)]
 struct HomeEntry {
-    shards: BTreeSet<ShardId>,
+    shards: ShardSet,
     companies: Vec<String>,
 }
 
@@ -191,9 +222,10 @@ pub struct Presence {
     shard: ShardId,
     shard_count: usize,
     local_users: HashMap<String, usize>,
-    local_rooms: HashMap<(String, String), usize>,
+    /// room -> user -> sockets of the user in the room on this shard: a room's name is held once, not once per user.
+    local_rooms: HashMap<String, HashMap<String, usize>>,
     home: HashMap<String, HomeEntry>,
-    owned: HashMap<String, HashMap<String, BTreeSet<ShardId>>>,
+    owned: HashMap<String, HashMap<String, ShardSet>>,
 }
 
 /// Where a message goes: `(shard, message)`; the glue runs it there with [`Presence::on_message`].
@@ -254,10 +286,15 @@ impl Presence {
 
     /// A socket of `user` on this shard joined `room` at `since_ms`.
     pub fn joined(&mut self, room: &str, user: &str, since_ms: u64) -> Option<Outgoing> {
-        let n = self
-            .local_rooms
-            .entry((room.to_owned(), user.to_owned()))
-            .or_insert(0);
+        // Look up before inserting: a join to a room and by a user already counted copies no string.
+        if !self.local_rooms.contains_key(room) {
+            self.local_rooms.insert(room.to_owned(), HashMap::new());
+        }
+        let users = self.local_rooms.get_mut(room)?;
+        if !users.contains_key(user) {
+            users.insert(user.to_owned(), 0);
+        }
+        let n = users.get_mut(user)?;
         *n += 1;
         (*n == 1).then(|| {
             (
@@ -274,18 +311,21 @@ impl Presence {
 
     /// A socket of `user` on this shard left `room` (or went).
     pub fn left(&mut self, room: &str, user: &str) -> Option<Outgoing> {
-        let key = (room.to_owned(), user.to_owned());
-        let n = self.local_rooms.get_mut(&key)?;
+        let users = self.local_rooms.get_mut(room)?;
+        let n = users.get_mut(user)?;
         *n -= 1;
         if *n > 0 {
             return None;
         }
-        self.local_rooms.remove(&key);
+        users.remove(user);
+        if users.is_empty() {
+            self.local_rooms.remove(room);
+        }
         Some((
             owner_shard(room, self.shard_count),
             PresenceMsg::RoomDown {
-                room: key.0,
-                user: key.1,
+                room: room.to_owned(),
+                user: user.to_owned(),
                 from: self.shard,
             },
         ))
@@ -315,7 +355,7 @@ impl Presence {
             }
             PresenceMsg::UserDown { user, from } => {
                 if let Some(entry) = self.home.get_mut(&user) {
-                    entry.shards.remove(&from);
+                    entry.shards.remove(from);
                     if entry.shards.is_empty() {
                         let companies = std::mem::take(&mut entry.companies);
                         self.home.remove(&user);
@@ -355,7 +395,7 @@ impl Presence {
                 let mut gone = false;
                 if let Some(users) = self.owned.get_mut(&room) {
                     if let Some(set) = users.get_mut(&user) {
-                        set.remove(&from);
+                        set.remove(from);
                         if set.is_empty() {
                             users.remove(&user);
                             gone = true;
@@ -417,6 +457,25 @@ mod tests {
             Change::User(u) => Some((u.online, u.companies)),
             Change::Room(_) => None,
         }
+    }
+
+    #[test]
+    fn shard_sets_hold_low_and_high_shards() {
+        let mut set = ShardSet::default();
+        assert!(set.is_empty());
+        for shard in [0, 63, 64, 200] {
+            set.insert(shard);
+            assert!(!set.is_empty());
+        }
+        for shard in [0, 63, 64] {
+            set.remove(shard);
+            assert!(!set.is_empty(), "{shard}");
+        }
+        set.remove(200);
+        assert!(set.is_empty());
+        set.insert(5);
+        set.remove(6);
+        assert!(!set.is_empty());
     }
 
     #[test]

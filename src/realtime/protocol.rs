@@ -30,6 +30,8 @@
 //!   {name, error: "too many rooms (limit N)"}`.
 //! - After authentication, events other than the three above produce no action (they are not part of the contract).
 
+use std::rc::Rc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -465,10 +467,11 @@ pub struct SessionContext {
 pub enum Action {
     /// Emit this event to this socket.
     Emit(ServerEvent),
-    /// Add the socket to this room (local membership, and the owner shard when it is the first local member).
-    JoinRoom(String),
+    /// Add the socket to this room (local membership, and the owner shard when it is the first local member). The
+    /// name is the session's own copy: the socket's room list shares it.
+    JoinRoom(Rc<str>),
     /// Remove the socket from this room.
-    LeaveRoom(String),
+    LeaveRoom(Rc<str>),
     /// Arm the authentication timer; when it fires, call [`Session::on_auth_timeout`].
     ScheduleAuthTimeout {
         /// Delay, milliseconds.
@@ -493,7 +496,7 @@ pub enum Action {
 #[derive(Debug, Default)]
 pub struct Session {
     user: Option<AuthenticatedUser>,
-    rooms: Vec<String>,
+    rooms: Vec<Rc<str>>,
 }
 
 impl Session {
@@ -508,7 +511,7 @@ impl Session {
     }
 
     /// The rooms this socket is in, in join order.
-    pub fn rooms(&self) -> &[String] {
+    pub fn rooms(&self) -> &[Rc<str>] {
         &self.rooms
     }
 
@@ -596,9 +599,10 @@ impl Session {
 
     /// The server removed this socket from `room` (its resource was deleted): forget it and tell the client it left.
     pub fn on_room_closed(&mut self, room: &str) -> Vec<Action> {
-        match self.rooms.iter().position(|r| r == room) {
+        match self.rooms.iter().position(|r| **r == *room) {
             Some(i) => {
                 self.rooms.swap_remove(i);
+                self.shrink_rooms();
                 vec![Action::Emit(ServerEvent::LeaveSuccess {
                     name: room.to_owned(),
                 })]
@@ -609,7 +613,17 @@ impl Session {
 
     /// The connection closed: leave every room.
     pub fn on_disconnect(&mut self) -> Vec<Action> {
-        self.rooms.drain(..).map(Action::LeaveRoom).collect()
+        std::mem::take(&mut self.rooms)
+            .into_iter()
+            .map(Action::LeaveRoom)
+            .collect()
+    }
+
+    /// A socket that left its last room keeps no room list.
+    fn shrink_rooms(&mut self) {
+        if self.rooms.is_empty() {
+            self.rooms = Vec::new();
+        }
     }
 
     fn authenticate(&mut self, ctx: &SessionContext, token: &str) -> Vec<Action> {
@@ -646,7 +660,7 @@ impl Session {
                 error,
             })];
         }
-        if self.rooms.contains(&p.name) {
+        if self.rooms.iter().any(|r| **r == *p.name) {
             return vec![Action::Emit(ServerEvent::JoinSuccess { name: p.name })];
         }
         if self.rooms.len() >= ctx.config.rooms_per_socket_max {
@@ -656,19 +670,23 @@ impl Session {
                 error,
             })];
         }
-        self.rooms.push(p.name.clone());
+        let room: Rc<str> = Rc::from(p.name.as_str());
+        // Most sockets join one or a few rooms: grow the list one at a time, not to the vector's first 4.
+        self.rooms.reserve_exact(1);
+        self.rooms.push(room.clone());
         vec![
-            Action::JoinRoom(p.name.clone()),
+            Action::JoinRoom(room),
             Action::Emit(ServerEvent::JoinSuccess { name: p.name }),
         ]
     }
 
     fn leave(&mut self, name: String) -> Vec<Action> {
-        match self.rooms.iter().position(|r| *r == name) {
+        match self.rooms.iter().position(|r| **r == *name) {
             Some(i) => {
-                self.rooms.swap_remove(i);
+                let room = self.rooms.swap_remove(i);
+                self.shrink_rooms();
                 vec![
-                    Action::LeaveRoom(name.clone()),
+                    Action::LeaveRoom(room),
                     Action::Emit(ServerEvent::LeaveSuccess { name }),
                 ]
             }
@@ -1067,7 +1085,7 @@ mod tests {
                 name: "/channels".into()
             })]
         );
-        assert_eq!(s.rooms(), ["/channels".to_string()]);
+        assert_eq!(s.rooms(), [Rc::<str>::from("/channels")]);
         assert_eq!(
             s.on_event(&ctx, LEAVE, &[json!({"name": "/channels"})]),
             vec![
@@ -1288,7 +1306,7 @@ mod tests {
         let room = format!("{COMPANY_ONLINE_ROOM_PREFIX}acme");
         assert_eq!(
             s.on_event(&ctx, JOIN, &[json!({"name": room, "token": member})])[0],
-            Action::JoinRoom(room.clone())
+            Action::JoinRoom(room.as_str().into())
         );
         let refused = |name: &str| {
             vec![emit(ServerEvent::JoinError {
@@ -1386,7 +1404,7 @@ mod tests {
         );
         assert_eq!(
             s.rooms(),
-            ["/users/u1".to_string(), "/users/u2".to_string()]
+            [Rc::<str>::from("/users/u1"), Rc::from("/users/u2")]
         );
     }
 

@@ -14,42 +14,64 @@ use super::super::engine::{CloseReason, EngineHandler, Session, proto_limits};
 use super::super::runtime::ShardCtx;
 use super::super::runtime::metrics::{PanicSite, ProtocolErrorKind, ShardMetrics};
 use super::super::runtime::timer::TimerHandle;
-use super::socket::{AckSender, Socket, SocketHome, SocketInner, push_message};
+use super::socket::{AckSender, Socket, SocketData, SocketHome, SocketInner, push_message};
 use super::{
     AckReply, ConnectRefusal, Event, Namespace, SioShard, SocketIo, default_main_namespace,
     sio_shard,
 };
 
-/// The connected sockets of one session, one per namespace: at most `namespaces_per_session_max` (a few), so a
-/// vector searched by namespace name, smaller than a map for the one or two a session has.
+/// The connected sockets of one session, one per namespace: at most `namespaces_per_session_max` (a few), so
+/// searched by namespace name, the first held inline (most sessions have one socket: no allocation for it) and any
+/// further ones in a vector.
 #[derive(Default)]
-struct SessionSockets(Vec<Socket>);
+struct SessionSockets {
+    first: Option<Socket>,
+    more: Vec<Socket>,
+}
 
 impl SessionSockets {
+    fn iter(&self) -> impl Iterator<Item = &Socket> {
+        self.first.iter().chain(self.more.iter())
+    }
     fn get(&self, nsp: &str) -> Option<&Socket> {
-        self.0.iter().find(|s| s.namespace() == nsp)
+        self.iter().find(|s| s.namespace() == nsp)
     }
     fn contains_key(&self, nsp: &str) -> bool {
         self.get(nsp).is_some()
     }
     fn len(&self) -> usize {
-        self.0.len()
+        usize::from(self.first.is_some()) + self.more.len()
     }
     /// Add `socket`, replacing the one of its namespace if there is one.
     fn insert(&mut self, socket: Socket) {
         self.remove(socket.namespace());
-        self.0.push(socket);
+        if self.first.is_none() {
+            self.first = Some(socket);
+        } else {
+            self.more.push(socket);
+        }
     }
     fn remove(&mut self, nsp: &str) -> Option<Socket> {
-        let at = self.0.iter().position(|s| s.namespace() == nsp)?;
-        let socket = self.0.swap_remove(at);
-        if self.0.is_empty() {
-            self.0 = Vec::new();
+        if self.first.as_ref().is_some_and(|s| s.namespace() == nsp) {
+            let socket = self.first.take();
+            self.first = self.more.pop();
+            if self.more.is_empty() {
+                self.more = Vec::new();
+            }
+            return socket;
+        }
+        let at = self.more.iter().position(|s| s.namespace() == nsp)?;
+        let socket = self.more.swap_remove(at);
+        if self.more.is_empty() {
+            self.more = Vec::new();
         }
         Some(socket)
     }
     fn take_all(&mut self) -> Vec<Socket> {
-        std::mem::take(&mut self.0)
+        let mut all: Vec<Socket> = self.first.take().into_iter().collect();
+        all.append(&mut self.more);
+        self.more = Vec::new();
+        all
     }
 }
 
@@ -111,7 +133,7 @@ impl SioConn {
             connected: Cell::new(false),
             gone: Cell::new(false),
             before_connect: RefCell::new(Vec::new()),
-            extensions: RefCell::new(HashMap::new()),
+            extensions: RefCell::new(SocketData::default()),
             acks: RefCell::new(HashMap::new()),
             next_ack: Cell::new(0),
             rooms: RefCell::new(Vec::new()),

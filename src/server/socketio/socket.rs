@@ -34,10 +34,45 @@ pub(super) struct SocketInner {
     pub(super) connected: Cell<bool>,
     pub(super) gone: Cell<bool>,
     pub(super) before_connect: RefCell<Vec<EncodedMessage>>,
-    pub(super) extensions: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
+    pub(super) extensions: RefCell<SocketData>,
     pub(super) acks: RefCell<HashMap<u64, Rc<AckSlot>>>,
     pub(super) next_ack: Cell<u64>,
     pub(super) rooms: RefCell<Vec<Rc<str>>>,
+}
+
+/// The values attached to a socket ([`Socket::insert_data`]), one per type. A socket usually has one (the realtime
+/// layer's state), so the first is held inline and only further ones take a vector: no allocation of its own for a
+/// socket with one value, where a map took one of ~150 bytes.
+#[derive(Default)]
+pub(super) struct SocketData {
+    first: Option<(TypeId, Rc<dyn Any>)>,
+    more: Vec<(TypeId, Rc<dyn Any>)>,
+}
+
+impl SocketData {
+    fn get(&self, ty: TypeId) -> Option<&Rc<dyn Any>> {
+        self.first
+            .iter()
+            .chain(self.more.iter())
+            .find(|(t, _)| *t == ty)
+            .map(|(_, v)| v)
+    }
+
+    /// Sets the value of type `ty`, replacing the one it had.
+    fn insert(&mut self, ty: TypeId, value: Rc<dyn Any>) {
+        let slot = self
+            .first
+            .iter_mut()
+            .chain(self.more.iter_mut())
+            .find(|(t, _)| *t == ty);
+        if let Some((_, v)) = slot {
+            *v = value;
+        } else if self.first.is_none() {
+            self.first = Some((ty, value));
+        } else {
+            self.more.push((ty, value));
+        }
+    }
 }
 
 /// Answers one client acknowledgement request (consumed by sending).
@@ -204,18 +239,36 @@ impl Socket {
 
     /// Join a room of this namespace on this shard.
     pub fn join(&self, room: &str) {
-        if self.0.gone.get() || self.0.rooms.borrow().iter().any(|r| &**r == room) {
+        if self.0.rooms.borrow().iter().any(|r| &**r == room) {
             return;
         }
-        let room: Rc<str> = Rc::from(room);
-        self.0.rooms.borrow_mut().push(room.clone());
+        self.join_shared(Rc::from(room));
+    }
+    /// Join a room of this namespace on this shard, keeping the caller's copy of its name (no copy of its own).
+    pub fn join_shared(&self, room: Rc<str>) {
+        if self.0.gone.get() || self.0.rooms.borrow().contains(&room) {
+            return;
+        }
+        {
+            let mut rooms = self.0.rooms.borrow_mut();
+            // Most sockets are in one or a few rooms: grow the list one at a time, not to a vector's first 4.
+            rooms.reserve_exact(1);
+            rooms.push(room.clone());
+        }
         self.0.registry.add(self, &room);
     }
     /// Leave a room.
     pub fn leave(&self, room: &str) {
         let pos = self.0.rooms.borrow().iter().position(|r| &**r == room);
         if let Some(pos) = pos {
-            let room = self.0.rooms.borrow_mut().swap_remove(pos);
+            let room = {
+                let mut rooms = self.0.rooms.borrow_mut();
+                let room = rooms.swap_remove(pos);
+                if rooms.is_empty() {
+                    *rooms = Vec::new();
+                }
+                room
+            };
             self.0.registry.remove(self, &room);
         }
     }
@@ -230,7 +283,7 @@ impl Socket {
         self.0
             .extensions
             .borrow_mut()
-            .insert(TypeId::of::<T>(), rc.clone());
+            .insert(TypeId::of::<T>(), rc.clone() as Rc<dyn Any>);
         rc
     }
     /// The per-socket value of type `T`.
@@ -238,7 +291,7 @@ impl Socket {
         self.0
             .extensions
             .borrow()
-            .get(&TypeId::of::<T>())
+            .get(TypeId::of::<T>())
             .cloned()
             .and_then(|rc| rc.downcast::<T>().ok())
     }
@@ -274,7 +327,8 @@ impl Socket {
                 h(self, reason);
             }
         }
-        self.0.extensions.borrow_mut().clear();
+        let data = std::mem::take(&mut *self.0.extensions.borrow_mut());
+        drop(data);
     }
 }
 
