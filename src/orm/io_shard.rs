@@ -244,10 +244,23 @@ fn flush_outbox(shared: &Shared) -> usize {
     n
 }
 
+/// Period of the IO thread's always-pending timer (see `run`): shorter than the default `request_timeout_ms`.
+const TIMER_HEARTBEAT_MS: u64 = 1000;
+
 /// The IO thread's loop. Each turn: start every queued request (up to the concurrency bound), let them all run until
 /// they wait; with a group-commit backend (embedded), commit every write they queued in one durable transaction and
 /// let the answered requests finish; then send all answers at once. Requests arriving meanwhile wait for the next turn.
 async fn run(shared: Arc<Shared>, backend: Arc<dyn Backend>) {
+    // tokio wakes its own timer driver (an eventfd write and one more loop turn) whenever a new timer is due before
+    // the driver's next wake-up. Every request arms its `request_timeout_ms` timer, and between requests no timer is
+    // pending, so without this each request paid that wake-up. A timer that is always pending, due at most
+    // `TIMER_HEARTBEAT_MS` away, keeps the driver's next wake-up earlier than any request deadline of a longer timeout.
+    // It only adds one wake-up per `TIMER_HEARTBEAT_MS`; deadlines fire exactly as before.
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(TIMER_HEARTBEAT_MS)).await;
+        }
+    });
     let wake_shared = shared.clone();
     let grouped = backend.attach_group_commit(Arc::new(move || wake_shared.notify.notify_one()));
     let permits = Arc::new(tokio::sync::Semaphore::new(

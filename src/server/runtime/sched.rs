@@ -173,10 +173,16 @@ mod tests {
     #[test]
     fn a_named_thread_is_found() {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::Builder::new()
             .name("sched-test-x".into())
-            .spawn(move || rx.recv().ok())
+            .spawn(move || {
+                // The new thread names itself before it runs this closure: search only once it runs.
+                ready_tx.send(()).ok();
+                rx.recv().ok()
+            })
             .expect("thread");
+        ready_rx.recv().expect("the thread started");
         let found = threads_named("sched-test-x");
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(threads_named("sched-test-none").is_empty());
